@@ -1,0 +1,137 @@
+"""Forward hooks that capture attention probabilities and block outputs, without editing model code.
+
+Hooks are global state on the model: they live in the ``capture`` context manager and are removed
+(and timm's fused-attention switches restored) on exit, also when the forward pass raises.
+
+timm's ``Attention`` computes ``attn = softmax(q k^T * scale)`` and passes it through ``attn_drop`` only
+on its explicit path; with ``fused_attn`` on, the probabilities never exist. ``capture`` therefore turns
+``fused_attn`` off for the probed blocks only and reads the *input* of ``attn_drop`` (the probabilities
+before dropout, also in training mode).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .masking import MaskInfo
+
+MODULES = ("encoder", "decoder")
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """What to record: per module, the layers whose attention / block output is needed."""
+
+    attention: dict[str, frozenset[int]] = field(default_factory=dict)
+    features: dict[str, frozenset[int]] = field(default_factory=dict)
+
+    @staticmethod
+    def of(attention: dict[str, Iterable[int]] | None = None,
+           features: dict[str, Iterable[int]] | None = None) -> "CaptureRequest":
+        return CaptureRequest({m: frozenset(v) for m, v in (attention or {}).items()},
+                              {m: frozenset(v) for m, v in (features or {}).items()})
+
+    def __or__(self, other: "CaptureRequest") -> "CaptureRequest":
+        def union(a, b):
+            return {m: a.get(m, frozenset()) | b.get(m, frozenset()) for m in set(a) | set(b)}
+
+        return CaptureRequest(union(self.attention, other.attention), union(self.features, other.features))
+
+    def needs(self, module: str) -> bool:
+        return bool(self.attention.get(module) or self.features.get(module))
+
+
+@dataclass
+class ActivationCache:
+    """What one hooked forward pass recorded, keyed by (module, layer).
+
+    ``attention[(m, l)]``: [B, heads, N, N] probabilities; ``features[(m, l)]``: [B, N, D] block outputs.
+    ``mask``: the MaskInfo of the batch; ``image_indices``: global index of every image of the batch.
+    """
+
+    attention: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    features: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    mask: MaskInfo | None = None
+    image_indices: torch.Tensor | None = None
+
+    def clear(self) -> None:
+        self.attention.clear()
+        self.features.clear()
+        self.mask = None
+        self.image_indices = None
+
+
+def blocks_of(model: nn.Module, module: str) -> nn.ModuleList:
+    """The transformer blocks of ``'encoder'`` or ``'decoder'``."""
+    if module == "encoder":
+        return model.blocks
+    if module == "decoder":
+        if not getattr(model, "has_decoder", False):
+            raise ValueError("this checkpoint has no decoder")
+        return model.decoder_blocks
+    raise ValueError(f"module must be 'encoder' or 'decoder', got {module!r}")
+
+
+def resolve_layers(model: nn.Module, module: str, layers: Iterable[int] | None) -> list[int]:
+    """Validate 0-based layer indices (negative ones count from the end); None means all layers."""
+    depth = len(blocks_of(model, module))
+    if layers is None:
+        return list(range(depth))
+    out = []
+    for layer in layers:
+        index = layer + depth if layer < 0 else layer
+        if not 0 <= index < depth:
+            raise ValueError(f"{module} layer {layer} does not exist (the {module} has {depth} layers, 0-{depth - 1})")
+        out.append(index)
+    return sorted(set(out))
+
+
+@contextmanager
+def capture(model: nn.Module, request: CaptureRequest) -> Iterator[ActivationCache]:
+    """Record the requested attention maps and block outputs during forward passes inside the block.
+
+    Example:
+        >>> with capture(model, CaptureRequest.of(attention={"encoder": [0, 11]})) as cache:
+        ...     model.forward_encoder(images)
+        >>> cache.attention[("encoder", 11)].shape  # [B, heads, N, N]
+    """
+    cache = ActivationCache()
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    fused_before: list[tuple[nn.Module, bool]] = []
+
+    def attention_hook(key):
+        def hook(_module, inputs):
+            cache.attention[key] = inputs[0].detach()
+        return hook
+
+    def feature_hook(key):
+        def hook(_module, _inputs, output):
+            cache.features[key] = output.detach()
+        return hook
+
+    try:
+        for module, layers in request.attention.items():
+            blocks = blocks_of(model, module)
+            for layer in sorted(layers):
+                attn = blocks[layer].attn
+                if not hasattr(attn, "attn_drop"):
+                    raise TypeError(f"{module} layer {layer}: {type(attn).__name__} has no attn_drop; "
+                                    "only timm-style attention can be probed")
+                if hasattr(attn, "fused_attn"):
+                    fused_before.append((attn, attn.fused_attn))
+                    attn.fused_attn = False
+                handles.append(attn.attn_drop.register_forward_pre_hook(attention_hook((module, layer))))
+        for module, layers in request.features.items():
+            blocks = blocks_of(model, module)
+            for layer in sorted(layers):
+                handles.append(blocks[layer].register_forward_hook(feature_hook((module, layer))))
+        yield cache
+    finally:
+        for handle in handles:
+            handle.remove()
+        for attn, fused in fused_before:
+            attn.fused_attn = fused

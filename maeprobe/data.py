@@ -1,0 +1,160 @@
+"""Images in: folders read recursively, the built-in sample photographs, and the evaluation transform.
+
+Any mode (grey, RGBA, 16-bit, palette, CMYK) becomes RGB. An image already at the model's input size is
+used as is; others are resized on the shorter side (bicubic, antialiased) and centre-cropped. Pixels are
+normalised with the checkpoint's mean/std.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .errors import MaeprobeError
+
+# scikit-image / scikit-learn / matplotlib ship these photographs inside their wheels (no download).
+BUILTIN_SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina",
+                   "immunohistochemistry", "camera")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB (16-bit and float images are scaled by their range)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        else:  # 16-bit integers (PIL reads 16-bit PNGs as I;16 or I)
+            arr = arr / 257.0 if arr.max() > 255 else arr
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return img.convert("RGB")  # L, LA, RGBA (alpha dropped), CMYK, YCbCr, 1
+
+
+def builtin_images() -> list[tuple[str, Image.Image]]:
+    """Natural photographs that ship inside installed packages: (name, RGB image)."""
+    import skimage.data
+
+    images: list[tuple[str, Image.Image]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in BUILTIN_SKIMAGE:
+            try:
+                images.append((f"skimage:{name}", to_rgb(Image.fromarray(getattr(skimage.data, name)()))))
+            except Exception:  # a future scikit-image may move a photo to its download set
+                continue
+        try:
+            left, right, _ = skimage.data.stereo_motorcycle()
+            images += [("skimage:motorcycle_left", Image.fromarray(left)),
+                       ("skimage:motorcycle_right", Image.fromarray(right))]
+        except Exception:
+            pass
+    try:
+        from sklearn.datasets import load_sample_images
+
+        for filename, arr in zip(("china.jpg", "flower.jpg"), load_sample_images().images):
+            images.append((f"sklearn:{filename}", Image.fromarray(arr)))
+    except Exception:
+        pass
+    try:
+        from matplotlib.cbook import get_sample_data
+
+        with get_sample_data("grace_hopper.jpg") as f:
+            images.append(("matplotlib:grace_hopper.jpg", to_rgb(Image.open(f)).copy()))
+    except Exception:
+        pass
+    if not images:
+        raise MaeprobeError("no built-in sample images found (scikit-image, scikit-learn or matplotlib missing); "
+                            "pass --images DIR")
+    return images
+
+
+def _image_extensions() -> set[str]:
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted by path. Raises if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MaeprobeError(f"{folder}: not a folder of images")
+    extensions = _image_extensions()
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if not paths:
+        raise MaeprobeError(f"{folder}: no image files found (looked for {', '.join(sorted(extensions)[:8])}, ...)")
+    return paths
+
+
+def make_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """PIL image -> normalised tensor [3, img_size, img_size] (resize shorter side + centre crop)."""
+    from torchvision.transforms import v2
+
+    resize = v2.Compose([v2.Resize(img_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                         v2.CenterCrop(img_size)])
+    normalize = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        img = to_rgb(img)
+        if img.size != (img_size, img_size):
+            img = resize(img)
+        return normalize(img)
+
+    return transform
+
+
+@dataclass
+class ImageItem:
+    name: str
+    path: Path | None = None
+    image: Image.Image | None = None
+
+
+class ImageDataset(Dataset):
+    """Images by index; ``__getitem__`` returns (tensor, index) or None for an unreadable file."""
+
+    def __init__(self, items: list[ImageItem], transform: Callable):
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> Image.Image | None:
+        item = self.items[index]
+        if item.image is not None:
+            return item.image
+        try:
+            with Image.open(item.path) as img:
+                img.load()
+                return to_rgb(img).copy() if img.mode != "RGB" else img.copy()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            warnings.warn(f"skipping unreadable image {item.path}: {exc}", stacklevel=2)
+            return None
+
+    def __getitem__(self, index: int):
+        img = self.load(index)
+        return None if img is None else (self.transform(img), index)
+
+
+def collate_skip_none(batch):
+    """Stack (tensor, index) pairs, dropping unreadable images (None)."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
+
+
+def image_items(images: str | os.PathLike | None) -> list[ImageItem]:
+    """A folder (recursive, sorted) or, with None, the built-in photographs."""
+    if images is None:
+        return [ImageItem(name, image=img) for name, img in builtin_images()]
+    return [ImageItem(str(p), path=p) for p in find_images(images)]

@@ -1,0 +1,269 @@
+"""The MAE encoder-decoder, assembled from timm parts under facebookresearch/mae's parameter names.
+
+One class covers every checkpoint maeprobe loads: an official MAE with its decoder, an encoder-only
+release, a fine-tuned ViT with a classification head, DeiT (distillation token), DINO and models with
+register tokens. Parts that a checkpoint lacks are simply not built, so ``load_state_dict(strict=True)``
+checks every key.
+
+Token layout: ``[cls?, dist?, reg_1..reg_R, patch_1..patch_L]``. ``pos_embed`` covers the patches and the
+first ``num_pos_prefix`` prefix tokens (MAE/DINO/DeiT: all of them; timm ``no_embed_class``: none;
+DINOv2 with registers: the CLS token only).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import partial
+
+import torch
+from torch import nn
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+
+from ..masking import random_masking
+
+
+@dataclass
+class ArchConfig:
+    """Shapes of a ViT / MAE model. Everything here is read from the weights, except head counts."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    init_values: float | None = None  # layer scale (DINOv2, CaiT-style)
+    class_token: bool = True
+    dist_token: bool = False
+    num_reg_tokens: int = 0
+    num_pos_prefix: int | None = None  # prefix tokens that get a position embedding (None: all)
+    pos_embed_learned: bool = False  # MAE: fixed sin-cos; timm/DINO/DeiT: learned
+    final_norm: bool = True  # ``norm`` after the blocks (absent in MAE global-pool fine-tunes)
+    fc_norm: bool = False
+    num_classes: int = 0
+    # decoder (MAE); decoder_depth == 0 means encoder only
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 0
+    decoder_num_heads: int = 16
+    decoder_mlp_ratio: float | None = None  # None: same as the encoder
+    norm_pix_loss: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def grid_size(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + int(self.dist_token) + self.num_reg_tokens
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sincos_pos_embed(embed_dim: int, grid_size: int, num_prefix: int = 1) -> torch.Tensor:
+    """2-D sine-cosine position embedding of MAE (zeros for the prefix tokens). Returns [1, P + L, D]."""
+    assert embed_dim % 4 == 0, "sin-cos position embedding needs a width divisible by 4"
+    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4.0))
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # [g, g] each
+    # MAE's numpy code builds the grid as meshgrid(w, h): first half encodes the column, second the row.
+    halves = []
+    for axis in (cols.flatten(), rows.flatten()):
+        angles = axis[:, None] * omega[None, :]  # [L, D/4]
+        halves.append(torch.cat([angles.sin(), angles.cos()], dim=1))  # [L, D/2]
+    emb = torch.cat(halves, dim=1)  # [L, D]
+    emb = torch.cat([torch.zeros(num_prefix, embed_dim, dtype=torch.float64), emb], dim=0)
+    return emb.float().unsqueeze(0)
+
+
+class MaskedAutoencoderViT(nn.Module):
+    """ViT encoder (+ optional MAE decoder) with facebookresearch/mae parameter names."""
+
+    def __init__(self, config: ArchConfig | None = None, **overrides):
+        super().__init__()
+        cfg = config or ArchConfig()
+        if overrides:
+            cfg = ArchConfig(**{**cfg.to_dict(), **overrides})
+        self.config = cfg
+        norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
+        D, L = cfg.embed_dim, cfg.num_patches
+        self.num_prefix_tokens = cfg.num_prefix_tokens
+        self.num_pos_prefix = cfg.num_prefix_tokens if cfg.num_pos_prefix is None else cfg.num_pos_prefix
+
+        # --- encoder ---
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.dist_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.num_reg_tokens, D)) if cfg.num_reg_tokens else None
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, L + self.num_pos_prefix, D), requires_grad=cfg.pos_embed_learned
+        )
+        self.blocks = nn.ModuleList(
+            Block(D, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, init_values=cfg.init_values,
+                  norm_layer=norm_layer)
+            for _ in range(cfg.depth)
+        )
+        self.norm = norm_layer(D) if cfg.final_norm else nn.Identity()
+        self.fc_norm = norm_layer(D) if cfg.fc_norm else None
+        self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes else None
+        self.head_dist = nn.Linear(D, cfg.num_classes) if (cfg.num_classes and cfg.dist_token) else None
+
+        # --- decoder ---
+        self.has_decoder = cfg.decoder_depth > 0
+        if self.has_decoder:
+            Dd = cfg.decoder_embed_dim
+            dec_ratio = cfg.decoder_mlp_ratio or cfg.mlp_ratio
+            self.decoder_embed = nn.Linear(D, Dd, bias=True)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
+            self.decoder_pos_embed = nn.Parameter(
+                torch.zeros(1, L + self.num_prefix_tokens, Dd), requires_grad=False
+            )
+            self.decoder_blocks = nn.ModuleList(
+                Block(Dd, cfg.decoder_num_heads, dec_ratio, qkv_bias=True, norm_layer=norm_layer)
+                for _ in range(cfg.decoder_depth)
+            )
+            self.decoder_norm = norm_layer(Dd)
+            self.decoder_pred = nn.Linear(Dd, cfg.patch_size**2 * cfg.in_chans, bias=True)
+        self.initialize_weights()
+
+    # ------------------------------------------------------------------ init
+    def initialize_weights(self) -> None:
+        """MAE's initialisation: sin-cos position embeddings, xavier linears, normal(0.02) tokens."""
+        cfg = self.config
+        self.pos_embed.data.copy_(sincos_pos_embed(cfg.embed_dim, cfg.grid_size, self.num_pos_prefix))
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for token in (self.cls_token, self.dist_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=0.02)
+        if self.has_decoder:
+            self.decoder_pos_embed.data.copy_(
+                sincos_pos_embed(cfg.decoder_embed_dim, cfg.grid_size, self.num_prefix_tokens)
+            )
+            nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(self._init_module)
+
+    @staticmethod
+    def _init_module(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ patches
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, L, p*p*C] in MAE's (p, q, c) order."""
+        p = self.config.patch_size
+        B, C, H, W = imgs.shape
+        h, w = H // p, W // p
+        x = imgs.reshape(B, C, h, p, w, p)
+        x = torch.einsum("nchpwq->nhwpqc", x)
+        return x.reshape(B, h * w, p * p * C)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, p*p*C] -> [B, C, H, W]."""
+        p, C = self.config.patch_size, self.config.in_chans
+        h = w = int(x.shape[1] ** 0.5)
+        x = x.reshape(x.shape[0], h, w, p, p, C)
+        x = torch.einsum("nhwpqc->nchpwq", x)
+        return x.reshape(x.shape[0], C, h * p, w * p)
+
+    # ------------------------------------------------------------------ encoder
+    def _prefix_tokens(self, batch_size: int) -> torch.Tensor | None:
+        """Prefix tokens with their position embeddings added where the checkpoint has them."""
+        tokens = [t for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
+        if not tokens:
+            return None
+        prefix = torch.cat(tokens, dim=1)  # [1, P, D]
+        if self.num_pos_prefix:
+            pos = self.pos_embed[:, : self.num_pos_prefix]
+            prefix = torch.cat([prefix[:, : self.num_pos_prefix] + pos, prefix[:, self.num_pos_prefix:]], dim=1)
+        return prefix.expand(batch_size, -1, -1)
+
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float = 0.0, noise: torch.Tensor | None = None):
+        """Encode the visible patches. Returns (latent [B, P + K, D], mask [B, L], ids_restore [B, L])."""
+        x = self.patch_embed(imgs)  # [B, L, D]
+        x = x + self.pos_embed[:, self.num_pos_prefix:]
+        x, mask, ids_restore = random_masking(x, mask_ratio, noise)  # [B, K, D]
+        prefix = self._prefix_tokens(x.shape[0])
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)  # [B, P + K, D]
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return x, mask, ids_restore
+
+    def forward_head(self, latent: torch.Tensor, global_pool: bool | None = None) -> torch.Tensor:
+        """Classification logits from encoder output (mean-pooled patches with fc_norm, else CLS)."""
+        if self.head is None:
+            raise RuntimeError("this model has no classification head")
+        pool = self.fc_norm is not None if global_pool is None else global_pool
+        P = self.num_prefix_tokens
+        x = latent[:, P:].mean(dim=1) if pool else latent[:, 0]
+        if self.fc_norm is not None:
+            x = self.fc_norm(x)
+        logits = self.head(x)
+        if self.head_dist is not None:
+            logits = (logits + self.head_dist(latent[:, 1])) / 2
+        return logits
+
+    # ------------------------------------------------------------------ decoder
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Predict pixels of every patch. Returns [B, L, p*p*C] (prefix tokens removed)."""
+        if not self.has_decoder:
+            raise RuntimeError("this checkpoint has no decoder")
+        P = self.num_prefix_tokens
+        x = self.decoder_embed(latent)  # [B, P + K, Dd]
+        B, L = ids_restore.shape
+        mask_tokens = self.mask_token.expand(B, L - (x.shape[1] - P), -1)
+        x_ = torch.cat([x[:, P:], mask_tokens], dim=1)  # [B, L, Dd] in shuffled order
+        x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # unshuffle
+        x = torch.cat([x[:, :P], x_], dim=1) + self.decoder_pos_embed  # [B, P + L, Dd]
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_norm(x)
+        x = self.decoder_pred(x)
+        return x[:, P:]
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error on masked patches (Eq. 1 of the MAE paper), optional norm-pix targets."""
+        target = self.patchify(imgs)  # [B, L, p*p*C]
+        if self.config.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        loss = ((pred - target) ** 2).mean(dim=-1)  # [B, L]
+        if mask.sum() == 0:  # no masking (ratio 0): reconstruct every patch
+            return loss.mean()
+        return (loss * mask).sum() / mask.sum()
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
+        """Official MAE forward: (loss, pred, mask)."""
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)
+        loss = self.forward_loss(imgs, pred, mask)
+        return loss, pred, mask
+
+
+def build_mae(preset: str | None = None, **kwargs) -> MaskedAutoencoderViT:
+    """Build a model from a preset name of ``registry.PRESETS`` and/or ArchConfig keyword arguments."""
+    from .registry import PRESETS
+
+    params: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+        params.update(PRESETS[preset])
+    params.update(kwargs)
+    return MaskedAutoencoderViT(ArchConfig(**params))

@@ -1,0 +1,121 @@
+"""The probe loop: images -> hooked forward pass per batch -> every reducer's update.
+
+One forward pass per batch feeds all metrics (their capture requests are merged). Under
+torch.distributed each process takes every world_size-th image and the reducers' sums are
+all-reduced at the end, so every process returns the same table.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from .capture import CaptureRequest, capture
+from .data import ImageDataset, ImageItem, collate_skip_none, image_items, make_transform
+from .errors import MaeprobeError
+from .masking import MaskInfo, mask_noise
+from .metrics.base import Reducer
+
+DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_model(model, **load_kwargs):
+    """A loaded model, or a checkpoint path to load."""
+    if isinstance(model, (str, os.PathLike)):
+        from .checkpoints import load
+
+        return load(model, **load_kwargs)
+    return model
+
+
+def _batches(model, images, batch_size: int, num_workers: int) -> tuple[Iterable, int]:
+    """Yield (images [B, 3, H, W], global indices [B]) for this process's shard."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise MaeprobeError(f"an image tensor must be [N, 3, H, W], got shape {tuple(images.shape)}")
+        indices = torch.arange(images.shape[0])[rank::world]
+
+        def tensor_batches():
+            for start in range(0, len(indices), batch_size):
+                idx = indices[start:start + batch_size]
+                yield images[idx], idx
+
+        return tensor_batches(), len(indices)
+    info = getattr(model, "checkpoint", None)
+    mean = info.mean if info else (0.485, 0.456, 0.406)
+    std = info.std if info else (0.229, 0.224, 0.225)
+    if isinstance(images, ImageDataset):
+        dataset = images
+    elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+        items = [ImageItem(f"image{i}", image=img) for i, img in enumerate(images)]
+        dataset = ImageDataset(items, make_transform(model.config.img_size, mean, std))
+    else:
+        dataset = ImageDataset(image_items(images), make_transform(model.config.img_size, mean, std))
+    shard = Subset(dataset, list(range(rank, len(dataset), world)))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_skip_none, pin_memory=torch.cuda.is_available())
+    return (b for b in loader if b is not None), len(shard)
+
+
+def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: float = 0.0, seed: int = 0,
+              shared_mask: bool = True, batch_size: int = 16, device: str | None = None,
+              dtype: str | None = None, num_workers: int = 0, progress: bool = False) -> None:
+    """Run hooked forward passes over ``images`` and update every reducer.
+
+    Args:
+        model: a loaded MaskedAutoencoderViT.
+        reducers: metrics to update; their capture requests are merged.
+        images: folder path, None (built-in photos), list of PIL images, ImageDataset, or a
+            normalised tensor [N, 3, H, W].
+        mask_ratio, seed, shared_mask: the seeded mask (see ``maeprobe.masking``).
+        batch_size: images per forward pass.
+        device: 'cpu', 'cuda', ... (default: CUDA when available).
+        dtype: 'fp32' (default) or 'bf16' / 'fp16' autocast.
+        num_workers: DataLoader workers for image decoding.
+        progress: show a progress bar (only on runs that last more than two seconds).
+    """
+    device = torch.device(device or default_device())
+    if dtype not in DTYPES and dtype is not None:
+        raise MaeprobeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    autocast_dtype = DTYPES.get(dtype) if dtype else None
+    request = CaptureRequest()
+    for reducer in reducers:
+        request = request | reducer.request()
+    run_decoder = request.needs("decoder")
+    if run_decoder and not getattr(model, "has_decoder", False):
+        raise MaeprobeError("this checkpoint has no decoder; decoder metrics need a full MAE checkpoint")
+    model = model.to(device).eval()
+    batches, total = _batches(model, images, batch_size, num_workers)
+    L = model.config.num_patches
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=-(-total // batch_size), unit="batch", delay=2.0, leave=False)
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    with capture(model, request) as cache, torch.inference_mode(), autocast:
+        for x, indices in batches:
+            noise = mask_noise(L, seed, batch_size=x.shape[0], shared=shared_mask, image_indices=indices)
+            x = x.to(device, non_blocking=True)
+            latent, _, ids_restore = model.forward_encoder(x, mask_ratio, noise.to(device))
+            if run_decoder:
+                model.forward_decoder(latent, ids_restore)
+            mask = MaskInfo.from_noise(noise, mask_ratio, shared_mask)
+            cache.mask = MaskInfo(mask.ids_keep.to(device), mask.mask.to(device), mask.ids_restore.to(device),
+                                  shared_mask)
+            cache.image_indices = indices
+            for reducer in reducers:
+                reducer.update(cache)
+            cache.clear()
+    for reducer in reducers:
+        reducer.all_reduce()
