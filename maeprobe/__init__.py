@@ -5,20 +5,34 @@ Pipeline: load -> capture -> reduce -> report.
 >>> import maeprobe
 >>> model = maeprobe.load("mae_pretrain_vit_base.pth")
 >>> table = maeprobe.attention_distance(model)   # built-in photos, one row per (layer, head)
+
+The names below are imported on first use, so ``import maeprobe`` (and the CLI's ``--help``) stays fast:
+torch and timm load only when a function needs them.
 """
-from .api import attention_distance
-from .capture import ActivationCache, CaptureRequest, capture
-from .checkpoints import load, read_checkpoint, save_checkpoint
-from .errors import CheckpointError, MaeprobeError
-from .masking import mask_noise, random_masking
-from .models import ArchConfig, MaskedAutoencoderViT, build_mae
-from .probe import run_probe
-from .results import read_table, to_frame, write_table
+from importlib import import_module
 
 __version__ = "0.1.0"
-__all__ = [
-    "ActivationCache", "ArchConfig", "CaptureRequest", "CheckpointError", "MaeprobeError",
-    "MaskedAutoencoderViT", "attention_distance", "build_mae", "capture", "load", "mask_noise",
-    "random_masking", "read_checkpoint", "read_table", "run_probe", "save_checkpoint", "to_frame",
-    "write_table",
-]
+
+_EXPORTS = {
+    "attention_distance": "api",
+    "ActivationCache": "capture", "CaptureRequest": "capture", "capture": "capture",
+    "load": "checkpoints", "read_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
+    "CheckpointError": "errors", "MaeprobeError": "errors",
+    "mask_noise": "masking", "random_masking": "masking",
+    "ArchConfig": "models", "MaskedAutoencoderViT": "models", "build_mae": "models",
+    "run_probe": "probe",
+    "read_table": "results", "to_frame": "results", "write_table": "results",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'maeprobe' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from .errors import MaeprobeError
 from .masking import MaskInfo
 
 MODULES = ("encoder", "decoder")
@@ -71,9 +72,9 @@ def blocks_of(model: nn.Module, module: str) -> nn.ModuleList:
         return model.blocks
     if module == "decoder":
         if not getattr(model, "has_decoder", False):
-            raise ValueError("this checkpoint has no decoder")
+            raise MaeprobeError("this checkpoint has no decoder; decoder analyses need a full MAE checkpoint")
         return model.decoder_blocks
-    raise ValueError(f"module must be 'encoder' or 'decoder', got {module!r}")
+    raise MaeprobeError(f"module must be 'encoder' or 'decoder', got {module!r}")
 
 
 def resolve_layers(model: nn.Module, module: str, layers: Iterable[int] | None) -> list[int]:
@@ -85,7 +86,7 @@ def resolve_layers(model: nn.Module, module: str, layers: Iterable[int] | None) 
     for layer in layers:
         index = layer + depth if layer < 0 else layer
         if not 0 <= index < depth:
-            raise ValueError(f"{module} layer {layer} does not exist (the {module} has {depth} layers, 0-{depth - 1})")
+            raise MaeprobeError(f"{module} layer {layer} does not exist (the {module} has {depth} layers, 0-{depth - 1})")
         out.append(index)
     return sorted(set(out))
 

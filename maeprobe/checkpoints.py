@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, MaeprobeError
 from .models import registry
 from .models.mae import ArchConfig, MaskedAutoencoderViT
 
@@ -223,7 +223,7 @@ def _from_hf_keys(tensors: dict) -> tuple[dict, list[str]]:
         out[_HF_TOP.get(bare, key)] = value
     for (name, _), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
-            raise ValueError(f"incomplete query/key/value set for {name}")
+            raise MaeprobeError(f"incomplete query/key/value set for {name}")
         out[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out, notes
 

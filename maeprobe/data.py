@@ -6,6 +6,7 @@ normalised with the checkpoint's mean/std.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from dataclasses import dataclass
@@ -59,13 +60,14 @@ def builtin_images() -> list[tuple[str, Image.Image]]:
                        ("skimage:motorcycle_right", Image.fromarray(right))]
         except Exception:
             pass
-    try:
-        from sklearn.datasets import load_sample_images
-
-        for filename, arr in zip(("china.jpg", "flower.jpg"), load_sample_images().images):
-            images.append((f"sklearn:{filename}", Image.fromarray(arr)))
-    except Exception:
-        pass
+    # scikit-learn's two sample photos, read from its package folder (importing sklearn takes seconds)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "images"
+        for filename in ("china.jpg", "flower.jpg"):
+            if (folder / filename).is_file():
+                with Image.open(folder / filename) as img:
+                    images.append((f"sklearn:{filename}", to_rgb(img).copy()))
     try:
         from matplotlib.cbook import get_sample_data
 

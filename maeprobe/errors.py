@@ -1,8 +1,9 @@
 """Errors a user can act on. The CLI prints them as one line, without a traceback."""
 
 
-class MaeprobeError(Exception):
-    """A problem with the inputs (file, flags, images) rather than a bug."""
+class MaeprobeError(ValueError):
+    """A problem with the inputs (file, flags, images) rather than a bug. A ValueError, so callers may
+    catch either."""
 
 
 class CheckpointError(MaeprobeError):

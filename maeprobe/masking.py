@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import MaeprobeError
+
 
 def mask_noise(num_patches: int, seed: int, *, batch_size: int = 1, shared: bool = True,
                image_indices: torch.Tensor | list[int] | None = None) -> torch.Tensor:
@@ -41,7 +43,7 @@ def mask_noise(num_patches: int, seed: int, *, batch_size: int = 1, shared: bool
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """Number of visible patches: ``int(L * (1 - r))`` as in the official code."""
     if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1), got {mask_ratio}")
+        raise MaeprobeError(f"mask ratio must be in [0, 1), got {mask_ratio}")
     return int(num_patches * (1 - mask_ratio))
 
 

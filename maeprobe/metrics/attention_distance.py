@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..capture import ActivationCache, CaptureRequest, blocks_of, resolve_layers
+from ..errors import MaeprobeError
 from .base import ImageMean
 
 
@@ -30,7 +31,7 @@ class AttentionDistance(ImageMean):
     def __init__(self, model, *, module: str = "encoder", layers=None, units: str = "px",
                  renormalize: bool = False, bootstrap: int = 0, bootstrap_seed: int = 0) -> None:
         if units not in ("px", "patches"):
-            raise ValueError(f"units must be 'px' or 'patches', got {units!r}")
+            raise MaeprobeError(f"units must be 'px' or 'patches', got {units!r}")
         self.module, self.units, self.renormalize = module, units, renormalize
         self.layers = resolve_layers(model, module, layers)
         self.num_heads = blocks_of(model, module)[0].attn.num_heads

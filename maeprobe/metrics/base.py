@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..capture import ActivationCache, CaptureRequest
+from ..errors import MaeprobeError
 
 
 def poisson_weights(image_indices: torch.Tensor, num_replicates: int, seed: int) -> torch.Tensor:
@@ -106,7 +107,7 @@ class ImageMean(Reducer):
     def summary(self) -> dict[str, np.ndarray]:
         n = self._state["count"].item()
         if n == 0:
-            raise ValueError(f"{self.metric}: no images were processed")
+            raise MaeprobeError(f"{self.metric}: no images were processed (all unreadable?)")
         mean = self._state["sum"] / n
         var = (self._state["sum_sq"] / n - mean**2).clamp_min(0) * (n / max(n - 1, 1))
         out = {"value": mean.numpy(), "std": var.sqrt().numpy()}

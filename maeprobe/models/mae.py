@@ -19,6 +19,7 @@ from torch import nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from ..errors import MaeprobeError
 from ..masking import random_masking
 
 
@@ -263,7 +264,7 @@ def build_mae(preset: str | None = None, **kwargs) -> MaskedAutoencoderViT:
     params: dict = {}
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+            raise MaeprobeError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
         params.update(PRESETS[preset])
     params.update(kwargs)
     return MaskedAutoencoderViT(ArchConfig(**params))

@@ -1,0 +1,199 @@
+"""Command line: thin wrappers around the Python API. Heavy imports happen inside the commands."""
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Look inside pretrained MAE / ViT checkpoints.")
+
+
+class Module(str, Enum):
+    encoder = "encoder"
+    decoder = "decoder"
+
+
+class Units(str, Enum):
+    px = "px"
+    patches = "patches"
+
+
+class DType(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def _friendly(fn):
+    """Print user errors (bad file, bad flag, no images) as one line and exit 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .errors import MaeprobeError
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            print(f"warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = show
+        try:
+            return fn(*args, **kwargs)
+        except MaeprobeError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _parse_layers(text: Optional[str]) -> Optional[list[int]]:
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    from .errors import MaeprobeError
+
+    layers = []
+    for part in text.replace(" ", "").split(","):
+        try:
+            if ":" in part or ("-" in part[1:]):
+                lo, hi = part.split(":") if ":" in part else part.split("-", 1)
+                layers += list(range(int(lo), int(hi) + 1))
+            else:
+                layers.append(int(part))
+        except ValueError:
+            raise MaeprobeError(f"--layers: cannot read {part!r}; use e.g. 0,5,11 or 0-3 (0-based)") from None
+    return layers
+
+
+CKPT = typer.Argument(..., help="Checkpoint file (.pth/.pt/.bin/.safetensors) or HuggingFace folder.")
+NUM_HEADS = typer.Option(None, "--num-heads", help="Encoder heads (only for checkpoints of unknown releases).")
+DEC_HEADS = typer.Option(None, "--decoder-num-heads", help="Decoder heads (only for unknown decoders).")
+
+
+@app.command()
+@_friendly
+def info(ckpt: Path = CKPT, num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS):
+    """Show a checkpoint's format, architecture, decoder and parameter count."""
+    from .checkpoints import load
+
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    cfg = model.config
+    encoder_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("decoder", "mask_token")))
+    total = sum(p.numel() for p in model.parameters())
+    prefix = [name for name, present in (("cls", cfg.class_token), ("dist", cfg.dist_token)) if present]
+    prefix += [f"{cfg.num_reg_tokens} registers"] if cfg.num_reg_tokens else []
+    lines = [
+        ("file", str(ckpt)),
+        ("format", model.checkpoint.format),
+        ("encoder", f"ViT width {cfg.embed_dim}, depth {cfg.depth}, {cfg.num_heads} heads, patch {cfg.patch_size}, "
+                    f"input {cfg.img_size}px ({cfg.grid_size}x{cfg.grid_size} patches), mlp ratio {cfg.mlp_ratio:g}"),
+        ("prefix tokens", ", ".join(prefix) or "none"),
+        ("decoder", f"width {cfg.decoder_embed_dim}, depth {cfg.decoder_depth}, {cfg.decoder_num_heads} heads"
+         if cfg.decoder_depth else "none (encoder only)"),
+        ("head", f"{cfg.num_classes} classes" if cfg.num_classes else "none"),
+        ("parameters", f"{total:,} ({encoder_params:,} encoder)"),
+        ("mean / std", f"{model.checkpoint.mean} / {model.checkpoint.std}"),
+    ]
+    lines += [("note", note) for note in model.checkpoint.notes]
+    for key, value in lines:
+        typer.echo(f"{key:>14}: {value}")
+
+
+@app.command("attn-distance")
+@_friendly
+def attn_distance(
+    ckpt: Path = CKPT,
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images (recursive). Default: built-in photos."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the table: .csv, .json or .parquet."),
+    mask_ratio: float = typer.Option(0.0, "--mask-ratio", help="Fraction of patches masked (visible ones keep their positions)."),
+    seed: int = typer.Option(0, "--seed", help="Mask seed (and bootstrap seed)."),
+    per_image_mask: bool = typer.Option(False, "--per-image-mask", help="A different seeded mask per image."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="0-based layers, e.g. 0,5,11 or 0-3 (default all)."),
+    module: Module = typer.Option(Module.encoder, "--module", help="encoder or decoder."),
+    units: Units = typer.Option(Units.px, "--units", help="px or patches."),
+    renormalize: bool = typer.Option(False, "--renormalize", help="Renormalise rows over patch keys."),
+    bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap replicates for ci_low/ci_high (0: off)."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    dtype: DType = typer.Option(DType.fp32, "--dtype", help="fp32 or bf16 (autocast)."),
+    num_heads: Optional[int] = NUM_HEADS,
+    decoder_num_heads: Optional[int] = DEC_HEADS,
+):
+    """Mean attention distance per layer and head (ViT authors' convention), in pixels by default."""
+    from .api import attention_distance
+    from .checkpoints import load
+    from .results import layer_summary, write_table
+
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    table = attention_distance(model, images, layers=_parse_layers(layers), module=module.value,
+                               mask_ratio=mask_ratio, seed=seed, shared_mask=not per_image_mask, units=units.value,
+                               renormalize=renormalize, bootstrap=bootstrap, batch_size=batch_size, device=device,
+                               dtype=dtype.value, progress=True)
+    summary = layer_summary(table)
+    if bootstrap:
+        ci = table.groupby("layer")[["ci_low", "ci_high"]].mean().reset_index()
+        summary = summary.merge(ci, on="layer")
+    typer.echo(f"{model.checkpoint.name}: mean attention distance ({units.value}) of the {module.value}, "
+               f"{int(table['n_images'].iloc[0])} images, mask ratio {mask_ratio:g}")
+    typer.echo(summary.drop(columns=["metric", "module"]).rename(
+        columns={"mean": "mean(heads)", "min": "min head", "max": "max head",
+                 "ci_low": "mean ci_low", "ci_high": "mean ci_high"}).to_string(index=False, float_format="%.2f"))
+    if out is not None:
+        typer.echo(f"wrote {write_table(table, out)}")
+
+
+@app.command("pretrain")
+@_friendly
+def pretrain_cmd(
+    out: Path = typer.Option(Path("outputs/pretrain/checkpoint.pth"), "--out", help="Checkpoint path (.pth)."),
+    preset: str = typer.Option("mae_vit_tiny_patch8_64", "--preset", help="Architecture preset."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of training images (default: built-in photos)."),
+    steps: int = typer.Option(300, "--steps"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    base_lr: float = typer.Option(1.5e-4, "--base-lr", help="lr = base_lr * batch_size / 256."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay"),
+    warmup_steps: int = typer.Option(20, "--warmup-steps"),
+    mask_ratio: float = typer.Option(0.75, "--mask-ratio"),
+    norm_pix_loss: bool = typer.Option(False, "--norm-pix-loss", help="Per-patch normalised pixel targets."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this long."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+):
+    """Minimal single-process MAE pretraining; saves an official-format checkpoint."""
+    from .train import PretrainConfig, pretrain
+
+    config = PretrainConfig(preset=preset, images=str(images) if images else None, out=str(out), steps=steps,
+                            batch_size=batch_size, base_lr=base_lr, weight_decay=weight_decay,
+                            warmup_steps=warmup_steps, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
+                            max_minutes=max_minutes, seed=seed, device=device)
+    path = pretrain(config)
+    typer.echo(f"wrote {path} (training log: {path.with_suffix('.log.csv')})")
+
+
+@app.command()
+@_friendly
+def demo(
+    out: Path = typer.Option(Path("outputs/demo"), "--out", help="Output folder."),
+    max_minutes: float = typer.Option(2.5, "--max-minutes", help="Pretraining time budget."),
+    steps: int = typer.Option(600, "--steps", help="Pretraining steps (if the time budget allows)."),
+):
+    """Pretrain a small MAE on the built-in photos and compare its attention distance with the untrained model."""
+    from .demo import run_demo
+
+    paths = run_demo(out, max_minutes=max_minutes, steps=steps, echo=typer.echo)
+    typer.echo("\nresults:")
+    for key, path in paths.items():
+        typer.echo(f"  {key:>10}: {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

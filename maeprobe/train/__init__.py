@@ -1,0 +1,4 @@
+"""Training: the MAE pretraining loop (grown into full recipes later)."""
+from .pretrain import PretrainConfig, pretrain
+
+__all__ = ["PretrainConfig", "pretrain"]

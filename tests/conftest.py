@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny models built in the tests, images the tests generate. No downloads."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def hf_config_kwargs():
+    """A tiny ViTMAE: 32 px, patch 8 (4x4 grid), width 64 / 4 heads, decoder 48 wide / 3 heads."""
+    return dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                decoder_hidden_size=48, decoder_num_hidden_layers=2, decoder_num_attention_heads=3,
+                decoder_intermediate_size=96, image_size=32, patch_size=8, mask_ratio=0.75)
+
+
+@pytest.fixture(scope="session")
+def hf_mae(tmp_path_factory, hf_config_kwargs):
+    """(HF ViTMAEForPreTraining in eager attention mode, folder it was saved to)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTMAEConfig(**hf_config_kwargs)
+    model = transformers.ViTMAEForPreTraining(config)
+    # Random, non-trivial weights everywhere (the default init has zero biases and unit norms).
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "position" in name or "pos_embed" in name:
+                continue
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = tmp_path_factory.mktemp("hf_vitmae")
+    model.save_pretrained(folder)
+    model = transformers.ViTMAEForPreTraining.from_pretrained(folder, attn_implementation="eager").eval()
+    return model, folder
+
+
+@pytest.fixture(scope="session")
+def images32():
+    """Six smooth random images [6, 3, 32, 32] (already normalised)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 3, 8, 8, generator=g)
+    return torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False)
