@@ -1,0 +1,59 @@
+"""The command line: outputs, written tables, and one-line errors without tracebacks."""
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import maeprobe
+from maeprobe.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                               decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    return maeprobe.save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+def test_info(checkpoint):
+    result = runner.invoke(app, ["info", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert "width 48, depth 2, 3 heads, patch 8" in result.output
+    assert "decoder" in result.output and "width 32, depth 1, 2 heads" in result.output
+    assert "parameters" in result.output
+
+
+def test_attn_distance_prints_summary_and_writes_table(checkpoint, tmp_path):
+    out = tmp_path / "ad.json"
+    result = runner.invoke(app, ["attn-distance", str(checkpoint), "--layers", "0", "--mask-ratio", "0.5",
+                                 "--bootstrap", "10", "--out", str(out), "--module", "decoder",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "mean(heads)" in result.output and f"wrote {out}" in result.output
+    table = pd.read_json(out)
+    assert set(table["module"]) == {"decoder"} and set(table["layer"]) == {0} and len(table) == 2
+    assert table["ci_low"].notna().all() and (table["mask_ratio"] == 0.5).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["info", "/no/such/file.pth"], "no such file"),
+    (["attn-distance", "{ckpt}", "--layers", "7"], "encoder layer 7 does not exist"),
+    (["attn-distance", "{ckpt}", "--mask-ratio", "1.2"], "mask ratio must be in [0, 1)"),
+    (["attn-distance", "{ckpt}", "--images", "{empty}"], "no image files found"),
+    (["attn-distance", "{ckpt}", "--out", "{tmp}/table.xlsx", "--bootstrap", "0"], "unknown table format"),
+    (["info", "{random}"], "unrecognised file content"),
+])
+def test_errors_are_one_line_with_nonzero_exit(checkpoint, tmp_path, args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    random_file = tmp_path / "random.bin"
+    random_file.write_bytes(bytes(range(3, 200)) * 3)
+    args = [a.format(ckpt=checkpoint, empty=empty, tmp=tmp_path, random=random_file) for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    error_lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], result.output
+    assert "Traceback" not in result.output
