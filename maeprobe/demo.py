@@ -8,7 +8,7 @@ import pandas as pd
 from .api import attention_distance
 from .checkpoints import load, save_checkpoint
 from .models import build_mae
-from .results import layer_summary, write_table
+from .results import write_table
 from .train import PretrainConfig, pretrain
 
 
@@ -36,9 +36,9 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, max_minutes: float = 2.5, 
     echo("[3/3] plotting")
     plots = plot_attention_distance(table, out_dir / "attention_distance",
                                     title="MAE ViT-Tiny/8: untrained vs pretrained")
-    summary = layer_summary(table.assign(metric=table["checkpoint"]))
-    pivot = summary.pivot(index="layer", columns="metric", values="mean").round(2)
+    pivot = table.pivot_table(index="layer", columns="checkpoint", values="value", aggfunc="mean", sort=False)
+    pivot.columns.name = None
     echo("\nmean attention distance per encoder layer (px, mean over heads):")
-    echo(pivot.to_string())
+    echo(pivot.to_string(float_format="%.2f"))
     return {"trained": trained_path, "untrained": untrained_path, "table": csv_path, "plot": plots[0],
             "plot_pdf": plots[1], "log": Path(config.out).with_suffix(".log.csv")}

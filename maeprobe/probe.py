@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Iterable, Sequence
 
 import torch
@@ -100,7 +101,8 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, total=-(-total // batch_size), unit="batch", delay=2.0, leave=False)
+        batches = tqdm(batches, total=-(-total // batch_size), unit="batch", delay=2.0, leave=False,
+                       mininterval=0.1 if sys.stderr.isatty() else 10.0)
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     with capture(model, request) as cache, torch.inference_mode(), autocast:

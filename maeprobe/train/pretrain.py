@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,7 +112,8 @@ def pretrain(config: PretrainConfig, *, progress: bool = True, model=None) -> Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     log_path = out.with_suffix(".log.csv")
     start, step, loss_value = time.monotonic(), 0, math.nan
-    bar = tqdm(total=config.steps, disable=not progress, unit="step", desc="pretrain")
+    bar = tqdm(total=config.steps, disable=not progress, unit="step", desc="pretrain",
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
     with open(log_path, "w", newline="") as log_file:
         log = csv.writer(log_file)
         log.writerow(["step", "loss", "lr", "seconds"])
