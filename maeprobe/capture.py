@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -91,9 +91,21 @@ def resolve_layers(model: nn.Module, module: str, layers: Iterable[int] | None) 
     return sorted(set(out))
 
 
+Consumer = Callable[[str, str, int, torch.Tensor, "ActivationCache"], None]
+
+
 @contextmanager
-def capture(model: nn.Module, request: CaptureRequest) -> Iterator[ActivationCache]:
+def capture(model: nn.Module, request: CaptureRequest,
+            consumers: dict[tuple[str, str, int], list[Consumer]] | None = None) -> Iterator[ActivationCache]:
     """Record the requested attention maps and block outputs during forward passes inside the block.
+
+    Args:
+        model: a MaskedAutoencoderViT (or any model with timm blocks at ``blocks``/``decoder_blocks``).
+        request: which layers' attention / features to capture.
+        consumers: optional ``{(kind, module, layer): [fn, ...]}`` with kind ``'attention'`` or
+            ``'features'``. Such tensors are handed to ``fn(kind, module, layer, tensor, cache)`` inside
+            the hook and are *not* stored, so they are freed as soon as the model is done with them
+            (the streaming path that keeps peak memory at the level of a bare forward pass).
 
     Example:
         >>> with capture(model, CaptureRequest.of(attention={"encoder": [0, 11]})) as cache:
@@ -101,17 +113,26 @@ def capture(model: nn.Module, request: CaptureRequest) -> Iterator[ActivationCac
         >>> cache.attention[("encoder", 11)].shape  # [B, heads, N, N]
     """
     cache = ActivationCache()
+    consumers = consumers or {}
     handles: list[torch.utils.hooks.RemovableHandle] = []
     fused_before: list[tuple[nn.Module, bool]] = []
 
+    def store(kind: str, key: tuple[str, int], tensor: torch.Tensor) -> None:
+        listeners = consumers.get((kind, *key))
+        if listeners:
+            for fn in listeners:
+                fn(kind, key[0], key[1], tensor.detach(), cache)
+        else:
+            getattr(cache, kind)[key] = tensor.detach()
+
     def attention_hook(key):
         def hook(_module, inputs):
-            cache.attention[key] = inputs[0].detach()
+            store("attention", key, inputs[0])
         return hook
 
     def feature_hook(key):
         def hook(_module, _inputs, output):
-            cache.features[key] = output.detach()
+            store("features", key, output)
         return hook
 
     try:

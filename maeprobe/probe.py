@@ -92,6 +92,16 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
     request = CaptureRequest()
     for reducer in reducers:
         request = request | reducer.request()
+    # A tensor that every reducer needing it can digest inside the hook is never stored (freed at once).
+    consumers: dict = {}
+    for reducer in reducers:
+        for key in reducer.consumes():
+            consumers.setdefault(key, []).append(reducer.consume)
+    for key in list(consumers):
+        kind, module, layer = key
+        wanted_by = [r for r in reducers if layer in getattr(r.request(), kind).get(module, ())]
+        if any(key not in r.consumes() for r in wanted_by):
+            del consumers[key]  # someone reads it from the cache: store it
     run_decoder = request.needs("decoder")
     if run_decoder and not getattr(model, "has_decoder", False):
         raise MaeprobeError("this checkpoint has no decoder; decoder metrics need a full MAE checkpoint")
@@ -105,17 +115,17 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
                        mininterval=0.1 if sys.stderr.isatty() else 10.0)
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
-    with capture(model, request) as cache, torch.inference_mode(), autocast:
+    with capture(model, request, consumers) as cache, torch.inference_mode(), autocast:
         for x, indices in batches:
             noise = mask_noise(L, seed, batch_size=x.shape[0], shared=shared_mask, image_indices=indices)
+            mask = MaskInfo.from_noise(noise, mask_ratio, shared_mask)
+            cache.mask = MaskInfo(mask.ids_keep.to(device), mask.mask.to(device), mask.ids_restore.to(device),
+                                  shared_mask)  # known before the forward pass, for in-hook consumers
+            cache.image_indices = indices
             x = x.to(device, non_blocking=True)
             latent, _, ids_restore = model.forward_encoder(x, mask_ratio, noise.to(device))
             if run_decoder:
                 model.forward_decoder(latent, ids_restore)
-            mask = MaskInfo.from_noise(noise, mask_ratio, shared_mask)
-            cache.mask = MaskInfo(mask.ids_keep.to(device), mask.mask.to(device), mask.ids_restore.to(device),
-                                  shared_mask)
-            cache.image_indices = indices
             for reducer in reducers:
                 reducer.update(cache)
             cache.clear()

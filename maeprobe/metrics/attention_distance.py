@@ -54,39 +54,59 @@ class AttentionDistance(ImageMean):
         L = self.distances.shape[0]
         return torch.arange(L).expand(batch_size, L)
 
-    def update(self, cache: ActivationCache) -> None:
+    def _prepare(self, cache: ActivationCache, batch_size: int, device) -> None:
+        """Distance matrices for this batch's token positions (once per batch)."""
         P = self.num_prefix
-        first = cache.attention[(self.module, self.layers[0])]
-        B, device = first.shape[0], first.device
-        positions = self._token_positions(cache, B).to(device)  # [B, K]
+        positions = self._token_positions(cache, batch_size).to(device)  # [B, K]
         distances = self.distances.to(device)
         K = positions.shape[1]
-        same_positions = bool((positions == positions[:1]).all())
-        if same_positions:
+        self._shared = bool((positions == positions[:1]).all())
+        if self._shared:
             pos = positions[0]
-            token_dist = distances[pos][:, pos]  # [K, K]
-            if not self.renormalize:
-                N = P + K  # distance matrix over the whole sequence, zero on prefix rows/columns
-                full = torch.zeros(N, N, device=device)
-                full[P:, P:] = token_dist
-                full_flat = full.flatten() / K
+            self._token_dist = distances[pos][:, pos]  # [K, K]
+            full = torch.zeros(P + K, P + K, device=device)  # whole sequence, zero on prefix rows/cols
+            full[P:, P:] = self._token_dist
+            self._full_flat = full.flatten() / K
         else:
-            token_dist = distances[positions.unsqueeze(-1), positions.unsqueeze(-2)]  # [B, K, K]
-        per_layer = []
-        for layer in self.layers:
-            attn = cache.attention[(self.module, layer)].float()  # [B, H, N, N]
-            if same_positions and not self.renormalize:
-                # sum_{q,k} a_qk d_qk / K as one matrix-vector product, no [B, H, N, N] temporary
-                per_layer.append(attn.flatten(2) @ full_flat)  # [B, H]
-                continue
-            patch_attn = attn[:, :, P:, P:]  # [B, H, K, K]
-            d = token_dist if token_dist.ndim == 2 else token_dist[:, None]
-            per_query = (patch_attn * d).sum(-1)  # [B, H, K]
-            if self.renormalize:
-                per_query = per_query / patch_attn.sum(-1).clamp_min(1e-12)
-            per_layer.append(per_query.mean(-1))  # [B, H]
-        values = torch.stack(per_layer, dim=1)  # [B, layers, H]
+            self._token_dist = distances[positions.unsqueeze(-1), positions.unsqueeze(-2)]  # [B, K, K]
+        self._prepared_for = cache.mask
+
+    def _layer_values(self, attn: torch.Tensor) -> torch.Tensor:
+        """Per-image mean distance of one layer: attention [B, H, N, N] -> [B, H]."""
+        attn = attn.float()
+        if self._shared and not self.renormalize:
+            # sum_{q,k} a_qk d_qk / K as one matrix-vector product, no [B, H, N, N] temporary
+            return attn.flatten(2) @ self._full_flat
+        P = self.num_prefix
+        patch_attn = attn[:, :, P:, P:]  # [B, H, K, K]
+        d = self._token_dist if self._token_dist.ndim == 2 else self._token_dist[:, None]
+        per_query = (patch_attn * d).sum(-1)  # [B, H, K]
+        if self.renormalize:
+            per_query = per_query / patch_attn.sum(-1).clamp_min(1e-12)
+        return per_query.mean(-1)
+
+    def consumes(self) -> set[tuple[str, str, int]]:
+        return {("attention", self.module, layer) for layer in self.layers}
+
+    def consume(self, kind, module, layer, tensor, cache) -> None:
+        if getattr(self, "_prepared_for", None) is not cache.mask or not hasattr(self, "_pending"):
+            self._prepare(cache, tensor.shape[0], tensor.device)
+            self._pending = {}
+        self._pending[layer] = self._layer_values(tensor)  # the attention tensor itself is not kept
+
+    def update(self, cache: ActivationCache) -> None:
+        pending = getattr(self, "_pending", {})
+        self._pending = {}
+        missing = [layer for layer in self.layers if layer not in pending]
+        if missing:
+            first = cache.attention[(self.module, missing[0])]
+            self._prepare(cache, first.shape[0], first.device)
+            for layer in missing:
+                pending[layer] = self._layer_values(cache.attention[(self.module, layer)])
+        values = torch.stack([pending[layer] for layer in self.layers], dim=1)  # [B, layers, H]
+        B = values.shape[0]
         self.add(values, cache.image_indices if cache.image_indices is not None else torch.arange(B))
+        self._prepared_for = None
 
     def rows(self) -> list[dict]:
         s = self.summary()

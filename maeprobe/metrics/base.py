@@ -67,6 +67,15 @@ class Reducer:
     def rows(self) -> list[dict]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def consumes(self) -> set[tuple[str, str, int]]:
+        """Captured tensors ``(kind, module, layer)`` this reducer can digest inside the hook via
+        ``consume`` (so they need not be stored). Default: none; ``update`` reads the cache."""
+        return set()
+
+    def consume(self, kind: str, module: str, layer: int, tensor: torch.Tensor,
+                cache: ActivationCache) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
     def settings(self) -> dict:
         """Settings columns that this metric adds to each of its rows."""
         return {}
@@ -120,3 +129,21 @@ class ImageMean(Reducer):
         else:
             out["ci_low"] = out["ci_high"] = np.full(self.shape, np.nan)
         return out
+
+
+def image_groups(image_indices: torch.Tensor, num_groups: int, seed: int) -> torch.Tensor:
+    """Random but fixed group of every image, a pure function of (seed, image index). Returns [B]."""
+    groups = [np.random.default_rng([int(seed), int(i), 0x51ED]).integers(num_groups) for i in image_indices.tolist()]
+    return torch.as_tensor(groups, dtype=torch.long)
+
+
+def group_bootstrap_weights(num_groups: int, num_replicates: int, seed: int) -> np.ndarray:
+    """Multinomial resampling of groups with replacement: counts [num_replicates, num_groups]."""
+    rng = np.random.default_rng([int(seed), 0xB007])
+    return rng.multinomial(num_groups, np.full(num_groups, 1.0 / num_groups), size=num_replicates).astype(float)
+
+
+def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval over axis 0 (NaN replicates ignored)."""
+    alpha = (1 - confidence) / 2
+    return np.nanquantile(replicates, alpha, axis=0), np.nanquantile(replicates, 1 - alpha, axis=0)
