@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .metrics.attention_distance import AttentionDistance
+import os
+from pathlib import Path
+
+from .errors import MaeprobeError
+from .metrics import (AttentionDistance, DecoderAttentionSimilarity, DecoderSemanticSimilarity,
+                      FeatureSpectrum)
 from .probe import resolve_model, run_probe
 from .results import to_frame
+
+METRICS = ("attn-distance", "decoder-attn-sim", "decoder-semantics", "spectrum")
 
 
 def run_context(model, *, mask_ratio: float, seed: int, shared_mask: bool, dtype: str | None) -> dict:
@@ -44,3 +51,144 @@ def attention_distance(model, images=None, *, layers=None, module: str = "encode
               batch_size=batch_size, device=device, dtype=dtype, progress=progress)
     return to_frame([reducer], run_context(model, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
                                            dtype=dtype))
+
+
+def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size, device, dtype, progress):
+    run_probe(model, reducers, images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
+              batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+    return to_frame(reducers, run_context(model, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
+                                          dtype=dtype))
+
+
+def decoder_attention_similarity(model, images=None, *, layers=None, per_head: bool = False,
+                                 mask_ratio: float = 0.75, seed: int = 0, bootstrap: int = 0, groups: int = 16,
+                                 batch_size: int = 16, device: str | None = None, dtype: str | None = None,
+                                 progress: bool = False, **load_kwargs) -> pd.DataFrame:
+    """LC-MAE Eq. 7: mean pairwise cosine of the masked queries' decoder attention across images.
+
+    All images share one seeded mask. ``per_head`` adds one row per head. ``bootstrap`` replicates resample
+    ``groups`` fixed image groups for ``ci_low``/``ci_high``. Other arguments as ``attention_distance``.
+    """
+    model = resolve_model(model, **load_kwargs)
+    reducer = DecoderAttentionSimilarity(model, layers=layers, per_head=per_head, bootstrap=bootstrap,
+                                         bootstrap_seed=seed, groups=groups)
+    return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
+                  batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+
+
+def decoder_semantic_similarity(model, reference, images=None, *, layers=None, ref_features: str = "keys",
+                                tau: float | None = None, eps: float = 1e-5, mask_ratio: float = 0.75,
+                                seed: int = 0, bootstrap: int = 0, batch_size: int = 16, device: str | None = None,
+                                dtype: str | None = None, progress: bool = False, ref_num_heads: int | None = None,
+                                **load_kwargs) -> pd.DataFrame:
+    """LC-MAE Eq. 8: similarity of each decoder layer's patch affinities to a reference model's.
+
+    Args:
+        model: MAE with a decoder (model or checkpoint path).
+        reference: a loaded model, a checkpoint path, or ``'dino'`` (timm's vit_base_patch16_224.dino from
+            the local cache or ``$MAEPROBE_DINO``).
+        ref_features: ``'keys'`` (last block's attention keys, CutLER) or ``'tokens'`` (last block output).
+        tau, eps: binarise affinities as in CutLER (W > tau; zeros -> eps). None: no threshold.
+        Other arguments as ``attention_distance``.
+    """
+    model = resolve_model(model, **load_kwargs)
+    reference = load_reference(reference, num_heads=ref_num_heads)
+    reducer = DecoderSemanticSimilarity(model, reference, layers=layers, ref_features=ref_features, tau=tau,
+                                        eps=eps, bootstrap=bootstrap, bootstrap_seed=seed)
+    return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
+                  batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+
+
+def feature_spectrum(model, images=None, *, layers=None, mask_ratio: float = 0.0, seed: int = 0, bootstrap: int = 0,
+                     groups: int = 16, batch_size: int = 16, device: str | None = None, dtype: str | None = None,
+                     progress: bool = False, **load_kwargs) -> pd.DataFrame:
+    """U-MAE feature-collapse spectrum: singular values (``feature_spectrum`` rows, one per component) and
+    effective rank (``effective_rank`` rows) of CLS and mean-pooled patch features of encoder layers
+    (default: the last block)."""
+    model = resolve_model(model, **load_kwargs)
+    reducer = FeatureSpectrum(model, layers=layers, bootstrap=bootstrap, bootstrap_seed=seed, groups=groups)
+    return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
+                  batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+
+
+def dino_candidates() -> list[Path]:
+    """Where a local copy of DINO ViT-B/16 may be: $MAEPROBE_DINO, the HuggingFace hub cache (timm's
+    ``timm/vit_base_patch16_224.dino``) and the torch hub cache (official ``dino_vitbase16_pretrain.pth``)."""
+    paths = []
+    if os.environ.get("MAEPROBE_DINO"):
+        paths.append(Path(os.environ["MAEPROBE_DINO"]).expanduser())
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    hub = Path(os.environ.get("HF_HUB_CACHE", os.environ.get("HUGGINGFACE_HUB_CACHE", hf_home / "hub")))
+    for snapshot in sorted((hub / "models--timm--vit_base_patch16_224.dino" / "snapshots").glob("*")):
+        paths += [snapshot / "model.safetensors", snapshot / "pytorch_model.bin"]
+    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    paths.append(torch_home / "hub" / "checkpoints" / "dino_vitbase16_pretrain.pth")
+    return paths
+
+
+def load_reference(reference, *, num_heads: int | None = None):
+    """A reference model: a loaded model, a checkpoint path, or 'dino' (local copy only, never downloaded)."""
+    from .checkpoints import load
+
+    if not isinstance(reference, (str, os.PathLike)):
+        return reference
+    if str(reference).lower() == "dino":
+        if os.environ.get("MAEPROBE_DINO") and not Path(os.environ["MAEPROBE_DINO"]).expanduser().exists():
+            raise MaeprobeError(f"MAEPROBE_DINO={os.environ['MAEPROBE_DINO']} does not exist")
+        for path in dino_candidates():
+            if path.is_file():
+                return load(path, num_heads=num_heads)
+        raise MaeprobeError("--ref dino: no local copy of DINO ViT-B/16 found (maeprobe never downloads); "
+                            "put timm's vit_base_patch16_224.dino model.safetensors or the official "
+                            "dino_vitbase16_pretrain.pth somewhere and set MAEPROBE_DINO=/path/to/it")
+    return load(reference, num_heads=num_heads)
+
+
+def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None, layers=None,
+        decoder_layers=None, mask_ratio: float | None = None, seed: int = 0, bootstrap: int = 0, per_head: bool = False,
+        ref_features: str = "keys", tau: float | None = None, units: str = "px", batch_size: int = 16,
+        device: str | None = None, dtype: str | None = None, progress: bool = False, num_heads=None,
+        decoder_num_heads=None, ref_num_heads=None) -> pd.DataFrame:
+    """Several metrics from one hooked pass per batch, for each checkpoint; one table for all.
+
+    One seeded mask shared by all images serves every metric of the pass (``mask_ratio``; default 0.75
+    when a decoder metric is requested, else 0); attention distance and the spectrum are measured on the
+    same pass (visible tokens keep their grid positions). Metrics:
+    ``attn-distance``, ``decoder-attn-sim``, ``decoder-semantics`` (needs ``reference``), ``spectrum``.
+    """
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise MaeprobeError(f"unknown metrics {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
+    if "decoder-semantics" in metrics and reference is None:
+        raise MaeprobeError("decoder-semantics needs a reference model (--ref CKPT or --ref dino)")
+    from .checkpoints import load
+
+    if mask_ratio is None:
+        mask_ratio = 0.75 if {"decoder-attn-sim", "decoder-semantics"} & set(metrics) else 0.0
+    ref_model = load_reference(reference, num_heads=ref_num_heads) if "decoder-semantics" in metrics else None
+    if isinstance(checkpoints, (str, os.PathLike)) or not hasattr(checkpoints, "__iter__"):
+        checkpoints = [checkpoints]
+    tables = []
+    for checkpoint in checkpoints:
+        model = load(checkpoint, num_heads=num_heads, decoder_num_heads=decoder_num_heads) \
+            if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+        reducers = []
+        if "attn-distance" in metrics:
+            reducers.append(AttentionDistance(model, layers=layers, units=units, bootstrap=bootstrap,
+                                              bootstrap_seed=seed))
+        needs_decoder = {"decoder-attn-sim", "decoder-semantics"} & set(metrics)
+        if needs_decoder and not model.has_decoder:
+            raise MaeprobeError(f"{getattr(model, 'checkpoint', None) and model.checkpoint.path}: "
+                                f"{', '.join(sorted(needs_decoder))} need a checkpoint with a decoder")
+        if "decoder-attn-sim" in metrics:
+            reducers.append(DecoderAttentionSimilarity(model, layers=decoder_layers, per_head=per_head,
+                                                       bootstrap=bootstrap, bootstrap_seed=seed))
+        if "decoder-semantics" in metrics:
+            reducers.append(DecoderSemanticSimilarity(model, ref_model, layers=decoder_layers,
+                                                      ref_features=ref_features, tau=tau, bootstrap=bootstrap,
+                                                      bootstrap_seed=seed))
+        if "spectrum" in metrics:
+            reducers.append(FeatureSpectrum(model, bootstrap=bootstrap, bootstrap_seed=seed))
+        tables.append(_probe(model, reducers, images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
+                             batch_size=batch_size, device=device, dtype=dtype, progress=progress))
+    return pd.concat(tables, ignore_index=True)

@@ -25,45 +25,57 @@ MODULES = ("encoder", "decoder")
 
 @dataclass(frozen=True)
 class CaptureRequest:
-    """What to record: per module, the layers whose attention / block output is needed."""
+    """What to record: per module, the layers whose attention / block output / attention keys are needed."""
 
     attention: dict[str, frozenset[int]] = field(default_factory=dict)
     features: dict[str, frozenset[int]] = field(default_factory=dict)
+    keys: dict[str, frozenset[int]] = field(default_factory=dict)
 
     @staticmethod
     def of(attention: dict[str, Iterable[int]] | None = None,
-           features: dict[str, Iterable[int]] | None = None) -> "CaptureRequest":
-        return CaptureRequest({m: frozenset(v) for m, v in (attention or {}).items()},
-                              {m: frozenset(v) for m, v in (features or {}).items()})
+           features: dict[str, Iterable[int]] | None = None,
+           keys: dict[str, Iterable[int]] | None = None) -> "CaptureRequest":
+        def freeze(d):
+            return {m: frozenset(v) for m, v in (d or {}).items()}
+
+        return CaptureRequest(freeze(attention), freeze(features), freeze(keys))
 
     def __or__(self, other: "CaptureRequest") -> "CaptureRequest":
         def union(a, b):
             return {m: a.get(m, frozenset()) | b.get(m, frozenset()) for m in set(a) | set(b)}
 
-        return CaptureRequest(union(self.attention, other.attention), union(self.features, other.features))
+        return CaptureRequest(union(self.attention, other.attention), union(self.features, other.features),
+                              union(self.keys, other.keys))
 
     def needs(self, module: str) -> bool:
-        return bool(self.attention.get(module) or self.features.get(module))
+        return bool(self.attention.get(module) or self.features.get(module) or self.keys.get(module))
 
 
 @dataclass
 class ActivationCache:
     """What one hooked forward pass recorded, keyed by (module, layer).
 
-    ``attention[(m, l)]``: [B, heads, N, N] probabilities; ``features[(m, l)]``: [B, N, D] block outputs.
-    ``mask``: the MaskInfo of the batch; ``image_indices``: global index of every image of the batch.
+    ``attention[(m, l)]``: [B, heads, N, N] probabilities; ``features[(m, l)]``: [B, N, D] block outputs;
+    ``keys[(m, l)]``: [B, N, D] attention keys, all heads concatenated (CutLER / MaskCut features).
+    ``mask``: the MaskInfo of the batch; ``image_indices``: global index of every image of the batch;
+    ``references``: caches of reference models run on the same images (by reference name).
     """
 
     attention: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     features: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    keys: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     mask: MaskInfo | None = None
     image_indices: torch.Tensor | None = None
+    references: dict[str, "ActivationCache"] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.attention.clear()
         self.features.clear()
+        self.keys.clear()
         self.mask = None
         self.image_indices = None
+        for ref in self.references.values():
+            ref.clear()
 
 
 def blocks_of(model: nn.Module, module: str) -> nn.ModuleList:
@@ -135,6 +147,11 @@ def capture(model: nn.Module, request: CaptureRequest,
             store("features", key, output)
         return hook
 
+    def key_hook(key, width):
+        def hook(_module, _inputs, output):  # qkv output [B, N, 3 * width], laid out as (q | k | v)
+            store("keys", key, output[..., width: 2 * width])
+        return hook
+
     try:
         for module, layers in request.attention.items():
             blocks = blocks_of(model, module)
@@ -151,6 +168,12 @@ def capture(model: nn.Module, request: CaptureRequest,
             blocks = blocks_of(model, module)
             for layer in sorted(layers):
                 handles.append(blocks[layer].register_forward_hook(feature_hook((module, layer))))
+        for module, layers in request.keys.items():
+            blocks = blocks_of(model, module)
+            for layer in sorted(layers):
+                attn = blocks[layer].attn
+                width = getattr(attn, "attn_dim", attn.qkv.out_features // 3)
+                handles.append(attn.qkv.register_forward_hook(key_hook((module, layer), width)))
         yield cache
     finally:
         for handle in handles:

@@ -20,6 +20,7 @@ from .data import ImageDataset, ImageItem, collate_skip_none, image_items, make_
 from .errors import MaeprobeError
 from .masking import MaskInfo, mask_noise
 from .metrics.base import Reducer
+from .reference import Reference
 
 DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -115,7 +116,19 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
                        mininterval=0.1 if sys.stderr.isatty() else 10.0)
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
-    with capture(model, request, consumers) as cache, torch.inference_mode(), autocast:
+    references: dict[str, Reference] = {}
+    for reducer in reducers:
+        ref = getattr(reducer, "reference", None)
+        if ref is not None:
+            if ref.name in references and references[ref.name] is not ref:
+                references[ref.name].request = references[ref.name].request | ref.request
+            else:
+                references[ref.name] = ref.prepare(model)
+            ref.model.to(device).eval()
+    with contextlib.ExitStack() as stack, torch.inference_mode(), autocast:
+        cache = stack.enter_context(capture(model, request, consumers))
+        for name, ref in references.items():
+            cache.references[name] = stack.enter_context(capture(ref.model, ref.request))
         for x, indices in batches:
             noise = mask_noise(L, seed, batch_size=x.shape[0], shared=shared_mask, image_indices=indices)
             mask = MaskInfo.from_noise(noise, mask_ratio, shared_mask)
@@ -126,6 +139,8 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
             latent, _, ids_restore = model.forward_encoder(x, mask_ratio, noise.to(device))
             if run_decoder:
                 model.forward_decoder(latent, ids_restore)
+            for ref in references.values():  # the unmasked image at the reference's own size
+                ref.model.forward_encoder(ref.adapt(x, model), 0.0)
             for reducer in reducers:
                 reducer.update(cache)
             cache.clear()

@@ -268,3 +268,26 @@ def build_mae(preset: str | None = None, **kwargs) -> MaskedAutoencoderViT:
         params.update(PRESETS[preset])
     params.update(kwargs)
     return MaskedAutoencoderViT(ArchConfig(**params))
+
+
+def resize_input(model: MaskedAutoencoderViT, img_size: int) -> MaskedAutoencoderViT:
+    """An encoder-only copy of ``model`` that takes ``img_size`` inputs (position embedding resampled with
+    timm's ``resample_abs_pos_embed``, bicubic). Used to give a reference model the probed model's grid."""
+    from timm.layers import resample_abs_pos_embed
+
+    cfg = model.config
+    if img_size % cfg.patch_size:
+        raise MaeprobeError(f"input size {img_size} is not a multiple of the patch size {cfg.patch_size}")
+    new_cfg = ArchConfig(**{**cfg.to_dict(), "img_size": img_size, "decoder_depth": 0})
+    state = {k: v for k, v in model.state_dict().items()
+             if not k.startswith(("decoder_", "mask_token"))}
+    grid = img_size // cfg.patch_size
+    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [grid, grid],
+                                                old_size=[cfg.grid_size, cfg.grid_size],
+                                                num_prefix_tokens=model.num_pos_prefix)
+    with torch.device("meta"):
+        resized = MaskedAutoencoderViT(new_cfg)
+    resized.load_state_dict(state, strict=True, assign=True)
+    if hasattr(model, "checkpoint"):
+        resized.checkpoint = model.checkpoint
+    return resized.to(next(model.parameters()).device).eval()

@@ -1,0 +1,164 @@
+"""Decoder attention-map similarity across images, LC-MAE Eq. 7 (Fig. 2).
+
+All images share one seeded mask. For decoder layer l and image i, A_{l,i} is the attention of the k
+masked query tokens (rows 1 + masked patch index, ascending) over all heads and all n keys (CLS key
+included): k x h x n values, flattened. S_l = mean over ordered pairs i != j of cos(A_{l,i}, A_{l,j}).
+
+Streaming and exact: with unit vectors a_i, sum_{i != j} cos = |sum_i a_i|^2 - N, so a running sum of unit
+vectors (one vector per layer) replaces the N x N matrix. ``per_head`` also reports each head alone
+(its k x n block normalised on its own).
+
+Confidence interval: a pairwise statistic has no per-image value to resample, so images are hashed into
+G fixed groups (from seed and image index) whose unit-vector sums are kept; a bootstrap replicate draws
+groups with replacement (counts m) and evaluates (m' Gram m - sum_g m_g N_g) / (N_b (N_b - 1)) from the
+G x G Gram matrix of the group sums. Memory is G x layers x k x h x n, independent of N.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..capture import ActivationCache, CaptureRequest, blocks_of, resolve_layers
+from ..errors import MaeprobeError
+from .base import Reducer, group_bootstrap_weights, image_groups, percentile_interval
+
+
+def pairwise_cosine_mean(unit_sum: torch.Tensor, count: float) -> torch.Tensor:
+    """Mean cosine over ordered pairs i != j from the sum of N unit vectors (last axis)."""
+    return ((unit_sum**2).sum(-1) - count) / (count * (count - 1))
+
+
+class DecoderAttentionSimilarity(Reducer):
+    """Streaming Eq. 7 per decoder layer (and per head)."""
+
+    metric = "decoder_attention_similarity"
+    module = "decoder"
+
+    def __init__(self, model, *, layers=None, per_head: bool = False, bootstrap: int = 0, bootstrap_seed: int = 0,
+                 groups: int = 16) -> None:
+        super().__init__()
+        self.layers = resolve_layers(model, "decoder", layers)
+        self.num_heads = blocks_of(model, "decoder")[0].attn.num_heads
+        self.num_prefix = model.num_prefix_tokens
+        self.per_head, self.bootstrap, self.bootstrap_seed = per_head, bootstrap, bootstrap_seed
+        self.groups = groups if bootstrap else 0
+        self.masked_rows: torch.Tensor | None = None
+        self.add_state("count", torch.zeros(()))
+        self._pending: dict[int, torch.Tensor] = {}
+
+    def request(self) -> CaptureRequest:
+        return CaptureRequest.of(attention={"decoder": self.layers})
+
+    def consumes(self):
+        return {("attention", "decoder", layer) for layer in self.layers}
+
+    def _rows_of(self, cache: ActivationCache) -> torch.Tensor:
+        mask = cache.mask.mask
+        if not bool((mask == mask[:1]).all()):
+            raise MaeprobeError("decoder attention similarity (Eq. 7) needs one mask shared by all images; "
+                                "do not use per-image masks")
+        masked = torch.nonzero(mask[0] > 0.5).flatten()  # ascending patch indices
+        if masked.numel() == 0:
+            raise MaeprobeError("decoder attention similarity (Eq. 7) needs masked patches: use --mask-ratio > 0")
+        rows = self.num_prefix + masked
+        if self.masked_rows is None:
+            self.masked_rows = rows.cpu()
+        elif not torch.equal(self.masked_rows, rows.cpu()):
+            raise MaeprobeError("decoder attention similarity (Eq. 7): the mask changed between batches")
+        return rows
+
+    def consume(self, kind, module, layer, tensor, cache) -> None:
+        self._pending[layer] = self._reduce_layer(tensor, self._rows_of(cache), cache)
+
+    def _reduce_layer(self, attn, rows, cache) -> dict[str, torch.Tensor]:
+        """Sums of unit vectors of one batch and layer: overall [d], per head [H, d_h], and per group."""
+        a = attn[:, :, rows, :].float()  # [B, H, k, n]
+        B = a.shape[0]
+        flat = a.flatten(1).double()
+        unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)  # [B, H*k*n]
+        out = {"whole": unit.sum(0)}
+        if self.per_head:
+            heads = a.flatten(2).double()
+            heads = heads / heads.norm(dim=2, keepdim=True).clamp_min(1e-300)  # [B, H, k*n]
+            out["heads"] = heads.sum(0)
+        if self.groups:
+            groups = image_groups(cache.image_indices, self.groups, self.bootstrap_seed).to(unit.device)
+            onehot = torch.nn.functional.one_hot(groups, self.groups).double().T  # [G, B]
+            out["group_whole"] = (onehot @ unit).float()
+            if self.per_head:
+                out["group_heads"] = torch.einsum("gb,bhd->ghd", onehot, heads).float()
+            out["group_count"] = onehot.sum(1)
+        return out
+
+    def _accumulate(self, layer: int, parts: dict[str, torch.Tensor]) -> None:
+        for name, value in parts.items():
+            key = f"{name}_{layer}"
+            if key not in self._state:
+                self._state[key] = torch.zeros_like(value, dtype=value.dtype)
+            self._state[key] = self._state[key] + value
+
+    def update(self, cache: ActivationCache) -> None:
+        pending, self._pending = self._pending, {}
+        for layer in self.layers:
+            parts = pending.get(layer)
+            if parts is None:
+                attn = cache.attention[("decoder", layer)]
+                parts = self._reduce_layer(attn, self._rows_of(cache), cache)
+            self._accumulate(layer, parts)
+        if cache.image_indices is None:
+            raise MaeprobeError("image indices missing from the cache")
+        self._state["count"] += len(cache.image_indices)
+
+    def merge(self, other: "Reducer") -> "Reducer":
+        for name, value in other._state.items():
+            self._state[name] = self._state[name] + value.to(self._state[name].device) if name in self._state \
+                else value.clone()
+        return self
+
+    @property
+    def count(self) -> int:
+        return int(self._state["count"].item())
+
+    def _interval(self, group_sums: torch.Tensor, group_counts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Group bootstrap of Eq. 7. group_sums [G, ..., d] -> (low, high) of shape [...]."""
+        g = group_sums.double().flatten(1, -2) if group_sums.ndim > 2 else group_sums.double().unsqueeze(1)
+        gram = torch.einsum("gsd,hsd->sgh", g, g).cpu().numpy()  # [S, G, G]
+        counts = group_counts.double().cpu().numpy()  # [G]
+        draws = group_bootstrap_weights(self.groups, self.bootstrap, self.bootstrap_seed)  # [R, G]
+        n = draws @ counts  # [R]
+        quad = np.einsum("rg,sgh,rh->rs", draws, gram, draws)  # [R, S]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps = (quad - (draws @ counts)[:, None]) / (n * (n - 1))[:, None]
+        reps[n < 2] = np.nan
+        low, high = percentile_interval(reps)
+        shape = group_sums.shape[1:-1]
+        return low.reshape(shape), high.reshape(shape)
+
+    def rows(self) -> list[dict]:
+        n = self.count
+        if n < 2:
+            raise MaeprobeError("decoder attention similarity (Eq. 7) needs at least 2 images")
+        out = []
+        for layer in self.layers:
+            whole = pairwise_cosine_mean(self._state[f"whole_{layer}"], n).item()
+            low = high = np.nan
+            if self.groups:
+                lo, hi = self._interval(self._state[f"group_whole_{layer}"], self._state[f"group_count_{layer}"])
+                low, high = float(lo), float(hi)
+            out.append({"metric": self.metric, "module": "decoder", "layer": layer, "head": pd.NA, "value": whole,
+                        "std": np.nan, "ci_low": low, "ci_high": high, "n_images": n})
+            if self.per_head:
+                per_head = pairwise_cosine_mean(self._state[f"heads_{layer}"], n)
+                lows = highs = np.full(self.num_heads, np.nan)
+                if self.groups:
+                    lows, highs = self._interval(self._state[f"group_heads_{layer}"],
+                                                 self._state[f"group_count_{layer}"])
+                for head in range(self.num_heads):
+                    out.append({"metric": self.metric, "module": "decoder", "layer": layer, "head": head,
+                                "value": float(per_head[head]), "std": np.nan, "ci_low": float(lows[head]),
+                                "ci_high": float(highs[head]), "n_images": n})
+        return out
+
+    def settings(self) -> dict:
+        return {"masked_queries": int(self.masked_rows.numel()) if self.masked_rows is not None else 0}

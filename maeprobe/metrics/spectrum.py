@@ -1,0 +1,113 @@
+"""Feature-collapse spectrum (U-MAE, "How Mask Matters"): singular values and effective rank of
+encoder features over the image set, streaming through the feature covariance.
+
+Features of an encoder layer (block output; default the last block): the CLS token (when the model has
+one) and the mean of the patch tokens, on unmasked images by default. The running sums sum x and
+sum x x^T give the covariance C exactly; its eigenvalues l_k give the singular values
+s_k = sqrt(l_k) of the centred feature matrix divided by sqrt(N - 1). Effective rank (Roy & Vetterli
+2007): exp(-sum p_k log p_k) with p_k = s_k / sum s. Confidence intervals for the effective rank come from
+a bootstrap over G fixed image groups (their sums are kept; memory G x D x D).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..capture import ActivationCache, CaptureRequest, resolve_layers
+from ..errors import MaeprobeError
+from .base import Reducer, group_bootstrap_weights, image_groups, percentile_interval
+
+
+def effective_rank(singular_values: np.ndarray) -> float:
+    s = np.clip(np.asarray(singular_values, dtype=float), 0, None)
+    if s.sum() <= 0:
+        return float("nan")
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def _singular_values(total: np.ndarray, outer: np.ndarray, n: float) -> np.ndarray:
+    mean = total / n
+    cov = (outer - n * np.outer(mean, mean)) / max(n - 1, 1)
+    eig = np.linalg.eigvalsh((cov + cov.T) / 2)[::-1]
+    return np.sqrt(np.clip(eig, 0, None))
+
+
+class FeatureSpectrum(Reducer):
+    """Streaming covariance spectrum of CLS and mean-pooled patch features of encoder layers."""
+
+    metric = "feature_spectrum"
+    module = "encoder"
+
+    def __init__(self, model, *, layers=None, bootstrap: int = 0, bootstrap_seed: int = 0, groups: int = 16) -> None:
+        super().__init__()
+        depth = len(model.blocks)
+        self.layers = resolve_layers(model, "encoder", layers if layers is not None else [depth - 1])
+        self.num_prefix = model.num_prefix_tokens
+        self.kinds = (["cls"] if model.config.class_token else []) + ["patch_mean"]
+        self.bootstrap, self.bootstrap_seed = bootstrap, bootstrap_seed
+        self.groups = groups if bootstrap else 0
+        D = model.config.embed_dim
+        self.add_state("count", torch.zeros(()))
+        for layer in self.layers:
+            for kind in self.kinds:
+                self.add_state(f"sum_{layer}_{kind}", torch.zeros(D))
+                self.add_state(f"outer_{layer}_{kind}", torch.zeros(D, D))
+                if self.groups:
+                    self.add_state(f"gsum_{layer}_{kind}", torch.zeros(self.groups, D))
+                    self.add_state(f"gouter_{layer}_{kind}", torch.zeros(self.groups, D, D))
+        if self.groups:
+            self.add_state("gcount", torch.zeros(self.groups))
+
+    def request(self) -> CaptureRequest:
+        return CaptureRequest.of(features={"encoder": self.layers})
+
+    def update(self, cache: ActivationCache) -> None:
+        onehot = None
+        if self.groups:
+            groups = image_groups(cache.image_indices, self.groups, self.bootstrap_seed)
+            onehot = torch.nn.functional.one_hot(groups, self.groups).double().T  # [G, B]
+            self._state["gcount"] += onehot.sum(1)
+        for layer in self.layers:
+            tokens = cache.features[("encoder", layer)].double().cpu()  # [B, N, D]
+            feats = {"patch_mean": tokens[:, self.num_prefix:].mean(1)}
+            if "cls" in self.kinds:
+                feats["cls"] = tokens[:, 0]
+            for kind, x in feats.items():  # x [B, D]
+                self._state[f"sum_{layer}_{kind}"] += x.sum(0)
+                self._state[f"outer_{layer}_{kind}"] += x.T @ x
+                if onehot is not None:
+                    self._state[f"gsum_{layer}_{kind}"] += onehot @ x
+                    self._state[f"gouter_{layer}_{kind}"] += torch.einsum("gb,bi,bj->gij", onehot, x, x)
+        self._state["count"] += len(cache.image_indices)
+
+    def rows(self) -> list[dict]:
+        n = self._state["count"].item()
+        if n < 2:
+            raise MaeprobeError("feature spectrum needs at least 2 images")
+        out = []
+        for layer in self.layers:
+            for kind in self.kinds:
+                total = self._state[f"sum_{layer}_{kind}"].numpy()
+                outer = self._state[f"outer_{layer}_{kind}"].numpy()
+                sv = _singular_values(total, outer, n)
+                base = {"module": "encoder", "layer": layer, "head": None, "n_images": int(n), "feature": kind}
+                out += [{**base, "metric": "feature_spectrum", "component": k, "value": float(v), "std": np.nan,
+                         "ci_low": np.nan, "ci_high": np.nan} for k, v in enumerate(sv)]
+                low = high = np.nan
+                if self.groups:
+                    gsum = self._state[f"gsum_{layer}_{kind}"].numpy()
+                    gouter = self._state[f"gouter_{layer}_{kind}"].numpy()
+                    gcount = self._state["gcount"].numpy()
+                    reps = []
+                    for draw in group_bootstrap_weights(self.groups, self.bootstrap, self.bootstrap_seed):
+                        nb = draw @ gcount
+                        if nb < 2:
+                            continue
+                        reps.append(effective_rank(_singular_values(draw @ gsum, np.einsum("g,gij->ij", draw, gouter), nb)))
+                    if reps:
+                        low, high = (float(v) for v in percentile_interval(np.array(reps)))
+                out.append({**base, "metric": "effective_rank", "component": None, "value": effective_rank(sv),
+                            "std": np.nan, "ci_low": low, "ci_high": high})
+        return out

@@ -1,0 +1,173 @@
+"""Eq. 7, Eq. 8 and the spectrum against direct computations on independently captured activations."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import maeprobe
+from maeprobe.masking import mask_noise
+from test_hf_reference import hf_forward
+
+
+def hf_decoder_outputs(hf, x, noise):
+    """HF attentions plus the output of every HF decoder layer (before decoder_norm)."""
+    outputs = {}
+    hooks = [layer.register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(k, o[0] if isinstance(o, tuple) else o))
+             for k, layer in enumerate(hf.decoder.decoder_layers)]
+    try:
+        out, enc, dec = hf_forward(hf, x, noise)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, enc, dec, [outputs[k] for k in sorted(outputs)]
+
+
+def brute_force_eq7(attn_per_image):
+    """Mean over ordered pairs i != j of cosine similarity, by explicit loops."""
+    vectors = [a.flatten().double() for a in attn_per_image]
+    sims = [torch.nn.functional.cosine_similarity(u, v, dim=0).item()
+            for (i, u), (j, v) in itertools.permutations(enumerate(vectors), 2)]
+    return float(np.mean(sims))
+
+
+def test_eq7_matches_brute_force_pairs_on_hf_attention(hf_mae, images32):
+    hf, folder = hf_mae
+    model = maeprobe.load(folder)
+    n = images32.shape[0]
+    noise = mask_noise(16, seed=4, batch_size=n)  # one shared mask
+    out, _, hf_dec, _ = hf_decoder_outputs(hf, images32, noise)
+    masked = torch.nonzero(out.mask[0]).flatten()  # HF's own masked patches, ascending
+    rows = 1 + masked
+    table = maeprobe.decoder_attention_similarity(model, images32, per_head=True, mask_ratio=0.75, seed=4,
+                                                  batch_size=4, bootstrap=50, device="cpu")
+    for layer in range(2):
+        expected = brute_force_eq7([hf_dec[layer][i][:, rows, :] for i in range(n)])
+        got = table[(table["layer"] == layer) & table["head"].isna()]
+        assert got["value"].item() == pytest.approx(expected, abs=1e-6)
+        assert got["ci_low"].item() <= got["ci_high"].item()
+        for head in range(3):
+            expected_head = brute_force_eq7([hf_dec[layer][i][head, rows, :] for i in range(n)])
+            row = table[(table["layer"] == layer) & (table["head"] == head)]
+            assert row["value"].item() == pytest.approx(expected_head, abs=1e-6)
+    assert (table["masked_queries"] == 12).all() and (table["n_images"] == n).all()
+
+
+def test_eq7_refuses_per_image_masks_and_unmasked_runs(hf_mae, images32):
+    _, folder = hf_mae
+    model = maeprobe.load(folder)
+    with pytest.raises(maeprobe.MaeprobeError, match="needs masked patches"):
+        maeprobe.decoder_attention_similarity(model, images32, mask_ratio=0.0, device="cpu")
+    encoder_only = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, decoder_depth=0)
+    with pytest.raises(maeprobe.MaeprobeError, match="no decoder"):
+        maeprobe.decoder_attention_similarity(encoder_only, images32, device="cpu")
+
+
+def direct_eq8(decoder_tokens, ref_tokens, tau=None, eps=1e-5):
+    """Per image: cosine between flattened affinity matrices, written with numpy loops over pairs."""
+    scores = []
+    for dec, ref in zip(decoder_tokens, ref_tokens):
+        mats = []
+        for f in (ref.double().numpy(), dec.double().numpy()):
+            f = f / np.linalg.norm(f, axis=1, keepdims=True)
+            n = len(f)
+            W = np.array([[f[a] @ f[b] for b in range(n)] for a in range(n)])
+            if tau is not None:
+                W = np.where(W > tau, 1.0, eps)
+            mats.append(W.flatten())
+        scores.append(mats[0] @ mats[1] / np.linalg.norm(mats[0]) / np.linalg.norm(mats[1]))
+    return float(np.mean(scores))
+
+
+def timm_reference(tmp_path, img_size, patch_size, seed=3):
+    torch.manual_seed(seed)
+    ref = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=64, depth=2, num_heads=4,
+                            num_classes=0, dynamic_img_size=True).eval()
+    path = tmp_path / "ref.pth"
+    torch.save(ref.state_dict(), path)
+    return ref, path
+
+
+def timm_keys(ref, x):
+    """Keys of timm's own last block: its qkv output (q | k | v), prefix dropped."""
+    got = {}
+    handle = ref.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: got.__setitem__("qkv", o))
+    with torch.no_grad():
+        ref.forward_features(x)
+    handle.remove()
+    return got["qkv"][:, 1:, 64:128]
+
+
+@pytest.mark.parametrize("tau", [None, 0.2])
+def test_eq8_matches_direct_implementation(hf_mae, images32, tmp_path, tau):
+    hf, folder = hf_mae
+    model = maeprobe.load(folder)
+    ref, ref_path = timm_reference(tmp_path, img_size=32, patch_size=8)  # same grid, no resizing
+    n = images32.shape[0]
+    noise = mask_noise(16, seed=0, batch_size=n)
+    _, _, _, decoder_out = hf_decoder_outputs(hf, images32, noise)
+    keys = timm_keys(ref, images32)
+    table = maeprobe.decoder_semantic_similarity(model, str(ref_path), images32, tau=tau, bootstrap=30,
+                                                 device="cpu", ref_num_heads=4, batch_size=4)
+    assert len(table) == 2
+    for layer in range(2):
+        expected = direct_eq8(decoder_out[layer][:, 1:], keys, tau=tau)
+        row = table[table["layer"] == layer]
+        assert row["value"].item() == pytest.approx(expected, abs=1e-5)
+        assert row["ci_low"].item() <= row["value"].item() <= row["ci_high"].item()
+
+
+def test_eq8_reference_is_resized_to_the_probed_grid(hf_mae, images32, tmp_path):
+    hf, folder = hf_mae
+    model = maeprobe.load(folder)
+    ref, ref_path = timm_reference(tmp_path, img_size=224, patch_size=16)  # grid 14 -> resampled to 4x4
+    n = images32.shape[0]
+    _, _, _, decoder_out = hf_decoder_outputs(hf, images32, mask_noise(16, seed=0, batch_size=n))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pixels = torch.nn.functional.interpolate(images32 * std + mean, size=64, mode="bicubic", antialias=True,
+                                             align_corners=False).clamp(0, 1)
+    keys = timm_keys(ref, (pixels - mean) / std)  # timm's dynamic_img_size resamples its own pos embed
+    table = maeprobe.decoder_semantic_similarity(model, str(ref_path), images32, ref_features="keys",
+                                                 device="cpu", ref_num_heads=4)
+    for layer in range(2):
+        expected = direct_eq8(decoder_out[layer][:, 1:], keys)
+        assert table[table["layer"] == layer]["value"].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_dino_reference_is_never_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("MAEPROBE_DINO", raising=False)
+    with pytest.raises(maeprobe.MaeprobeError, match="MAEPROBE_DINO"):
+        maeprobe.load_reference("dino")
+    ref, path = timm_reference(tmp_path, img_size=32, patch_size=8)
+    snapshot = tmp_path / "hf" / "hub" / "models--timm--vit_base_patch16_224.dino" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "pytorch_model.bin").write_bytes(path.read_bytes())
+    assert maeprobe.load_reference("dino", num_heads=4).config.embed_dim == 64
+
+
+def test_spectrum_matches_numpy_svd_of_hf_hidden_states(hf_mae, images32):
+    hf, folder = hf_mae
+    model = maeprobe.load(folder)
+    with torch.no_grad():
+        hf.config.mask_ratio = 0.0
+        try:
+            out = hf.vit(pixel_values=images32, noise=torch.arange(16.0).expand(6, 16), output_hidden_states=True)
+        finally:
+            hf.config.mask_ratio = 0.75
+    last = out.hidden_states[-1]  # output of the last block, before the final layernorm
+    table = maeprobe.feature_spectrum(model, images32, device="cpu", bootstrap=20)
+    for kind, feats in (("cls", last[:, 0]), ("patch_mean", last[:, 1:].mean(1))):
+        X = feats.double().numpy()
+        sv = np.linalg.svd(X - X.mean(0), compute_uv=False) / np.sqrt(len(X) - 1)
+        rows = table[(table["metric"] == "feature_spectrum") & (table["feature"] == kind)].sort_values("component")
+        np.testing.assert_allclose(rows["value"].to_numpy()[: len(sv)], sv, atol=1e-5, rtol=1e-4)
+        assert np.abs(rows["value"].to_numpy()[len(sv):]).max() < 1e-4  # rank <= N - 1
+        p = sv / sv.sum()
+        erank = table[(table["metric"] == "effective_rank") & (table["feature"] == kind)]["value"].item()
+        assert erank == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-3)
