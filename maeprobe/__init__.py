@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "attention_distance": "api", "decoder_attention_similarity": "api", "decoder_semantic_similarity": "api",
-    "feature_spectrum": "api", "run": "api", "load_reference": "api",
+    "feature_spectrum": "api", "run": "api", "load_reference": "api", "render_attention": "api",
+    "make_figures": "plots",
     "ActivationCache": "capture", "CaptureRequest": "capture", "capture": "capture",
     "load": "checkpoints", "read_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
     "CheckpointError": "errors", "MaeprobeError": "errors",

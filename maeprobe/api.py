@@ -19,6 +19,8 @@ def run_context(model, *, mask_ratio: float, seed: int, shared_mask: bool, dtype
     """Settings columns shared by every row of a run."""
     info = getattr(model, "checkpoint", None)
     return {"checkpoint": info.name if info else type(model).__name__,
+            "pretrain_mask_ratio": info.pretrain_mask_ratio if info and info.pretrain_mask_ratio is not None
+            else float("nan"),
             "mask_ratio": float(mask_ratio), "seed": int(seed), "shared_mask": bool(shared_mask),
             "img_size": model.config.img_size, "dtype": dtype or "fp32"}
 
@@ -192,3 +194,62 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
         tables.append(_probe(model, reducers, images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
                              batch_size=batch_size, device=device, dtype=dtype, progress=progress))
     return pd.concat(tables, ignore_index=True)
+
+
+def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio: float = 0.75, seed: int = 0,
+                     encoder: bool = False, device: str | None = None, **load_kwargs) -> list[Path]:
+    """Render attention maps of one image (PNG and PDF); returns the paths.
+
+    Decoder (default; LC-MAE Fig. 4 / B.1): ``layers`` 0-based (default 0, 1, 2, 4, 7 when present, the
+    paper's layers 1, 2, 3, 5, 8), ``queries`` patch indices (row-major; default the two masked patches
+    nearest the centre), under the shared seeded mask. ``encoder=True``: DINO-style per-head CLS maps of
+    ``layers`` (default the last), unmasked.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .capture import CaptureRequest, capture, resolve_layers
+    from .data import fit_to_size, make_transform
+    from .masking import MaskInfo, mask_noise
+    from .plots import default_queries, render_decoder_attention, render_encoder_attention
+    from .probe import default_device
+
+    model = resolve_model(model, **load_kwargs)
+    device = torch.device(device or default_device())
+    model = model.to(device).eval()
+    cfg = model.config
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with Image.open(image) as img:
+                img.load()
+                image = img.copy()
+        except (OSError, ValueError) as exc:
+            raise MaeprobeError(f"{image}: cannot read image ({exc})") from None
+    display = fit_to_size(image, cfg.img_size)
+    info = getattr(model, "checkpoint", None)
+    mean = info.mean if info else (0.485, 0.456, 0.406)
+    std = info.std if info else (0.229, 0.224, 0.225)
+    x = make_transform(cfg.img_size, mean, std)(display).unsqueeze(0).to(device)
+    pixels = np.asarray(display)
+    if encoder:
+        layers = resolve_layers(model, "encoder", layers if layers is not None else [-1])
+        with capture(model, CaptureRequest.of(attention={"encoder": layers})) as cache, torch.inference_mode():
+            model.forward_encoder(x, 0.0)
+            return render_encoder_attention(pixels, cache, layers=layers, grid=cfg.grid_size, out=out)
+    if not model.has_decoder:
+        raise MaeprobeError("this checkpoint has no decoder; use --encoder for encoder attention maps")
+    if layers is None:
+        layers = [layer for layer in (0, 1, 2, 4, 7) if layer < cfg.decoder_depth]
+    layers = resolve_layers(model, "decoder", layers)
+    noise = mask_noise(cfg.num_patches, seed)
+    with capture(model, CaptureRequest.of(attention={"decoder": layers})) as cache, torch.inference_mode():
+        latent, mask, ids_restore = model.forward_encoder(x, mask_ratio, noise.to(device))
+        model.forward_decoder(latent, ids_restore)
+        cache.mask = MaskInfo.from_noise(noise, mask_ratio, True)
+        queries = list(queries) if queries else default_queries(cache.mask.mask[0], cfg.grid_size)
+        bad = [q for q in queries if not 0 <= int(q) < cfg.num_patches]
+        if bad:
+            raise MaeprobeError(f"query patches {bad} do not exist (0-{cfg.num_patches - 1}, row-major)")
+        return render_decoder_attention(pixels, cache, layers=layers, queries=queries, grid=cfg.grid_size,
+                                        num_prefix=model.num_prefix_tokens, out=out)

@@ -71,6 +71,7 @@ class CheckpointInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     notes: list[str]
+    pretrain_mask_ratio: float | None = None  # from the training args, when the file has them
 
     @property
     def name(self) -> str:
@@ -258,8 +259,10 @@ def _unwrap(obj, path: Path, prefer: str) -> tuple[dict, str, dict, list[str]]:
     meta = dict(obj["maeprobe"]) if isinstance(obj.get("maeprobe"), dict) else {}
     notes: list[str] = []
     args = obj.get("args")
-    if isinstance(args, argparse.Namespace) and "norm_pix_loss" not in meta:
-        meta["norm_pix_loss"] = bool(getattr(args, "norm_pix_loss", False))
+    if isinstance(args, argparse.Namespace):
+        meta.setdefault("norm_pix_loss", bool(getattr(args, "norm_pix_loss", False)))
+        if isinstance(getattr(args, "mask_ratio", None), (int, float)):
+            meta.setdefault("pretrain_mask_ratio", float(args.mask_ratio))
     if "teacher" in obj or "student" in obj:
         which = prefer if prefer in obj else ("teacher" if "teacher" in obj else "student")
         return obj[which], f"DINO training checkpoint ({which})", meta, notes
@@ -427,7 +430,8 @@ def load(path: str | os.PathLike, *, num_heads: int | None = None, decoder_num_h
         raise CheckpointError(path, f"tensor shapes do not fit a ViT/MAE model ({detail})") from None
     mean = tuple(raw.meta.get("mean", registry.IMAGENET_MEAN))
     std = tuple(raw.meta.get("std", registry.IMAGENET_STD))
-    model.checkpoint = CheckpointInfo(str(path), raw.format, mean, std, raw.notes)
+    model.checkpoint = CheckpointInfo(str(path), raw.format, mean, std, raw.notes,
+                                      raw.meta.get("pretrain_mask_ratio"))
     return model.to(device).eval()
 
 
@@ -443,6 +447,7 @@ def checkpoint_metadata(model: MaskedAutoencoderViT) -> dict:
         "norm_pix_loss": cfg.norm_pix_loss,
         "mean": list(info.mean if info else registry.IMAGENET_MEAN),
         "std": list(info.std if info else registry.IMAGENET_STD),
+        **({"pretrain_mask_ratio": info.pretrain_mask_ratio} if info and info.pretrain_mask_ratio is not None else {}),
     }
 
 

@@ -52,7 +52,7 @@ def _friendly(fn):
     return wrapper
 
 
-def _parse_layers(text: Optional[str]) -> Optional[list[int]]:
+def _parse_layers(text: Optional[str], option: str = "--layers") -> Optional[list[int]]:
     if text is None or text.strip().lower() in ("", "all"):
         return None
     from .errors import MaeprobeError
@@ -66,7 +66,7 @@ def _parse_layers(text: Optional[str]) -> Optional[list[int]]:
             else:
                 layers.append(int(part))
         except ValueError:
-            raise MaeprobeError(f"--layers: cannot read {part!r}; use e.g. 0,5,11 or 0-3 (0-based)") from None
+            raise MaeprobeError(f"{option}: cannot read {part!r}; use e.g. 0,5,11 or 0-3 (0-based)") from None
     return layers
 
 
@@ -147,6 +147,190 @@ def attn_distance(
         typer.echo(f"wrote {write_table(table, out)}")
 
 
+IMAGES = typer.Option(None, "--images", help="Folder of images (recursive). Default: built-in photos.")
+OUT_TABLE = typer.Option(None, "--out", help="Write the table: .csv, .json or .parquet.")
+SEED = typer.Option(0, "--seed", help="Mask seed (and bootstrap seed).")
+BOOTSTRAP = typer.Option(200, "--bootstrap", help="Bootstrap replicates for ci_low/ci_high (0: off).")
+BATCH = typer.Option(16, "--batch-size")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+DTYPE = typer.Option(DType.fp32, "--dtype", help="fp32 or bf16 (autocast).")
+DEC_LAYERS = typer.Option(None, "--layers", help="0-based decoder layers, e.g. 0,7 or 0-3 (default all).")
+
+
+def _print_per_layer(table, title: str) -> None:
+    rows = table[table["head"].isna()] if table["head"].isna().any() else table
+    summary = rows.groupby("layer")[["value", "ci_low", "ci_high"]].mean().reset_index()
+    typer.echo(title)
+    typer.echo(summary.to_string(index=False, float_format="%.4f"))
+
+
+def _write(table, out) -> None:
+    if out is not None:
+        from .results import write_table
+
+        typer.echo(f"wrote {write_table(table, out)}")
+
+
+@app.command("decoder-attn-sim")
+@_friendly
+def decoder_attn_sim(
+    ckpt: Path = CKPT, images: Optional[Path] = IMAGES, out: Optional[Path] = OUT_TABLE,
+    mask_ratio: float = typer.Option(0.75, "--mask-ratio", help="Shared mask ratio."), seed: int = SEED,
+    layers: Optional[str] = DEC_LAYERS,
+    per_head: bool = typer.Option(False, "--per-head", help="Also one row per head."),
+    bootstrap: int = BOOTSTRAP, batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+):
+    """LC-MAE Eq. 7: similarity of the masked queries' decoder attention across images (one shared mask)."""
+    from .api import decoder_attention_similarity
+    from .checkpoints import load
+
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    table = decoder_attention_similarity(model, images, layers=_parse_layers(layers), per_head=per_head,
+                                         mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
+                                         batch_size=batch_size, device=device, dtype=dtype.value, progress=True)
+    _print_per_layer(table, f"{model.checkpoint.name}: S_attn per decoder layer ({int(table['n_images'].iloc[0])} "
+                            f"images, mask ratio {mask_ratio:g}, seed {seed})")
+    _write(table, out)
+
+
+@app.command("decoder-semantics")
+@_friendly
+def decoder_semantics(
+    ckpt: Path = CKPT,
+    ref: str = typer.Option(..., "--ref", help="Reference checkpoint, or 'dino' (local copy; see MAEPROBE_DINO)."),
+    images: Optional[Path] = IMAGES, out: Optional[Path] = OUT_TABLE,
+    ref_features: str = typer.Option("keys", "--ref-features", help="keys (CutLER) or tokens."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="Binarise affinities: W > tau (CutLER)."),
+    eps: float = typer.Option(1e-5, "--eps", help="Value replacing zeros after --tau."),
+    mask_ratio: float = typer.Option(0.75, "--mask-ratio", help="Shared mask ratio."), seed: int = SEED,
+    layers: Optional[str] = DEC_LAYERS, bootstrap: int = BOOTSTRAP, batch_size: int = BATCH,
+    device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+    ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads", help="Reference heads, if unknown."),
+):
+    """LC-MAE Eq. 8: semantic similarity of each decoder layer to a reference model (e.g. DINO)."""
+    from .api import decoder_semantic_similarity
+    from .checkpoints import load
+
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    table = decoder_semantic_similarity(model, ref, images, layers=_parse_layers(layers), ref_features=ref_features,
+                                        tau=tau, eps=eps, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
+                                        batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
+                                        ref_num_heads=ref_num_heads)
+    _print_per_layer(table, f"{model.checkpoint.name}: S_sim per decoder layer vs {table['reference'].iloc[0]}")
+    _write(table, out)
+
+
+@app.command("spectrum")
+@_friendly
+def spectrum(
+    ckpt: Path = CKPT, images: Optional[Path] = IMAGES, out: Optional[Path] = OUT_TABLE,
+    layers: Optional[str] = typer.Option(None, "--layers", help="0-based encoder layers (default: the last)."),
+    mask_ratio: float = typer.Option(0.0, "--mask-ratio"), seed: int = SEED, bootstrap: int = BOOTSTRAP,
+    batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+):
+    """U-MAE feature-collapse spectrum: singular values and effective rank of encoder features."""
+    from .api import feature_spectrum
+    from .checkpoints import load
+
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    table = feature_spectrum(model, images, layers=_parse_layers(layers), mask_ratio=mask_ratio, seed=seed,
+                             bootstrap=bootstrap, batch_size=batch_size, device=device, dtype=dtype.value,
+                             progress=True)
+    ranks = table[table["metric"] == "effective_rank"]
+    typer.echo(f"{model.checkpoint.name}: effective rank of encoder features ({int(ranks['n_images'].iloc[0])} images)")
+    typer.echo(ranks[["layer", "feature", "value", "ci_low", "ci_high"]].to_string(index=False, float_format="%.2f"))
+    _write(table, out)
+
+
+@app.command("run")
+@_friendly
+def run_cmd(
+    ckpts: list[Path] = typer.Argument(..., help="One or more checkpoints."),
+    metrics: str = typer.Option("attn-distance", "--metrics",
+                                help="Comma list of attn-distance, decoder-attn-sim, decoder-semantics, spectrum."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Reference for decoder-semantics (checkpoint or 'dino')."),
+    images: Optional[Path] = IMAGES, out: Optional[Path] = OUT_TABLE,
+    mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio",
+                                               help="Shared mask (default 0.75 with decoder metrics, else 0)."),
+    seed: int = SEED, bootstrap: int = BOOTSTRAP,
+    per_head: bool = typer.Option(False, "--per-head", help="Per-head rows for decoder-attn-sim."),
+    tau: Optional[float] = typer.Option(None, "--tau"),
+    ref_features: str = typer.Option("keys", "--ref-features"),
+    batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+    ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads"),
+):
+    """Several metrics from one hooked pass per batch, for every checkpoint; one table."""
+    from .api import run
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    table = run([str(c) for c in ckpts], images, metrics=names, reference=ref, mask_ratio=mask_ratio, seed=seed,
+                bootstrap=bootstrap, per_head=per_head, tau=tau, ref_features=ref_features, batch_size=batch_size,
+                device=device, dtype=dtype.value, progress=True, num_heads=num_heads,
+                decoder_num_heads=decoder_num_heads, ref_num_heads=ref_num_heads)
+    shown = table[table["metric"] != "feature_spectrum"]
+    summary = shown.groupby(["checkpoint", "metric", "module", "layer"], dropna=False)["value"].mean().unstack("layer")
+    typer.echo(summary.to_string(float_format="%.3f"))
+    _write(table, out)
+
+
+@app.command("render-attn")
+@_friendly
+def render_attn(
+    ckpt: Path = CKPT,
+    image: Path = typer.Option(..., "--image", help="Image file."),
+    out: Path = typer.Option(Path("attention_render"), "--out", help="Output path without extension (PNG + PDF)."),
+    layers: Optional[str] = typer.Option(None, "--layers",
+                                         help="0-based layers (decoder default 0,1,2,4,7 = paper's 1,2,3,5,8; "
+                                              "encoder default last)."),
+    query: Optional[str] = typer.Option(None, "--query", help="Query patch indices, row-major (default: 2 masked "
+                                                               "patches near the centre)."),
+    encoder: bool = typer.Option(False, "--encoder", help="Encoder CLS attention per head (DINO style)."),
+    mask_ratio: float = typer.Option(0.75, "--mask-ratio"), seed: int = SEED,
+    device: Optional[str] = DEVICE,
+    num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+):
+    """Attention maps of one image (paper Fig. 4 / B.1), PNG and PDF."""
+    from .api import render_attention
+
+    queries = _parse_layers(query, "--query") if query else None
+    paths = render_attention(str(ckpt), image, out, layers=_parse_layers(layers), queries=queries,
+                             mask_ratio=mask_ratio, seed=seed, encoder=encoder, device=device, num_heads=num_heads,
+                             decoder_num_heads=decoder_num_heads)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command("figures")
+@_friendly
+def figures_cmd(
+    results: list[Path] = typer.Argument(..., help="Result tables (.csv/.json/.parquet) written by maeprobe."),
+    out: Path = typer.Option(Path("figures/out"), "--out", help="Output folder."),
+    figure: Optional[str] = typer.Option(None, "--figure",
+                                         help="Comma list of fig2, fig3, fig5, fig6, figA1, spectrum "
+                                              "(default: every figure the tables have data for)."),
+    label_by: str = typer.Option("checkpoint", "--label-by", help="Column that names the lines."),
+):
+    """Regenerate the paper's figures from stored result tables only (no model is run)."""
+    import pandas as pd
+
+    from .errors import MaeprobeError
+    from .plots import make_figures
+    from .results import read_table
+
+    table = pd.concat([read_table(p) for p in results], ignore_index=True)
+    try:
+        paths = make_figures(table, out, figures=figure.split(",") if figure else None, label_by=label_by)
+    except ValueError as exc:
+        raise MaeprobeError(str(exc)) from None
+    if not paths:
+        raise MaeprobeError("the tables hold no rows that any figure uses")
+    for path in paths:
+        typer.echo(f"wrote {path}")
+
+
 @app.command("pretrain")
 @_friendly
 def pretrain_cmd(
@@ -182,13 +366,14 @@ def demo(
     max_minutes: float = typer.Option(2.5, "--max-minutes", help="Pretraining time budget."),
     steps: int = typer.Option(600, "--steps", help="Pretraining steps (if the time budget allows)."),
 ):
-    """Pretrain a small MAE on the built-in photos and compare its attention distance with the untrained model."""
+    """Pretrain a small MAE on the built-in photos, run every metric on it and on the untrained model, write
+    the table, the paper's figures and attention renders."""
     from .demo import run_demo
 
     paths = run_demo(out, max_minutes=max_minutes, steps=steps, echo=typer.echo)
     typer.echo("\nresults:")
     for key, path in paths.items():
-        typer.echo(f"  {key:>10}: {path}")
+        typer.echo(f"  {key:>24}: {path}")
 
 
 def main() -> None:

@@ -97,19 +97,26 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     return paths
 
 
+def fit_to_size(img: Image.Image, img_size: int) -> Image.Image:
+    """RGB image at the model's input size: as is when it already is, else shorter side resized
+    (bicubic, antialiased) and centre-cropped."""
+    from torchvision.transforms import v2
+
+    img = to_rgb(img)
+    if img.size == (img_size, img_size):
+        return img
+    return v2.CenterCrop(img_size)(v2.Resize(img_size, interpolation=v2.InterpolationMode.BICUBIC,
+                                             antialias=True)(img))
+
+
 def make_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
     """PIL image -> normalised tensor [3, img_size, img_size] (resize shorter side + centre crop)."""
     from torchvision.transforms import v2
 
-    resize = v2.Compose([v2.Resize(img_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                         v2.CenterCrop(img_size)])
     normalize = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
     def transform(img: Image.Image) -> torch.Tensor:
-        img = to_rgb(img)
-        if img.size != (img_size, img_size):
-            img = resize(img)
-        return normalize(img)
+        return normalize(fit_to_size(img, img_size))
 
     return transform
 

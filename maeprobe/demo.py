@@ -1,12 +1,13 @@
-"""``maeprobe demo``: pretrain a small MAE on the built-in photos, then compare attention distances."""
+"""``maeprobe demo``: pretrain a small MAE on the built-in photos, run every metric on the trained and the
+untrained model, write the table, the paper's figures and attention renders."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
-from .api import attention_distance
+from .api import load_reference, render_attention, run
 from .checkpoints import load, save_checkpoint
+from .data import builtin_images
+from .errors import MaeprobeError
 from .models import build_mae
 from .results import write_table
 from .train import PretrainConfig, pretrain
@@ -14,31 +15,55 @@ from .train import PretrainConfig, pretrain
 
 def run_demo(out_dir: str | Path = "outputs/demo", *, max_minutes: float = 2.5, steps: int = 600,
              seed: int = 0, progress: bool = True, echo=print) -> dict[str, Path]:
-    """Pretrain, measure the trained and untrained model, plot. Returns the paths written."""
-    from .plots import plot_attention_distance
+    """Pretrain, measure, plot, render. Returns the paths written."""
+    from .plots import make_figures
 
     out_dir = Path(out_dir)
     config = PretrainConfig(out=str(out_dir / "mae_tiny_trained.pth"), steps=steps, max_minutes=max_minutes,
                             seed=seed, base_lr=1.5e-3, batch_size=32, warmup_steps=30)
-    echo(f"[1/3] pretraining {config.preset} on the built-in photographs "
+    echo(f"[1/4] pretraining {config.preset} on the built-in photographs "
          f"(up to {steps} steps or {max_minutes:g} min, CPU is fine)")
     trained_path = pretrain(config, progress=progress)
-    untrained = build_mae(config.preset)
-    untrained_path = save_checkpoint(untrained, out_dir / "mae_tiny_untrained.pth")
+    untrained_path = save_checkpoint(build_mae(config.preset), out_dir / "mae_tiny_untrained.pth")
 
-    echo("[2/3] measuring mean attention distance (encoder, all layers, no mask, 200 bootstrap replicates)")
-    tables = []
-    for path in (untrained_path, trained_path):
-        tables.append(attention_distance(load(path), bootstrap=200, progress=progress))
-    table = pd.concat(tables, ignore_index=True)
-    csv_path = write_table(table, out_dir / "attention_distance.csv")
+    try:
+        reference = load_reference("dino")
+        ref_label = "DINO ViT-B/16 (local copy)"
+    except MaeprobeError:
+        reference = load(trained_path)
+        ref_label = "the trained model's own encoder (no local DINO copy; set MAEPROBE_DINO to use DINO)"
+    echo(f"[2/4] all metrics, one hooked pass per batch; Eq. 8 reference: {ref_label}")
+    metrics = ["attn-distance", "decoder-attn-sim", "decoder-semantics", "spectrum"]
+    encoder_table = run([untrained_path, trained_path], metrics=["attn-distance", "spectrum"], mask_ratio=0.0,
+                        seed=seed, bootstrap=200, progress=progress)
+    decoder_table = run([untrained_path, trained_path], metrics=metrics[1:3], reference=reference,
+                        mask_ratio=0.75, seed=seed, bootstrap=200, per_head=True, progress=progress)
+    import pandas as pd
 
-    echo("[3/3] plotting")
-    plots = plot_attention_distance(table, out_dir / "attention_distance",
-                                    title="MAE ViT-Tiny/8: untrained vs pretrained")
-    pivot = table.pivot_table(index="layer", columns="checkpoint", values="value", aggfunc="mean", sort=False)
-    pivot.columns.name = None
-    echo("\nmean attention distance per encoder layer (px, mean over heads):")
-    echo(pivot.to_string(float_format="%.2f"))
-    return {"trained": trained_path, "untrained": untrained_path, "table": csv_path, "plot": plots[0],
-            "plot_pdf": plots[1], "log": Path(config.out).with_suffix(".log.csv")}
+    table = pd.concat([encoder_table, decoder_table], ignore_index=True)
+    csv_path = write_table(table, out_dir / "results.csv")
+
+    echo("[3/4] figures from the stored table")
+    figures = make_figures(table, out_dir / "figures")
+
+    echo("[4/4] attention renders")
+    name, image = builtin_images()[-1]  # matplotlib's grace_hopper.jpg
+    renders = render_attention(load(trained_path), image, out_dir / "renders" / "decoder_attention", seed=seed)
+    renders += render_attention(load(trained_path), image, out_dir / "renders" / "encoder_attention", encoder=True)
+
+    for metric, label in (("attention_distance", "mean attention distance (px, mean over heads), encoder"),
+                          ("decoder_attention_similarity", "S_attn (Eq. 7), decoder"),
+                          ("decoder_semantic_similarity", "S_sim (Eq. 8), decoder")):
+        rows = table[(table["metric"] == metric) & (table["head"].isna() if metric != "attention_distance" else True)]
+        pivot = rows.pivot_table(index="layer", columns="checkpoint", values="value", aggfunc="mean", sort=False)
+        pivot.columns.name = None
+        echo(f"\n{label}:")
+        echo(pivot.to_string(float_format="%.3f"))
+    ranks = table[table["metric"] == "effective_rank"]
+    echo("\neffective rank of last-layer features:")
+    echo(ranks.pivot_table(index="feature", columns="checkpoint", values="value", sort=False).to_string(
+        float_format="%.2f"))
+    return {"trained": trained_path, "untrained": untrained_path, "table": csv_path,
+            "figures": out_dir / "figures", "renders": out_dir / "renders",
+            "training log": Path(config.out).with_suffix(".log.csv"),
+            **{p.stem: p for p in figures if p.suffix == ".png"}, **{p.stem: p for p in renders if p.suffix == ".png"}}

@@ -1,4 +1,7 @@
-"""Figures. They read result tables only; matplotlib is imported inside the functions."""
+"""Figures and renders. They read result tables or activation caches; matplotlib is imported lazily."""
 from .attention_distance import plot_attention_distance
+from .figures import FIGURES, make_figures
+from .render import default_queries, render_decoder_attention, render_encoder_attention
 
-__all__ = ["plot_attention_distance"]
+__all__ = ["FIGURES", "default_queries", "make_figures", "plot_attention_distance", "render_decoder_attention",
+           "render_encoder_attention"]

@@ -1,0 +1,161 @@
+"""The paper's figures, regenerated from stored result tables only (never running a model).
+
+* ``fig2`` LC-MAE Fig. 2: decoder attention similarity S_attn (Eq. 7) per decoder layer.
+* ``fig3`` LC-MAE Fig. 3: decoder semantic similarity S_sim (Eq. 8) per decoder layer.
+* ``fig5`` / ``fig6`` / ``figA1``: mean attention distance per encoder layer for several checkpoints (Fig. 5:
+  MAE vs DINO vs DeiT; Fig. 6: pretraining mask ratios; Fig. A.1: autoencoders of different prediction
+  sizes). Same plot, different checkpoint sets and labels.
+* ``spectrum``: normalised singular values of encoder features (U-MAE), effective rank in the legend.
+
+Error bars are the ``ci_low``/``ci_high`` bootstrap intervals stored in the tables.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FIGURES = {
+    "fig2": ("decoder_attention_similarity", "Decoder attention similarity (Eq. 7)", "$S_{attn}$"),
+    "fig3": ("decoder_semantic_similarity", "Decoder semantic similarity (Eq. 8)", "$S_{sim}$"),
+    "fig5": ("attention_distance", "Mean attention distance per layer", None),
+    "fig6": ("attention_distance", "Attention distance vs pretraining mask ratio", None),
+    "figA1": ("attention_distance", "Attention distance of autoencoders AE(k)", None),
+    "spectrum": ("feature_spectrum", "Feature spectrum (U-MAE)", None),
+}
+
+
+def _style():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(context="paper", style="ticks", font_scale=0.9)
+    return plt, sns
+
+
+def _labels(frame: pd.DataFrame, label_by: str) -> pd.Series:
+    if label_by not in frame or frame[label_by].isna().all():
+        return frame["checkpoint"].astype(str)
+    values = frame[label_by]
+    if label_by == "pretrain_mask_ratio":
+        return values.map(lambda v: f"mask ratio {v:g}" if pd.notna(v) else "unknown")
+    return values.astype(str)
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path, dpi=200)
+    return paths
+
+
+def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
+    plt, sns = _style()
+    rows = frame[(frame["metric"] == metric) & frame["head"].isna()].copy()
+    if rows.empty:
+        return []
+    rows["label"] = _labels(rows, label_by)
+    labels = list(dict.fromkeys(rows["label"]))
+    fig, ax = plt.subplots(figsize=(3.4, 2.5))
+    for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
+        part = rows[rows["label"] == label].sort_values("layer")
+        x = part["layer"].astype(int).to_numpy() + 1  # the paper numbers layers from 1
+        y = part["value"].to_numpy()
+        ax.plot(x, y, marker="o", ms=3, lw=1.4, color=colour, label=label)
+        if part["ci_low"].notna().any():
+            ax.fill_between(x, part["ci_low"], part["ci_high"], color=colour, alpha=0.2, lw=0)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=6, frameon=False)
+    sns.despine(fig)
+    paths = _save(fig, out_dir, name)
+    plt.close(fig)
+    return paths
+
+
+def _attention_distance(frame, title, out_dir, name, label_by, module="encoder"):
+    plt, sns = _style()
+    rows = frame[(frame["metric"] == "attention_distance") & (frame["module"] == module)].copy()
+    if rows.empty:
+        return []
+    rows["label"] = _labels(rows, label_by)
+    units = rows["units"].iloc[0] if "units" in rows else "px"
+    labels = list(dict.fromkeys(rows["label"]))
+    fig, ax = plt.subplots(figsize=(3.4, 2.5))
+    for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
+        part = rows[rows["label"] == label]
+        heads = part["head"].astype(float)
+        jitter = (heads / max(heads.max(), 1) - 0.5) * 0.3
+        ax.scatter(part["layer"].astype(float) + 1 + jitter, part["value"], s=5, color=colour, alpha=0.5, lw=0)
+        means = part.groupby("layer")["value"].mean()
+        ax.plot(means.index.astype(int) + 1, means.values, color=colour, lw=1.4, label=label)
+    ax.set_xlabel(f"{module} layer")
+    ax.set_ylabel(f"mean attention distance ({units})")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=6, frameon=False)
+    sns.despine(fig)
+    paths = _save(fig, out_dir, name)
+    plt.close(fig)
+    return paths
+
+
+def _spectrum(frame, out_dir, name, label_by):
+    plt, sns = _style()
+    rows = frame[frame["metric"] == "feature_spectrum"].copy()
+    if rows.empty:
+        return []
+    rows["label"] = _labels(rows, label_by)
+    ranks = frame[frame["metric"] == "effective_rank"].copy()
+    ranks["label"] = _labels(ranks, label_by)
+    kinds = list(dict.fromkeys(rows["feature"]))
+    labels = list(dict.fromkeys(rows["label"]))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.4 * len(kinds), 2.5), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
+            part = rows[(rows["label"] == label) & (rows["feature"] == kind)].sort_values("component")
+            values = part["value"].to_numpy()[: max(int(part["n_images"].iloc[0]) - 1, 1)]  # rank <= N - 1
+            if len(values) == 0 or values[0] <= 0:
+                continue
+            rank = ranks[(ranks["label"] == label) & (ranks["feature"] == kind)]["value"]
+            legend = f"{label} (eff. rank {rank.iloc[0]:.1f})" if len(rank) else label
+            ax.semilogy(np.arange(1, len(values) + 1), np.clip(values / values[0], 1e-8, None), color=colour,
+                        lw=1.2, label=legend)
+        ax.set_xlabel("component")
+        ax.set_ylabel("singular value / largest")
+        ax.set_title(f"Feature spectrum: {kind.replace('_', ' ')}", fontsize=8)
+        ax.legend(fontsize=6, frameon=False)
+    sns.despine(fig)
+    paths = _save(fig, out_dir, name)
+    plt.close(fig)
+    return paths
+
+
+def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, label_by: str = "checkpoint") -> list[Path]:
+    """Write every figure whose data is in ``frame`` (or only ``figures``). Returns the paths written."""
+    out_dir = Path(out_dir)
+    metrics = set(frame["metric"])
+    if figures is None:
+        figures = [f for f in ("fig2", "fig3", "fig5", "spectrum") if FIGURES[f][0] in metrics]
+    paths: list[Path] = []
+    for name in figures:
+        if name not in FIGURES:
+            raise ValueError(f"unknown figure {name!r}; choose from {', '.join(FIGURES)}")
+        metric, title, ylabel = FIGURES[name]
+        if metric not in metrics:
+            raise ValueError(f"{name} needs {metric} rows, which the tables do not have")
+        if name in ("fig2", "fig3"):
+            paths += _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by)
+        elif name == "spectrum":
+            paths += _spectrum(frame, out_dir, name, label_by)
+        else:
+            by = "pretrain_mask_ratio" if name == "fig6" and label_by == "checkpoint" else label_by
+            paths += _attention_distance(frame, title, out_dir, name, by)
+    return paths

@@ -1,0 +1,118 @@
+"""Attention renders (LC-MAE Fig. 4 / B.1; DINO-style encoder maps). They read an ActivationCache.
+
+Decoder mode: one row per query patch; columns: input image, masked image, then the head-averaged
+attention of that query in each chosen decoder layer, upsampled onto the image, the query marked with a
+red circle and the CLS key's weight drawn as a block in the top-left corner. Encoder mode: the CLS
+query's attention over patches, one column per head, one row per layer (unmasked image).
+Layer titles number layers from 1, as the paper does (layer index + 1).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _overlay(ax, image, weights, grid, cls_weight=None, vmax=None, query=None, cmap="inferno"):
+    from matplotlib.patches import Circle, Rectangle
+
+    size = image.shape[0]
+    patch = size / grid
+    vmax = vmax or max(float(weights.max()), 1e-12)
+    ax.imshow(image)
+    ax.imshow(weights.reshape(grid, grid), cmap=cmap, alpha=0.65, vmin=0, vmax=vmax,
+              extent=(0, size, size, 0), interpolation="nearest")
+    if cls_weight is not None:
+        import matplotlib
+
+        colour = matplotlib.colormaps[cmap](min(cls_weight / vmax, 1.0))
+        ax.add_patch(Rectangle((0, 0), patch, patch, facecolor=colour, edgecolor="white", lw=0.8))
+        ax.text(patch / 2, patch / 2, "CLS", color="white", fontsize=4, ha="center", va="center")
+    if query is not None:
+        row, col = divmod(int(query), grid)
+        ax.add_patch(Circle(((col + 0.5) * patch, (row + 0.5) * patch), patch * 0.45, fill=False,
+                            edgecolor="red", lw=1.2))
+    ax.set_axis_off()
+
+
+def render_decoder_attention(image: np.ndarray, cache, *, layers, queries, grid: int, num_prefix: int,
+                             out: str | Path) -> list[Path]:
+    """Fig. 4 / B.1 layout. ``image``: RGB uint8 [S, S, 3] at the model's input size; ``cache`` holds
+    decoder attention of ``layers`` and the batch's mask (one image)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mask = cache.mask.mask[0].cpu().numpy().reshape(grid, grid)
+    size = image.shape[0]
+    up = np.kron(mask, np.ones((size // grid, size // grid)))[..., None]
+    masked_image = (image * (1 - up) + 127 * up).astype(np.uint8)
+    cols = 2 + len(layers)
+    fig, axes = plt.subplots(len(queries), cols, figsize=(1.3 * cols, 1.3 * len(queries)), squeeze=False)
+    for r, query in enumerate(queries):
+        axes[r, 0].imshow(image)
+        axes[r, 1].imshow(masked_image)
+        for ax in axes[r, :2]:
+            ax.set_axis_off()
+        axes[0, 0].set_title("input", fontsize=6)
+        axes[0, 1].set_title("masked", fontsize=6)
+        from matplotlib.patches import Circle
+
+        patch = size / grid
+        qr, qc = divmod(int(query), grid)
+        axes[r, 1].add_patch(Circle(((qc + 0.5) * patch, (qr + 0.5) * patch), patch * 0.45, fill=False,
+                                    edgecolor="red", lw=1.2))
+        for c, layer in enumerate(layers):
+            attn = cache.attention[("decoder", layer)][0].float().mean(0)  # [N, N], head average
+            row = attn[num_prefix + int(query)].cpu().numpy()  # [N]
+            weights, cls_weight = row[num_prefix:], float(row[:num_prefix].sum())
+            _overlay(axes[r, 2 + c], image, weights, grid, cls_weight=cls_weight,
+                     vmax=max(float(weights.max()), cls_weight), query=query)
+            if r == 0:
+                axes[0, 2 + c].set_title(f"decoder layer {layer + 1}", fontsize=6)
+    return _save(fig, out)
+
+
+def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out: str | Path) -> list[Path]:
+    """DINO-style maps: CLS query attention over patches, rows = layers, columns = heads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = cache.attention[("encoder", layers[0])].shape[1]
+    fig, axes = plt.subplots(len(layers), heads + 1, figsize=(1.2 * (heads + 1), 1.2 * len(layers)), squeeze=False)
+    for r, layer in enumerate(layers):
+        attn = cache.attention[("encoder", layer)][0].float()  # [H, N, N]
+        axes[r, 0].imshow(image)
+        axes[r, 0].set_axis_off()
+        axes[r, 0].set_title(f"layer {layer + 1}", fontsize=6)
+        P = attn.shape[-1] - grid * grid
+        for h in range(heads):
+            weights = attn[h, 0, P:].cpu().numpy()
+            _overlay(axes[r, 1 + h], image, weights, grid)
+            if r == 0:
+                axes[0, 1 + h].set_title(f"head {h}", fontsize=6)
+    return _save(fig, out)
+
+
+def _save(fig, out) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout(pad=0.3)
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=220)
+    plt.close(fig)
+    return paths
+
+
+def default_queries(mask: torch.Tensor, grid: int, count: int = 2) -> list[int]:
+    """The masked patches closest to the image centre."""
+    masked = torch.nonzero(mask > 0.5).flatten().tolist() or list(range(grid * grid))
+    centre = (grid - 1) / 2
+    return sorted(masked, key=lambda q: ((q // grid - centre) ** 2 + (q % grid - centre) ** 2, q))[:count]
