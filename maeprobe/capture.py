@@ -85,6 +85,9 @@ def blocks_of(model: nn.Module, module: str) -> nn.ModuleList:
     if module == "decoder":
         if not getattr(model, "has_decoder", False):
             raise MaeprobeError("this checkpoint has no decoder; decoder analyses need a full MAE checkpoint")
+        if not hasattr(model, "decoder_blocks"):
+            raise MaeprobeError(f"this checkpoint's decoder ({model.config.decoder_type}) has no attention blocks; "
+                                "decoder analyses need a transformer decoder")
         return model.decoder_blocks
     raise MaeprobeError(f"module must be 'encoder' or 'decoder', got {module!r}")
 

@@ -96,6 +96,11 @@ def _torch_load(path: Path):
         raise CheckpointError(path, f"truncated or corrupt PyTorch file ({first}); expected {_EXPECTED}") from None
 
 
+def read_pickle(path: str | os.PathLike):
+    """``torch.load(weights_only=True)`` with maeprobe's allow-list; CheckpointError on anything else."""
+    return _torch_load(Path(path))
+
+
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
     from safetensors import SafetensorError, safe_open
 
@@ -383,13 +388,21 @@ def infer_config(raw: RawCheckpoint, *, num_heads: int | None = None,
     if "decoder_embed.weight" in sd:
         Dd = sd["decoder_embed.weight"].shape[0]
         dheads = decoder_num_heads or meta.get("decoder_num_heads") or registry.decoder_heads(Dd)
-        if not dheads:
+        attention_decoder = "decoder_blocks.0.attn.qkv.weight" in sd
+        if attention_decoder and not dheads:
             raise CheckpointError(raw.path, f"the number of decoder heads is not stored in the weights and a "
                                             f"{Dd}-wide MAE decoder is not a known release; pass "
                                             f"--decoder-num-heads N (decoder_num_heads=N in Python)")
-        cfg.update(decoder_embed_dim=Dd, decoder_depth=_count(sd, "decoder_blocks"),
-                   decoder_num_heads=int(dheads),
-                   decoder_mlp_ratio=sd["decoder_blocks.0.mlp.fc1.weight"].shape[0] / Dd)
+        pred_out = sd["decoder_pred.weight"].shape[0]
+        k = math.isqrt(pred_out // C)
+        cfg.update(decoder_embed_dim=Dd, pred_size=k if k != p else None)
+        if "decoder_conv.weight" in sd:
+            cfg.update(decoder_type="conv")
+        elif "decoder_mlp.fc1.weight" in sd:
+            cfg.update(decoder_type="gaussian", decoder_mlp_ratio=sd["decoder_mlp.fc1.weight"].shape[0] / Dd)
+        else:
+            cfg.update(decoder_depth=_count(sd, "decoder_blocks"), decoder_num_heads=int(dheads),
+                       decoder_mlp_ratio=sd["decoder_blocks.0.mlp.fc1.weight"].shape[0] / Dd)
     return ArchConfig(**cfg)
 
 
@@ -443,6 +456,7 @@ def checkpoint_metadata(model: MaskedAutoencoderViT) -> dict:
         "format_version": 1,
         "num_heads": cfg.num_heads,
         "decoder_num_heads": cfg.decoder_num_heads if cfg.decoder_depth else None,
+        "decoder_type": cfg.decoder_type,
         "norm_eps": cfg.norm_eps,
         "norm_pix_loss": cfg.norm_pix_loss,
         "mean": list(info.mean if info else registry.IMAGENET_MEAN),

@@ -376,6 +376,56 @@ def demo(
         typer.echo(f"  {key:>24}: {path}")
 
 
+recipe_app = typer.Typer(no_args_is_help=True, help="Bundled pretraining and evaluation recipes (recipes/*.yaml).")
+app.add_typer(recipe_app, name="recipe")
+
+
+def _recipe_dir() -> Path:
+    here = Path(__file__).resolve().parent.parent / "recipes"
+    return here if here.is_dir() else Path("recipes")
+
+
+@recipe_app.command("ls")
+@_friendly
+def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder (default: the bundled recipes/).")):
+    """List recipes with their task, method and launch command."""
+    import yaml
+
+    from .train.config import launch_command, load_recipe
+
+    folder = folder or _recipe_dir()
+    for path in sorted(folder.glob("*.yaml")):
+        if path.name.startswith("_"):
+            continue
+        config = load_recipe(path)
+        what = config["task"] if config["task"] != "pretrain" else f"pretrain/{config['method']}"
+        typer.echo(f"{path.stem:<28} {what:<16} {launch_command(path)}")
+    del yaml
+
+
+@recipe_app.command("run")
+@_friendly
+def recipe_run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=3"),
+):
+    """Run a recipe in this process, or under `torchrun --nproc-per-node N` with DDP."""
+    from .train.config import load_recipe
+
+    config = load_recipe(recipe, overrides or [])
+    if config["task"] == "pretrain":
+        from .train.engine import pretrain_recipe
+
+        path = pretrain_recipe(config)
+        typer.echo(f"wrote {path} (config, log.csv beside it)")
+    else:
+        from .train.evaluate import evaluate_recipe
+
+        result = evaluate_recipe(config)
+        typer.echo(f"{config['name']}: {result['task']} top-1 {result['top1']:.2f}% "
+                   f"({config['run']['output_dir']}/results.json)")
+
+
 def main() -> None:
     app()
 

@@ -25,6 +25,10 @@ class Reference:
     def prepare(self, probed) -> "Reference":
         from .models import resize_input
 
+        if self.model is probed:  # hooks live on module instances: the reference must be its own copy
+            import copy
+
+            self.model = copy.deepcopy(probed)
         size = probed.config.grid_size * self.model.config.patch_size
         if self.model.config.img_size != size:
             self.model = resize_input(self.model, size)

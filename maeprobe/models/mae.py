@@ -50,6 +50,8 @@ class ArchConfig:
     decoder_depth: int = 0
     decoder_num_heads: int = 16
     decoder_mlp_ratio: float | None = None  # None: same as the encoder
+    decoder_type: str = "transformer"  # 'transformer', 'gaussian' (weighted average + MLP), 'conv' (one 5x5 conv)
+    pred_size: int | None = None  # side of the predicted pixel block per token (AE(k)); None: the patch size
     norm_pix_loss: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -118,7 +120,9 @@ class MaskedAutoencoderViT(nn.Module):
         self.head_dist = nn.Linear(D, cfg.num_classes) if (cfg.num_classes and cfg.dist_token) else None
 
         # --- decoder ---
-        self.has_decoder = cfg.decoder_depth > 0
+        if cfg.decoder_type not in ("transformer", "gaussian", "conv"):
+            raise MaeprobeError(f"decoder_type must be transformer, gaussian or conv, got {cfg.decoder_type!r}")
+        self.has_decoder = cfg.decoder_depth > 0 if cfg.decoder_type == "transformer" else True
         if self.has_decoder:
             Dd = cfg.decoder_embed_dim
             dec_ratio = cfg.decoder_mlp_ratio or cfg.mlp_ratio
@@ -127,12 +131,20 @@ class MaskedAutoencoderViT(nn.Module):
             self.decoder_pos_embed = nn.Parameter(
                 torch.zeros(1, L + self.num_prefix_tokens, Dd), requires_grad=False
             )
-            self.decoder_blocks = nn.ModuleList(
-                Block(Dd, cfg.decoder_num_heads, dec_ratio, qkv_bias=True, norm_layer=norm_layer)
-                for _ in range(cfg.decoder_depth)
-            )
+            if cfg.decoder_type == "transformer":
+                self.decoder_blocks = nn.ModuleList(
+                    Block(Dd, cfg.decoder_num_heads, dec_ratio, qkv_bias=True, norm_layer=norm_layer)
+                    for _ in range(cfg.decoder_depth)
+                )
+            elif cfg.decoder_type == "gaussian":
+                from timm.layers import Mlp
+
+                self.decoder_mlp = Mlp(Dd, int(Dd * dec_ratio))
+            else:
+                self.decoder_conv = nn.Conv2d(Dd, Dd, kernel_size=5, padding=2)
             self.decoder_norm = norm_layer(Dd)
-            self.decoder_pred = nn.Linear(Dd, cfg.patch_size**2 * cfg.in_chans, bias=True)
+            k = cfg.pred_size or cfg.patch_size
+            self.decoder_pred = nn.Linear(Dd, k**2 * cfg.in_chans, bias=True)
         self.initialize_weights()
 
     # ------------------------------------------------------------------ init
@@ -161,6 +173,11 @@ class MaskedAutoencoderViT(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups by depth (timm convention), for layer-wise lr decay when fine-tuning."""
+        return dict(stem=r"^cls_token|^dist_token|^reg_token|^pos_embed|^patch_embed",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     # ------------------------------------------------------------------ patches
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -219,27 +236,70 @@ class MaskedAutoencoderViT(nn.Module):
             logits = (logits + self.head_dist(latent[:, 1])) / 2
         return logits
 
+    def forward_features_logits(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Classification logits of full (unmasked) images."""
+        return self.forward_head(self.forward_encoder(imgs, 0.0)[0])
+
     # ------------------------------------------------------------------ decoder
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """Predict pixels of every patch. Returns [B, L, p*p*C] (prefix tokens removed)."""
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, return_features: bool = False):
+        """Predict pixels of every patch: [B, L, k*k*C] (prefix tokens removed). With ``return_features``
+        also the normalised decoder features of the patches [B, L, Dd] (LC-MAE's projector input)."""
         if not self.has_decoder:
             raise RuntimeError("this checkpoint has no decoder")
         P = self.num_prefix_tokens
         x = self.decoder_embed(latent)  # [B, P + K, Dd]
         B, L = ids_restore.shape
-        mask_tokens = self.mask_token.expand(B, L - (x.shape[1] - P), -1)
+        K = x.shape[1] - P
+        mask_tokens = self.mask_token.expand(B, L - K, -1)
         x_ = torch.cat([x[:, P:], mask_tokens], dim=1)  # [B, L, Dd] in shuffled order
         x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # unshuffle
         x = torch.cat([x[:, :P], x_], dim=1) + self.decoder_pos_embed  # [B, P + L, Dd]
-        for block in self.decoder_blocks:
-            x = block(x)
+        if self.config.decoder_type == "transformer":
+            for block in self.decoder_blocks:
+                x = block(x)
+        else:
+            visible = (ids_restore < K).to(x.dtype)  # [B, L] 1 = visible patch
+            x = torch.cat([x[:, :P], self._local_decoder(x[:, P:], visible)], dim=1)
         x = self.decoder_norm(x)
-        x = self.decoder_pred(x)
-        return x[:, P:]
+        pred = self.decoder_pred(x)[:, P:]
+        return (pred, x[:, P:]) if return_features else pred
+
+    def _local_decoder(self, tokens: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """LC-MAE Table 2 decoders on the patch grid: Gaussian weighted average of the visible tokens
+        (sigma 1, 5 x 5 window, non-parametric) + MLP, or a single 5 x 5 convolution."""
+        B, L, Dd = tokens.shape
+        g = self.config.grid_size
+        grid = tokens.transpose(1, 2).reshape(B, Dd, g, g)  # [B, Dd, g, g]
+        if self.config.decoder_type == "conv":
+            return self.decoder_conv(grid).flatten(2).transpose(1, 2)
+        offsets = torch.arange(-2, 3, device=tokens.device, dtype=tokens.dtype)
+        kernel = torch.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / 2)  # sigma = 1
+        vis = visible.reshape(B, 1, g, g)
+        weighted = torch.nn.functional.conv2d((grid * vis).reshape(1, B * Dd, g, g),  # depthwise, fixed kernel
+                                              kernel.expand(B * Dd, 1, 5, 5), padding=2, groups=B * Dd)
+        norm = torch.nn.functional.conv2d(vis, kernel.view(1, 1, 5, 5), padding=2)  # [B, 1, g, g]
+        averaged = weighted.reshape(B, Dd, g, g) / norm.clamp_min(1e-6)
+        averaged = torch.where(norm > 1e-6, averaged, grid)  # no visible neighbour: keep the mask token
+        x = averaged.flatten(2).transpose(1, 2)  # [B, L, Dd]
+        return x + self.decoder_mlp(x)
+
+    def targets(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Pixel targets per patch token [B, L, k*k*C]: the patch itself (MAE), or for AE(k) the k x k block
+        centred on the patch (zero padding at the image border, in normalised pixel space)."""
+        k, p = self.config.pred_size or self.config.patch_size, self.config.patch_size
+        if k == p:
+            return self.patchify(imgs)
+        if (k - p) % 2:
+            raise MaeprobeError(f"pred_size {k} and patch size {p} must differ by an even number")
+        pad = (k - p) // 2
+        blocks = torch.nn.functional.unfold(torch.nn.functional.pad(imgs, (pad, pad, pad, pad)), k, stride=p)
+        B, C = imgs.shape[:2]
+        blocks = blocks.reshape(B, C, k, k, -1)  # [B, C, k, k, L]
+        return blocks.permute(0, 4, 2, 3, 1).reshape(B, -1, k * k * C)  # (row, col, channel) order as MAE
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error on masked patches (Eq. 1 of the MAE paper), optional norm-pix targets."""
-        target = self.patchify(imgs)  # [B, L, p*p*C]
+        target = self.targets(imgs)  # [B, L, k*k*C]
         if self.config.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)

@@ -2,3 +2,4 @@
 from .pretrain import PretrainConfig, pretrain
 
 __all__ = ["PretrainConfig", "pretrain"]
+from .config import load_recipe  # noqa: E402

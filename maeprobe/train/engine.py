@@ -1,0 +1,343 @@
+"""Recipe runner: one loop for MAE, decoder variants, LC-MAE, AE(k), U-MAE and single-image pretraining,
+in one process or under ``torchrun`` (DistributedDataParallel, torch.distributed).
+
+Determinism and exact resume: every random choice is a function of (seed, epoch, image index) or
+(seed, step, rank): the data order of an epoch, each sample's augmentation, each step's masks. A
+checkpoint stores the model, optimiser, scaler, step and the position in the epoch, so ``resume``
+continues exactly where the run stopped. Checkpoints are written atomically (temporary file, rename)
+every ``run.checkpoint_every`` optimiser steps, at the end, and when SIGTERM arrives.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..checkpoints import read_pickle, save_checkpoint
+from ..data import ImageItem, image_items, to_rgb
+from ..errors import MaeprobeError
+from ..models import IMAGENET_MEAN, IMAGENET_STD, build_mae
+from .losses import cross_view_loss, in_view_loss, uniformity_loss
+
+METHODS = ("mae", "lcmae", "ae", "umae")
+
+
+# ----------------------------------------------------------------------------- distributed
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); initialises the process group under torchrun."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def _sample_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------- data
+class PretrainImages(Dataset):
+    """MAE augmentation (RandomResizedCrop scale 0.2-1, flip) over an ImageFolder tree, the built-in
+    photos, or crops of a single image; ``sample(index, epoch)`` is deterministic."""
+
+    def __init__(self, items: list[ImageItem], img_size: int, crop_scale, length: int | None, seed: int,
+                 in_memory: bool):
+        from torchvision.transforms import v2
+
+        self.items, self.seed, self.epoch = items, seed, 0
+        self.length = length or len(items)
+        self.cache = {}
+        if in_memory:  # small sets (built-in photos, single image): decode once, shrink to 2x the crop
+            for i, item in enumerate(items):
+                img = to_rgb(item.image if item.image is not None else _open(item.path))
+                scale = 2 * img_size / min(img.size)
+                if scale < 1:
+                    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), 3)
+                self.cache[i] = img
+        self.transform = v2.Compose([
+            v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=v2.InterpolationMode.BICUBIC,
+                                 antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        source = index % len(self.items)
+        img = self.cache.get(source)
+        if img is None:
+            img = to_rgb(_open(self.items[source].path))
+        with torch.random.fork_rng(devices=[]):  # per-sample augmentation RNG: (seed, epoch, index)
+            torch.manual_seed(_sample_seed(self.seed, self.epoch, index))
+            return self.transform(img), index
+
+
+def _open(path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        return img.copy()
+
+
+def mask_noises(num_patches: int, seed: int, epoch: int, sample_ids: torch.Tensor, view: int) -> torch.Tensor:
+    """Per-image mask noise [B, L] from (seed, epoch, image index, view): independent of batching and of
+    the number of processes."""
+    return torch.cat([torch.rand(1, num_patches, generator=torch.Generator().manual_seed(
+        _sample_seed(seed, epoch, int(i), view, 11))) for i in sample_ids])
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """This process's sample order for an epoch: a seeded permutation, padded to a multiple of world
+    size and strided by rank (DistributedSampler's split, reproducible from (seed, epoch))."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(_sample_seed(seed, epoch, 7))).tolist()
+    order += order[: (-len(order)) % world]
+    return order[rank::world]
+
+
+def build_pretrain_data(config: dict, img_size: int) -> PretrainImages:
+    data = config["data"]
+    seed = config["run"]["seed"]
+    if data["single_image"]:
+        items = [ImageItem(str(data["single_image"]), path=Path(data["single_image"]))]
+        length = data["samples_per_epoch"] or 1281
+        return PretrainImages(items, img_size, data["crop_scale"], length, seed, in_memory=True)
+    if data["path"]:
+        root = Path(data["path"])
+        root = root / "train" if (root / "train").is_dir() else root
+        items = image_items(root)
+        return PretrainImages(items, img_size, data["crop_scale"], data["samples_per_epoch"], seed, in_memory=False)
+    items = image_items(None)  # built-in photos
+    return PretrainImages(items, img_size, data["crop_scale"], data["samples_per_epoch"] or 256, seed, in_memory=True)
+
+
+# ----------------------------------------------------------------------------- model + objective
+def build_pretrain_model(config: dict):
+    m = config["model"]
+    kwargs = {k: m[k] for k in ("decoder_depth", "decoder_embed_dim", "decoder_num_heads", "pred_size")
+              if m.get(k) is not None}
+    if config["method"] == "ae" and not m.get("pred_size"):
+        raise MaeprobeError("method 'ae' needs model.pred_size (the block side k)")
+    return build_mae(m["preset"], decoder_type=m["decoder_type"], norm_pix_loss=bool(m["norm_pix_loss"]), **kwargs)
+
+
+class Objective(nn.Module):
+    """The model plus the method's extra trainable parts (LC-MAE projector); ``forward`` returns the
+    total loss and its parts. One module so that DDP sees every parameter."""
+
+    def __init__(self, model, config: dict):
+        super().__init__()
+        self.model, self.method, self.config = model, config["method"], config
+        if self.method not in METHODS:
+            raise MaeprobeError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.method == "lcmae":
+            self.projector = nn.Linear(model.config.decoder_embed_dim, config["lcmae"]["proj_dim"])
+
+    def forward(self, imgs: torch.Tensor, noises: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        model, ratio = self.model, float(self.config["model"]["mask_ratio"])
+        if self.method == "ae":
+            loss, _, _ = model(imgs, 0.0, noises[0])
+            return loss, {"loss_ae": loss.detach()}
+        if self.method == "mae":
+            loss, _, _ = model(imgs, ratio, noises[0])
+            return loss, {"loss_mae": loss.detach()}
+        if self.method == "umae":
+            latent, mask, ids_restore = model.forward_encoder(imgs, ratio, noises[0])
+            loss_mae = model.forward_loss(imgs, model.forward_decoder(latent, ids_restore), mask)
+            loss_uni = uniformity_loss(latent[:, 0].float(), tau=self.config["umae"]["tau"])
+            loss = loss_mae + self.config["umae"]["weight"] * loss_uni
+            return loss, {"loss_mae": loss_mae.detach(), "loss_uniformity": loss_uni.detach()}
+        # LC-MAE: two views with independent masks
+        weights = self.config["lcmae"]
+        views = []
+        for noise in noises[:2]:
+            latent, mask, ids_restore = model.forward_encoder(imgs, ratio, noise)
+            pred, feats = model.forward_decoder(latent, ids_restore, return_features=True)
+            views.append((pred, self.projector(feats), mask))
+        targets = model.targets(imgs)
+        loss_mae = sum(model.forward_loss(imgs, pred, mask) for pred, _, mask in views) / 2
+        loss_cross = cross_view_loss(views[0][1], views[1][1], views[0][2], views[1][2])
+        loss_in = sum(in_view_loss(z, targets, mask) for _, z, mask in views) / 2
+        loss = weights["mae"] * loss_mae + weights["cross"] * loss_cross + weights["in_view"] * loss_in
+        return loss, {"loss_mae": loss_mae.detach(), "loss_cross": loss_cross.detach(), "loss_in": loss_in.detach()}
+
+
+def lr_at(step: float, total: int, warmup: int, peak: float, floor: float) -> float:
+    """Linear warmup then half-cycle cosine (MAE's lr_sched), per optimiser step."""
+    if step < warmup:
+        return peak * step / max(warmup, 1)
+    progress = (step - warmup) / max(total - warmup, 1)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ----------------------------------------------------------------------------- the loop
+def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: int | None = None) -> Path:
+    """Run a pretraining recipe. Returns the final checkpoint path (``checkpoint-last.pth``).
+
+    ``stop_after_steps`` stops (and checkpoints) after that many optimiser steps of this call, as an
+    interruption would; used by the resume test.
+    """
+    rank, world, local_rank = init_distributed()
+    run, optim_cfg = config["run"], config["optim"]
+    if run["device"]:
+        device = torch.device(run["device"])
+    else:
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    out_dir = Path(run["output_dir"])
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    torch.manual_seed(run["seed"])
+    model = build_pretrain_model(config)
+    objective = Objective(model, config).to(device)
+    data = build_pretrain_data(config, model.config.img_size)
+    batch, accum = optim_cfg["batch_size"], optim_cfg["accum_iter"]
+    global_batch = batch * accum * world
+    steps_per_epoch = max(len(epoch_order(len(data), 0, 0, rank, world)) // (batch * accum), 1)
+    total_steps = steps_per_epoch * optim_cfg["epochs"]
+    warmup_steps = int(round(optim_cfg["warmup_epochs"] * steps_per_epoch))
+    peak_lr = optim_cfg["base_lr"] * global_batch / 256
+    from timm.optim import param_groups_weight_decay
+
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(objective, optim_cfg["weight_decay"]), lr=peak_lr,
+                                  betas=tuple(optim_cfg["betas"]))
+    use_bf16 = bool(run["bf16"]) and device.type == "cuda"
+    step, epoch, position = 0, 0, 0
+    last = out_dir / "checkpoint-last.pth"
+    if run["resume"] and last.is_file():
+        state = read_pickle(last)
+        model.load_state_dict(state["model"])
+        if "projector" in state:
+            objective.projector.load_state_dict(state["projector"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+    if run["compile"]:
+        objective = torch.compile(objective)
+    ddp = objective
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+
+    stop = {"flag": False}
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True)) \
+        if threading_main() else None
+
+    def save(path: Path) -> None:
+        if rank != 0:
+            return
+        extra = {"optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": {}, "step": step,
+                 "position": position, "args": argparse.Namespace(**_flat(config))}
+        if hasattr(objective, "projector"):
+            extra["projector"] = objective.projector.state_dict()
+        save_checkpoint(model, path, **extra)
+
+    log_path = out_dir / "log.csv"
+    log_file = open(log_path, "a", newline="") if rank == 0 else None
+    log = csv.writer(log_file) if log_file else None
+    if log and log_path.stat().st_size == 0:
+        log.writerow(["step", "epoch", "lr", "loss", "parts", "images_per_s"])
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, unit="step", desc=config["name"])
+    steps_this_call, tic = 0, time.monotonic()
+    model.train()
+    try:
+        while step < total_steps and not stop["flag"]:
+            data.epoch = epoch
+            order = epoch_order(len(data), run["seed"], epoch, rank, world)
+            usable = steps_per_epoch * batch * accum
+            indices = order[:usable][position * batch * accum:]
+            loader = DataLoader(torch.utils.data.Subset(data, indices), batch_size=batch, shuffle=False,
+                                num_workers=config["data"]["num_workers"] if config["data"]["path"] else 0,
+                                pin_memory=device.type == "cuda", drop_last=True)
+            micro = 0
+            for imgs, sample_ids in loader:
+                imgs = imgs.to(device, non_blocking=True)
+                noises = [mask_noises(model.config.num_patches, run["seed"], epoch, sample_ids, view).to(device)
+                          for view in range(2 if config["method"] == "lcmae" else 1)]
+                lr = lr_at(step + micro / accum, total_steps, warmup_steps, peak_lr, optim_cfg["min_lr"])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                sync = (micro + 1) == accum
+                context = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+                with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss, parts = ddp(imgs, noises)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                (loss / accum).backward()
+                micro += 1
+                if not sync:
+                    continue
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                micro, step, position, steps_this_call = 0, step + 1, position + 1, steps_this_call + 1
+                if log and (step % run["log_every"] == 0 or step == total_steps):
+                    speed = steps_this_call * global_batch / max(time.monotonic() - tic, 1e-9)
+                    log.writerow([step, epoch, f"{lr:.4e}", f"{loss.item():.5f}",
+                                  ";".join(f"{k}={v.item():.5f}" for k, v in parts.items()), f"{speed:.1f}"])
+                    log_file.flush()
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                if step % run["checkpoint_every"] == 0:
+                    save(last)
+                if stop["flag"] or step >= total_steps or (stop_after_steps and steps_this_call >= stop_after_steps):
+                    stop["flag"] = stop["flag"] or bool(stop_after_steps and steps_this_call >= stop_after_steps)
+                    break
+            else:
+                epoch, position = epoch + 1, 0
+                continue
+            if position >= steps_per_epoch:
+                epoch, position = epoch + 1, 0
+        save(last)
+        if rank == 0 and step >= total_steps:
+            save_checkpoint(model, out_dir / "model.safetensors")
+    finally:
+        if bar:
+            bar.close()
+        if log_file:
+            log_file.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    return last
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """Nested config -> flat dict of plain values (for the official ``args`` Namespace)."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}_"))
+        else:
+            out[name] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    out.setdefault("mask_ratio", config.get("model", {}).get("mask_ratio") if not prefix else None)
+    if "model_mask_ratio" in out:
+        out["mask_ratio"] = 0.0 if config.get("method") == "ae" else out["model_mask_ratio"]
+        out["norm_pix_loss"] = out.get("model_norm_pix_loss", False)
+    return out

@@ -1,0 +1,232 @@
+"""Evaluation recipes on an ImageFolder dataset (``train/``, ``val/``): fine-tuning and linear probing as in
+the MAE paper, and a k-NN probe on frozen features. Each reports top-1 on ``val/``.
+
+* fine-tune: global-pool classifier (fc_norm + head) on the pretrained encoder, AdamW with layer-wise lr
+  decay (timm ``param_groups_layer_decay``), warmup + cosine, RandAugment / random erasing
+  (timm ``create_transform``), mixup / cutmix (timm ``Mixup``) or label smoothing.
+* linear probe: frozen encoder, CLS feature, BatchNorm without affine + linear head (MAE's linprobe head;
+  SGD with momentum here, where MAE used LARS).
+* k-NN: cosine similarity of L2-normalised CLS features, k nearest training images, votes weighted by
+  exp(sim / T) (DINO's protocol).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..checkpoints import load
+from ..errors import MaeprobeError
+from ..models import ArchConfig, MaskedAutoencoderViT
+from .engine import init_distributed, lr_at
+
+
+def _folders(config: dict):
+    from torchvision.datasets import ImageFolder
+
+    root = config["data"]["path"]
+    if not root or not (Path(root) / "train").is_dir() or not (Path(root) / "val").is_dir():
+        raise MaeprobeError(f"data.path={root!r}: evaluation needs an ImageFolder root with train/ and val/")
+    return Path(root), ImageFolder
+
+
+def _transforms(img_size: int, mean, std, strong: bool):
+    from timm.data import create_transform
+
+    train = create_transform(img_size, is_training=True, interpolation="bicubic", mean=mean, std=std,
+                             auto_augment="rand-m9-mstd0.5-inc1" if strong else None,
+                             re_prob=0.25 if strong else 0.0, color_jitter=None if not strong else 0.4,
+                             scale=(0.08, 1.0))
+    val = create_transform(img_size, is_training=False, interpolation="bicubic", mean=mean, std=std, crop_pct=0.875)
+    return train, val
+
+
+def _classifier(encoder: MaskedAutoencoderViT, num_classes: int) -> MaskedAutoencoderViT:
+    """Global-pool classifier (MAE fine-tuning): encoder weights, fc_norm and a new head."""
+    cfg = ArchConfig(**{**encoder.config.to_dict(), "decoder_depth": 0, "decoder_type": "transformer",
+                        "num_classes": num_classes, "fc_norm": True, "final_norm": False})
+    model = MaskedAutoencoderViT(cfg)
+    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(("decoder", "mask_token", "norm.",
+                                                                                  "head", "fc_norm"))}
+    model.load_state_dict(state, strict=False)
+    nn.init.trunc_normal_(model.head.weight, std=2e-5)
+    nn.init.zeros_(model.head.bias)
+    model.checkpoint = getattr(encoder, "checkpoint", None)
+    return model
+
+
+class _Logits(nn.Module):
+    """forward = classification logits (what DDP calls)."""
+
+    def __init__(self, model: MaskedAutoencoderViT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features_logits(x)
+
+
+def _loaders(dataset_train, dataset_val, batch_size, workers, world, rank, seed):
+    if world > 1:
+        train_sampler = DistributedSampler(dataset_train, world, rank, shuffle=True, seed=seed)
+        val_sampler = DistributedSampler(dataset_val, world, rank, shuffle=False)
+    else:
+        train_sampler = torch.utils.data.RandomSampler(dataset_train, generator=torch.Generator().manual_seed(seed))
+        val_sampler = None
+    train = DataLoader(dataset_train, batch_size=batch_size, sampler=train_sampler, num_workers=workers,
+                       drop_last=len(dataset_train) >= batch_size * world)
+    val = DataLoader(dataset_val, batch_size=batch_size, sampler=val_sampler, shuffle=False, num_workers=workers)
+    return train, val, train_sampler
+
+
+@torch.no_grad()
+def _top1(predict, loader, device) -> float:
+    correct = torch.zeros(2, device=device)
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        correct += torch.stack([(predict(x).argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=device)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(correct)
+    return float(100 * correct[0] / correct[1].clamp_min(1))
+
+
+def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
+    """Run a finetune / linprobe / knn recipe; writes ``results.json`` and returns it."""
+    rank, world, local_rank = init_distributed()
+    run, optim_cfg, task = config["run"], config["optim"], config["task"]
+    device = torch.device(run["device"] or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    checkpoint = config["eval"]["checkpoint"]
+    if not checkpoint:
+        raise MaeprobeError(f"task {task!r} needs eval.checkpoint (a pretrained checkpoint)")
+    torch.manual_seed(run["seed"])
+    encoder = load(checkpoint)
+    root, ImageFolder = _folders(config)
+    size, mean, std = encoder.config.img_size, encoder.checkpoint.mean, encoder.checkpoint.std
+    train_tf, val_tf = _transforms(size, mean, std, strong=task == "finetune")
+    if task == "knn":
+        train_tf = val_tf
+    dataset_train = ImageFolder(root / "train", train_tf)
+    dataset_val = ImageFolder(root / "val", val_tf)
+    num_classes = len(dataset_train.classes)
+    workers = config["data"]["num_workers"]
+    batch = optim_cfg["batch_size"]
+    train_loader, val_loader, sampler = _loaders(dataset_train, dataset_val, batch, workers, world, rank, run["seed"])
+    out_dir = Path(run["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    if task == "knn":
+        result = {"task": task, "top1": _knn(encoder.to(device).eval(), train_loader, val_loader, device,
+                                             config["eval"]["knn_k"], config["eval"]["knn_temperature"])}
+    else:
+        if task == "finetune":
+            model = _classifier(encoder, num_classes).to(device)
+            from timm.optim import param_groups_layer_decay
+
+            groups = param_groups_layer_decay(model, optim_cfg["weight_decay"], no_weight_decay_list=(
+                "pos_embed", "cls_token", "dist_token", "reg_token"), layer_decay=optim_cfg["layer_decay"])
+            trainable = _Logits(model)
+        elif task == "linprobe":
+            encoder = encoder.to(device).eval().requires_grad_(False)
+            head = nn.Sequential(nn.BatchNorm1d(encoder.config.embed_dim, affine=False, eps=1e-6),
+                                 nn.Linear(encoder.config.embed_dim, num_classes)).to(device)
+            nn.init.trunc_normal_(head[1].weight, std=0.01)
+            nn.init.zeros_(head[1].bias)
+            trainable, groups = head, [{"params": list(head.parameters()), "weight_decay": optim_cfg["weight_decay"]}]
+
+            def predict(x):
+                with torch.no_grad():
+                    feats = encoder.forward_encoder(x, 0.0)[0][:, 0]  # CLS after the final norm
+                return head(feats)
+        else:
+            raise MaeprobeError(f"unknown task {task!r}; choose pretrain, finetune, linprobe or knn")
+        ddp_model = nn.parallel.DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda"
+                                                        else None) if world > 1 else trainable
+        if task == "finetune":
+            predict = ddp_model
+        steps_per_epoch = max(len(train_loader), 1)
+        total = steps_per_epoch * optim_cfg["epochs"]
+        warmup = int(optim_cfg["warmup_epochs"] * steps_per_epoch)
+        peak = optim_cfg["base_lr"] * batch * world / 256
+        if task == "finetune":
+            optimizer = torch.optim.AdamW(groups, lr=peak, betas=(0.9, 0.999))
+        else:
+            optimizer = torch.optim.SGD(groups, lr=peak, momentum=0.9)
+        mixup = None
+        if task == "finetune" and (optim_cfg["mixup"] > 0 or optim_cfg["cutmix"] > 0):
+            from timm.data import Mixup
+            from timm.loss import SoftTargetCrossEntropy
+
+            mixup = Mixup(mixup_alpha=optim_cfg["mixup"], cutmix_alpha=optim_cfg["cutmix"],
+                          label_smoothing=optim_cfg["label_smoothing"], num_classes=num_classes)
+            criterion = SoftTargetCrossEntropy()
+        else:
+            criterion = nn.CrossEntropyLoss(label_smoothing=optim_cfg["label_smoothing"] if task == "finetune" else 0.0)
+        step, history = 0, []
+        for epoch in range(optim_cfg["epochs"]):
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            trainable.train()
+            if task == "linprobe":
+                encoder.eval()
+            running = 0.0
+            for x, y in train_loader:
+                x, y = x.to(device), y.to(device)
+                if mixup is not None and len(x) % 2 == 0:
+                    x, y_soft = mixup(x, y)
+                else:
+                    y_soft = y if mixup is None else nn.functional.one_hot(y, num_classes).float()
+                lr = lr_at(step, total, warmup, peak, optim_cfg["min_lr"])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                loss = criterion(predict(x), y_soft)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                running += loss.item()
+                step += 1
+            trainable.eval()
+            top1 = _top1(predict, val_loader, device)
+            history.append({"epoch": epoch, "loss": running / steps_per_epoch, "top1": top1})
+            if progress and rank == 0:
+                print(f"[{config['name']}] epoch {epoch}: loss {running / steps_per_epoch:.4f}, val top-1 {top1:.2f}%")
+        result = {"task": task, "top1": history[-1]["top1"], "history": history}
+        if rank == 0 and task == "finetune":
+            from ..checkpoints import save_checkpoint
+
+            save_checkpoint(model, out_dir / "checkpoint-finetuned.pth")
+    result.update(checkpoint=str(checkpoint), num_classes=num_classes, train_images=len(dataset_train),
+                  val_images=len(dataset_val))
+    if rank == 0:
+        (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+@torch.no_grad()
+def _features(encoder, loader, device):
+    feats, labels = [], []
+    for x, y in loader:
+        feats.append(nn.functional.normalize(encoder.forward_encoder(x.to(device), 0.0)[0][:, 0].float(), dim=1))
+        labels.append(y.to(device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def _knn(encoder, train_loader, val_loader, device, k: int, temperature: float) -> float:
+    train_x, train_y = _features(encoder, train_loader, device)
+    val_x, val_y = _features(encoder, val_loader, device)
+    num_classes = int(train_y.max()) + 1
+    k = min(k, len(train_x))
+    sims, idx = (val_x @ train_x.T).topk(k, dim=1)  # [V, k]
+    votes = torch.zeros(len(val_x), num_classes, device=device)
+    votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
+    return float(100 * (votes.argmax(1) == val_y).float().mean())
