@@ -253,6 +253,14 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
     log = csv.writer(log_file) if log_file else None
     if log and log_path.stat().st_size == 0:
         log.writerow(["step", "epoch", "lr", "loss", "parts", "images_per_s"])
+    board = None
+    if rank == 0:
+        try:  # TensorBoard when installed (the CSV log is always written)
+            from torch.utils.tensorboard import SummaryWriter
+
+            board = SummaryWriter(str(out_dir / "tensorboard"))
+        except ImportError:
+            board = None
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -295,6 +303,11 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
                     log.writerow([step, epoch, f"{lr:.4e}", f"{loss.item():.5f}",
                                   ";".join(f"{k}={v.item():.5f}" for k, v in parts.items()), f"{speed:.1f}"])
                     log_file.flush()
+                    if board is not None:
+                        board.add_scalar("train/loss", loss.item(), step)
+                        board.add_scalar("train/lr", lr, step)
+                        for k, v in parts.items():
+                            board.add_scalar(f"train/{k}", v.item(), step)
                 if bar:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
@@ -316,6 +329,8 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
             bar.close()
         if log_file:
             log_file.close()
+        if board is not None:
+            board.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     return last
