@@ -356,7 +356,7 @@ def pretrain_cmd(
                             warmup_steps=warmup_steps, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
                             max_minutes=max_minutes, seed=seed, device=device)
     path = pretrain(config)
-    typer.echo(f"wrote {path} (training log: {path.with_suffix('.log.csv')})")
+    typer.echo(f"wrote {path} (log.csv and config.yaml beside it)")
 
 
 @app.command()

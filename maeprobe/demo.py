@@ -65,5 +65,5 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, max_minutes: float = 2.5, 
         float_format="%.2f"))
     return {"trained": trained_path, "untrained": untrained_path, "table": csv_path,
             "figures": out_dir / "figures", "renders": out_dir / "renders",
-            "training log": Path(config.out).with_suffix(".log.csv"),
+            "training log": Path(config.out).parent / "log.csv",
             **{p.stem: p for p in figures if p.suffix == ".png"}, **{p.stem: p for p in renders if p.suffix == ".png"}}

@@ -19,10 +19,12 @@ def test_pretrain_saves_an_official_training_checkpoint(tmp_path, monkeypatch):
         saved = torch.load(path, weights_only=True, map_location="cpu")
     assert isinstance(saved["args"], argparse.Namespace) and saved["args"].norm_pix_loss is True
     assert {"model", "optimizer", "epoch", "scaler", "args"} <= set(saved)
-    assert saved["epoch"] == 12 and set(saved["model"]) == set(maeprobe.build_mae("test_tiny").state_dict())
+    assert saved["step"] == 12 and set(saved["model"]) == set(maeprobe.build_mae("test_tiny").state_dict())
     model = maeprobe.load(path)
     assert model.config.norm_pix_loss and model.config.num_heads == 3
-    log = pd.read_csv(path.with_suffix(".log.csv"))
+    assert path == tmp_path / "ckpt.pth" and (tmp_path / "config.yaml").is_file()
+    assert maeprobe.load(tmp_path / "ckpt.safetensors").config == model.config
+    log = pd.read_csv(tmp_path / "log.csv")
     assert len(log) == 12 and log["loss"].notna().all()
     assert log["lr"].iloc[2] > log["lr"].iloc[0]  # warmup
     assert log["lr"].iloc[-1] < log["lr"].iloc[3]  # cosine decay

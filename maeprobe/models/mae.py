@@ -37,6 +37,7 @@ class ArchConfig:
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     init_values: float | None = None  # layer scale (DINOv2, CaiT-style)
+    drop_path_rate: float = 0.0  # stochastic depth of the encoder blocks, linear in depth (fine-tuning)
     class_token: bool = True
     dist_token: bool = False
     num_reg_tokens: int = 0
@@ -111,8 +112,8 @@ class MaskedAutoencoderViT(nn.Module):
         )
         self.blocks = nn.ModuleList(
             Block(D, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, init_values=cfg.init_values,
-                  norm_layer=norm_layer)
-            for _ in range(cfg.depth)
+                  drop_path=cfg.drop_path_rate * i / max(cfg.depth - 1, 1), norm_layer=norm_layer)
+            for i in range(cfg.depth)
         )
         self.norm = norm_layer(D) if cfg.final_norm else nn.Identity()
         self.fc_norm = norm_layer(D) if cfg.fc_norm else None

@@ -21,10 +21,14 @@ DEFAULTS: dict = {
              "num_workers": 8},
     "optim": {"epochs": 100, "batch_size": 64, "accum_iter": 1, "base_lr": 1.5e-4, "weight_decay": 0.05,
               "warmup_epochs": 10, "min_lr": 0.0, "betas": [0.9, 0.95], "layer_decay": 0.75,
-              "label_smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0, "drop_path": 0.1},
+              "label_smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.25, "drop_path": 0.1,
+              # MAE's RandAugment, magnitude capped at 9: at 10 timm's increasing posterize asks Pillow for
+              # 0 bits, which current Pillow rejects (a rare, random crash)
+              "auto_augment": "rand-m9-mstd0.5-inc1-mmax9"},
     "eval": {"checkpoint": None, "knn_k": 20, "knn_temperature": 0.07},
     "run": {"output_dir": "runs/{name}", "seed": 0, "checkpoint_every": 1000, "log_every": 20, "bf16": True,
-            "compile": False, "device": None, "resume": True},
+            "compile": False, "device": None, "resume": True, "max_minutes": None,
+            "checkpoint_name": "checkpoint-last.pth"},
 }
 
 

@@ -52,7 +52,7 @@ def _sample_seed(*parts: int) -> int:
 # ----------------------------------------------------------------------------- data
 class PretrainImages(Dataset):
     """MAE augmentation (RandomResizedCrop scale 0.2-1, flip) over an ImageFolder tree, the built-in
-    photos, or crops of a single image; ``sample(index, epoch)`` is deterministic."""
+    photos, or crops of a single image; sample i of epoch e is a pure function of (seed, e, i)."""
 
     def __init__(self, items: list[ImageItem], img_size: int, crop_scale, length: int | None, seed: int,
                  in_memory: bool):
@@ -221,8 +221,9 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
                                   betas=tuple(optim_cfg["betas"]))
     use_bf16 = bool(run["bf16"]) and device.type == "cuda"
     step, epoch, position = 0, 0, 0
-    last = out_dir / "checkpoint-last.pth"
-    if run["resume"] and last.is_file():
+    last = out_dir / run["checkpoint_name"]
+    resumed = bool(run["resume"] and last.is_file())
+    if resumed:
         state = read_pickle(last)
         model.load_state_dict(state["model"])
         if "projector" in state:
@@ -249,7 +250,7 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
         save_checkpoint(model, path, **extra)
 
     log_path = out_dir / "log.csv"
-    log_file = open(log_path, "a", newline="") if rank == 0 else None
+    log_file = open(log_path, "a" if resumed else "w", newline="") if rank == 0 else None
     log = csv.writer(log_file) if log_file else None
     if log and log_path.stat().st_size == 0:
         log.writerow(["step", "epoch", "lr", "loss", "parts", "images_per_s"])
@@ -313,6 +314,8 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
                 if step % run["checkpoint_every"] == 0:
                     save(last)
+                if run["max_minutes"] is not None and time.monotonic() - tic > 60 * run["max_minutes"]:
+                    stop["flag"] = True  # time budget spent: checkpoint and stop (resume continues)
                 if stop["flag"] or step >= total_steps or (stop_after_steps and steps_this_call >= stop_after_steps):
                     stop["flag"] = stop["flag"] or bool(stop_after_steps and steps_this_call >= stop_after_steps)
                     break
@@ -323,7 +326,8 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
                 epoch, position = epoch + 1, 0
         save(last)
         if rank == 0 and step >= total_steps:
-            save_checkpoint(model, out_dir / "model.safetensors")
+            stem = Path(run["checkpoint_name"]).stem.replace("checkpoint-last", "model")
+            save_checkpoint(model, out_dir / f"{stem}.safetensors")
     finally:
         if bar:
             bar.close()

@@ -36,21 +36,22 @@ def _folders(config: dict):
     return Path(root), ImageFolder
 
 
-def _transforms(img_size: int, mean, std, strong: bool):
+def _transforms(img_size: int, mean, std, strong: bool, optim_cfg: dict):
     from timm.data import create_transform
 
     train = create_transform(img_size, is_training=True, interpolation="bicubic", mean=mean, std=std,
-                             auto_augment="rand-m9-mstd0.5-inc1" if strong else None,
-                             re_prob=0.25 if strong else 0.0, color_jitter=None if not strong else 0.4,
+                             auto_augment=optim_cfg["auto_augment"] if strong else None,
+                             re_prob=optim_cfg["reprob"] if strong else 0.0, color_jitter=None if not strong else 0.4,
                              scale=(0.08, 1.0))
     val = create_transform(img_size, is_training=False, interpolation="bicubic", mean=mean, std=std, crop_pct=0.875)
     return train, val
 
 
-def _classifier(encoder: MaskedAutoencoderViT, num_classes: int) -> MaskedAutoencoderViT:
+def _classifier(encoder: MaskedAutoencoderViT, num_classes: int, drop_path: float = 0.0) -> MaskedAutoencoderViT:
     """Global-pool classifier (MAE fine-tuning): encoder weights, fc_norm and a new head."""
     cfg = ArchConfig(**{**encoder.config.to_dict(), "decoder_depth": 0, "decoder_type": "transformer",
-                        "num_classes": num_classes, "fc_norm": True, "final_norm": False})
+                        "num_classes": num_classes, "fc_norm": True, "final_norm": False,
+                        "drop_path_rate": drop_path})
     model = MaskedAutoencoderViT(cfg)
     state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(("decoder", "mask_token", "norm.",
                                                                                   "head", "fc_norm"))}
@@ -108,7 +109,7 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     encoder = load(checkpoint)
     root, ImageFolder = _folders(config)
     size, mean, std = encoder.config.img_size, encoder.checkpoint.mean, encoder.checkpoint.std
-    train_tf, val_tf = _transforms(size, mean, std, strong=task == "finetune")
+    train_tf, val_tf = _transforms(size, mean, std, strong=task == "finetune", optim_cfg=optim_cfg)
     if task == "knn":
         train_tf = val_tf
     dataset_train = ImageFolder(root / "train", train_tf)
@@ -127,7 +128,7 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
                                              config["eval"]["knn_k"], config["eval"]["knn_temperature"])}
     else:
         if task == "finetune":
-            model = _classifier(encoder, num_classes).to(device)
+            model = _classifier(encoder, num_classes, optim_cfg["drop_path"]).to(device)
             from timm.optim import param_groups_layer_decay
 
             groups = param_groups_layer_decay(model, optim_cfg["weight_decay"], no_weight_decay_list=(
