@@ -286,3 +286,18 @@ def test_recipe_cli(tmp_path):
     assert "epochs: 1" in saved  # the resolved config is saved beside the outputs
     bad = runner.invoke(app, ["recipe", "run", str(RECIPES / "tiny-mae.yaml"), "optim.epoch=1"])
     assert bad.exit_code == 2 and "unknown key 'optim.epoch'" in bad.output
+
+
+def test_gradient_accumulation_equals_the_full_batch_on_an_image_folder(tmp_path, image_folder):
+    """batch 8 x accum_iter 2 gives the weights of batch 16 (same images per optimiser step, same lr)."""
+    common = [f"data.path={image_folder}", "data.samples_per_epoch=32", "optim.epochs=1", "run.checkpoint_every=100"]
+    full = pretrain_recipe(load_recipe(RECIPES / "tiny-mae.yaml", common + ["optim.batch_size=16",
+                                                                           f"run.output_dir={tmp_path / 'full'}"]),
+                           progress=False)
+    accum = pretrain_recipe(load_recipe(RECIPES / "tiny-mae.yaml", common + ["optim.batch_size=8", "optim.accum_iter=2",
+                                                                            f"run.output_dir={tmp_path / 'accum'}"]),
+                            progress=False)
+    assert _state(full)["step"] == _state(accum)["step"] == 2
+    a, b = _weights(full), _weights(accum)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)

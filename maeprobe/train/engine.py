@@ -283,9 +283,10 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
                 imgs = imgs.to(device, non_blocking=True)
                 noises = [mask_noises(model.config.num_patches, run["seed"], epoch, sample_ids, view).to(device)
                           for view in range(2 if config["method"] == "lcmae" else 1)]
-                lr = lr_at(step + micro / accum, total_steps, warmup_steps, peak_lr, optim_cfg["min_lr"])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                if micro == 0:  # one lr per optimiser step, as MAE's lr_sched with accum_iter
+                    lr = lr_at(step, total_steps, warmup_steps, peak_lr, optim_cfg["min_lr"])
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
                 sync = (micro + 1) == accum
                 context = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
                 with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

@@ -45,9 +45,13 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
     """Concatenate ``features`` from all processes, differentiably (identity without torch.distributed)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return features
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(features), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
+        warnings.simplefilter("ignore")
+        return torch.cat(all_gather(features), dim=0)
 
 
 def uniformity_loss(features: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
