@@ -482,5 +482,8 @@ def save_checkpoint(model: MaskedAutoencoderViT, path: str | os.PathLike, **extr
         save_file(state, str(tmp), metadata={"format": "pt", "maeprobe": json.dumps(meta)})
     else:
         torch.save({"model": state, **extra, "maeprobe": meta}, tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; give both formats ordinary permissions
     os.replace(tmp, path)
     return path

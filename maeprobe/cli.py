@@ -389,8 +389,6 @@ def _recipe_dir() -> Path:
 @_friendly
 def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder (default: the bundled recipes/).")):
     """List recipes with their task, method and launch command."""
-    import yaml
-
     from .train.config import launch_command, load_recipe
 
     folder = folder or _recipe_dir()
@@ -400,7 +398,6 @@ def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder 
         config = load_recipe(path)
         what = config["task"] if config["task"] != "pretrain" else f"pretrain/{config['method']}"
         typer.echo(f"{path.stem:<28} {what:<16} {launch_command(path)}")
-    del yaml
 
 
 @recipe_app.command("run")

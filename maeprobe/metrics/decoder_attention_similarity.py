@@ -73,13 +73,12 @@ class DecoderAttentionSimilarity(Reducer):
 
     def _reduce_layer(self, attn, rows, cache) -> dict[str, torch.Tensor]:
         """Sums of unit vectors of one batch and layer: overall [d], per head [H, d_h], and per group."""
-        a = attn[:, :, rows, :].float()  # [B, H, k, n]
-        B = a.shape[0]
-        flat = a.flatten(1).double()
+        a = attn[:, :, rows, :].double()  # [B, H, k, n]
+        flat = a.flatten(1)
         unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)  # [B, H*k*n]
         out = {"whole": unit.sum(0)}
         if self.per_head:
-            heads = a.flatten(2).double()
+            heads = a.flatten(2)
             heads = heads / heads.norm(dim=2, keepdim=True).clamp_min(1e-300)  # [B, H, k*n]
             out["heads"] = heads.sum(0)
         if self.groups:

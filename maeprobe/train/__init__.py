@@ -1,5 +1,5 @@
-"""Training: the MAE pretraining loop (grown into full recipes later)."""
+"""Training: recipe configuration, losses, the pretraining engine and the evaluation recipes."""
+from .config import load_recipe
 from .pretrain import PretrainConfig, pretrain
 
-__all__ = ["PretrainConfig", "pretrain"]
-from .config import load_recipe  # noqa: E402
+__all__ = ["PretrainConfig", "load_recipe", "pretrain"]
