@@ -115,6 +115,29 @@ class DecoderAttentionSimilarity(Reducer):
                 else value.clone()
         return self
 
+    def all_reduce(self, group=None) -> None:
+        """Sum across processes. The state is created at the first batch (its size depends on the mask), so a
+        process that saw no images first learns the others' shapes and the mask rows."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        shapes = [None] * dist.get_world_size(group)
+        mine = ({k: (tuple(v.shape), v.dtype) for k, v in self._state.items()},
+                None if self.masked_rows is None else self.masked_rows.tolist())
+        dist.all_gather_object(shapes, mine, group=group)
+        for states, rows in shapes:
+            for key, (shape, dtype) in states.items():
+                if key not in self._state:
+                    self._state[key] = torch.zeros(shape, dtype=dtype, device=self._state["count"].device)
+            if rows is not None:
+                if self.masked_rows is None:
+                    self.masked_rows = torch.tensor(rows)
+                elif self.masked_rows.tolist() != rows:
+                    raise MaeprobeError("decoder attention similarity (Eq. 7): processes used different masks")
+        for key in sorted(self._state):
+            dist.all_reduce(self._state[key], op=dist.ReduceOp.SUM, group=group)
+
     @property
     def count(self) -> int:
         return int(self._state["count"].item())
