@@ -227,9 +227,9 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
         except (OSError, ValueError) as exc:
             raise MaeprobeError(f"{image}: cannot read image ({exc})") from None
     display = fit_to_size(image, cfg.img_size)
-    info = getattr(model, "checkpoint", None)
-    mean = info.mean if info else (0.485, 0.456, 0.406)
-    std = info.std if info else (0.229, 0.224, 0.225)
+    from .checkpoints import normalization
+
+    mean, std = normalization(model)
     x = make_transform(cfg.img_size, mean, std)(display).unsqueeze(0).to(device)
     pixels = np.asarray(display)
     if encoder:

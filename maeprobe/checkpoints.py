@@ -448,10 +448,19 @@ def load(path: str | os.PathLike, *, num_heads: int | None = None, decoder_num_h
     return model.to(device).eval()
 
 
+def normalization(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the model's inputs are normalised with: from its checkpoint, ImageNet's by default."""
+    info = getattr(model, "checkpoint", None)
+    if info is None:
+        return registry.IMAGENET_MEAN, registry.IMAGENET_STD
+    return tuple(info.mean), tuple(info.std)
+
+
 def checkpoint_metadata(model: MaskedAutoencoderViT) -> dict:
     """What maeprobe stores beside the weights so that its own checkpoints load without flags."""
     cfg = model.config
     info = getattr(model, "checkpoint", None)
+    mean, std = normalization(model)
     return {
         "format_version": 1,
         "num_heads": cfg.num_heads,
@@ -459,8 +468,8 @@ def checkpoint_metadata(model: MaskedAutoencoderViT) -> dict:
         "decoder_type": cfg.decoder_type,
         "norm_eps": cfg.norm_eps,
         "norm_pix_loss": cfg.norm_pix_loss,
-        "mean": list(info.mean if info else registry.IMAGENET_MEAN),
-        "std": list(info.std if info else registry.IMAGENET_STD),
+        "mean": list(mean),
+        "std": list(std),
         **({"pretrain_mask_ratio": info.pretrain_mask_ratio} if info and info.pretrain_mask_ratio is not None else {}),
     }
 

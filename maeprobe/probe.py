@@ -53,9 +53,9 @@ def _batches(model, images, batch_size: int, num_workers: int) -> tuple[Iterable
                 yield images[idx], idx
 
         return tensor_batches(), len(indices)
-    info = getattr(model, "checkpoint", None)
-    mean = info.mean if info else (0.485, 0.456, 0.406)
-    std = info.std if info else (0.229, 0.224, 0.225)
+    from .checkpoints import normalization
+
+    mean, std = normalization(model)
     if isinstance(images, ImageDataset):
         dataset = images
     elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):

@@ -48,8 +48,8 @@ class Reference:
 
 
 def _mean_std(model, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    info = getattr(model, "checkpoint", None)
-    mean = info.mean if info else (0.485, 0.456, 0.406)
-    std = info.std if info else (0.229, 0.224, 0.225)
+    from .checkpoints import normalization
+
+    mean, std = normalization(model)
     return (torch.tensor(mean, device=like.device).view(1, 3, 1, 1),
             torch.tensor(std, device=like.device).view(1, 3, 1, 1))
