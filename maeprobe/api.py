@@ -207,10 +207,9 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
     """
     import numpy as np
     import torch
-    from PIL import Image
 
     from .capture import CaptureRequest, capture, resolve_layers
-    from .data import fit_to_size, make_transform
+    from .data import fit_to_size, make_transform, open_image
     from .masking import MaskInfo, mask_noise
     from .plots import default_queries, render_decoder_attention, render_encoder_attention
     from .probe import default_device
@@ -221,9 +220,7 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
     cfg = model.config
     if isinstance(image, (str, os.PathLike)):
         try:
-            with Image.open(image) as img:
-                img.load()
-                image = img.copy()
+            image = open_image(image)
         except (OSError, ValueError) as exc:
             raise MaeprobeError(f"{image}: cannot read image ({exc})") from None
     display = fit_to_size(image, cfg.img_size)

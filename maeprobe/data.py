@@ -42,6 +42,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, LA, RGBA (alpha dropped), CMYK, YCbCr, 1
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file fully and return it as RGB (PIL errors propagate: OSError, ValueError...)."""
+    with Image.open(path) as img:
+        img.load()
+        return to_rgb(img).copy()
+
+
 def builtin_images() -> list[tuple[str, Image.Image]]:
     """Natural photographs that ship inside installed packages: (name, RGB image)."""
     import skimage.data
@@ -142,9 +149,7 @@ class ImageDataset(Dataset):
         if item.image is not None:
             return item.image
         try:
-            with Image.open(item.path) as img:
-                img.load()
-                return to_rgb(img).copy() if img.mode != "RGB" else img.copy()
+            return open_image(item.path)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             warnings.warn(f"skipping unreadable image {item.path}: {exc}", stacklevel=2)
             return None

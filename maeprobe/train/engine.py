@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import read_pickle, save_checkpoint
-from ..data import ImageItem, image_items, to_rgb
+from ..data import ImageItem, image_items, open_image, to_rgb
 from ..errors import MaeprobeError
 from ..models import IMAGENET_MEAN, IMAGENET_STD, build_mae
 from .losses import cross_view_loss, in_view_loss, uniformity_loss
@@ -63,7 +63,7 @@ class PretrainImages(Dataset):
         self.cache = {}
         if in_memory:  # small sets (built-in photos, single image): decode once, shrink to 2x the crop
             for i, item in enumerate(items):
-                img = to_rgb(item.image if item.image is not None else _open(item.path))
+                img = to_rgb(item.image) if item.image is not None else open_image(item.path)
                 scale = 2 * img_size / min(img.size)
                 if scale < 1:
                     img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), 3)
@@ -82,18 +82,10 @@ class PretrainImages(Dataset):
         source = index % len(self.items)
         img = self.cache.get(source)
         if img is None:
-            img = to_rgb(_open(self.items[source].path))
+            img = open_image(self.items[source].path)
         with torch.random.fork_rng(devices=[]):  # per-sample augmentation RNG: (seed, epoch, index)
             torch.manual_seed(_sample_seed(self.seed, self.epoch, index))
             return self.transform(img), index
-
-
-def _open(path):
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        return img.copy()
 
 
 def mask_noises(num_patches: int, seed: int, epoch: int, sample_ids: torch.Tensor, view: int) -> torch.Tensor:
