@@ -70,11 +70,12 @@ class FeatureSpectrum(Reducer):
             onehot = torch.nn.functional.one_hot(groups, self.groups).double().T  # [G, B]
             self._state["gcount"] += onehot.sum(1)
         for layer in self.layers:
-            tokens = cache.features[("encoder", layer)].double().cpu()  # [B, N, D]
-            feats = {"patch_mean": tokens[:, self.num_prefix:].mean(1)}
+            tokens = cache.features[("encoder", layer)]  # [B, N, D], on the model's device
+            feats = {"patch_mean": tokens[:, self.num_prefix:].float().mean(1)}  # pool before leaving the device
             if "cls" in self.kinds:
                 feats["cls"] = tokens[:, 0]
-            for kind, x in feats.items():  # x [B, D]
+            for kind, x in feats.items():
+                x = x.double().cpu()  # [B, D]
                 self._state[f"sum_{layer}_{kind}"] += x.sum(0)
                 self._state[f"outer_{layer}_{kind}"] += x.T @ x
                 if onehot is not None:
