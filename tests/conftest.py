@@ -49,3 +49,18 @@ def images32():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 3, 8, 8, generator=g)
     return torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False)
+
+
+def _gloo_entry(rank, world, init_file, fn, args):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(fn, world: int, init_file, *args) -> None:
+    """Run ``fn(rank, *args)`` in ``world`` CPU processes joined in a gloo process group."""
+    torch.multiprocessing.spawn(_gloo_entry, nprocs=world, args=(world, str(init_file), fn, args))

@@ -9,6 +9,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 import maeprobe
+from conftest import spawn_gloo
 from maeprobe.masking import mask_noise
 from test_hf_reference import hf_forward
 
@@ -173,19 +174,13 @@ def test_spectrum_matches_numpy_svd_of_hf_hidden_states(hf_mae, images32):
         assert erank == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-3)
 
 
-def _eq7_worker(rank, world, init_file, state, images, out):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3,
-                                   decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
-        model.load_state_dict(state)
-        table = maeprobe.decoder_attention_similarity(model, images, per_head=True, bootstrap=10, device="cpu")
-        if rank == 0:
-            table.to_csv(out, index=False)
-    finally:
-        dist.destroy_process_group()
+def _eq7_worker(rank, state, images, out):
+    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3,
+                               decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
+    model.load_state_dict(state)
+    table = maeprobe.decoder_attention_similarity(model, images, per_head=True, bootstrap=10, device="cpu")
+    if rank == 0:
+        table.to_csv(out, index=False)
 
 
 @pytest.mark.slow
@@ -196,8 +191,7 @@ def test_eq7_under_torch_distributed_with_an_idle_process(tmp_path):
                                decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
     images = torch.randn(2, 3, 32, 32)
     single = maeprobe.decoder_attention_similarity(model, images, per_head=True, bootstrap=10, device="cpu")
-    torch.multiprocessing.spawn(_eq7_worker, nprocs=3,
-                                args=(3, tmp_path / "init", model.state_dict(), images, tmp_path / "out.csv"))
+    spawn_gloo(_eq7_worker, 3, tmp_path / "init", model.state_dict(), images, tmp_path / "out.csv")
     import pandas as pd
 
     both = pd.read_csv(tmp_path / "out.csv")

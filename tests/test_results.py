@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import maeprobe
+from conftest import spawn_gloo
 from maeprobe.metrics import AttentionDistance
 from maeprobe.probe import run_probe
 from maeprobe.results import read_table, write_table
@@ -50,20 +51,14 @@ def test_merging_shards_equals_one_pass(model, images):
             assert a[key] == pytest.approx(b[key], rel=1e-5)
 
 
-def _distributed_worker(rank, world_size, init_file, model_state, images, out_file):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
-                                   decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
-        model.load_state_dict(model_state)
-        table = maeprobe.attention_distance(model, images, mask_ratio=0.5, shared_mask=False, bootstrap=25,
-                                            batch_size=2, device="cpu")
-        if rank == 0:
-            table.to_csv(out_file, index=False)
-    finally:
-        dist.destroy_process_group()
+def _distributed_worker(rank, model_state, images, out_file):
+    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                               decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    model.load_state_dict(model_state)
+    table = maeprobe.attention_distance(model, images, mask_ratio=0.5, shared_mask=False, bootstrap=25,
+                                        batch_size=2, device="cpu")
+    if rank == 0:
+        table.to_csv(out_file, index=False)
 
 
 @pytest.mark.slow
@@ -72,8 +67,7 @@ def test_two_process_gloo_run_equals_one_process(model, images, tmp_path):
     single = maeprobe.attention_distance(model, images, mask_ratio=0.5, shared_mask=False, bootstrap=25,
                                          device="cpu")
     out = tmp_path / "rank0.csv"
-    torch.multiprocessing.spawn(_distributed_worker, nprocs=2,
-                                args=(2, tmp_path / "init", model.state_dict(), images, out))
+    spawn_gloo(_distributed_worker, 2, tmp_path / "init", model.state_dict(), images, out)
     both = pd.read_csv(out)
     for key in ("value", "std", "ci_low", "ci_high"):
         assert both[key].to_numpy() == pytest.approx(single[key].to_numpy(), rel=1e-5)
