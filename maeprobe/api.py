@@ -63,23 +63,26 @@ def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size
 
 
 def decoder_attention_similarity(model, images=None, *, layers=None, per_head: bool = False,
-                                 mask_ratio: float = 0.75, seed: int = 0, bootstrap: int = 0, groups: int = 16,
+                                 include_cls_key: bool = False, mask_ratio: float = 0.75, seed: int = 0, bootstrap: int = 0, groups: int = 16,
                                  batch_size: int = 16, device: str | None = None, dtype: str | None = None,
                                  progress: bool = False, **load_kwargs) -> pd.DataFrame:
     """LC-MAE Eq. 7: mean pairwise cosine of the masked queries' decoder attention across images.
 
-    All images share one seeded mask. ``per_head`` adds one row per head. ``bootstrap`` replicates resample
-    ``groups`` fixed image groups for ``ci_low``/``ci_high``. Other arguments as ``attention_distance``.
+    All images share one seeded mask. A_{l,i} holds the masked queries' attention over the n patch keys
+    (Eq. 7: k x h x n); ``include_cls_key=True`` adds the CLS key column. ``per_head`` adds one row per head.
+    ``bootstrap`` replicates resample ``groups`` fixed image groups for ``ci_low``/``ci_high``. Other
+    arguments as ``attention_distance``.
     """
     model = resolve_model(model, **load_kwargs)
-    reducer = DecoderAttentionSimilarity(model, layers=layers, per_head=per_head, bootstrap=bootstrap,
+    reducer = DecoderAttentionSimilarity(model, layers=layers, per_head=per_head, include_cls_key=include_cls_key,
+                                         bootstrap=bootstrap,
                                          bootstrap_seed=seed, groups=groups)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
                   batch_size=batch_size, device=device, dtype=dtype, progress=progress)
 
 
 def decoder_semantic_similarity(model, reference, images=None, *, layers=None, ref_features: str = "keys",
-                                tau: float | None = None, eps: float = 1e-5, mask_ratio: float = 0.75,
+                                decoder_features: str | None = None, tau: float | None = 0.15, eps: float = 1e-5, mask_ratio: float = 0.75,
                                 seed: int = 0, bootstrap: int = 0, batch_size: int = 16, device: str | None = None,
                                 dtype: str | None = None, progress: bool = False, ref_num_heads: int | None = None,
                                 **load_kwargs) -> pd.DataFrame:
@@ -89,13 +92,17 @@ def decoder_semantic_similarity(model, reference, images=None, *, layers=None, r
         model: MAE with a decoder (model or checkpoint path).
         reference: a loaded model, a checkpoint path, or ``'dino'`` (timm's vit_base_patch16_224.dino from
             the local cache or ``$MAEPROBE_DINO``).
-        ref_features: ``'keys'`` (last block's attention keys, CutLER) or ``'tokens'`` (last block output).
-        tau, eps: binarise affinities as in CutLER (W > tau; zeros -> eps). None: no threshold.
+        ref_features: ``'keys'`` (last block's attention keys, CutLER's MaskCut) or ``'tokens'`` (last block
+            output) of the reference.
+        decoder_features: the same choice for each decoder layer (None: as ``ref_features``).
+        tau, eps: binarise affinities as CutLER's MaskCut does (W > tau -> 1, else eps; default 0.15 and 1e-5).
+            None: the continuous cosine matrix.
         Other arguments as ``attention_distance``.
     """
     model = resolve_model(model, **load_kwargs)
     reference = load_reference(reference, num_heads=ref_num_heads)
-    reducer = DecoderSemanticSimilarity(model, reference, layers=layers, ref_features=ref_features, tau=tau,
+    reducer = DecoderSemanticSimilarity(model, reference, layers=layers, ref_features=ref_features,
+                                        decoder_features=decoder_features, tau=tau,
                                         eps=eps, bootstrap=bootstrap, bootstrap_seed=seed)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
                   batch_size=batch_size, device=device, dtype=dtype, progress=progress)
@@ -146,18 +153,40 @@ def load_reference(reference, *, num_heads: int | None = None):
     return load(reference, num_heads=num_heads)
 
 
+DEFAULT_MASK_RATIOS = {"attn-distance": 0.0, "spectrum": 0.0, "decoder-attn-sim": 0.75, "decoder-semantics": 0.75}
+
+
+def _mask_ratios(metrics, mask_ratio, mask_ratios) -> dict[str, float]:
+    """Each metric's probe mask ratio: its default, or ``mask_ratio`` for all, then ``mask_ratios`` per metric."""
+    ratios = {m: (DEFAULT_MASK_RATIOS[m] if mask_ratio is None else float(mask_ratio)) for m in metrics}
+    for metric, ratio in (mask_ratios or {}).items():
+        if metric not in ratios:
+            raise MaeprobeError(f"mask ratio given for {metric!r}, which is not among the metrics "
+                                f"({', '.join(metrics)})")
+        ratios[metric] = float(ratio)
+    for metric, ratio in ratios.items():
+        if not 0.0 <= ratio < 1.0:
+            raise MaeprobeError(f"mask ratio of {metric} must be in [0, 1), got {ratio}")
+    return ratios
+
+
 def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None, layers=None,
-        decoder_layers=None, mask_ratio: float | None = None, seed: int = 0, bootstrap: int = 0, per_head: bool = False,
-        ref_features: str = "keys", tau: float | None = None, units: str = "px", batch_size: int = 16,
+        decoder_layers=None, mask_ratio: float | None = None, mask_ratios: dict | None = None, seed: int = 0,
+        bootstrap: int = 0, per_head: bool = False, include_cls_key: bool = False, ref_features: str = "keys",
+        decoder_features: str | None = None, tau: float | None = 0.15, units: str = "px", batch_size: int = 16,
         device: str | None = None, dtype: str | None = None, progress: bool = False, num_heads=None,
         decoder_num_heads=None, ref_num_heads=None) -> pd.DataFrame:
-    """Several metrics from one hooked pass per batch, for each checkpoint; one table for all.
+    """Several metrics for each checkpoint, one table for all; metrics with the same mask share one hooked pass.
 
-    One seeded mask shared by all images serves every metric of the pass (``mask_ratio``; default 0.75
-    when a decoder metric is requested, else 0); attention distance and the spectrum are measured on the
-    same pass (visible tokens keep their grid positions). Metrics:
+    Each metric keeps its own probe mask (one seeded mask shared by all images): by default attention
+    distance and the spectrum see the unmasked image (as Fig. 5/6 compare MAE with DINO and DeiT) and the
+    decoder metrics a 0.75 mask (Section 4.1). ``mask_ratio`` sets one ratio for every metric; ``mask_ratios``
+    (e.g. ``{"attn-distance": 0.75}``) sets single metrics. Metrics whose ratios agree run in one pass per
+    batch; the ``mask_ratio`` column of every row says which mask it was measured under. Metrics:
     ``attn-distance``, ``decoder-attn-sim``, ``decoder-semantics`` (needs ``reference``), ``spectrum``.
+    Other arguments as the single-metric functions.
     """
+    metrics = list(dict.fromkeys(metrics))
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise MaeprobeError(f"unknown metrics {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
@@ -165,8 +194,7 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
         raise MaeprobeError("decoder-semantics needs a reference model (--ref CKPT or --ref dino)")
     from .checkpoints import load
 
-    if mask_ratio is None:
-        mask_ratio = 0.75 if {"decoder-attn-sim", "decoder-semantics"} & set(metrics) else 0.0
+    ratios = _mask_ratios(metrics, mask_ratio, mask_ratios)
     ref_model = load_reference(reference, num_heads=ref_num_heads) if "decoder-semantics" in metrics else None
     if isinstance(checkpoints, (str, os.PathLike)) or not hasattr(checkpoints, "__iter__"):
         checkpoints = [checkpoints]
@@ -174,25 +202,28 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
     for checkpoint in checkpoints:
         model = load(checkpoint, num_heads=num_heads, decoder_num_heads=decoder_num_heads) \
             if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-        reducers = []
-        if "attn-distance" in metrics:
-            reducers.append(AttentionDistance(model, layers=layers, units=units, bootstrap=bootstrap,
-                                              bootstrap_seed=seed))
         needs_decoder = {"decoder-attn-sim", "decoder-semantics"} & set(metrics)
         if needs_decoder and not model.has_decoder:
             raise MaeprobeError(f"{getattr(model, 'checkpoint', None) and model.checkpoint.path}: "
                                 f"{', '.join(sorted(needs_decoder))} need a checkpoint with a decoder")
-        if "decoder-attn-sim" in metrics:
-            reducers.append(DecoderAttentionSimilarity(model, layers=decoder_layers, per_head=per_head,
-                                                       bootstrap=bootstrap, bootstrap_seed=seed))
-        if "decoder-semantics" in metrics:
-            reducers.append(DecoderSemanticSimilarity(model, ref_model, layers=decoder_layers,
-                                                      ref_features=ref_features, tau=tau, bootstrap=bootstrap,
-                                                      bootstrap_seed=seed))
-        if "spectrum" in metrics:
-            reducers.append(FeatureSpectrum(model, bootstrap=bootstrap, bootstrap_seed=seed))
-        tables.append(_probe(model, reducers, images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
-                             batch_size=batch_size, device=device, dtype=dtype, progress=progress))
+        for ratio in dict.fromkeys(ratios[m] for m in metrics):  # one pass per distinct mask, in metric order
+            group = [m for m in metrics if ratios[m] == ratio]
+            reducers = []
+            if "attn-distance" in group:
+                reducers.append(AttentionDistance(model, layers=layers, units=units, bootstrap=bootstrap,
+                                                  bootstrap_seed=seed))
+            if "decoder-attn-sim" in group:
+                reducers.append(DecoderAttentionSimilarity(model, layers=decoder_layers, per_head=per_head,
+                                                           include_cls_key=include_cls_key, bootstrap=bootstrap,
+                                                           bootstrap_seed=seed))
+            if "decoder-semantics" in group:
+                reducers.append(DecoderSemanticSimilarity(model, ref_model, layers=decoder_layers,
+                                                          ref_features=ref_features, decoder_features=decoder_features,
+                                                          tau=tau, bootstrap=bootstrap, bootstrap_seed=seed))
+            if "spectrum" in group:
+                reducers.append(FeatureSpectrum(model, bootstrap=bootstrap, bootstrap_seed=seed))
+            tables.append(_probe(model, reducers, images, mask_ratio=ratio, seed=seed, shared_mask=True,
+                                 batch_size=batch_size, device=device, dtype=dtype, progress=progress))
     return pd.concat(tables, ignore_index=True)
 
 

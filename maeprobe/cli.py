@@ -70,6 +70,38 @@ def _parse_layers(text: Optional[str], option: str = "--layers") -> Optional[lis
     return layers
 
 
+def _parse_tau(text: str) -> Optional[float]:
+    """'0.15' -> 0.15; 'none' -> None (continuous cosine affinities)."""
+    from .errors import MaeprobeError
+
+    if text.strip().lower() in ("none", "off", ""):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise MaeprobeError(f"--tau: expected a number or 'none', got {text!r}") from None
+
+
+def _parse_mask_ratios(text: Optional[str]) -> Optional[dict]:
+    """'attn-distance=0.75,spectrum=0' -> {'attn-distance': 0.75, 'spectrum': 0.0}."""
+    from .errors import MaeprobeError
+
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise MaeprobeError(f"--mask-ratios: expected metric=ratio, got {part!r}")
+        key, value = part.split("=", 1)
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise MaeprobeError(f"--mask-ratios: {value!r} is not a number") from None
+    return out
+
+
+TAU_HELP = ("Binarise affinities as CutLER's MaskCut: W > tau -> 1, else --eps (default 0.15, CutLER's); "
+            "'none' keeps the continuous cosine matrix.")
 CKPT = typer.Argument(..., help="Checkpoint file (.pth/.pt/.bin/.safetensors) or HuggingFace folder.")
 NUM_HEADS = typer.Option(None, "--num-heads", help="Encoder heads (only for checkpoints of unknown releases).")
 DEC_HEADS = typer.Option(None, "--decoder-num-heads", help="Decoder heads (only for unknown decoders).")
@@ -178,19 +210,23 @@ def decoder_attn_sim(
     mask_ratio: float = typer.Option(0.75, "--mask-ratio", help="Shared mask ratio."), seed: int = SEED,
     layers: Optional[str] = DEC_LAYERS,
     per_head: bool = typer.Option(False, "--per-head", help="Also one row per head."),
+    cls_key: bool = typer.Option(False, "--cls-key", help="Keep the CLS key column in A_{l,i} (Eq. 7 as written "
+                                                          "has the n patch keys only)."),
     bootstrap: int = BOOTSTRAP, batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
 ):
-    """LC-MAE Eq. 7: similarity of the masked queries' decoder attention across images (one shared mask)."""
+    """LC-MAE Eq. 7: similarity of the masked queries' decoder attention (k x heads x n patch keys) across
+    images, all images under one shared seeded mask."""
     from .api import decoder_attention_similarity
     from .checkpoints import load
 
     model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     table = decoder_attention_similarity(model, images, layers=_parse_layers(layers), per_head=per_head,
-                                         mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
+                                         include_cls_key=cls_key, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
                                          batch_size=batch_size, device=device, dtype=dtype.value, progress=True)
     _print_per_layer(table, f"{model.checkpoint.name}: S_attn per decoder layer ({int(table['n_images'].iloc[0])} "
-                            f"images, mask ratio {mask_ratio:g}, seed {seed})")
+                            f"images, mask ratio {mask_ratio:g}, seed {seed}, "
+                            f"{'CLS key included' if cls_key else 'patch keys only'})")
     _write(table, out)
 
 
@@ -200,8 +236,11 @@ def decoder_semantics(
     ckpt: Path = CKPT,
     ref: str = typer.Option(..., "--ref", help="Reference checkpoint, or 'dino' (local copy; see MAEPROBE_DINO)."),
     images: Optional[Path] = IMAGES, out: Optional[Path] = OUT_TABLE,
-    ref_features: str = typer.Option("keys", "--ref-features", help="keys (CutLER) or tokens."),
-    tau: Optional[float] = typer.Option(None, "--tau", help="Binarise affinities: W > tau (CutLER)."),
+    ref_features: str = typer.Option("keys", "--ref-features", help="Reference features: keys of the last block "
+                                                                     "(CutLER) or tokens (its output)."),
+    decoder_features: Optional[str] = typer.Option(None, "--decoder-features",
+                                                   help="Decoder features: keys or tokens (default: as --ref-features)."),
+    tau: str = typer.Option("0.15", "--tau", help=TAU_HELP),
     eps: float = typer.Option(1e-5, "--eps", help="Value replacing zeros after --tau."),
     mask_ratio: float = typer.Option(0.75, "--mask-ratio", help="Shared mask ratio."), seed: int = SEED,
     layers: Optional[str] = DEC_LAYERS, bootstrap: int = BOOTSTRAP, batch_size: int = BATCH,
@@ -215,10 +254,13 @@ def decoder_semantics(
 
     model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     table = decoder_semantic_similarity(model, ref, images, layers=_parse_layers(layers), ref_features=ref_features,
-                                        tau=tau, eps=eps, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
+                                        decoder_features=decoder_features, tau=_parse_tau(tau), eps=eps, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
                                         batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
                                         ref_num_heads=ref_num_heads)
-    _print_per_layer(table, f"{model.checkpoint.name}: S_sim per decoder layer vs {table['reference'].iloc[0]}")
+    first = table.iloc[0]
+    _print_per_layer(table, f"{model.checkpoint.name}: S_sim per decoder layer vs {first['reference']} "
+                            f"(features: reference {first['ref_features']}, decoder {first['decoder_features']}; "
+                            f"tau {tau})")
     _write(table, out)
 
 
@@ -254,25 +296,34 @@ def run_cmd(
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference for decoder-semantics (checkpoint or 'dino')."),
     images: Optional[Path] = IMAGES, out: Optional[Path] = OUT_TABLE,
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio",
-                                               help="Shared mask (default 0.75 with decoder metrics, else 0)."),
+                                               help="One shared mask ratio for every metric (default: each metric's "
+                                                    "own: 0 for attn-distance and spectrum, 0.75 for decoder metrics)."),
+    mask_ratios: Optional[str] = typer.Option(None, "--mask-ratios",
+                                              help="Per-metric ratios, e.g. attn-distance=0.75,spectrum=0."),
     seed: int = SEED, bootstrap: int = BOOTSTRAP,
     per_head: bool = typer.Option(False, "--per-head", help="Per-head rows for decoder-attn-sim."),
-    tau: Optional[float] = typer.Option(None, "--tau"),
-    ref_features: str = typer.Option("keys", "--ref-features"),
+    cls_key: bool = typer.Option(False, "--cls-key", help="decoder-attn-sim: keep the CLS key column."),
+    tau: str = typer.Option("0.15", "--tau", help=TAU_HELP),
+    ref_features: str = typer.Option("keys", "--ref-features", help="decoder-semantics: keys or tokens."),
+    decoder_features: Optional[str] = typer.Option(None, "--decoder-features",
+                                                   help="decoder-semantics: keys or tokens (default: as --ref-features)."),
     batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
     ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads"),
 ):
-    """Several metrics from one hooked pass per batch, for every checkpoint; one table."""
+    """Several metrics for every checkpoint, one table; metrics under the same mask share one hooked pass."""
     from .api import run
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
-    table = run([str(c) for c in ckpts], images, metrics=names, reference=ref, mask_ratio=mask_ratio, seed=seed,
-                bootstrap=bootstrap, per_head=per_head, tau=tau, ref_features=ref_features, batch_size=batch_size,
+    table = run([str(c) for c in ckpts], images, metrics=names, reference=ref, mask_ratio=mask_ratio,
+                mask_ratios=_parse_mask_ratios(mask_ratios), seed=seed, bootstrap=bootstrap, per_head=per_head,
+                include_cls_key=cls_key, tau=_parse_tau(tau), ref_features=ref_features,
+                decoder_features=decoder_features, batch_size=batch_size,
                 device=device, dtype=dtype.value, progress=True, num_heads=num_heads,
                 decoder_num_heads=decoder_num_heads, ref_num_heads=ref_num_heads)
     shown = table[table["metric"] != "feature_spectrum"]
-    summary = shown.groupby(["checkpoint", "metric", "module", "layer"], dropna=False)["value"].mean().unstack("layer")
+    summary = shown.groupby(["checkpoint", "metric", "module", "mask_ratio", "layer"],
+                            dropna=False)["value"].mean().unstack("layer")
     typer.echo(summary.to_string(float_format="%.3f"))
     _write(table, out)
 
@@ -312,6 +363,9 @@ def figures_cmd(
                                          help="Comma list of fig2, fig3, fig5, fig6, figA1, spectrum "
                                               "(default: every figure the tables have data for)."),
     label_by: str = typer.Option("checkpoint", "--label-by", help="Column that names the lines."),
+    mix_mask_settings: bool = typer.Option(False, "--mix-mask-settings",
+                                           help="Allow rows measured under different probe masks on one plot "
+                                                "(each line is then labelled with its mask)."),
 ):
     """Regenerate the paper's figures from stored result tables only (no model is run)."""
     import pandas as pd
@@ -322,7 +376,8 @@ def figures_cmd(
 
     table = pd.concat([read_table(p) for p in results], ignore_index=True)
     try:
-        paths = make_figures(table, out, figures=figure.split(",") if figure else None, label_by=label_by)
+        paths = make_figures(table, out, figures=figure.split(",") if figure else None, label_by=label_by,
+                             mix_mask_settings=mix_mask_settings)
     except ValueError as exc:
         raise MaeprobeError(str(exc)) from None
     if not paths:
@@ -398,6 +453,24 @@ def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder 
         config = load_recipe(path)
         what = config["task"] if config["task"] != "pretrain" else f"pretrain/{config['method']}"
         typer.echo(f"{path.stem:<28} {what:<16} {launch_command(path)}")
+
+
+@recipe_app.command("show")
+@_friendly
+def recipe_show(
+    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=3"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes to derive the batch split for "
+                                                              "(default: $WORLD_SIZE, else 1)."),
+):
+    """Print the fully resolved recipe as YAML (what `recipe run` would run; nothing is started), with the
+    derived per-process batch, gradient accumulation and lr as comments."""
+    import os
+
+    from .train.config import load_recipe, show_recipe
+
+    config = load_recipe(recipe, overrides or [])
+    typer.echo(show_recipe(config, nproc or int(os.environ.get("WORLD_SIZE", 1))), nl=False)
 
 
 @recipe_app.command("run")

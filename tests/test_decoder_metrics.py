@@ -14,11 +14,19 @@ from maeprobe.masking import mask_noise
 from test_hf_reference import hf_forward
 
 
-def hf_decoder_outputs(hf, x, noise):
-    """HF attentions plus the output of every HF decoder layer (before decoder_norm)."""
+def _key_projection(layer):
+    """HF's key projection of a decoder layer (transformers 5.x ``k_proj``, 4.x ``attention.key``)."""
+    attention = layer.attention
+    return getattr(attention, "k_proj", None) or attention.attention.key
+
+
+def hf_decoder_outputs(hf, x, noise, keys: bool = False):
+    """HF attentions plus the output of every HF decoder layer (before decoder_norm); with ``keys`` the output
+    of every decoder layer's key projection instead (all heads concatenated)."""
     outputs = {}
-    hooks = [layer.register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(k, o[0] if isinstance(o, tuple) else o))
-             for k, layer in enumerate(hf.decoder.decoder_layers)]
+    targets = [_key_projection(layer) if keys else layer for layer in hf.decoder.decoder_layers]
+    hooks = [module.register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(k, o[0] if isinstance(o, tuple) else o))
+             for k, module in enumerate(targets)]
     try:
         out, enc, dec = hf_forward(hf, x, noise)
     finally:
@@ -35,7 +43,9 @@ def brute_force_eq7(attn_per_image):
     return float(np.mean(sims))
 
 
-def test_eq7_matches_brute_force_pairs_on_hf_attention(hf_mae, images32):
+@pytest.mark.parametrize("include_cls_key", [False, True])
+def test_eq7_matches_brute_force_pairs_on_hf_attention(hf_mae, images32, include_cls_key):
+    """A_{l,i}: masked query rows x heads x the n patch keys (Eq. 7); with include_cls_key also the CLS column."""
     hf, folder = hf_mae
     model = maeprobe.load(folder)
     n = images32.shape[0]
@@ -43,15 +53,17 @@ def test_eq7_matches_brute_force_pairs_on_hf_attention(hf_mae, images32):
     out, _, hf_dec, _ = hf_decoder_outputs(hf, images32, noise)
     masked = torch.nonzero(out.mask[0]).flatten()  # HF's own masked patches, ascending
     rows = 1 + masked
-    table = maeprobe.decoder_attention_similarity(model, images32, per_head=True, mask_ratio=0.75, seed=4,
-                                                  batch_size=4, bootstrap=50, device="cpu")
+    keys = slice(0, None) if include_cls_key else slice(1, None)  # HF's key 0 is CLS
+    table = maeprobe.decoder_attention_similarity(model, images32, per_head=True, include_cls_key=include_cls_key,
+                                                  mask_ratio=0.75, seed=4, batch_size=4, bootstrap=50, device="cpu")
+    assert (table["cls_key"] == include_cls_key).all()
     for layer in range(2):
-        expected = brute_force_eq7([hf_dec[layer][i][:, rows, :] for i in range(n)])
+        expected = brute_force_eq7([hf_dec[layer][i][:, rows][:, :, keys] for i in range(n)])
         got = table[(table["layer"] == layer) & table["head"].isna()]
         assert got["value"].item() == pytest.approx(expected, abs=1e-6)
         assert got["ci_low"].item() <= got["ci_high"].item()
         for head in range(3):
-            expected_head = brute_force_eq7([hf_dec[layer][i][head, rows, :] for i in range(n)])
+            expected_head = brute_force_eq7([hf_dec[layer][i][head, rows][:, keys] for i in range(n)])
             row = table[(table["layer"] == layer) & (table["head"] == head)]
             assert row["value"].item() == pytest.approx(expected_head, abs=1e-6)
     assert (table["masked_queries"] == 12).all() and (table["n_images"] == n).all()
@@ -102,20 +114,32 @@ def timm_keys(ref, x):
     return got["qkv"][:, 1:, 64:128]
 
 
-@pytest.mark.parametrize("tau", [None, 0.2])
-def test_eq8_matches_direct_implementation(hf_mae, images32, tmp_path, tau):
+@pytest.mark.parametrize("ref_features, decoder_features, tau", [
+    ("keys", None, 0.15),        # the default: CutLER's MaskCut (keys, W > 0.15 else 1e-5) for both models
+    ("keys", "tokens", None),    # continuous cosine, decoder block outputs
+    ("tokens", "tokens", 0.2),
+])
+def test_eq8_matches_direct_implementation(hf_mae, images32, tmp_path, ref_features, decoder_features, tau):
     hf, folder = hf_mae
     model = maeprobe.load(folder)
     ref, ref_path = timm_reference(tmp_path, img_size=32, patch_size=8)  # same grid, no resizing
     n = images32.shape[0]
     noise = mask_noise(16, seed=0, batch_size=n)
-    _, _, _, decoder_out = hf_decoder_outputs(hf, images32, noise)
-    keys = timm_keys(ref, images32)
-    table = maeprobe.decoder_semantic_similarity(model, str(ref_path), images32, tau=tau, bootstrap=30,
-                                                 device="cpu", ref_num_heads=4, batch_size=4)
+    decoder_keys = (decoder_features or ref_features) == "keys"
+    _, _, _, decoder_out = hf_decoder_outputs(hf, images32, noise, keys=decoder_keys)
+    if ref_features == "keys":
+        ref_feats = timm_keys(ref, images32)
+    else:
+        with torch.no_grad():
+            ref_feats = ref.blocks[-1](ref.blocks[0](ref._pos_embed(ref.patch_embed(images32))))[:, 1:]
+    kwargs = {} if tau == 0.15 else {"tau": tau}  # 0.15 must be the default
+    table = maeprobe.decoder_semantic_similarity(model, str(ref_path), images32, ref_features=ref_features,
+                                                 decoder_features=decoder_features, bootstrap=30, device="cpu",
+                                                 ref_num_heads=4, batch_size=4, **kwargs)
     assert len(table) == 2
+    assert (table["decoder_features"] == (decoder_features or ref_features)).all()
     for layer in range(2):
-        expected = direct_eq8(decoder_out[layer][:, 1:], keys, tau=tau)
+        expected = direct_eq8(decoder_out[layer][:, 1:], ref_feats, tau=tau)
         row = table[table["layer"] == layer]
         assert row["value"].item() == pytest.approx(expected, abs=1e-5)
         assert row["ci_low"].item() <= row["value"].item() <= row["ci_high"].item()
@@ -133,7 +157,7 @@ def test_eq8_reference_is_resized_to_the_probed_grid(hf_mae, images32, tmp_path)
                                              align_corners=False).clamp(0, 1)
     keys = timm_keys(ref, (pixels - mean) / std)  # timm's dynamic_img_size resamples its own pos embed
     table = maeprobe.decoder_semantic_similarity(model, str(ref_path), images32, ref_features="keys",
-                                                 device="cpu", ref_num_heads=4)
+                                                 decoder_features="tokens", tau=None, device="cpu", ref_num_heads=4)
     for layer in range(2):
         expected = direct_eq8(decoder_out[layer][:, 1:], keys)
         assert table[table["layer"] == layer]["value"].item() == pytest.approx(expected, abs=1e-4)

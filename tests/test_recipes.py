@@ -192,9 +192,9 @@ def _weights(path):
 
 def test_stop_and_resume_equals_uninterrupted(tmp_path):
     base = ["optim.epochs=2", "run.checkpoint_every=100"]
-    whole = pretrain_recipe(load_recipe(RECIPES / "tiny-lcmae-g.yaml", base + [f"run.output_dir={tmp_path / 'a'}"]),
+    whole = pretrain_recipe(load_recipe(RECIPES / "tiny-lcmae-a.yaml", base + [f"run.output_dir={tmp_path / 'a'}"]),
                             progress=False)
-    config = load_recipe(RECIPES / "tiny-lcmae-g.yaml", base + [f"run.output_dir={tmp_path / 'b'}"])
+    config = load_recipe(RECIPES / "tiny-lcmae-a.yaml", base + [f"run.output_dir={tmp_path / 'b'}"])
     pretrain_recipe(config, progress=False, stop_after_steps=3)  # stops mid-epoch 0 (4 steps per epoch)
     state = _state(tmp_path / "b" / "checkpoint-last.pth")
     assert (state["step"], state["epoch"], state["position"]) == (3, 0, 3)
@@ -256,12 +256,11 @@ def _ddp_worker(rank, world, port, recipe, overrides):
 @pytest.mark.parametrize("name", ["tiny-mae", "tiny-umae"])
 def test_two_processes_equal_one_process_with_the_same_global_batch(name, tmp_path):
     common = ["optim.epochs=1", "run.checkpoint_every=100"]
-    single = pretrain_recipe(load_recipe(RECIPES / f"{name}.yaml", common + ["optim.batch_size=16",
-                                                                             f"run.output_dir={tmp_path / 'one'}"]),
+    single = pretrain_recipe(load_recipe(RECIPES / f"{name}.yaml", common + [f"run.output_dir={tmp_path / 'one'}"]),
                              progress=False)
+    # the same recipe (global batch 16) on two processes: 8 images each per step, derived, not configured
     torch.multiprocessing.spawn(_ddp_worker, nprocs=2, args=(2, _free_port(), RECIPES / f"{name}.yaml",
-                                                             common + ["optim.batch_size=8",
-                                                                       f"run.output_dir={tmp_path / 'two'}"]))
+                                                             common + [f"run.output_dir={tmp_path / 'two'}"]))
     a, b = _weights(single), _weights(tmp_path / "two" / "checkpoint-last.pth")
     assert _state(tmp_path / "two" / "checkpoint-last.pth")["step"] == 4
     for key in a:
@@ -289,12 +288,13 @@ def test_recipe_cli(tmp_path):
 
 
 def test_gradient_accumulation_equals_the_full_batch_on_an_image_folder(tmp_path, image_folder):
-    """batch 8 x accum_iter 2 gives the weights of batch 16 (same images per optimiser step, same lr)."""
+    """global batch 16 capped at 8 per process (2 accumulation steps) gives the weights of batch 16 in one go."""
     common = [f"data.path={image_folder}", "data.samples_per_epoch=32", "optim.epochs=1", "run.checkpoint_every=100"]
-    full = pretrain_recipe(load_recipe(RECIPES / "tiny-mae.yaml", common + ["optim.batch_size=16",
+    full = pretrain_recipe(load_recipe(RECIPES / "tiny-mae.yaml", common + ["optim.global_batch=16",
                                                                            f"run.output_dir={tmp_path / 'full'}"]),
                            progress=False)
-    accum = pretrain_recipe(load_recipe(RECIPES / "tiny-mae.yaml", common + ["optim.batch_size=8", "optim.accum_iter=2",
+    accum = pretrain_recipe(load_recipe(RECIPES / "tiny-mae.yaml", common + ["optim.global_batch=16",
+                                                                            "optim.batch_per_process=8",
                                                                             f"run.output_dir={tmp_path / 'accum'}"]),
                             progress=False)
     assert _state(full)["step"] == _state(accum)["step"] == 2

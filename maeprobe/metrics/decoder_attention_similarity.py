@@ -1,8 +1,11 @@
 """Decoder attention-map similarity across images, LC-MAE Eq. 7 (Fig. 2).
 
-All images share one seeded mask. For decoder layer l and image i, A_{l,i} is the attention of the k
-masked query tokens (rows 1 + masked patch index, ascending) over all heads and all n keys (CLS key
-included): k x h x n values, flattened. S_l = mean over ordered pairs i != j of cos(A_{l,i}, A_{l,j}).
+All images share one seeded mask (Section 4.1: "we deliberately mask all the images with identical random
+binary masks"). For decoder layer l and image i, A_{l,i} in R^{k x h x n} is the attention of the k masked
+query tokens (rows 1 + masked patch index, ascending) of all h heads over the n patch keys: prefix keys (CLS)
+are left out by default, as n is "the number of patches"; ``include_cls_key=True`` keeps the CLS column
+(k x h x (1 + n)). Probabilities are used as the softmax gave them (no renormalisation after dropping CLS).
+S_l = mean over ordered pairs i != j of cos(A_{l,i}, A_{l,j}).
 
 Streaming and exact: with unit vectors a_i, sum_{i != j} cos = |sum_i a_i|^2 - N, so a running sum of unit
 vectors (one vector per layer) replaces the N x N matrix. ``per_head`` also reports each head alone
@@ -35,9 +38,10 @@ class DecoderAttentionSimilarity(Reducer):
     metric = "decoder_attention_similarity"
     module = "decoder"
 
-    def __init__(self, model, *, layers=None, per_head: bool = False, bootstrap: int = 0, bootstrap_seed: int = 0,
-                 groups: int = 16) -> None:
+    def __init__(self, model, *, layers=None, per_head: bool = False, include_cls_key: bool = False,
+                 bootstrap: int = 0, bootstrap_seed: int = 0, groups: int = 16) -> None:
         super().__init__()
+        self.include_cls_key = include_cls_key
         self.layers = resolve_layers(model, "decoder", layers)
         self.num_heads = blocks_of(model, "decoder")[0].attn.num_heads
         self.num_prefix = model.num_prefix_tokens
@@ -73,7 +77,8 @@ class DecoderAttentionSimilarity(Reducer):
 
     def _reduce_layer(self, attn, rows, cache) -> dict[str, torch.Tensor]:
         """Sums of unit vectors of one batch and layer: overall [d], per head [H, d_h], and per group."""
-        a = attn[:, :, rows, :].double()  # [B, H, k, n]
+        first_key = 0 if self.include_cls_key else self.num_prefix
+        a = attn[:, :, rows, first_key:].double()  # [B, H, k, n] (n = patches, + prefix keys if included)
         flat = a.flatten(1)
         unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)  # [B, H*k*n]
         out = {"whole": unit.sum(0)}
@@ -183,4 +188,5 @@ class DecoderAttentionSimilarity(Reducer):
         return out
 
     def settings(self) -> dict:
-        return {"masked_queries": int(self.masked_rows.numel()) if self.masked_rows is not None else 0}
+        return {"masked_queries": int(self.masked_rows.numel()) if self.masked_rows is not None else 0,
+                "cls_key": bool(self.include_cls_key)}

@@ -298,13 +298,19 @@ class MaskedAutoencoderViT(nn.Module):
         blocks = blocks.reshape(B, C, k, k, -1)  # [B, C, k, k, L]
         return blocks.permute(0, 4, 2, 3, 1).reshape(B, -1, k * k * C)  # (row, col, channel) order as MAE
 
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error on masked patches (Eq. 1 of the MAE paper), optional norm-pix targets."""
-        target = self.targets(imgs)  # [B, L, k*k*C]
+    def loss_targets(self, imgs: torch.Tensor) -> torch.Tensor:
+        """What the decoder reconstructs [B, L, k*k*C]: ``targets``, each normalised to zero mean and unit
+        variance when ``norm_pix_loss`` is on (MAE's norm-pix loss)."""
+        target = self.targets(imgs)
         if self.config.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1.0e-6) ** 0.5
+        return target
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error on masked patches (Eq. 1 of the MAE paper), optional norm-pix targets."""
+        target = self.loss_targets(imgs)  # [B, L, k*k*C]
         loss = ((pred - target) ** 2).mean(dim=-1)  # [B, L]
         if mask.sum() == 0:  # no masking (ratio 0): reconstruct every patch
             return loss.mean()

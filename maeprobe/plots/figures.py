@@ -39,11 +39,48 @@ def _style():
 
 def _labels(frame: pd.DataFrame, label_by: str) -> pd.Series:
     if label_by not in frame or frame[label_by].isna().all():
-        return frame["checkpoint"].astype(str)
-    values = frame[label_by]
-    if label_by == "pretrain_mask_ratio":
-        return values.map(lambda v: f"mask ratio {v:g}" if pd.notna(v) else "unknown")
-    return values.astype(str)
+        labels = frame["checkpoint"].astype(str)
+    elif label_by == "pretrain_mask_ratio":
+        labels = frame[label_by].map(lambda v: f"mask ratio {v:g}" if pd.notna(v) else "unknown")
+    else:
+        labels = frame[label_by].astype(str)
+    if "_mask_suffix" in frame:  # rows of several probe masks on one plot (asked for): say which is which
+        labels = labels + frame["_mask_suffix"]
+    return labels
+
+
+def _mask_text(ratio, shared) -> str:
+    text = f"probe mask {float(ratio):g}"
+    if float(ratio) > 0 and pd.notna(shared):
+        text += " shared" if bool(shared) else " per image"
+    return text
+
+
+def _mask_settings(rows: pd.DataFrame) -> list[str]:
+    """The distinct probe-mask settings (ratio, shared) of ``rows``, as text."""
+    if "mask_ratio" not in rows:
+        return []
+    shared = rows["shared_mask"] if "shared_mask" in rows else pd.Series(True, index=rows.index)
+    pairs = pd.DataFrame({"r": rows["mask_ratio"].astype(float), "s": shared}).drop_duplicates()
+    return [_mask_text(r, s) for r, s in zip(pairs["r"], pairs["s"])]
+
+
+def _caption(rows: pd.DataFrame, name: str) -> str:
+    """What convention the plotted numbers used: probe mask, and for Eq. 7 / Eq. 8 their options."""
+    settings = _mask_settings(rows)
+    parts = [settings[0] if len(settings) == 1 else "probe masks differ (see legend)"] if settings else []
+    if name == "fig2" and "cls_key" in rows:
+        parts.append("A: CLS key included" if rows["cls_key"].fillna(False).astype(bool).any()
+                     else "A: patch keys only")
+    if name == "fig3":
+        first = rows.iloc[0]
+        if "ref_features" in rows:
+            dec = first["decoder_features"] if "decoder_features" in rows and pd.notna(first.get("decoder_features")) \
+                else first["ref_features"]
+            parts.append(f"features: ref {first['ref_features']}, decoder {dec}")
+        if "tau" in rows:
+            parts.append("W continuous" if pd.isna(first["tau"]) else f"W > {float(first['tau']):g}")
+    return "; ".join(parts)
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
@@ -53,6 +90,10 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     for path in paths:
         fig.savefig(path, dpi=200)
     return paths
+
+
+def _title(ax, title: str, caption: str) -> None:
+    ax.set_title(f"{title}\n{caption}" if caption else title, fontsize=7)
 
 
 def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
@@ -72,7 +113,7 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
             ax.fill_between(x, part["ci_low"], part["ci_high"], color=colour, alpha=0.2, lw=0)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=8)
+    _title(ax, title, _caption(rows, name))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=6, frameon=False)
     sns.despine(fig)
@@ -99,7 +140,7 @@ def _attention_distance(frame, title, out_dir, name, label_by, module="encoder")
         ax.plot(means.index.astype(int) + 1, means.values, color=colour, lw=1.4, label=label)
     ax.set_xlabel(f"{module} layer")
     ax.set_ylabel(f"mean attention distance ({units})")
-    ax.set_title(title, fontsize=8)
+    _title(ax, title, _caption(rows, name))
     ax.legend(fontsize=6, frameon=False)
     sns.despine(fig)
     paths = _save(fig, out_dir, name)
@@ -130,7 +171,7 @@ def _spectrum(frame, out_dir, name, label_by):
                         lw=1.2, label=legend)
         ax.set_xlabel("component")
         ax.set_ylabel("singular value / largest")
-        ax.set_title(f"Feature spectrum: {kind.replace('_', ' ')}", fontsize=8)
+        _title(ax, f"Feature spectrum: {kind.replace('_', ' ')}", _caption(rows, name))
         ax.legend(fontsize=6, frameon=False)
     sns.despine(fig)
     paths = _save(fig, out_dir, name)
@@ -138,8 +179,22 @@ def _spectrum(frame, out_dir, name, label_by):
     return paths
 
 
-def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, label_by: str = "checkpoint") -> list[Path]:
-    """Write every figure whose data is in ``frame`` (or only ``figures``). Returns the paths written."""
+def _rows_of(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    metric = FIGURES[name][0]
+    rows = frame[frame["metric"] == metric]
+    if metric == "attention_distance":
+        rows = rows[rows["module"] == "encoder"]
+    return rows
+
+
+def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, label_by: str = "checkpoint",
+                 mix_mask_settings: bool = False) -> list[Path]:
+    """Write every figure whose data is in ``frame`` (or only ``figures``). Returns the paths written.
+
+    A figure compares like with like: rows measured under different probe masks (mask ratio, shared or per
+    image) are refused on one plot (ValueError) unless ``mix_mask_settings``, which labels every line with its
+    mask. Each figure's title states the probe mask and, for Eq. 7 / Eq. 8, the conventions used.
+    """
     out_dir = Path(out_dir)
     metrics = set(frame["metric"])
     if figures is None:
@@ -151,11 +206,22 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, labe
         metric, title, ylabel = FIGURES[name]
         if metric not in metrics:
             raise ValueError(f"{name} needs {metric} rows, which the tables do not have")
+        frame_used = frame
+        settings = _mask_settings(_rows_of(frame, name))
+        if len(settings) > 1:
+            if not mix_mask_settings:
+                raise ValueError(f"{name}: the rows were measured under different probe masks "
+                                 f"({', '.join(settings)}); plot like with like, or allow it with "
+                                 f"--mix-mask-settings (mix_mask_settings=True), which labels each line")
+            frame_used = frame.copy()
+            shared = frame_used["shared_mask"] if "shared_mask" in frame_used else True
+            frame_used["_mask_suffix"] = [f" [{_mask_text(r, sh)}]" for r, sh in
+                                          zip(frame_used["mask_ratio"], pd.Series(shared, index=frame_used.index))]
         if name in ("fig2", "fig3"):
-            paths += _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by)
+            paths += _per_layer_lines(frame_used, metric, title, ylabel, out_dir, name, label_by)
         elif name == "spectrum":
-            paths += _spectrum(frame, out_dir, name, label_by)
+            paths += _spectrum(frame_used, out_dir, name, label_by)
         else:
             by = "pretrain_mask_ratio" if name == "fig6" and label_by == "checkpoint" else label_by
-            paths += _attention_distance(frame, title, out_dir, name, by)
+            paths += _attention_distance(frame_used, title, out_dir, name, by)
     return paths

@@ -29,6 +29,7 @@ from ..checkpoints import read_pickle, save_checkpoint
 from ..data import ImageItem, image_items, open_image, to_rgb
 from ..errors import MaeprobeError
 from ..models import IMAGENET_MEAN, IMAGENET_STD, build_mae
+from .config import batch_plan
 from .losses import cross_view_loss, in_view_loss, uniformity_loss
 
 METHODS = ("mae", "lcmae", "ae", "umae")
@@ -139,7 +140,16 @@ class Objective(nn.Module):
         if self.method not in METHODS:
             raise MaeprobeError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.method == "lcmae":
-            self.projector = nn.Linear(model.config.decoder_embed_dim, config["lcmae"]["proj_dim"])
+            lc = config["lcmae"]
+            if lc["projector_input"] == "pred":  # v = p(h(x, m)), h the Eq. 1 output (pixel predictions)
+                width = (model.config.pred_size or model.config.patch_size) ** 2 * model.config.in_chans
+            elif lc["projector_input"] == "features":
+                width = model.config.decoder_embed_dim
+            else:
+                raise MaeprobeError(f"lcmae.projector_input must be 'pred' or 'features', got {lc['projector_input']!r}")
+            if lc["in_view_target"] not in ("target", "pixels"):
+                raise MaeprobeError(f"lcmae.in_view_target must be 'target' or 'pixels', got {lc['in_view_target']!r}")
+            self.projector = nn.Linear(width, lc["proj_dim"])
 
     def forward(self, imgs: torch.Tensor, noises: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         model, ratio = self.model, float(self.config["model"]["mask_ratio"])
@@ -150,23 +160,30 @@ class Objective(nn.Module):
             loss, _, _ = model(imgs, ratio, noises[0])
             return loss, {"loss_mae": loss.detach()}
         if self.method == "umae":
+            umae = self.config["umae"]
             latent, mask, ids_restore = model.forward_encoder(imgs, ratio, noises[0])
             loss_mae = model.forward_loss(imgs, model.forward_decoder(latent, ids_restore), mask)
-            loss_uni = uniformity_loss(latent[:, 0].float(), tau=self.config["umae"]["tau"])
-            loss = loss_mae + self.config["umae"]["weight"] * loss_uni
+            loss_uni = uniformity_loss(latent[:, 0].float(), tau=umae["tau"], gather=umae["gather"])
+            loss = loss_mae + umae["weight"] * loss_uni
             return loss, {"loss_mae": loss_mae.detach(), "loss_uniformity": loss_uni.detach()}
-        # LC-MAE: two views with independent masks
-        weights = self.config["lcmae"]
+        return self._lcmae(imgs, noises)
+
+    def _lcmae(self, imgs: torch.Tensor, noises: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """LC-MAE (Section 3.3, Fig. 1): two views with independent masks; L_MAE is MAE's loss averaged over
+        the views, L_cross (Eq. 5) pairs the views, L_in (Eq. 6) is averaged over the views."""
+        model, lc = self.model, self.config["lcmae"]
+        ratio = float(self.config["model"]["mask_ratio"])
         views = []
         for noise in noises[:2]:
             latent, mask, ids_restore = model.forward_encoder(imgs, ratio, noise)
-            pred, feats = model.forward_decoder(latent, ids_restore, return_features=True)
-            views.append((pred, self.projector(feats), mask))
-        targets = model.targets(imgs)
+            pred, feats = model.forward_decoder(latent, ids_restore, return_features=True)  # [B, L, k*k*C], [B, L, Dd]
+            v = self.projector(pred if lc["projector_input"] == "pred" else feats)  # [B, L, proj_dim]
+            views.append((pred, v, mask))
+        x = model.loss_targets(imgs) if lc["in_view_target"] == "target" else model.targets(imgs)  # [B, L, k*k*C]
         loss_mae = sum(model.forward_loss(imgs, pred, mask) for pred, _, mask in views) / 2
-        loss_cross = cross_view_loss(views[0][1], views[1][1], views[0][2], views[1][2])
-        loss_in = sum(in_view_loss(z, targets, mask) for _, z, mask in views) / 2
-        loss = weights["mae"] * loss_mae + weights["cross"] * loss_cross + weights["in_view"] * loss_in
+        loss_cross = cross_view_loss(views[0][1], views[1][1], views[0][2], views[1][2], lc["reduction"])
+        loss_in = sum(in_view_loss(v, x, mask, lc["reduction"]) for _, v, mask in views) / 2
+        loss = lc["mae"] * loss_mae + lc["cross"] * loss_cross + lc["in_view"] * loss_in
         return loss, {"loss_mae": loss_mae.detach(), "loss_cross": loss_cross.detach(), "loss_in": loss_in.detach()}
 
 
@@ -201,12 +218,14 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
     model = build_pretrain_model(config)
     objective = Objective(model, config).to(device)
     data = build_pretrain_data(config, model.config.img_size)
-    batch, accum = optim_cfg["batch_size"], optim_cfg["accum_iter"]
-    global_batch = batch * accum * world
+    plan = batch_plan(config, world)
+    batch, accum, global_batch = plan.micro, plan.accum, plan.global_batch
     steps_per_epoch = max(len(epoch_order(len(data), 0, 0, rank, world)) // (batch * accum), 1)
     total_steps = steps_per_epoch * optim_cfg["epochs"]
     warmup_steps = int(round(optim_cfg["warmup_epochs"] * steps_per_epoch))
-    peak_lr = optim_cfg["base_lr"] * global_batch / 256
+    peak_lr = plan.lr
+    if optim_cfg["optimizer"] != "adamw":
+        raise MaeprobeError(f"pretraining uses AdamW (LC-MAE Section 5); optim.optimizer={optim_cfg['optimizer']!r}")
     from timm.optim import param_groups_weight_decay
 
     optimizer = torch.optim.AdamW(param_groups_weight_decay(objective, optim_cfg["weight_decay"]), lr=peak_lr,
@@ -259,6 +278,7 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, unit="step", desc=config["name"])
+        bar.write(f"[{config['name']}] {plan.describe()}")
     steps_this_call, tic = 0, time.monotonic()
     model.train()
     try:

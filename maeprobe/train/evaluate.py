@@ -11,6 +11,8 @@ the MAE paper, and a k-NN probe on frozen features. Each reports top-1 on ``val/
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..checkpoints import load
 from ..errors import MaeprobeError
 from ..models import ArchConfig, MaskedAutoencoderViT
+from .config import batch_plan
 from .engine import init_distributed, lr_at
 
 
@@ -116,7 +119,8 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     dataset_val = ImageFolder(root / "val", val_tf)
     num_classes = len(dataset_train.classes)
     workers = config["data"]["num_workers"]
-    batch = optim_cfg["batch_size"]
+    plan = batch_plan(config, world)
+    batch, accum = (plan.micro, plan.accum) if task != "knn" else (plan.per_process, 1)
     train_loader, val_loader, sampler = _loaders(dataset_train, dataset_val, batch, workers, world, rank, run["seed"])
     out_dir = Path(run["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,21 +149,23 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
             def predict(x):
                 with torch.no_grad():
                     feats = encoder.forward_encoder(x, 0.0)[0][:, 0]  # CLS after the final norm
-                return head(feats)
+                return ddp_model(feats)  # DDP-wrapped head: gradients are averaged across processes
         else:
             raise MaeprobeError(f"unknown task {task!r}; choose pretrain, finetune, linprobe or knn")
         ddp_model = nn.parallel.DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda"
                                                         else None) if world > 1 else trainable
         if task == "finetune":
             predict = ddp_model
-        steps_per_epoch = max(len(train_loader), 1)
+        if len(train_loader) < accum:
+            raise MaeprobeError(f"{len(dataset_train)} training images cannot fill one optimiser step of "
+                                f"{plan.describe()}; lower optim.global_batch")
+        steps_per_epoch = len(train_loader) // accum
         total = steps_per_epoch * optim_cfg["epochs"]
         warmup = int(optim_cfg["warmup_epochs"] * steps_per_epoch)
-        peak = optim_cfg["base_lr"] * batch * world / 256
-        if task == "finetune":
-            optimizer = torch.optim.AdamW(groups, lr=peak, betas=(0.9, 0.999))
-        else:
-            optimizer = torch.optim.SGD(groups, lr=peak, momentum=0.9)
+        peak = plan.lr
+        optimizer = _optimizer(optim_cfg, groups, peak, task)
+        if progress and rank == 0:
+            print(f"[{config['name']}] {plan.describe()}, {type(optimizer).__name__}")
         mixup = None
         if task == "finetune" and (optim_cfg["mixup"] > 0 or optim_cfg["cutmix"] > 0):
             from timm.data import Mixup
@@ -177,24 +183,31 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
             trainable.train()
             if task == "linprobe":
                 encoder.eval()
-            running = 0.0
-            for x, y in train_loader:
+            running, micro = 0.0, 0
+            for x, y in itertools.islice(train_loader, steps_per_epoch * accum):
                 x, y = x.to(device), y.to(device)
                 if mixup is not None and len(x) % 2 == 0:
                     x, y_soft = mixup(x, y)
                 else:
                     y_soft = y if mixup is None else nn.functional.one_hot(y, num_classes).float()
-                lr = lr_at(step, total, warmup, peak, optim_cfg["min_lr"])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                loss = criterion(predict(x), y_soft)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if micro == 0:  # one lr per optimiser step
+                    lr = lr_at(step, total, warmup, peak, optim_cfg["min_lr"])
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
+                sync = micro + 1 == accum
+                context = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+                with context:
+                    loss = criterion(predict(x), y_soft)
+                    if not math.isfinite(loss.item()):
+                        raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                    (loss / accum).backward()
+                running += loss.item() / accum
+                micro += 1
+                if not sync:
+                    continue
                 optimizer.step()
-                running += loss.item()
-                step += 1
+                optimizer.zero_grad(set_to_none=True)
+                micro, step = 0, step + 1
             trainable.eval()
             top1 = _top1(predict, val_loader, device)
             history.append({"epoch": epoch, "loss": running / steps_per_epoch, "top1": top1})
@@ -210,6 +223,27 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     if rank == 0:
         (out_dir / "results.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _optimizer(optim_cfg: dict, groups: list[dict], lr: float, task: str) -> torch.optim.Optimizer:
+    """AdamW (fine-tuning, LC-MAE Section 5 / MAE), LARS (MAE's linear probe; timm's ``Lars`` with the
+    trust ratio on weight matrices only, as MAE's ``util/lars.py``) or SGD with momentum."""
+    name = optim_cfg["optimizer"]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))  # MAE fine-tuning: torch's default betas
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    if name == "lars":
+        from timm.optim import Lars
+
+        split = []
+        for group in groups:
+            for matrix in (True, False):
+                params = [p for p in group["params"] if (p.ndim > 1) == matrix]
+                if params:
+                    split.append({**group, "params": params, "always_adapt": matrix})
+        return Lars(split, lr=lr, momentum=0.9, weight_decay=optim_cfg["weight_decay"])
+    raise MaeprobeError(f"optim.optimizer must be adamw, sgd or lars for task {task!r}, got {name!r}")
 
 
 @torch.no_grad()

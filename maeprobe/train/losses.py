@@ -1,9 +1,11 @@
-"""Pretraining losses beyond MAE's own (``MaskedAutoencoderViT.forward_loss``, Eq. 1).
+"""Pretraining losses beyond MAE's own (``MaskedAutoencoderViT.forward_loss``, Eq. 1 of LC-MAE).
 
-* LC-MAE (Yue et al. 2023, Section 3.3): two views of each image with independent masks, a linear
-  projector on the decoder output; ``cross_view_loss`` (Eq. 5) and ``in_view_loss`` (Eq. 6).
-* U-MAE (Zhang et al. 2022): ``uniformity_loss``, the mean of (cos / tau)^2 over all pairs of the
-  normalised features of the global batch (gathered across processes, with gradients).
+* LC-MAE (Yue et al. 2023, Section 3.3): two views of each image with independent masks m1, m2; a linear
+  projector p gives v = p(h(x, m)); ``cross_view_loss`` is Eq. 5 and ``in_view_loss`` Eq. 6.
+  The equations are written as sums; ``reduction='mean'`` (default) divides by the number of terms of the
+  batch, as MAE's own loss does for Eq. 1, ``reduction='sum'`` gives each image's sum, averaged over images.
+* U-MAE (Zhang et al. 2022, zhangq327/U-MAE ``loss_func.py``): ``uniformity_loss``, the mean over all
+  pairs (i, j) of the gathered batch, the diagonal included, of (cos(f_i, f_j) / tau)^2.
 """
 from __future__ import annotations
 
@@ -11,40 +13,81 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..errors import MaeprobeError
 
-def cross_view_loss(proj1: torch.Tensor, proj2: torch.Tensor, mask1: torch.Tensor, mask2: torch.Tensor) -> torch.Tensor:
-    """Eq. 5: mean of 1 - cos(z1_p, z2_p) over positions p masked in both views.
+REDUCTIONS = ("mean", "sum")
+
+
+def _reduce(terms: torch.Tensor, weights: torch.Tensor, reduction: str) -> torch.Tensor:
+    """terms, weights [B, ...]: sum of weighted terms / number of terms ('mean'), or / B ('sum')."""
+    if reduction == "mean":
+        return (terms * weights).sum() / weights.sum().clamp_min(1.0)
+    if reduction == "sum":
+        return (terms * weights).flatten(1).sum(1).mean()
+    raise MaeprobeError(f"lcmae.reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+
+
+def cross_view_loss(proj1: torch.Tensor, proj2: torch.Tensor, mask1: torch.Tensor, mask2: torch.Tensor,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Eq. 5: sum_i m1_i m2_i (1 - cos(v1_i, v2_i)) over positions masked in both views.
 
     Args:
-        proj1, proj2: projected decoder outputs of the two views [B, L, E].
+        proj1, proj2: projected outputs v of the two views [B, L, E].
         mask1, mask2: [B, L], 1 = masked.
+        reduction: 'mean' over the both-masked positions of the batch, or 'sum' per image then mean over images.
     """
     both = (mask1 * mask2).to(proj1.dtype)  # [B, L]
-    loss = 1 - F.cosine_similarity(proj1, proj2, dim=-1)  # [B, L]
-    return (loss * both).sum() / both.sum().clamp_min(1.0)
+    return _reduce(1 - F.cosine_similarity(proj1, proj2, dim=-1), both, reduction)
 
 
-def in_view_loss(proj: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 6: mean over ordered pairs i != j of masked positions of |cos(z_i, z_j) - cos(x_i, x_j)|.
+def in_view_loss(proj: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Eq. 6: sum over ordered pairs i != j of masked positions of |cos(v_i, v_j) - cos(x_i, x_j)|.
 
     Args:
-        proj: projected decoder outputs [B, L, E].
-        pixels: pixel targets of the patches [B, L, p*p*C].
+        proj: projected outputs v [B, L, E].
+        target: the patches x that the decoder reconstructs [B, L, p*p*C].
         mask: [B, L], 1 = masked.
+        reduction: 'mean' over the pairs of the batch, or 'sum' per image then mean over images.
     """
     z = F.normalize(proj, dim=-1)
-    x = F.normalize(pixels, dim=-1)
+    x = F.normalize(target, dim=-1)
     diff = (z @ z.transpose(1, 2) - x @ x.transpose(1, 2)).abs()  # [B, L, L]
     m = mask.to(proj.dtype)
     pairs = m.unsqueeze(2) * m.unsqueeze(1)  # [B, L, L]
     pairs = pairs * (1 - torch.eye(m.shape[1], device=m.device, dtype=m.dtype))
-    return (diff * pairs).sum() / pairs.sum().clamp_min(1.0)
+    return _reduce(diff, pairs, reduction)
 
 
-def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``features`` from all processes, differentiably (identity without torch.distributed)."""
+class _GatherKeepLocalGrad(torch.autograd.Function):
+    """All-gather whose backward returns this process's slice of the incoming gradient only (no sum over
+    processes): the semantics of U-MAE's ``GatherLayer``."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor) -> torch.Tensor:
+        parts = [torch.zeros_like(features) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, features.contiguous())
+        ctx.rank, ctx.rows = dist.get_rank(), features.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows].contiguous()
+
+
+def gather_with_grad(features: torch.Tensor, mode: str = "exact") -> torch.Tensor:
+    """Concatenate ``features`` [b, D] from all processes (identity without torch.distributed).
+
+    ``mode='exact'``: torch.distributed.nn's all_gather, whose backward sums every process's gradient for
+    each slice, so that after DDP's averaging the update is that of one process holding the whole batch.
+    ``mode='reference'``: each process keeps the gradient of its own slice only (U-MAE's GatherLayer), so the
+    averaged update is 1/W of the full-batch one for W processes.
+    """
+    if mode not in ("exact", "reference"):
+        raise MaeprobeError(f"umae.gather must be 'exact' or 'reference', got {mode!r}")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return features
+    if mode == "reference":
+        return _GatherKeepLocalGrad.apply(features)
     import warnings
 
     from torch.distributed.nn.functional import all_gather
@@ -54,11 +97,10 @@ def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
         return torch.cat(all_gather(features), dim=0)
 
 
-def uniformity_loss(features: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
-    """U-MAE's uniformity term: mean over all pairs (i, j) of the global batch of (cos(f_i, f_j) / tau)^2.
+def uniformity_loss(features: torch.Tensor, tau: float = 0.1, gather: str = "exact") -> torch.Tensor:
+    """U-MAE's uniformity term: mean over all pairs (i, j) of the gathered batch of (cos(f_i, f_j) / tau)^2.
 
-    Under DDP every process computes the same global value; the gather's backward sums the gradient
-    contributions, so after DDP's gradient averaging the update equals one process with the global batch.
+    Every process computes the same global value. See ``gather_with_grad`` for the two gradient semantics.
     """
-    f = F.normalize(gather_with_grad(features), dim=-1)
+    f = F.normalize(gather_with_grad(features, gather), dim=-1)
     return ((f @ f.T) / tau).pow(2).mean()

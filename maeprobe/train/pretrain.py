@@ -41,7 +41,7 @@ class PretrainConfig:
             "model": {"preset": self.preset, "mask_ratio": self.mask_ratio, "norm_pix_loss": self.norm_pix_loss},
             "data": {"path": self.images, "samples_per_epoch": self.steps * self.batch_size,
                      "num_workers": self.num_workers},
-            "optim": {"epochs": 1, "batch_size": self.batch_size, "accum_iter": 1, "base_lr": self.base_lr,
+            "optim": {"epochs": 1, "global_batch": self.batch_size, "base_lr": self.base_lr,
                       "weight_decay": self.weight_decay, "warmup_epochs": self.warmup_steps / max(self.steps, 1)},
             "run": {"output_dir": str(out.parent), "checkpoint_name": out.name, "seed": self.seed,
                     "checkpoint_every": max(self.steps // 4, 1), "log_every": self.log_every,
