@@ -477,22 +477,23 @@ def checkpoint_metadata(model: MaskedAutoencoderViT) -> dict:
 def save_checkpoint(model: MaskedAutoencoderViT, path: str | os.PathLike, **extra) -> Path:
     """Save in facebookresearch/mae's format (``{'model': sd, ...}``) or as ``.safetensors`` by extension.
 
-    The write is atomic (temporary file, then rename). ``extra`` entries (optimizer, epoch, scaler, args)
-    go into the ``.pth`` dict as in an official training checkpoint.
+    The write is atomic (temporary file, then rename); under torch.distributed only the main process writes.
+    ``extra`` entries (optimizer, epoch, scaler, args) go into the ``.pth`` dict as in an official training
+    checkpoint.
     """
+    from .distributed import is_main
+    from .io import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_main():
+        return path
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = checkpoint_metadata(model)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file(state, str(tmp), metadata={"format": "pt", "maeprobe": json.dumps(meta)})
-    else:
-        torch.save({"model": state, **extra, "maeprobe": meta}, tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; give both formats ordinary permissions
-    os.replace(tmp, path)
+            save_file(state, str(tmp), metadata={"format": "pt", "maeprobe": json.dumps(meta)})
+        else:
+            torch.save({"model": state, **extra, "maeprobe": meta}, tmp)
     return path

@@ -29,18 +29,33 @@ class DType(str, Enum):
     bf16 = "bf16"
 
 
+def _echo(message: str = "", **kwargs) -> None:
+    """Print on the main process only (under torchrun every process computes, one reports)."""
+    from .distributed import is_main
+
+    if is_main():
+        typer.echo(message, **kwargs)
+
+
 def _friendly(fn):
-    """Print user errors (bad file, bad flag, no images) as one line and exit 2, no traceback."""
+    """Join the process group when launched by torchrun; print user errors (bad file, bad flag, no images)
+    as one line and exit 2, no traceback; leave the process group on the way out."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import torch.distributed as dist
+
+        from .distributed import init_from_env, is_main
         from .errors import MaeprobeError
 
         def show(message, category, filename, lineno, file=None, line=None):
-            print(f"warning: {message}", file=sys.stderr)
+            if is_main():
+                print(f"warning: {message}", file=sys.stderr)
 
         warnings.showwarning = show
+        joined = not (dist.is_available() and dist.is_initialized())
         try:
+            init_from_env()
             return fn(*args, **kwargs)
         except MaeprobeError as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -48,6 +63,9 @@ def _friendly(fn):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        finally:
+            if joined and dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
 
     return wrapper
 
@@ -133,7 +151,7 @@ def info(ckpt: Path = CKPT, num_heads: Optional[int] = NUM_HEADS, decoder_num_he
     ]
     lines += [("note", note) for note in model.checkpoint.notes]
     for key, value in lines:
-        typer.echo(f"{key:>14}: {value}")
+        _echo(f"{key:>14}: {value}")
 
 
 @app.command("attn-distance")
@@ -170,13 +188,13 @@ def attn_distance(
     if bootstrap:
         ci = table.groupby("layer")[["ci_low", "ci_high"]].mean().reset_index()
         summary = summary.merge(ci, on="layer")
-    typer.echo(f"{model.checkpoint.name}: mean attention distance ({units.value}) of the {module.value}, "
+    _echo(f"{model.checkpoint.name}: mean attention distance ({units.value}) of the {module.value}, "
                f"{int(table['n_images'].iloc[0])} images, mask ratio {mask_ratio:g}")
-    typer.echo(summary.drop(columns=["metric", "module"]).rename(
+    _echo(summary.drop(columns=["metric", "module"]).rename(
         columns={"mean": "mean(heads)", "min": "min head", "max": "max head",
                  "ci_low": "mean ci_low", "ci_high": "mean ci_high"}).to_string(index=False, float_format="%.2f"))
     if out is not None:
-        typer.echo(f"wrote {write_table(table, out)}")
+        _echo(f"wrote {write_table(table, out)}")
 
 
 IMAGES = typer.Option(None, "--images", help="Folder of images (recursive). Default: built-in photos.")
@@ -192,15 +210,15 @@ DEC_LAYERS = typer.Option(None, "--layers", help="0-based decoder layers, e.g. 0
 def _print_per_layer(table, title: str) -> None:
     rows = table[table["head"].isna()] if table["head"].isna().any() else table
     summary = rows.groupby("layer")[["value", "ci_low", "ci_high"]].mean().reset_index()
-    typer.echo(title)
-    typer.echo(summary.to_string(index=False, float_format="%.4f"))
+    _echo(title)
+    _echo(summary.to_string(index=False, float_format="%.4f"))
 
 
 def _write(table, out) -> None:
     if out is not None:
         from .results import write_table
 
-        typer.echo(f"wrote {write_table(table, out)}")
+        _echo(f"wrote {write_table(table, out)}")
 
 
 @app.command("decoder-attn-sim")
@@ -282,8 +300,8 @@ def spectrum(
                              bootstrap=bootstrap, batch_size=batch_size, device=device, dtype=dtype.value,
                              progress=True)
     ranks = table[table["metric"] == "effective_rank"]
-    typer.echo(f"{model.checkpoint.name}: effective rank of encoder features ({int(ranks['n_images'].iloc[0])} images)")
-    typer.echo(ranks[["layer", "feature", "value", "ci_low", "ci_high"]].to_string(index=False, float_format="%.2f"))
+    _echo(f"{model.checkpoint.name}: effective rank of encoder features ({int(ranks['n_images'].iloc[0])} images)")
+    _echo(ranks[["layer", "feature", "value", "ci_low", "ci_high"]].to_string(index=False, float_format="%.2f"))
     _write(table, out)
 
 
@@ -324,7 +342,7 @@ def run_cmd(
     shown = table[table["metric"] != "feature_spectrum"]
     summary = shown.groupby(["checkpoint", "metric", "module", "mask_ratio", "layer"],
                             dropna=False)["value"].mean().unstack("layer")
-    typer.echo(summary.to_string(float_format="%.3f"))
+    _echo(summary.to_string(float_format="%.3f"))
     _write(table, out)
 
 
@@ -351,7 +369,7 @@ def render_attn(
     paths = render_attention(str(ckpt), image, out, layers=_parse_layers(layers), queries=queries,
                              mask_ratio=mask_ratio, seed=seed, encoder=encoder, device=device, num_heads=num_heads,
                              decoder_num_heads=decoder_num_heads)
-    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+    _echo("wrote " + ", ".join(str(p) for p in paths))
 
 
 @app.command("figures")
@@ -383,7 +401,7 @@ def figures_cmd(
     if not paths:
         raise MaeprobeError("the tables hold no rows that any figure uses")
     for path in paths:
-        typer.echo(f"wrote {path}")
+        _echo(f"wrote {path}")
 
 
 @app.command("pretrain")
@@ -411,7 +429,7 @@ def pretrain_cmd(
                             warmup_steps=warmup_steps, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
                             max_minutes=max_minutes, seed=seed, device=device)
     path = pretrain(config)
-    typer.echo(f"wrote {path} (log.csv and config.yaml beside it)")
+    _echo(f"wrote {path} (log.csv and config.yaml beside it)")
 
 
 @app.command()
@@ -425,10 +443,10 @@ def demo(
     the table, the paper's figures and attention renders."""
     from .demo import run_demo
 
-    paths = run_demo(out, max_minutes=max_minutes, steps=steps, echo=typer.echo)
-    typer.echo("\nresults:")
+    paths = run_demo(out, max_minutes=max_minutes, steps=steps, echo=_echo)
+    _echo("\nresults:")
     for key, path in paths.items():
-        typer.echo(f"  {key:>24}: {path}")
+        _echo(f"  {key:>24}: {path}")
 
 
 recipe_app = typer.Typer(no_args_is_help=True, help="Bundled pretraining and evaluation recipes (recipes/*.yaml).")
@@ -452,7 +470,7 @@ def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder 
             continue
         config = load_recipe(path)
         what = config["task"] if config["task"] != "pretrain" else f"pretrain/{config['method']}"
-        typer.echo(f"{path.stem:<28} {what:<16} {launch_command(path)}")
+        _echo(f"{path.stem:<28} {what:<16} {launch_command(path)}")
 
 
 @recipe_app.command("show")
@@ -470,7 +488,7 @@ def recipe_show(
     from .train.config import load_recipe, show_recipe
 
     config = load_recipe(recipe, overrides or [])
-    typer.echo(show_recipe(config, nproc or int(os.environ.get("WORLD_SIZE", 1))), nl=False)
+    _echo(show_recipe(config, nproc or int(os.environ.get("WORLD_SIZE", 1))), nl=False)
 
 
 @recipe_app.command("run")
@@ -487,12 +505,12 @@ def recipe_run(
         from .train.engine import pretrain_recipe
 
         path = pretrain_recipe(config)
-        typer.echo(f"wrote {path} (config, log.csv beside it)")
+        _echo(f"wrote {path} (config, log.csv beside it)")
     else:
         from .train.evaluate import evaluate_recipe
 
         result = evaluate_recipe(config)
-        typer.echo(f"{config['name']}: {result['task']} top-1 {result['top1']:.2f}% "
+        _echo(f"{config['name']}: {result['task']} top-1 {result['top1']:.2f}% "
                    f"({config['run']['output_dir']}/results.json)")
 
 

@@ -84,7 +84,8 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
         device: 'cpu', 'cuda', ... (default: CUDA when available).
         dtype: 'fp32' (default) or 'bf16' / 'fp16' autocast.
         num_workers: DataLoader workers for image decoding.
-        progress: show a progress bar (only on runs that last more than two seconds).
+        progress: show a progress bar (only on runs that last more than two seconds; under
+            torch.distributed only on the main process).
     """
     device = torch.device(device or default_device())
     if dtype not in DTYPES and dtype is not None:
@@ -109,7 +110,9 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
     model = model.to(device).eval()
     batches, total = _batches(model, images, batch_size, num_workers)
     L = model.config.num_patches
-    if progress:
+    from .distributed import is_main
+
+    if progress and is_main():
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=-(-total // batch_size), unit="batch", delay=2.0, leave=False,

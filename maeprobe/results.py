@@ -33,18 +33,27 @@ def to_frame(reducers: Sequence[Reducer], context: dict | None = None) -> pd.Dat
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write by extension: .csv, .json (records) or .parquet."""
+    """Write by extension: .csv, .json (records) or .parquet, atomically (temporary file, then rename).
+
+    Under torch.distributed only the main process writes (every process gets the path back), so one table
+    has one writer. A missing folder is created; a place that cannot be written is a ``MaeprobeError``.
+    """
+    from .distributed import is_main
+    from .io import atomic_path
+
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise MaeprobeError(f"{path}: unknown table format; use .csv, .json or .parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "csv":
-        frame.to_csv(path, index=False)
-    elif kind == "json":
-        frame.to_json(path, orient="records", indent=1)
-    else:
-        frame.to_parquet(path, index=False)
+    if not is_main():
+        return path
+    with atomic_path(path) as tmp:
+        if kind == "csv":
+            frame.to_csv(tmp, index=False)
+        elif kind == "json":
+            frame.to_json(tmp, orient="records", indent=1)
+        else:
+            frame.to_parquet(tmp, index=False)
     return path
 
 

@@ -83,17 +83,27 @@ def _caption(rows: pd.DataFrame, name: str) -> str:
     return "; ".join(parts)
 
 
-def _save(fig, out_dir: Path, name: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=200)
+def save_figure(fig, paths: list[Path], dpi: int) -> list[Path]:
+    """Save ``fig`` to each path (format from the extension), atomically, on the main process only."""
+    from ..distributed import is_main
+    from ..io import atomic_path
+
+    if is_main():
+        for path in paths:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."))
     return paths
 
 
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    fig.tight_layout()
+    return save_figure(fig, [out_dir / f"{name}.png", out_dir / f"{name}.pdf"], dpi=200)
+
+
 def _title(ax, title: str, caption: str) -> None:
-    ax.set_title(f"{title}\n{caption}" if caption else title, fontsize=7)
+    import textwrap
+
+    ax.set_title(f"{title}\n" + "\n".join(textwrap.wrap(caption, 52)) if caption else title, fontsize=6.5)
 
 
 def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):

@@ -101,14 +101,14 @@ def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out
 def _save(fig, out) -> list[Path]:
     import matplotlib.pyplot as plt
 
+    from .figures import save_figure
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(pad=0.3)
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=220)
-    plt.close(fig)
-    return paths
+    try:
+        return save_figure(fig, [out.with_suffix(".png"), out.with_suffix(".pdf")], dpi=220)
+    finally:
+        plt.close(fig)
 
 
 def default_queries(mask: torch.Tensor, grid: int, count: int = 2) -> list[int]:

@@ -15,6 +15,7 @@ import csv
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoints import read_pickle, save_checkpoint
 from ..data import ImageItem, image_items, open_image, to_rgb
 from ..errors import MaeprobeError
+from ..io import write_text
 from ..models import IMAGENET_MEAN, IMAGENET_STD, build_mae
 from .config import batch_plan
 from .losses import cross_view_loss, in_view_loss, uniformity_loss
@@ -38,12 +40,9 @@ METHODS = ("mae", "lcmae", "ae", "umae")
 # ----------------------------------------------------------------------------- distributed
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); initialises the process group under torchrun."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    return 0, 1, 0
+    from ..distributed import init_from_env
+
+    return init_from_env()
 
 
 def _sample_seed(*parts: int) -> int:
@@ -213,7 +212,7 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
     out_dir = Path(run["output_dir"])
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     torch.manual_seed(run["seed"])
     model = build_pretrain_model(config)
     objective = Objective(model, config).to(device)
@@ -277,7 +276,8 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, unit="step", desc=config["name"])
+        bar = tqdm(total=total_steps, initial=step, unit="step", desc=config["name"],
+                   mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a short log when not a terminal
         bar.write(f"[{config['name']}] {plan.describe()}")
     steps_this_call, tic = 0, time.monotonic()
     model.train()

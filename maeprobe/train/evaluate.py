@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoints import load
 from ..errors import MaeprobeError
+from ..io import write_text
 from ..models import ArchConfig, MaskedAutoencoderViT
 from .config import batch_plan
 from .engine import init_distributed, lr_at
@@ -125,7 +126,7 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     out_dir = Path(run["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     if task == "knn":
         result = {"task": task, "top1": _knn(encoder.to(device).eval(), train_loader, val_loader, device,
@@ -221,7 +222,7 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     result.update(checkpoint=str(checkpoint), num_classes=num_classes, train_images=len(dataset_train),
                   val_images=len(dataset_val))
     if rank == 0:
-        (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+        write_text(out_dir / "results.json", json.dumps(result, indent=1))
     return result
 
 

@@ -1,0 +1,38 @@
+"""torch.distributed helpers shared by the probe, the recipes and the command line.
+
+Every process computes; only the main process (rank 0) prints summaries and progress and writes files, so a
+run under ``torchrun`` reports once and has one writer per file whatever the number of processes.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True in the process that prints and writes (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def init_from_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); joins the process group when launched by torchrun (RANK and
+    WORLD_SIZE set): NCCL with CUDA, gloo otherwise. Does nothing when already joined or not launched so."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
