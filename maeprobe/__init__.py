@@ -17,6 +17,7 @@ _EXPORTS = {
     "attention_distance": "api", "decoder_attention_similarity": "api", "decoder_semantic_similarity": "api",
     "feature_spectrum": "api", "run": "api", "load_reference": "api", "render_attention": "api",
     "make_figures": "plots",
+    "reproduce": "findings", "list_findings": "findings",
     "ActivationCache": "capture", "CaptureRequest": "capture", "capture": "capture",
     "load": "checkpoints", "read_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
     "CheckpointError": "errors", "MaeprobeError": "errors",

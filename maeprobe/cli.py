@@ -404,6 +404,34 @@ def figures_cmd(
         _echo(f"wrote {path}")
 
 
+@app.command("reproduce")
+@_friendly
+def reproduce_cmd(
+    ids: Optional[list[str]] = typer.Argument(None, help="Finding ids (default: all; --list shows them)."),
+    scale: str = typer.Option("tiny", "--scale", help="tiny (2 CPU cores, built-in photos), small (one GPU, "
+                                                      "--data folder) or base (prints the paper's 8-GPU commands)."),
+    out: Path = typer.Option(Path("outputs/reproduce"), "--out", help="Output folder (runs, figures, findings.csv, "
+                                                                      "findings.md); reused and resumed."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Image folder for pretraining and probing "
+                                                             "(default: the built-in photographs)."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Reference for decoder-semantic (checkpoint or 'dino'); "
+                                                         "without one that finding is inconclusive."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps per run (default: the scale's)."),
+    device: Optional[str] = DEVICE,
+    list_only: bool = typer.Option(False, "--list", help="List the finding ids with their claims and exit."),
+):
+    """Reproduce the papers' findings: train what they need (recipe engine), measure, judge each claim by its
+    written rule (holds / fails / inconclusive), write findings.csv, findings.md and figures."""
+    from .findings import list_findings, reproduce
+
+    if list_only:
+        for row in list_findings().itertuples():
+            _echo(f"{row.finding:<20} {row.claim} ({row.paper})")
+        return
+    table = reproduce(ids or None, scale=scale, out=out, data=data, ref=ref, steps=steps, device=device, echo=_echo)
+    _echo(table[["finding", "verdict", "measured", "ci_low", "ci_high"]].to_string(index=False, float_format="%.3g"))
+
+
 @app.command("pretrain")
 @_friendly
 def pretrain_cmd(

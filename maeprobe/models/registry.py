@@ -34,6 +34,10 @@ PRESETS: dict[str, dict] = {
         img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3,
         decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4, mlp_ratio=4.0,
     ),
+    "mae_vit_small_patch8_96": dict(  # maeprobe reproduce --scale small
+        img_size=96, patch_size=8, embed_dim=384, depth=12, num_heads=6,
+        decoder_embed_dim=256, decoder_depth=8, decoder_num_heads=8, mlp_ratio=4.0,
+    ),
     "mae_vit_small_patch16_224": dict(
         img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6,
         decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,

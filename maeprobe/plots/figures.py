@@ -197,6 +197,25 @@ def _rows_of(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return rows
 
 
+def bar_figure(labels: list[str], rows: pd.DataFrame, title: str, ylabel: str, out_dir: Path, name: str,
+               lines: tuple[float, ...] = ()) -> list[Path]:
+    """One bar per label with its ``ci_low``/``ci_high`` interval as error bar; dashed reference ``lines``."""
+    plt, sns = _style()
+    values = rows["value"].to_numpy(dtype=float)
+    errors = np.vstack([values - rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float) - values])
+    fig, ax = plt.subplots(figsize=(3.4, 2.5))
+    ax.bar(labels, values, yerr=np.clip(errors, 0, None), color=sns.color_palette("colorblind", len(labels)),
+           capsize=3, width=0.6)
+    for y in lines:
+        ax.axhline(y, color="0.4", lw=0.8, ls="--")
+    ax.set_ylabel(ylabel)
+    _title(ax, title, "")
+    sns.despine(fig)
+    paths = _save(fig, Path(out_dir), name)
+    plt.close(fig)
+    return paths
+
+
 def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, label_by: str = "checkpoint",
                  mix_mask_settings: bool = False) -> list[Path]:
     """Write every figure whose data is in ``frame`` (or only ``figures``). Returns the paths written.

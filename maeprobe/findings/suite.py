@@ -1,0 +1,91 @@
+"""The papers' claims as data: for each finding, the runs it needs, what to measure, and its verdict rule
+(``rules.py``). Scales say how big those runs are.
+
+Run names are shared between findings (the 0.75-mask MAE serves five of them), so each run trains once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    claim: str
+    paper: str
+    runs: tuple[str, ...]
+    measure: str  # what is measured, in words (the README and ``--list`` print it)
+
+
+FINDINGS: dict[str, Finding] = {f.id: f for f in (
+    Finding("lcmae-collapse", "L_cross alone collapses to a constant; with L_in or L_MAE it does not",
+            "LC-MAE Table 1, Section 3.3", ("lcmae-c", "lcmae-e", "lcmae-g"),
+            "across-image spread of the projected outputs v at masked positions, settings (c), (e), (g)"),
+    Finding("decoder-positional", "decoder attention similarity (Eq. 7) is highest at decoder layer 1, the first "
+            "two layers above the rest", "LC-MAE Fig. 2, Section 4.1", ("mae",),
+            "Eq. 7 per layer of an 8-layer decoder, one shared 0.75 mask"),
+    Finding("decoder-semantic", "semantic similarity to a reference (Eq. 8) rises with decoder depth",
+            "LC-MAE Fig. 3, Section 4.1", ("mae",),
+            "Eq. 8 per decoder layer against --ref (CutLER convention: keys, W > 0.15)"),
+    Finding("mask-ratio-distance", "attention distance grows with the pretraining mask ratio, more in deeper "
+            "layers", "LC-MAE Fig. 6, Section 4.2", ("mae-mask30", "mae-mask45", "mae-mask60", "mae", "mae-mask90"),
+            "mean attention distance per encoder layer (unmasked probe) for mask ratios 0.3 ... 0.9"),
+    Finding("ae-block-distance", "AE(k) attention distance grows with k; AE(patch size) is the smallest",
+            "LC-MAE Fig. A.1, Appendix A", ("ae1", "ae3", "ae5", "ae7"),
+            "mean attention distance of AE(k), k = 1, 3, 5, 7 patches (AE(16/48/80/112) at patch 16)"),
+    Finding("ae-linear-probe", "AE linear probing is far below MAE's", "LC-MAE Table 3",
+            ("mae", "ae1", "ae3", "ae5", "ae7"), "linear-probe top-1 on the labelled toy task (digits)"),
+    Finding("umae-rank", "the uniformity term reduces dimensional collapse", "U-MAE (How Mask Matters), Section 5",
+            ("umae", "mae"), "effective rank of the encoder's CLS feature, U-MAE vs MAE"),
+    Finding("local-decoders", "Gaussian weighted-average and conv decoders come close to the transformer decoder",
+            "LC-MAE Table 2, Section 4.1", ("mae", "mae-gaussian", "mae-conv"),
+            "linear-probe top-1 on the labelled toy task for the three decoders"),
+)}
+
+# Runs: (bundled recipe, overrides). Block sizes are given in patches so that one table serves every scale.
+RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mae": ("tiny-mae.yaml", ("model.decoder_depth=8",)),
+    **{f"mae-mask{r}": ("tiny-mae.yaml", ("model.decoder_depth=8", f"model.mask_ratio=0.{r}")) for r in (30, 45, 60, 90)},
+    **{f"ae{k}": ("tiny-ae24.yaml", ("model.decoder_depth=8",)) for k in (1, 3, 5, 7)},  # + pred_size = k x patch
+    "umae": ("tiny-umae.yaml", ("model.decoder_depth=8",)),
+    "mae-gaussian": ("tiny-mae-gaussian.yaml", ()),
+    "mae-conv": ("tiny-mae-conv.yaml", ()),
+    **{f"lcmae-{s}": ("tiny-lcmae-a.yaml", (f"lcmae.mae={w[0]}", f"lcmae.cross={w[1]}", f"lcmae.in_view={w[2]}"))
+       for s, w in {"c": (0, 1, 0), "e": (1, 1, 0), "g": (0, 1, 1)}.items()},
+}
+
+AE_BLOCKS = {"ae1": 1, "ae3": 3, "ae5": 5, "ae7": 7}  # predicted block side, in patches
+
+# The paper's recipe behind each run (what ``--scale base`` prints).
+BASE_RECIPES = {
+    "mae": "mae_vit_b16_dec8", **{f"mae-mask{r}": f"mae_vit_b16_mask{r}" for r in (30, 45, 60, 90)},
+    "ae1": "ae16", "ae3": "ae48", "ae5": "ae80", "ae7": "ae112", "umae": "umae_vit_b16",
+    "mae-gaussian": "mae_vit_b16_decoder_gaussian", "mae-conv": "mae_vit_b16_decoder_conv",
+    "lcmae-c": "lcmae_c", "lcmae-e": "lcmae_e", "lcmae-g": "lcmae_g",
+}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big the runs of a scale are. ``steps``: optimiser steps per run (LC-MAE runs use ``lcmae_steps``)."""
+
+    name: str
+    preset: str | None
+    patch: int
+    global_batch: int
+    base_lr: float
+    steps: int
+    lcmae_steps: int
+    probe_images: int
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+
+SCALES = {
+    # 2 CPU cores, built-in photographs: 64 px, patch 8, width 192 (the tiny-* recipes)
+    "tiny": Scale("tiny", "mae_vit_tiny_patch8_64", 8, 32, 1.5e-3, 240, 160, 128),
+    # one GPU, 30 minutes: ViT-S/8 at 96 px on an image folder (--data), bf16
+    "small": Scale("small", "mae_vit_small_patch8_96", 8, 256, 1.5e-4, 2000, 1500, 1024,
+                   ("data.num_workers=8",)),
+    # the paper: ViT-B/16 ImageNet recipes on 8 GPUs (printed, not run)
+    "base": Scale("base", None, 16, 1024, 1.5e-4, 0, 0, 50000),
+}
