@@ -28,7 +28,8 @@ def run_context(model, *, mask_ratio: float, seed: int, shared_mask: bool, dtype
 def attention_distance(model, images=None, *, layers=None, module: str = "encoder", mask_ratio: float = 0.0,
                        seed: int = 0, shared_mask: bool = True, units: str = "px", renormalize: bool = False,
                        bootstrap: int = 0, batch_size: int = 16, device: str | None = None,
-                       dtype: str | None = None, progress: bool = False, **load_kwargs) -> pd.DataFrame:
+                       dtype: str | None = None, progress: bool = False, num_workers: int | None = None,
+                       **load_kwargs) -> pd.DataFrame:
     """Mean attention distance per (layer, head).
 
     Args:
@@ -41,6 +42,8 @@ def attention_distance(model, images=None, *, layers=None, module: str = "encode
         renormalize: divide each query row by its attention mass on patch keys.
         bootstrap: number of Poisson-bootstrap replicates for ``ci_low``/``ci_high`` (0: none).
         batch_size, device, dtype, progress: how to run (dtype ``'bf16'`` for autocast).
+        num_workers: DataLoader processes decoding a folder of images (None: on CUDA CPU cores - 1, at most 8;
+            on CPU 0, i.e. in this process). Results do not depend on it.
 
     Returns:
         DataFrame with one row per (layer, head): metric, module, layer, head, value, n_images, std,
@@ -50,14 +53,15 @@ def attention_distance(model, images=None, *, layers=None, module: str = "encode
     reducer = AttentionDistance(model, module=module, layers=layers, units=units, renormalize=renormalize,
                                 bootstrap=bootstrap, bootstrap_seed=seed)
     run_probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
-              batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+              batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers)
     return to_frame([reducer], run_context(model, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
                                            dtype=dtype))
 
 
-def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size, device, dtype, progress):
+def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size, device, dtype, progress,
+           num_workers=None):
     run_probe(model, reducers, images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
-              batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+              batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers)
     return to_frame(reducers, run_context(model, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
                                           dtype=dtype))
 
@@ -65,7 +69,7 @@ def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size
 def decoder_attention_similarity(model, images=None, *, layers=None, per_head: bool = False,
                                  include_cls_key: bool = False, mask_ratio: float = 0.75, seed: int = 0, bootstrap: int = 0, groups: int = 16,
                                  batch_size: int = 16, device: str | None = None, dtype: str | None = None,
-                                 progress: bool = False, **load_kwargs) -> pd.DataFrame:
+                                 progress: bool = False, num_workers: int | None = None, **load_kwargs) -> pd.DataFrame:
     """LC-MAE Eq. 7: mean pairwise cosine of the masked queries' decoder attention across images.
 
     All images share one seeded mask. A_{l,i} holds the masked queries' attention over the n patch keys
@@ -78,13 +82,15 @@ def decoder_attention_similarity(model, images=None, *, layers=None, per_head: b
                                          bootstrap=bootstrap,
                                          bootstrap_seed=seed, groups=groups)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
-                  batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+                  num_workers=num_workers)
 
 
 def decoder_semantic_similarity(model, reference, images=None, *, layers=None, ref_features: str = "keys",
                                 decoder_features: str | None = None, tau: float | None = 0.15, eps: float = 1e-5, mask_ratio: float = 0.75,
                                 seed: int = 0, bootstrap: int = 0, batch_size: int = 16, device: str | None = None,
-                                dtype: str | None = None, progress: bool = False, ref_num_heads: int | None = None,
+                                dtype: str | None = None, progress: bool = False, num_workers: int | None = None,
+                                ref_num_heads: int | None = None,
                                 **load_kwargs) -> pd.DataFrame:
     """LC-MAE Eq. 8: similarity of each decoder layer's patch affinities to a reference model's.
 
@@ -105,19 +111,21 @@ def decoder_semantic_similarity(model, reference, images=None, *, layers=None, r
                                         decoder_features=decoder_features, tau=tau,
                                         eps=eps, bootstrap=bootstrap, bootstrap_seed=seed)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
-                  batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+                  num_workers=num_workers)
 
 
 def feature_spectrum(model, images=None, *, layers=None, mask_ratio: float = 0.0, seed: int = 0, bootstrap: int = 0,
                      groups: int = 16, batch_size: int = 16, device: str | None = None, dtype: str | None = None,
-                     progress: bool = False, **load_kwargs) -> pd.DataFrame:
+                     progress: bool = False, num_workers: int | None = None, **load_kwargs) -> pd.DataFrame:
     """U-MAE feature-collapse spectrum: singular values (``feature_spectrum`` rows, one per component) and
     effective rank (``effective_rank`` rows) of CLS and mean-pooled patch features of encoder layers
     (default: the last block)."""
     model = resolve_model(model, **load_kwargs)
     reducer = FeatureSpectrum(model, layers=layers, bootstrap=bootstrap, bootstrap_seed=seed, groups=groups)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
-                  batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+                  num_workers=num_workers)
 
 
 def dino_candidates() -> list[Path]:
@@ -174,7 +182,8 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
         decoder_layers=None, mask_ratio: float | None = None, mask_ratios: dict | None = None, seed: int = 0,
         bootstrap: int = 0, per_head: bool = False, include_cls_key: bool = False, ref_features: str = "keys",
         decoder_features: str | None = None, tau: float | None = 0.15, units: str = "px", batch_size: int = 16,
-        device: str | None = None, dtype: str | None = None, progress: bool = False, num_heads=None,
+        device: str | None = None, dtype: str | None = None, progress: bool = False,
+        num_workers: int | None = None, num_heads=None,
         decoder_num_heads=None, ref_num_heads=None) -> pd.DataFrame:
     """Several metrics for each checkpoint, one table for all; metrics with the same mask share one hooked pass.
 
@@ -223,7 +232,8 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
             if "spectrum" in group:
                 reducers.append(FeatureSpectrum(model, bootstrap=bootstrap, bootstrap_seed=seed))
             tables.append(_probe(model, reducers, images, mask_ratio=ratio, seed=seed, shared_mask=True,
-                                 batch_size=batch_size, device=device, dtype=dtype, progress=progress))
+                                 batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+                                 num_workers=num_workers))
     return pd.concat(tables, ignore_index=True)
 
 

@@ -108,10 +108,29 @@ def resolve_layers(model: nn.Module, module: str, layers: Iterable[int] | None) 
 
 Consumer = Callable[[str, str, int, torch.Tensor, "ActivationCache"], None]
 
+# Within one block the captured tensors appear in this order: keys (qkv), attention (softmax), features (output).
+_EVENT_ORDER = {"keys": 0, "attention": 1, "features": 2}
+
+
+class StopForward(Exception):
+    """Raised by ``capture(..., stop_early=True)`` once the last requested tensor has been recorded: nothing
+    after it is needed, so the rest of the forward pass is skipped (as an fx graph pruned after its last output)."""
+
+
+def last_event(request: CaptureRequest, module: str = "encoder") -> tuple[str, str, int] | None:
+    """The (kind, module, layer) that a forward pass through ``module`` produces last among the requested ones."""
+    events = [(layer, _EVENT_ORDER[kind], kind) for kind in _EVENT_ORDER
+              for layer in getattr(request, kind).get(module, ())]
+    if not events:
+        return None
+    layer, _, kind = max(events)
+    return kind, module, layer
+
 
 @contextmanager
 def capture(model: nn.Module, request: CaptureRequest,
-            consumers: dict[tuple[str, str, int], list[Consumer]] | None = None) -> Iterator[ActivationCache]:
+            consumers: dict[tuple[str, str, int], list[Consumer]] | None = None,
+            stop_after: tuple[str, str, int] | None = None) -> Iterator[ActivationCache]:
     """Record the requested attention maps and block outputs during forward passes inside the block.
 
     Args:
@@ -121,6 +140,8 @@ def capture(model: nn.Module, request: CaptureRequest,
             ``'features'``. Such tensors are handed to ``fn(kind, module, layer, tensor, cache)`` inside
             the hook and are *not* stored, so they are freed as soon as the model is done with them
             (the streaming path that keeps peak memory at the level of a bare forward pass).
+        stop_after: ``(kind, module, layer)`` (see ``last_event``): once that tensor is recorded, raise
+            ``StopForward`` so that the caller skips the rest of the forward pass, which nothing needs.
 
     Example:
         >>> with capture(model, CaptureRequest.of(attention={"encoder": [0, 11]})) as cache:
@@ -139,6 +160,8 @@ def capture(model: nn.Module, request: CaptureRequest,
                 fn(kind, key[0], key[1], tensor.detach(), cache)
         else:
             getattr(cache, kind)[key] = tensor.detach()
+        if stop_after == (kind, *key):
+            raise StopForward
 
     def attention_hook(key):
         def hook(_module, inputs):

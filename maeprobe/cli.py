@@ -120,6 +120,8 @@ def _parse_mask_ratios(text: Optional[str]) -> Optional[dict]:
 
 TAU_HELP = ("Binarise affinities as CutLER's MaskCut: W > tau -> 1, else --eps (default 0.15, CutLER's); "
             "'none' keeps the continuous cosine matrix.")
+NUM_WORKERS = typer.Option(None, "--num-workers", help="Processes decoding image files (default: on CUDA CPU "
+                                                         "cores - 1, at most 8; on CPU 0, i.e. in this process).")
 CKPT = typer.Argument(..., help="Checkpoint file (.pth/.pt/.bin/.safetensors) or HuggingFace folder.")
 NUM_HEADS = typer.Option(None, "--num-heads", help="Encoder heads (only for checkpoints of unknown releases).")
 DEC_HEADS = typer.Option(None, "--decoder-num-heads", help="Decoder heads (only for unknown decoders).")
@@ -171,6 +173,7 @@ def attn_distance(
     batch_size: int = typer.Option(16, "--batch-size"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: DType = typer.Option(DType.fp32, "--dtype", help="fp32 or bf16 (autocast)."),
+    num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS,
     decoder_num_heads: Optional[int] = DEC_HEADS,
 ):
@@ -183,7 +186,7 @@ def attn_distance(
     table = attention_distance(model, images, layers=_parse_layers(layers), module=module.value,
                                mask_ratio=mask_ratio, seed=seed, shared_mask=not per_image_mask, units=units.value,
                                renormalize=renormalize, bootstrap=bootstrap, batch_size=batch_size, device=device,
-                               dtype=dtype.value, progress=True)
+                               dtype=dtype.value, progress=True, num_workers=num_workers)
     summary = layer_summary(table)
     if bootstrap:
         ci = table.groupby("layer")[["ci_low", "ci_high"]].mean().reset_index()
@@ -231,6 +234,7 @@ def decoder_attn_sim(
     cls_key: bool = typer.Option(False, "--cls-key", help="Keep the CLS key column in A_{l,i} (Eq. 7 as written "
                                                           "has the n patch keys only)."),
     bootstrap: int = BOOTSTRAP, batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
 ):
     """LC-MAE Eq. 7: similarity of the masked queries' decoder attention (k x heads x n patch keys) across
@@ -241,7 +245,8 @@ def decoder_attn_sim(
     model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     table = decoder_attention_similarity(model, images, layers=_parse_layers(layers), per_head=per_head,
                                          include_cls_key=cls_key, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
-                                         batch_size=batch_size, device=device, dtype=dtype.value, progress=True)
+                                         batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
+                                         num_workers=num_workers)
     _print_per_layer(table, f"{model.checkpoint.name}: S_attn per decoder layer ({int(table['n_images'].iloc[0])} "
                             f"images, mask ratio {mask_ratio:g}, seed {seed}, "
                             f"{'CLS key included' if cls_key else 'patch keys only'})")
@@ -262,7 +267,7 @@ def decoder_semantics(
     eps: float = typer.Option(1e-5, "--eps", help="Value replacing zeros after --tau."),
     mask_ratio: float = typer.Option(0.75, "--mask-ratio", help="Shared mask ratio."), seed: int = SEED,
     layers: Optional[str] = DEC_LAYERS, bootstrap: int = BOOTSTRAP, batch_size: int = BATCH,
-    device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    device: Optional[str] = DEVICE, dtype: DType = DTYPE, num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
     ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads", help="Reference heads, if unknown."),
 ):
@@ -274,7 +279,7 @@ def decoder_semantics(
     table = decoder_semantic_similarity(model, ref, images, layers=_parse_layers(layers), ref_features=ref_features,
                                         decoder_features=decoder_features, tau=_parse_tau(tau), eps=eps, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
                                         batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
-                                        ref_num_heads=ref_num_heads)
+                                        ref_num_heads=ref_num_heads, num_workers=num_workers)
     first = table.iloc[0]
     _print_per_layer(table, f"{model.checkpoint.name}: S_sim per decoder layer vs {first['reference']} "
                             f"(features: reference {first['ref_features']}, decoder {first['decoder_features']}; "
@@ -289,6 +294,7 @@ def spectrum(
     layers: Optional[str] = typer.Option(None, "--layers", help="0-based encoder layers (default: the last)."),
     mask_ratio: float = typer.Option(0.0, "--mask-ratio"), seed: int = SEED, bootstrap: int = BOOTSTRAP,
     batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
 ):
     """U-MAE feature-collapse spectrum: singular values and effective rank of encoder features."""
@@ -298,7 +304,7 @@ def spectrum(
     model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     table = feature_spectrum(model, images, layers=_parse_layers(layers), mask_ratio=mask_ratio, seed=seed,
                              bootstrap=bootstrap, batch_size=batch_size, device=device, dtype=dtype.value,
-                             progress=True)
+                             progress=True, num_workers=num_workers)
     ranks = table[table["metric"] == "effective_rank"]
     _echo(f"{model.checkpoint.name}: effective rank of encoder features ({int(ranks['n_images'].iloc[0])} images)")
     _echo(ranks[["layer", "feature", "value", "ci_low", "ci_high"]].to_string(index=False, float_format="%.2f"))
@@ -326,6 +332,7 @@ def run_cmd(
     decoder_features: Optional[str] = typer.Option(None, "--decoder-features",
                                                    help="decoder-semantics: keys or tokens (default: as --ref-features)."),
     batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
     ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads"),
 ):
@@ -337,7 +344,7 @@ def run_cmd(
                 mask_ratios=_parse_mask_ratios(mask_ratios), seed=seed, bootstrap=bootstrap, per_head=per_head,
                 include_cls_key=cls_key, tau=_parse_tau(tau), ref_features=ref_features,
                 decoder_features=decoder_features, batch_size=batch_size,
-                device=device, dtype=dtype.value, progress=True, num_heads=num_heads,
+                device=device, dtype=dtype.value, progress=True, num_workers=num_workers, num_heads=num_heads,
                 decoder_num_heads=decoder_num_heads, ref_num_heads=ref_num_heads)
     shown = table[table["metric"] != "feature_spectrum"]
     summary = shown.groupby(["checkpoint", "metric", "module", "mask_ratio", "layer"],

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from .capture import CaptureRequest, capture
+from .capture import CaptureRequest, StopForward, capture, last_event
 from .data import ImageDataset, ImageItem, collate_skip_none, image_items, make_transform
 from .errors import MaeprobeError
 from .masking import MaskInfo, mask_noise
@@ -39,7 +39,17 @@ def resolve_model(model, **load_kwargs):
     return model
 
 
-def _batches(model, images, batch_size: int, num_workers: int) -> tuple[Iterable, int]:
+def default_workers(device: str | torch.device = "cpu") -> int:
+    """DataLoader workers for decoding image files. On CUDA the main process mostly waits for the GPU: one
+    worker per CPU core but one, at most 8. On CPU, torch's threads already use every core for the model, and
+    workers would compete with them (on 2 cores one worker made a 64 px probe 40% slower than decoding in the
+    main process; ``benchmarks/jpeg_folder.py``): none."""
+    if torch.device(device).type == "cuda":
+        return max(1, min(8, (os.cpu_count() or 1) - 1))
+    return 0
+
+
+def _batches(model, images, batch_size: int, num_workers: int | None, device="cpu") -> tuple[Iterable, int]:
     """Yield (images [B, 3, H, W], global indices [B]) for this process's shard."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     if isinstance(images, torch.Tensor):
@@ -56,22 +66,28 @@ def _batches(model, images, batch_size: int, num_workers: int) -> tuple[Iterable
     from .checkpoints import normalization
 
     mean, std = normalization(model)
+    size = model.config.img_size
     if isinstance(images, ImageDataset):
         dataset = images
     elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
         items = [ImageItem(f"image{i}", image=img) for i, img in enumerate(images)]
-        dataset = ImageDataset(items, make_transform(model.config.img_size, mean, std))
+        dataset = ImageDataset(items, make_transform(size, mean, std))
     else:
-        dataset = ImageDataset(image_items(images), make_transform(model.config.img_size, mean, std))
+        dataset = ImageDataset(image_items(images), make_transform(size, mean, std), min_side=size)
+    from_files = any(item.path is not None for item in dataset.items[:1])
+    if num_workers is None:  # decode files in worker processes; images already in memory need none
+        num_workers = default_workers(device) if from_files else 0
     shard = Subset(dataset, list(range(rank, len(dataset), world)))
+    num_workers = min(num_workers, max(1, -(-len(shard) // batch_size))) if num_workers else 0
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_skip_none, pin_memory=torch.cuda.is_available())
+                        collate_fn=collate_skip_none, pin_memory=torch.cuda.is_available(),
+                        prefetch_factor=4 if num_workers else None)
     return (b for b in loader if b is not None), len(shard)
 
 
 def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: float = 0.0, seed: int = 0,
               shared_mask: bool = True, batch_size: int = 16, device: str | None = None,
-              dtype: str | None = None, num_workers: int = 0, progress: bool = False) -> None:
+              dtype: str | None = None, num_workers: int | None = None, progress: bool = False) -> None:
     """Run hooked forward passes over ``images`` and update every reducer.
 
     Args:
@@ -83,7 +99,8 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
         batch_size: images per forward pass.
         device: 'cpu', 'cuda', ... (default: CUDA when available).
         dtype: 'fp32' (default) or 'bf16' / 'fp16' autocast.
-        num_workers: DataLoader workers for image decoding.
+        num_workers: DataLoader workers decoding image files (None: ``default_workers(device)`` for a folder,
+            0 for images already in memory). Batches keep their order, so results do not depend on it.
         progress: show a progress bar (only on runs that last more than two seconds; under
             torch.distributed only on the main process).
     """
@@ -108,7 +125,7 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
     if run_decoder and not getattr(model, "has_decoder", False):
         raise MaeprobeError("this checkpoint has no decoder; decoder metrics need a full MAE checkpoint")
     model = model.to(device).eval()
-    batches, total = _batches(model, images, batch_size, num_workers)
+    batches, total = _batches(model, images, batch_size, num_workers, device)
     L = model.config.num_patches
     from .distributed import is_main
 
@@ -128,8 +145,11 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
             else:
                 references[ref.name] = ref.prepare(model)
             ref.model.to(device).eval()
+    # Without a decoder pass, the encoder forward stops after the last tensor any reducer needs (the rest of
+    # the last block, later blocks and the final norm are never computed).
+    stop_after = None if run_decoder else last_event(request, "encoder")
     with contextlib.ExitStack() as stack, torch.inference_mode(), autocast:
-        cache = stack.enter_context(capture(model, request, consumers))
+        cache = stack.enter_context(capture(model, request, consumers, stop_after=stop_after))
         for name, ref in references.items():
             cache.references[name] = stack.enter_context(capture(ref.model, ref.request))
         for x, indices in batches:
@@ -139,9 +159,13 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
                                   shared_mask)  # known before the forward pass, for in-hook consumers
             cache.image_indices = indices
             x = x.to(device, non_blocking=True)
-            latent, _, ids_restore = model.forward_encoder(x, mask_ratio, noise.to(device))
-            if run_decoder:
-                model.forward_decoder(latent, ids_restore)
+            try:
+                latent, _, ids_restore = model.forward_encoder(x, mask_ratio, noise.to(device))
+            except StopForward:
+                pass
+            else:
+                if run_decoder:
+                    model.forward_decoder(latent, ids_restore)
             for ref in references.values():  # the unmasked image at the reference's own size
                 ref.model.forward_encoder(ref.adapt(x, model), 0.0)
             for reducer in reducers:

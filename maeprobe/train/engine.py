@@ -323,8 +323,8 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
                         for k, v in parts.items():
                             board.add_scalar(f"train/{k}", v.item(), step)
                 if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)  # shown at the next
+                    bar.update(1)  # refresh, at most every mininterval seconds
                 if step % run["checkpoint_every"] == 0:
                     save(last)
                 if run["max_minutes"] is not None and time.monotonic() - tic > 60 * run["max_minutes"]:
