@@ -67,9 +67,10 @@ def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size
 
 
 def decoder_attention_similarity(model, images=None, *, layers=None, per_head: bool = False,
-                                 include_cls_key: bool = False, mask_ratio: float = 0.75, seed: int = 0, bootstrap: int = 0, groups: int = 16,
-                                 batch_size: int = 16, device: str | None = None, dtype: str | None = None,
-                                 progress: bool = False, num_workers: int | None = None, **load_kwargs) -> pd.DataFrame:
+                                 include_cls_key: bool = False, mask_ratio: float = 0.75, seed: int = 0,
+                                 bootstrap: int = 0, groups: int = 16, batch_size: int = 16,
+                                 device: str | None = None, dtype: str | None = None, progress: bool = False,
+                                 num_workers: int | None = None, **load_kwargs) -> pd.DataFrame:
     """LC-MAE Eq. 7: mean pairwise cosine of the masked queries' decoder attention across images.
 
     All images share one seeded mask. A_{l,i} holds the masked queries' attention over the n patch keys
@@ -87,8 +88,8 @@ def decoder_attention_similarity(model, images=None, *, layers=None, per_head: b
 
 
 def decoder_semantic_similarity(model, reference, images=None, *, layers=None, ref_features: str = "keys",
-                                decoder_features: str | None = None, tau: float | None = 0.15, eps: float = 1e-5, mask_ratio: float = 0.75,
-                                seed: int = 0, bootstrap: int = 0, batch_size: int = 16, device: str | None = None,
+                                decoder_features: str | None = None, tau: float | None = 0.15, eps: float = 1e-5,
+                                mask_ratio: float = 0.75, seed: int = 0, bootstrap: int = 0, batch_size: int = 16, device: str | None = None,
                                 dtype: str | None = None, progress: bool = False, num_workers: int | None = None,
                                 ref_num_heads: int | None = None,
                                 **load_kwargs) -> pd.DataFrame:

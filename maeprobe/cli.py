@@ -277,8 +277,8 @@ def decoder_semantics(
 
     model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     table = decoder_semantic_similarity(model, ref, images, layers=_parse_layers(layers), ref_features=ref_features,
-                                        decoder_features=decoder_features, tau=_parse_tau(tau), eps=eps, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
-                                        batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
+                                        decoder_features=decoder_features, tau=_parse_tau(tau), eps=eps,
+                                        mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap, batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
                                         ref_num_heads=ref_num_heads, num_workers=num_workers)
     first = table.iloc[0]
     _print_per_layer(table, f"{model.checkpoint.name}: S_sim per decoder layer vs {first['reference']} "

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from typer.testing import CliRunner
 
@@ -21,7 +20,7 @@ import maeprobe
 from conftest import spawn_gloo
 from maeprobe.cli import app
 from maeprobe.train.config import batch_plan, load_recipe
-from maeprobe.train.engine import Objective, build_pretrain_model
+from maeprobe.train.engine import Objective
 from maeprobe.train.losses import uniformity_loss
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

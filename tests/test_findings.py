@@ -2,14 +2,12 @@
 of finished work, the measurements against direct computations, the base scale's commands, the CLI listing."""
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import maeprobe

@@ -2,7 +2,6 @@
 stop of the forward pass; and progress output stays short when it is not a terminal."""
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np

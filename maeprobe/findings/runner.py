@@ -408,7 +408,8 @@ def report_markdown(table: pd.DataFrame, scale: str, settings: dict) -> str:
     for row in table.itertuples():
         lines += [f"## `{row.finding}`: {row.verdict}", "", f"*{row.claim}* ({row.paper}). Measured: {row.measure}.",
                   "", f"{row.detail}", ""]
-        for figure in (getattr(row, "figures", None) or []) if isinstance(getattr(row, "figures", None), list) else []:
+        figures = getattr(row, "figures", None)
+        for figure in figures if isinstance(figures, list) else []:
             lines += [f"![{row.finding}]({figure})", ""]
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import csv
 import math
-import os
 import signal
 import sys
 import time
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
