@@ -221,3 +221,37 @@ def test_eq7_under_torch_distributed_with_an_idle_process(tmp_path):
     both = pd.read_csv(tmp_path / "out.csv")
     np.testing.assert_allclose(both["value"].to_numpy(), single["value"].to_numpy(), rtol=1e-6)
     assert (both["n_images"] == 2).all()
+
+
+def test_effective_rank_interval_is_a_group_jackknife(hf_mae, images32):
+    """ci of the effective rank = r -+ t(0.975, k-1) x jackknife se over the non-empty image groups, computed
+    here with numpy SVDs of HF's own hidden states with each group's images left out."""
+    from scipy.stats import t as student_t
+
+    from maeprobe.metrics.base import image_groups
+
+    hf, folder = hf_mae
+    model = maeprobe.load(folder)
+    with torch.no_grad():
+        hf.config.mask_ratio = 0.0
+        try:
+            out = hf.vit(pixel_values=images32, noise=torch.arange(16.0).expand(6, 16), output_hidden_states=True)
+        finally:
+            hf.config.mask_ratio = 0.75
+    X = out.hidden_states[-1][:, 0].double().numpy()  # CLS feature of the last block
+    table = maeprobe.feature_spectrum(model, images32, device="cpu", bootstrap=1, seed=3)
+    row = table[(table["metric"] == "effective_rank") & (table["feature"] == "cls")].iloc[0]
+
+    def erank(feats):
+        sv = np.linalg.svd(feats - feats.mean(0), compute_uv=False)
+        p = sv / sv.sum()
+        p = p[p > 1e-12]
+        return np.exp(-(p * np.log(p)).sum())
+
+    groups = image_groups(torch.arange(6), 16, 3).numpy()
+    reps = np.array([erank(X[groups != g]) for g in np.unique(groups)])
+    k = len(reps)
+    half = student_t.ppf(0.975, k - 1) * np.sqrt((k - 1) / k * ((reps - reps.mean()) ** 2).sum())
+    assert row["value"] == pytest.approx(erank(X), rel=1e-4)
+    assert row["ci_low"] == pytest.approx(erank(X) - half, rel=1e-3, abs=1e-3)
+    assert row["ci_high"] == pytest.approx(erank(X) + half, rel=1e-3, abs=1e-3)

@@ -5,8 +5,14 @@ Features of an encoder layer (block output; default the last block): the CLS tok
 one) and the mean of the patch tokens, on unmasked images by default. The running sums sum x and
 sum x x^T give the covariance C exactly; its eigenvalues l_k give the singular values
 s_k = sqrt(l_k) of the centred feature matrix divided by sqrt(N - 1). Effective rank (Roy & Vetterli
-2007): exp(-sum p_k log p_k) with p_k = s_k / sum s. Confidence intervals for the effective rank come from
-a bootstrap over G fixed image groups (their sums are kept; memory G x D x D).
+2007): exp(-sum p_k log p_k) with p_k = s_k / sum s.
+
+Confidence interval of the effective rank: a delete-a-group jackknife over G fixed image groups (their sums
+are kept; memory G x D x D): the effective rank without group g, for each g, gives the standard error
+sqrt((G - 1) / G * sum_g (r_g - mean r)^2), and the interval is r +- t_{0.975, G-1} se. A bootstrap that
+resamples images (or groups) with replacement repeats images, which lowers the rank of every replicate: on
+128 images of width 192 its interval lay entirely below the estimate. The jackknife leaves 15/16 of the
+distinct images in every replicate.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import torch
 
 from ..capture import ActivationCache, CaptureRequest, resolve_layers
 from ..errors import MaeprobeError
-from .base import Reducer, group_bootstrap_weights, image_groups, percentile_interval
+from .base import Reducer, image_groups
 
 
 def effective_rank(singular_values: np.ndarray) -> float:
@@ -83,6 +89,23 @@ class FeatureSpectrum(Reducer):
                     self._state[f"gouter_{layer}_{kind}"] += torch.einsum("gb,bi,bj->gij", onehot, x, x)
         self._state["count"] += len(cache.image_indices)
 
+    def _jackknife_interval(self, rank, total, outer, n, layer, kind) -> tuple[float, float]:
+        """Delete-a-group jackknife t interval of the effective rank (groups with images only)."""
+        from scipy.stats import t as student_t
+
+        gsum = self._state[f"gsum_{layer}_{kind}"].numpy()
+        gouter = self._state[f"gouter_{layer}_{kind}"].numpy()
+        gcount = self._state["gcount"].numpy()
+        reps = [effective_rank(_singular_values(total - gsum[g], outer - gouter[g], n - gcount[g]))
+                for g in range(self.groups) if gcount[g] > 0 and n - gcount[g] >= 2]
+        if len(reps) < 2:
+            return float("nan"), float("nan")
+        reps = np.asarray(reps)
+        k = len(reps)
+        se = float(np.sqrt((k - 1) / k * ((reps - reps.mean()) ** 2).sum()))
+        half = float(student_t.ppf(0.975, k - 1)) * se
+        return rank - half, rank + half
+
     def rows(self) -> list[dict]:
         n = self._state["count"].item()
         if n < 2:
@@ -96,19 +119,10 @@ class FeatureSpectrum(Reducer):
                 base = {"module": "encoder", "layer": layer, "head": None, "n_images": int(n), "feature": kind}
                 out += [{**base, "metric": "feature_spectrum", "component": k, "value": float(v), "std": np.nan,
                          "ci_low": np.nan, "ci_high": np.nan} for k, v in enumerate(sv)]
+                rank = effective_rank(sv)
                 low = high = np.nan
                 if self.groups:
-                    gsum = self._state[f"gsum_{layer}_{kind}"].numpy()
-                    gouter = self._state[f"gouter_{layer}_{kind}"].numpy()
-                    gcount = self._state["gcount"].numpy()
-                    reps = []
-                    for draw in group_bootstrap_weights(self.groups, self.bootstrap, self.bootstrap_seed):
-                        nb = draw @ gcount
-                        if nb < 2:
-                            continue
-                        reps.append(effective_rank(_singular_values(draw @ gsum, np.einsum("g,gij->ij", draw, gouter), nb)))
-                    if reps:
-                        low, high = (float(v) for v in percentile_interval(np.array(reps)))
-                out.append({**base, "metric": "effective_rank", "component": None, "value": effective_rank(sv),
+                    low, high = self._jackknife_interval(rank, total, outer, n, layer, kind)
+                out.append({**base, "metric": "effective_rank", "component": None, "value": rank,
                             "std": np.nan, "ci_low": low, "ci_high": high})
         return out
