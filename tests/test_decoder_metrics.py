@@ -176,16 +176,22 @@ def test_dino_reference_is_never_downloaded(tmp_path, monkeypatch):
     assert maeprobe.load_reference("dino", num_heads=4).config.embed_dim == 64
 
 
-def test_spectrum_matches_numpy_svd_of_hf_hidden_states(hf_mae, images32):
-    hf, folder = hf_mae
-    model = maeprobe.load(folder)
+def hf_last_hidden_state(hf, images):
+    """HF's own unmasked encoder: output of the last block, before the final layernorm [N, 1 + L, D]."""
     with torch.no_grad():
         hf.config.mask_ratio = 0.0
         try:
-            out = hf.vit(pixel_values=images32, noise=torch.arange(16.0).expand(6, 16), output_hidden_states=True)
+            out = hf.vit(pixel_values=images, noise=torch.arange(16.0).expand(len(images), 16),
+                         output_hidden_states=True)
         finally:
             hf.config.mask_ratio = 0.75
-    last = out.hidden_states[-1]  # output of the last block, before the final layernorm
+    return out.hidden_states[-1]
+
+
+def test_spectrum_matches_numpy_svd_of_hf_hidden_states(hf_mae, images32):
+    hf, folder = hf_mae
+    model = maeprobe.load(folder)
+    last = hf_last_hidden_state(hf, images32)
     table = maeprobe.feature_spectrum(model, images32, device="cpu", bootstrap=20)
     for kind, feats in (("cls", last[:, 0]), ("patch_mean", last[:, 1:].mean(1))):
         X = feats.double().numpy()
@@ -232,13 +238,7 @@ def test_effective_rank_interval_is_a_group_jackknife(hf_mae, images32):
 
     hf, folder = hf_mae
     model = maeprobe.load(folder)
-    with torch.no_grad():
-        hf.config.mask_ratio = 0.0
-        try:
-            out = hf.vit(pixel_values=images32, noise=torch.arange(16.0).expand(6, 16), output_hidden_states=True)
-        finally:
-            hf.config.mask_ratio = 0.75
-    X = out.hidden_states[-1][:, 0].double().numpy()  # CLS feature of the last block
+    X = hf_last_hidden_state(hf, images32)[:, 0].double().numpy()  # CLS feature of the last block
     table = maeprobe.feature_spectrum(model, images32, device="cpu", bootstrap=1, seed=3)
     row = table[(table["metric"] == "effective_rank") & (table["feature"] == "cls")].iloc[0]
 
