@@ -215,7 +215,8 @@ def wilson_interval(correct: float, total: int, z: float = 1.96) -> tuple[float,
     return 100 * (centre - half), 100 * (centre + half)
 
 
-def _accuracy_rows(table: pd.DataFrame) -> pd.DataFrame:
+def accuracy_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (top1 in percent, n_val) with Wilson ``ci_low`` / ``ci_high`` columns added."""
     table = table.copy()
     bounds = [wilson_interval(t / 100 * n, int(n)) for t, n in zip(table["top1"], table["n_val"])]
     table["ci_low"], table["ci_high"] = zip(*bounds) if bounds else ([], [])
@@ -237,7 +238,7 @@ def linear_probe_rule(accuracy: pd.DataFrame) -> Verdict:
     inconclusive: otherwise (among others: MAE learned nothing usable on the task). Headline: best AE
     top-1 / MAE top-1.
     """
-    table = _accuracy_rows(accuracy)
+    table = accuracy_intervals(accuracy)
     mae = _row(table, "model", "mae")
     aes = table[table["model"] != "mae"]
     best = aes.loc[aes["top1"].idxmax()]
@@ -272,7 +273,7 @@ def local_decoders_rule(accuracy: pd.DataFrame) -> Verdict:
     fails: a local decoder is more than 15 points below the transformer with separated intervals.
     inconclusive: otherwise. Headline: the larger shortfall (transformer - worst local decoder), points.
     """
-    table = _accuracy_rows(accuracy)
+    table = accuracy_intervals(accuracy)
     ref = _row(table, "model", "transformer")
     local = [_row(table, "model", m) for m in ("gaussian", "conv")]
     worst = min(local, key=lambda r: r.top1)

@@ -252,7 +252,7 @@ def _figures(finding_id: str, evidence: pd.DataFrame, tables: list[pd.DataFrame]
         return bar_figure([f"({s})" for s in evidence["setting"]], evidence, title, "across-image spread of v",
                           folder, finding_id, lines=(rules.COLLAPSED_BELOW, rules.SPREAD_ABOVE))
     if finding_id in ("ae-linear-probe", "local-decoders"):
-        return bar_figure(list(evidence["model"]), rules._accuracy_rows(evidence).rename(columns={"top1": "value"}),
+        return bar_figure(list(evidence["model"]), rules.accuracy_intervals(evidence).rename(columns={"top1": "value"}),
                           title, "linear-probe top-1 (%)", folder, finding_id,
                           lines=(float(evidence["chance"].iloc[0]),))
     table = pd.concat(tables, ignore_index=True)
