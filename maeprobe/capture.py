@@ -178,6 +178,15 @@ def capture(model: nn.Module, request: CaptureRequest,
             store("keys", key, output[..., width: 2 * width])
         return hook
 
+    def separate_bias_key_hook(key, attn, width):
+        # BEiT-style attention adds q/v biases in F.linear and never calls its qkv module: compute the keys
+        # (which have no bias there) from the attention's input with the middle third of the weight.
+        def hook(_module, inputs):
+            weight = attn.qkv.weight[width: 2 * width]
+            bias = attn.k_bias if getattr(attn, "k_bias", None) is not None else None
+            store("keys", key, torch.nn.functional.linear(inputs[0], weight, bias))
+        return hook
+
     try:
         for module, layers in request.attention.items():
             blocks = blocks_of(model, module)
@@ -199,7 +208,10 @@ def capture(model: nn.Module, request: CaptureRequest,
             for layer in sorted(layers):
                 attn = blocks[layer].attn
                 width = getattr(attn, "attn_dim", attn.qkv.out_features // 3)
-                handles.append(attn.qkv.register_forward_hook(key_hook((module, layer), width)))
+                if getattr(attn, "q_bias", None) is not None:
+                    handles.append(attn.register_forward_pre_hook(separate_bias_key_hook((module, layer), attn, width)))
+                else:
+                    handles.append(attn.qkv.register_forward_hook(key_hook((module, layer), width)))
         yield cache
     finally:
         for handle in handles:

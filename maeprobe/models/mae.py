@@ -37,6 +37,10 @@ class ArchConfig:
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     init_values: float | None = None  # layer scale (DINOv2, CaiT-style)
+    act_layer: str = "gelu"  # MLP activation: 'gelu' (exact), 'quick_gelu' (OpenAI CLIP), 'gelu_tanh' (SigLIP)
+    pre_norm: bool = False  # LayerNorm before the blocks (CLIP's ln_pre, timm ``norm_pre``)
+    patch_bias: bool = True  # the patch projection has a bias (not in CLIP)
+    mlp_layer: str = "mlp"  # 'mlp' or 'swiglu' (DINOv2 ViT-g: packed SwiGLU, fc1 holds both halves)
     drop_path_rate: float = 0.0  # stochastic depth of the encoder blocks, linear in depth (fine-tuning)
     class_token: bool = True
     dist_token: bool = False
@@ -72,6 +76,17 @@ class ArchConfig:
         return asdict(self)
 
 
+def activation(name: str) -> type[nn.Module]:
+    """The MLP activation of a family: exact GELU (ViT, MAE, DINO, BEiT), QuickGELU (OpenAI CLIP) or the
+    tanh approximation of GELU (SigLIP, HF ``gelu_pytorch_tanh`` / ``gelu_new``)."""
+    from timm.layers import GELUTanh, QuickGELU
+
+    table = {"gelu": nn.GELU, "quick_gelu": QuickGELU, "gelu_tanh": GELUTanh}
+    if name not in table:
+        raise MaeprobeError(f"activation {name!r} is not supported (known: {', '.join(table)})")
+    return table[name]
+
+
 def sincos_pos_embed(embed_dim: int, grid_size: int, num_prefix: int = 1) -> torch.Tensor:
     """2-D sine-cosine position embedding of MAE (zeros for the prefix tokens). Returns [1, P + L, D]."""
     assert embed_dim % 4 == 0, "sin-cos position embedding needs a width divisible by 4"
@@ -103,16 +118,25 @@ class MaskedAutoencoderViT(nn.Module):
         self.num_pos_prefix = cfg.num_prefix_tokens if cfg.num_pos_prefix is None else cfg.num_pos_prefix
 
         # --- encoder ---
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D)
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D, bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.dist_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.num_reg_tokens, D)) if cfg.num_reg_tokens else None
         self.pos_embed = nn.Parameter(
             torch.zeros(1, L + self.num_pos_prefix, D), requires_grad=cfg.pos_embed_learned
         )
+        self.norm_pre = norm_layer(D) if cfg.pre_norm else nn.Identity()
+        act_layer = activation(cfg.act_layer)
+        mlp = {}
+        if cfg.mlp_layer == "swiglu":
+            from timm.layers import SwiGLUPacked
+
+            mlp = dict(mlp_layer=SwiGLUPacked)
+            act_layer = nn.SiLU
         self.blocks = nn.ModuleList(
             Block(D, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, init_values=cfg.init_values,
-                  drop_path=cfg.drop_path_rate * i / max(cfg.depth - 1, 1), norm_layer=norm_layer)
+                  drop_path=cfg.drop_path_rate * i / max(cfg.depth - 1, 1), norm_layer=norm_layer,
+                  act_layer=act_layer, **mlp)
             for i in range(cfg.depth)
         )
         self.norm = norm_layer(D) if cfg.final_norm else nn.Identity()
@@ -218,6 +242,7 @@ class MaskedAutoencoderViT(nn.Module):
         prefix = self._prefix_tokens(x.shape[0])
         if prefix is not None:
             x = torch.cat([prefix, x], dim=1)  # [B, P + K, D]
+        x = self.norm_pre(x)
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
@@ -337,24 +362,11 @@ def build_mae(preset: str | None = None, **kwargs) -> MaskedAutoencoderViT:
     return MaskedAutoencoderViT(ArchConfig(**params))
 
 
-def resize_input(model: MaskedAutoencoderViT, img_size: int) -> MaskedAutoencoderViT:
-    """An encoder-only copy of ``model`` that takes ``img_size`` inputs (position embedding resampled with
-    timm's ``resample_abs_pos_embed``, bicubic). Used to give a reference model the probed model's grid."""
-    from timm.layers import resample_abs_pos_embed
+def resize_input(model, img_size: int):
+    """An encoder-only copy of ``model`` that takes ``img_size`` inputs, its position embedding resampled by
+    the rule of the family it was loaded from (``maeprobe.checkpoints.resize``)."""
+    from ..checkpoints.core import resize
 
-    cfg = model.config
-    if img_size % cfg.patch_size:
-        raise MaeprobeError(f"input size {img_size} is not a multiple of the patch size {cfg.patch_size}")
-    new_cfg = ArchConfig(**{**cfg.to_dict(), "img_size": img_size, "decoder_depth": 0})
-    state = {k: v for k, v in model.state_dict().items()
-             if not k.startswith(("decoder_", "mask_token"))}
-    grid = img_size // cfg.patch_size
-    state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], [grid, grid],
-                                                old_size=[cfg.grid_size, cfg.grid_size],
-                                                num_prefix_tokens=model.num_pos_prefix)
-    with torch.device("meta"):
-        resized = MaskedAutoencoderViT(new_cfg)
-    resized.load_state_dict(state, strict=True, assign=True)
-    if hasattr(model, "checkpoint"):
-        resized.checkpoint = model.checkpoint
-    return resized.to(next(model.parameters()).device).eval()
+    if img_size % model.config.patch_size:
+        raise MaeprobeError(f"input size {img_size} is not a multiple of the patch size {model.config.patch_size}")
+    return resize(model, img_size)

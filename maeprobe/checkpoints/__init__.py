@@ -1,0 +1,19 @@
+"""Loading checkpoints: one adapter per family behind one entry point, ``load()``.
+
+* ``files``: safe reading of the bytes (pickles with ``weights_only=True``, safetensors, JAX ``.npz``; TorchScript
+  refused).
+* ``hf``: HuggingFace folders of ViTMAE, ViT, DeiT, DINOv2 (+ registers), BEiT, data2vec-vision, CLIP, SigLIP.
+* ``originals``: original release files (MAE, timm, DeiT, DINO, iBOT, DINOv2, MoCo v3, BEiT/BEiT v2, OpenAI
+  CLIP / open_clip visual weights, JAX ViT ``.npz``), through timm's own converters where timm has one.
+* ``families``: what the weights cannot say, per family (normalisation, resampling rule, builder).
+* ``resample``: probing at another input size (``img_size=`` / ``--img-size``).
+* ``hub``: model names (``hf-hub:org/name``, ``timm/name``, official release names) from the local caches.
+* ``core``: ``read_checkpoint``, ``infer_config``, ``load``, ``save_checkpoint``.
+"""
+from .core import (CheckpointInfo, RawCheckpoint, checkpoint_metadata, infer_config, load, normalization,
+                   read_checkpoint, resize, save_checkpoint)
+from .families import FAMILIES
+from .files import SAFE_GLOBALS, read_pickle
+
+__all__ = ["CheckpointInfo", "RawCheckpoint", "FAMILIES", "SAFE_GLOBALS", "checkpoint_metadata", "infer_config",
+           "load", "normalization", "read_checkpoint", "read_pickle", "resize", "save_checkpoint"]

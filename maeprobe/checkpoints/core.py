@@ -1,0 +1,391 @@
+"""``load()``: the one entry point. Read (``files``), detect and map keys (``hf``, ``originals``), take what the
+weights cannot say from the family registry (``families``), build, resample to another input size
+(``resample``), load strictly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, MaeprobeError
+from ..models import registry
+from ..models.mae import ArchConfig, MaskedAutoencoderViT
+from . import hf, originals
+from .families import FAMILIES
+from .files import EXPECTED, read_npz, read_safetensors, refuse_code, sniff, torch_load
+
+
+@dataclass
+class RawCheckpoint:
+    """A state dict in canonical (official MAE / timm) key names, with what was learned about it."""
+
+    path: str
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    meta: dict = field(default_factory=dict)  # num_heads, decoder_num_heads, norm_eps, mean, std, ...
+    notes: list[str] = field(default_factory=list)
+    family: str = "vit"
+
+
+@dataclass
+class CheckpointInfo:
+    """Attached to a loaded model as ``model.checkpoint``."""
+
+    path: str
+    format: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    notes: list[str]
+    pretrain_mask_ratio: float | None = None  # from the training args, when the file has them
+    family: str = "vit"
+    pos_resample: str = "timm"
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    @property
+    def family_label(self) -> str:
+        return FAMILIES[self.family].label if self.family in FAMILIES else self.family
+
+
+# --------------------------------------------------------------------------- reading
+def read_checkpoint(path: str | os.PathLike, *, prefer: str = "teacher") -> RawCheckpoint:
+    """Read any supported checkpoint into canonical key names and name its family. Raises CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(path, f"no such file or folder; expected {EXPECTED}")
+    if path.is_dir():
+        sd, fam, fmt, meta, notes = hf.read_folder(path)
+        raw = RawCheckpoint(str(path), sd, fmt, meta, notes, fam)
+    else:
+        raw = _read_file(path, prefer)
+    _check_is_vit(raw)
+    raw.format = _describe(raw)
+    return raw
+
+
+def _read_file(path: Path, prefer: str) -> RawCheckpoint:
+    kind = sniff(path)
+    refuse_code(path, kind)
+    if kind == "unknown":
+        raise CheckpointError(path, f"unrecognised file content; expected {EXPECTED}")
+    if kind == "npz":
+        sd, meta = originals.read_npz_vit(path, read_npz(path))
+        return RawCheckpoint(str(path), sd, "JAX .npz", meta, [], "vit")
+    if kind == "safetensors":
+        tensors, meta = read_safetensors(path)
+        container, notes = "safetensors", []
+    else:
+        tensors, container, meta, notes = originals.unwrap(torch_load(path), path, prefer)
+    tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    family = meta.get("family")
+    if hf.looks_like_hf(tensors):
+        tensors, hf_notes = hf.from_hf_keys(tensors)
+        notes = notes + hf_notes
+        container += " (HuggingFace keys)"
+        meta.setdefault("pos_resample", "size")
+    tensors, strip_notes, hint = originals.strip_prefixes(tensors, prefer)
+    notes = notes + strip_notes
+    clip = originals.convert_clip(tensors)
+    if clip is not None:
+        tensors, family = clip, "clip"
+        meta.setdefault("act_layer", "quick_gelu")
+        meta.setdefault("norm_eps", 1e-5)
+        container += " (OpenAI CLIP / open_clip visual)"
+    elif originals.is_beit(tensors):
+        tensors, beit_notes = originals.convert_beit(tensors)
+        notes += beit_notes
+        family = family or "beit"
+    family = family or hint or _family_from_keys(tensors, container)
+    return RawCheckpoint(str(path), tensors, container, meta, notes, family)
+
+
+def _family_from_keys(sd: dict, container: str) -> str:
+    if "decoder_embed.weight" in sd:
+        return "mae"
+    if container.startswith("DINO"):
+        return "dino"
+    if "dist_token" in sd:
+        return "deit"
+    proj = sd.get("patch_embed.proj.weight")
+    if "reg_token" in sd or ("blocks.0.ls1.gamma" in sd and proj is not None and proj.shape[-1] == 14):
+        return "dinov2"
+    return "vit"
+
+
+def _check_is_vit(raw: RawCheckpoint) -> None:
+    sd = raw.state_dict
+    if not sd:
+        raise CheckpointError(raw.path, f"contains no tensors; expected {EXPECTED}")
+    needed = ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight")
+    if not all(k in sd for k in needed) or ("pos_embed" not in sd and FAMILIES[raw.family].builder == "vit"):
+        sample = ", ".join(list(sd)[:3])
+        raise CheckpointError(raw.path, f"not a ViT/MAE checkpoint: its {len(sd)} tensors are named like "
+                                        f"{sample}, ... (expected {', '.join(needed)}, pos_embed)")
+
+
+def _describe(raw: RawCheckpoint) -> str:
+    sd = raw.state_dict
+    if raw.format.startswith("HuggingFace"):
+        return raw.format
+    if raw.family == "mae":
+        family = "MAE (encoder + decoder)"
+    elif raw.family == "vit":
+        family = ("ViT with register tokens" if "reg_token" in sd
+                  else "ViT encoder (MAE encoder-only / timm keys)")
+    elif raw.family == "deit":
+        family = "DeiT (distilled)"
+    elif raw.family == "dino":
+        family = "DINO"
+    else:
+        family = FAMILIES[raw.family].label
+    return f"{family}, {raw.format}"
+
+
+# --------------------------------------------------------------------------- architecture
+def _count(sd: dict, stem: str) -> int:
+    indices = {int(m.group(1)) for k in sd if (m := re.match(rf"^{stem}\.(\d+)\.", k))}
+    return max(indices) + 1 if indices else 0
+
+
+def infer_config(raw: RawCheckpoint, *, num_heads: int | None = None,
+                 decoder_num_heads: int | None = None) -> ArchConfig:
+    """Read the architecture from the weights; head counts come from flags, metadata or known releases."""
+    sd, meta = raw.state_dict, raw.meta
+    proj = sd["patch_embed.proj.weight"]  # [D, C, p, p]
+    if proj.ndim != 4 or proj.shape[2] != proj.shape[3]:
+        raise CheckpointError(raw.path, f"patch_embed.proj.weight has shape {tuple(proj.shape)}; "
+                                        "expected [width, channels, p, p]")
+    D, C, p = proj.shape[0], proj.shape[1], proj.shape[2]
+    depth = _count(sd, "blocks")
+    hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
+    swiglu = sd["blocks.0.mlp.fc2.weight"].shape[1] * 2 == hidden
+    class_token, dist_token = "cls_token" in sd, "dist_token" in sd
+    num_reg = sd["reg_token"].shape[1] if "reg_token" in sd else 0
+    num_prefix = int(class_token) + int(dist_token) + num_reg
+    beit = FAMILIES[raw.family].builder == "beit"
+    grid = num_pos_prefix = None
+    if "pos_embed" in sd:
+        pos_len = sd["pos_embed"].shape[1]
+        for candidate in dict.fromkeys((num_prefix, int(class_token), 0)):
+            side = math.isqrt(max(pos_len - candidate, 0))
+            if side > 0 and side * side == pos_len - candidate:
+                grid, num_pos_prefix = side, candidate
+                break
+        if grid is None:
+            raise CheckpointError(raw.path, f"pos_embed has {pos_len} positions, which is not a square patch "
+                                            f"grid plus {num_prefix} prefix tokens")
+    else:  # BEiT without absolute positions: the grid from the relative position bias table
+        table = sd.get("blocks.0.attn.relative_position_bias_table", sd.get("rel_pos_bias.relative_position_bias_table"))
+        if table is None:
+            raise CheckpointError(raw.path, "no position embedding and no relative position bias")
+        grid = (math.isqrt(table.shape[0] - 3) + 1) // 2
+
+    heads = num_heads or meta.get("num_heads") or registry.encoder_heads(D)
+    if not heads:
+        raise CheckpointError(raw.path, f"the number of attention heads is not stored in the weights and a "
+                                        f"{D}-wide encoder is not a known release; pass --num-heads N "
+                                        f"(num_heads=N in Python)")
+    if D % heads:
+        raise CheckpointError(raw.path, f"width {D} is not divisible by {heads} heads")
+    cfg = dict(
+        img_size=grid * p, patch_size=p, in_chans=C, embed_dim=D, depth=depth, num_heads=int(heads),
+        mlp_ratio=hidden / D,  # SwiGLU: fc1 holds both halves, as timm's SwiGLUPacked
+        qkv_bias="blocks.0.attn.qkv.bias" in sd or "blocks.0.attn.q_bias" in sd,
+        norm_eps=float(meta.get("norm_eps", 1e-6)),
+        init_values=1.0 if ("blocks.0.ls1.gamma" in sd or "blocks.0.gamma_1" in sd) else None,
+        act_layer=meta.get("act_layer", "gelu"), pre_norm="norm_pre.weight" in sd,
+        patch_bias="patch_embed.proj.bias" in sd, mlp_layer="swiglu" if swiglu else "mlp",
+        class_token=class_token, dist_token=dist_token, num_reg_tokens=num_reg,
+        num_pos_prefix=num_pos_prefix, final_norm="norm.weight" in sd, fc_norm="fc_norm.weight" in sd,
+        num_classes=sd["head.weight"].shape[0] if "head.weight" in sd else 0,
+        norm_pix_loss=bool(meta.get("norm_pix_loss", False)),
+    )
+    if beit:
+        cfg["extra"] = {"family": FAMILIES[raw.family].label, "abs_pos_emb": "pos_embed" in sd,
+                        "rel_pos_bias": "blocks.0.attn.relative_position_bias_table" in sd,
+                        "shared_rel_pos_bias": "rel_pos_bias.relative_position_bias_table" in sd}
+    if "decoder_embed.weight" in sd:
+        Dd = sd["decoder_embed.weight"].shape[0]
+        dheads = decoder_num_heads or meta.get("decoder_num_heads") or registry.decoder_heads(Dd)
+        attention_decoder = "decoder_blocks.0.attn.qkv.weight" in sd
+        if attention_decoder and not dheads:
+            raise CheckpointError(raw.path, f"the number of decoder heads is not stored in the weights and a "
+                                            f"{Dd}-wide MAE decoder is not a known release; pass "
+                                            f"--decoder-num-heads N (decoder_num_heads=N in Python)")
+        pred_out = sd["decoder_pred.weight"].shape[0]
+        k = math.isqrt(pred_out // C)
+        cfg.update(decoder_embed_dim=Dd, pred_size=k if k != p else None)
+        if "decoder_conv.weight" in sd:
+            cfg.update(decoder_type="conv")
+        elif "decoder_mlp.fc1.weight" in sd:
+            cfg.update(decoder_type="gaussian", decoder_mlp_ratio=sd["decoder_mlp.fc1.weight"].shape[0] / Dd)
+        else:
+            cfg.update(decoder_depth=_count(sd, "decoder_blocks"), decoder_num_heads=int(dheads),
+                       decoder_mlp_ratio=sd["decoder_blocks.0.mlp.fc1.weight"].shape[0] / Dd)
+    return ArchConfig(**cfg)
+
+
+# --------------------------------------------------------------------------- load / save
+def load(path: str | os.PathLike, *, num_heads: int | None = None, decoder_num_heads: int | None = None,
+         prefer: str = "teacher", img_size: int | None = None, device: str | torch.device = "cpu"):
+    """Load any supported ViT/MAE checkpoint (eval mode). The format and family are detected from the file.
+
+    Args:
+        path: checkpoint file, HuggingFace folder, or a model name (``hf-hub:org/name``, ``timm/name``,
+            an official release file name; see ``maeprobe.checkpoints.hub``), resolved from the local caches
+            and downloaded only when the network is reachable and offline mode is off.
+        num_heads: encoder heads, when the checkpoint is not a known release.
+        decoder_num_heads: decoder heads, when the decoder is not a known release.
+        prefer: for DINO / iBOT training checkpoints ``'teacher'`` (default) or ``'student'``; for MoCo v3
+            ``'momentum'`` keeps the momentum encoder instead of the base encoder.
+        img_size: probe at this input size: the position embedding (and BEiT's relative position bias) is
+            resampled to the new patch grid as the family's own code does (``checkpoints.resample``).
+        device: where the model goes.
+
+    Returns:
+        A ``MaskedAutoencoderViT`` (or ``BeitEncoder`` for BEiT / data2vec-vision) with ``model.checkpoint``
+        (a CheckpointInfo: path, format, family, mean/std, notes).
+    """
+    from .hub import resolve
+
+    path = resolve(path)
+    raw = read_checkpoint(path, prefer=prefer)
+    cfg = infer_config(raw, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    family = FAMILIES[raw.family]
+    rule = raw.meta.get("pos_resample") or _DEFAULT_RESAMPLE.get(raw.family, "timm")
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in raw.state_dict.items()}
+    if img_size is not None and img_size != cfg.img_size:
+        cfg, state = _resized(cfg, state, img_size, rule, raw.meta.get("rel_pos_resample", "timm"), path)
+    model = _build(cfg, family.builder, state, path)
+    mean = tuple(raw.meta.get("mean", family.mean))
+    std = tuple(raw.meta.get("std", family.std))
+    model.checkpoint = CheckpointInfo(str(path), raw.format, mean, std, raw.notes,
+                                      raw.meta.get("pretrain_mask_ratio"), raw.family, rule)
+    return model.to(device).eval()
+
+
+# Resampling rule when the reader did not set one (HuggingFace folders always use 'size').
+_DEFAULT_RESAMPLE = {"mae": "size", "dino": "offset", "dinov2": "offset", "ibot": "offset"}
+
+
+def _resized(cfg: ArchConfig, state: dict, img_size: int, rule: str, rel_rule: str, path) -> tuple[ArchConfig, dict]:
+    from .resample import resample_pos_embed, resample_rel_pos_table
+
+    if img_size % cfg.patch_size:
+        raise CheckpointError(path, f"--img-size {img_size} is not a multiple of the patch size {cfg.patch_size}")
+    if "decoder_embed.weight" in state:
+        raise CheckpointError(path, "--img-size applies to encoders; an MAE decoder has a fixed patch grid "
+                                    "(probe the full model at its own size)")
+    grid = img_size // cfg.patch_size
+    state = dict(state)
+    if "pos_embed" in state:
+        num_prefix = cfg.num_prefix_tokens if cfg.num_pos_prefix is None else cfg.num_pos_prefix
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid, num_prefix, rule)
+    for key in [k for k in state if k.endswith("relative_position_bias_table")]:
+        state[key] = resample_rel_pos_table(state[key], grid, rel_rule)
+    return ArchConfig(**{**cfg.to_dict(), "img_size": img_size}), state
+
+
+def resize(model, img_size: int):
+    """An encoder-only copy of a loaded model that takes ``img_size`` inputs, resampled with the rule of the
+    family it was loaded from (used to give a reference model the probed model's patch grid)."""
+    info = getattr(model, "checkpoint", None)
+    rule = info.pos_resample if info is not None else "timm"
+    cfg = ArchConfig(**{**model.config.to_dict(), "decoder_depth": 0, "decoder_type": "transformer"})
+    beit = hasattr(model, "net")
+    source = model.net if beit else model
+    state = {k: v for k, v in source.state_dict().items()
+             if not k.startswith(("decoder_", "mask_token")) and "relative_position_index" not in k}
+    cfg, state = _resized(cfg, state, img_size, rule, "hf" if info and "HuggingFace" in info.format else "timm",
+                          info.path if info else "model")
+    resized = _build(cfg, "beit" if beit else "vit", state, info.path if info else "model")
+    if info is not None:
+        resized.checkpoint = info
+    return resized.to(next(model.parameters()).device).eval()
+
+
+def _build(cfg: ArchConfig, builder: str, state: dict, path):
+    if builder == "beit":
+        from ..models.beit import BeitEncoder
+
+        model = BeitEncoder(cfg)  # built on the CPU: its relative position index buffers are not in the file
+        target = model.net
+    else:
+        with torch.device("meta"):  # no time spent initialising weights that are overwritten
+            model = MaskedAutoencoderViT(cfg)
+        target = model
+    expected = set(target.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:4])}"
+                         f"{', ...' if len(unexpected) > 4 else ''})")
+        raise CheckpointError(path, "keys do not match a ViT/MAE model: " + "; ".join(parts))
+    try:
+        target.load_state_dict(state, strict=True, assign=builder != "beit")
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split("\n\t")[1:2]).strip() or str(exc)
+        raise CheckpointError(path, f"tensor shapes do not fit a ViT/MAE model ({detail})") from None
+    return model
+
+
+def normalization(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the model's inputs are normalised with: from its checkpoint, ImageNet's by default."""
+    info = getattr(model, "checkpoint", None)
+    if info is None:
+        return registry.IMAGENET_MEAN, registry.IMAGENET_STD
+    return tuple(info.mean), tuple(info.std)
+
+
+def checkpoint_metadata(model: MaskedAutoencoderViT) -> dict:
+    """What maeprobe stores beside the weights so that its own checkpoints load without flags."""
+    cfg = model.config
+    info = getattr(model, "checkpoint", None)
+    mean, std = normalization(model)
+    return {
+        "format_version": 1,
+        "num_heads": cfg.num_heads,
+        "decoder_num_heads": cfg.decoder_num_heads if cfg.decoder_depth else None,
+        "decoder_type": cfg.decoder_type,
+        "norm_eps": cfg.norm_eps,
+        "norm_pix_loss": cfg.norm_pix_loss,
+        "mean": list(mean),
+        "std": list(std),
+        **({"pretrain_mask_ratio": info.pretrain_mask_ratio} if info and info.pretrain_mask_ratio is not None else {}),
+    }
+
+
+def save_checkpoint(model: MaskedAutoencoderViT, path: str | os.PathLike, **extra) -> Path:
+    """Save in facebookresearch/mae's format (``{'model': sd, ...}``) or as ``.safetensors`` by extension.
+
+    The write is atomic (temporary file, then rename); under torch.distributed only the main process writes.
+    ``extra`` entries (optimizer, epoch, scaler, args) go into the ``.pth`` dict as in an official training
+    checkpoint.
+    """
+    from ..distributed import is_main
+    from ..io import atomic_path
+
+    path = Path(path)
+    if not is_main():
+        return path
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = checkpoint_metadata(model)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={"format": "pt", "maeprobe": json.dumps(meta)})
+        else:
+            torch.save({"model": state, **extra, "maeprobe": meta}, tmp)
+    return path

@@ -1,0 +1,132 @@
+"""Models by name, resolved the way users of timm and transformers expect.
+
+* ``hf-hub:org/name`` (optionally ``@revision``) and ``timm/name``: the HuggingFace hub cache
+  (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``). A transformers repository is
+  returned as its snapshot folder; a timm repository as its weights file.
+* official release file names (``mae_pretrain_vit_base.pth``, ``dino_vitbase16_pretrain.pth``,
+  ``dinov2_vits14_pretrain.pth``, ``dinov2_vits14_reg4_pretrain.pth``, ...): the torch hub cache
+  (``$TORCH_HOME/hub/checkpoints``, else ``~/.cache/torch/hub/checkpoints``), where ``torch.hub`` keeps them.
+
+A name that is not in the cache is downloaded only when offline mode is off (``HF_HUB_OFFLINE``,
+``TRANSFORMERS_OFFLINE`` or ``MAEPROBE_OFFLINE`` unset) and the network answers; otherwise one line says
+where the file was looked for. Existing paths are never treated as names.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..errors import MaeprobeError
+
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+# Official releases outside the HuggingFace hub: file name -> URL (facebookresearch/mae, dino, dinov2 READMEs).
+_MAE = "https://dl.fbaipublicfiles.com/mae/{kind}/{name}"
+_DINO = "https://dl.fbaipublicfiles.com/dino/{stem}/{name}"
+_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/{stem}/{name}"
+
+
+def release_url(name: str) -> str | None:
+    """Download address of an official MAE / DINO / DINOv2 release file name, or None."""
+    if m := re.fullmatch(r"mae_(pretrain|visualize|finetuned)_vit_(base|large|huge)(?:_full)?\.pth", name):
+        return _MAE.format(kind={"pretrain": "pretrain", "visualize": "visualize", "finetuned": "finetune"}[m.group(1)],
+                           name=name)
+    if m := re.fullmatch(r"(dino_(?:deitsmall|vitbase)(?:8|16))_pretrain\.pth", name):
+        return _DINO.format(stem=f"{m.group(1)}_pretrain", name=name)
+    if m := re.fullmatch(r"(dinov2_vit[sblg]14)(_reg4)?_pretrain\.pth", name):
+        return _DINOV2.format(stem=m.group(1), name=name)
+    return None
+
+
+def hf_cache() -> Path:
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return Path(os.environ.get("HF_HUB_CACHE", os.environ.get("HUGGINGFACE_HUB_CACHE", home / "hub")))
+
+
+def torch_cache() -> Path:
+    return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MAEPROBE_OFFLINE"))
+
+
+def is_name(source) -> bool:
+    """True for ``hf-hub:``/``timm/`` names and release file names that are not existing paths."""
+    if not isinstance(source, (str, os.PathLike)) or Path(source).exists():
+        return False
+    text = str(source)
+    return text.startswith(("hf-hub:", "timm/")) or release_url(text) is not None
+
+
+def resolve(source):
+    """A local path for ``source``: itself when it exists or is not a name, else the cached (or downloaded)
+    copy of the named model. Raises MaeprobeError with one line when it cannot be had."""
+    if not is_name(source):
+        return source
+    text = str(source)
+    if release_url(text) is not None:
+        return _release(text)
+    repo = text[len("hf-hub:"):] if text.startswith("hf-hub:") else text
+    repo, _, revision = repo.partition("@")
+    return _hub_repo(repo, revision or "main")
+
+
+def _snapshot(repo: str, revision: str) -> Path | None:
+    folder = hf_cache() / ("models--" + repo.replace("/", "--"))
+    ref = folder / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = folder / "snapshots" / commit
+    return snapshot if snapshot.is_dir() else None
+
+
+def _from_snapshot(snapshot: Path) -> Path:
+    """A transformers folder as a folder; a timm or open_clip repository as its weights file."""
+    import json
+
+    config = snapshot / "config.json"
+    if config.is_file() and "model_type" in json.loads(config.read_text()):
+        return snapshot
+    for name in _WEIGHTS:
+        if (snapshot / name).is_file():
+            return snapshot / name
+    raise MaeprobeError(f"{snapshot}: a cached hub snapshot without weights ({', '.join(_WEIGHTS)})")
+
+
+def _hub_repo(repo: str, revision: str) -> Path:
+    snapshot = _snapshot(repo, revision)
+    if snapshot is None:
+        where = hf_cache() / ("models--" + repo.replace("/", "--"))
+        if offline():
+            raise MaeprobeError(f"hf-hub:{repo}: not in the HuggingFace cache ({where}) and offline mode is on; "
+                                "download it where the network is reachable or unset HF_HUB_OFFLINE")
+        try:
+            from huggingface_hub import snapshot_download
+
+            snapshot = Path(snapshot_download(repo, revision=revision, cache_dir=str(hf_cache()),
+                                              allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
+        except Exception as exc:  # network errors, unknown repositories, gated models
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MaeprobeError(f"hf-hub:{repo}: not in the HuggingFace cache ({where}) and the download "
+                                f"failed ({first})") from None
+    return _from_snapshot(snapshot)
+
+
+def _release(name: str) -> Path:
+    target = torch_cache() / name
+    if target.is_file():
+        return target
+    if offline():
+        raise MaeprobeError(f"{name}: not in the torch hub cache ({target.parent}) and offline mode is on")
+    import torch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(release_url(name), str(target), progress=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MaeprobeError(f"{name}: not in the torch hub cache ({target.parent}) and the download from "
+                            f"{release_url(name)} failed ({first})") from None
+    return target

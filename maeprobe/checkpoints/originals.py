@@ -1,0 +1,152 @@
+"""Original release files: find the encoder's state dict inside the container, map it to timm's names with
+timm's own converters where timm has one, and name the family.
+
+* facebookresearch/mae: ``{'model': sd}`` encoder-only and full (with decoder) releases and training
+  checkpoints ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}``; timm state dicts, DeiT (``dist_token``).
+* DINO and iBOT: raw backbones and training checkpoints with ``teacher``/``student`` and ``module.``/
+  ``backbone.`` prefixes (projection heads and iBOT's ``masked_embed`` are dropped).
+* DINOv2 ``dinov2_vit*14_pretrain.pth`` and ``*_reg4_pretrain.pth`` (``register_tokens``, LayerScale,
+  packed SwiGLU ``w12``/``w3`` for ViT-g).
+* MoCo v3 ``{'state_dict': {'module.base_encoder.*', 'module.momentum_encoder.*', ...}}``.
+* BEiT / BEiT v2 (microsoft/unilm layout): timm's ``beit.checkpoint_filter_fn``.
+* OpenAI CLIP and open_clip visual weights (``visual.*``): timm's ``_convert_openai_clip``.
+* Google's JAX ViT ``.npz`` (AugReg and the original release): timm's ``_load_weights``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+from .files import EXPECTED
+
+
+def unwrap(obj, path: Path, prefer: str) -> tuple[dict, str, dict, list[str]]:
+    """Find the model's state dict inside a checkpoint container: (state dict, container, meta, notes)."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(path, f"holds a {type(obj).__name__}, not a state dict; expected {EXPECTED}")
+    meta = dict(obj["maeprobe"]) if isinstance(obj.get("maeprobe"), dict) else {}
+    notes: list[str] = []
+    args = obj.get("args")
+    if isinstance(args, argparse.Namespace):
+        meta.setdefault("norm_pix_loss", bool(getattr(args, "norm_pix_loss", False)))
+        if isinstance(getattr(args, "mask_ratio", None), (int, float)):
+            meta.setdefault("pretrain_mask_ratio", float(args.mask_ratio))
+    if "teacher" in obj or "student" in obj:
+        which = prefer if prefer in obj else ("teacher" if "teacher" in obj else "student")
+        return obj[which], f"DINO training checkpoint ({which})", meta, notes
+    if isinstance(obj.get("model"), dict):
+        kind = "training checkpoint" if "optimizer" in obj else "{'model': state_dict}"
+        return obj["model"], kind, meta, notes
+    for key in ("state_dict", "module", "model_state_dict"):
+        if isinstance(obj.get(key), dict):
+            return obj[key], f"{{'{key}': state_dict}}", meta, notes
+    return obj, "state dict", meta, notes
+
+
+def strip_prefixes(sd: dict, prefer: str = "teacher") -> tuple[dict, list[str], str | None]:
+    """Remove wrapper prefixes (DDP ``module.``, ``backbone.``, MoCo v3 encoders, ``visual.`` of CLIP) and
+    heads that are not the encoder. Returns (state dict, notes, family when a prefix names it)."""
+    notes: list[str] = []
+    hint = None
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    if any(k.startswith("base_encoder.") for k in sd):  # MoCo v3
+        which = "momentum_encoder" if prefer == "momentum" else "base_encoder"
+        kept = {k[len(which) + 1:]: v for k, v in sd.items() if k.startswith(which + ".")}
+        notes.append(f"MoCo v3: kept the {which}, ignored {len(sd) - len(kept)} other tensors "
+                     "(the other encoder, predictor)")
+        sd, hint = kept, "mocov3"
+    if any(k.startswith("backbone.") for k in sd):
+        dropped = [k for k in sd if not k.startswith("backbone.")]
+        if dropped:
+            notes.append(f"ignored {len(dropped)} tensors outside the backbone (e.g. {dropped[0]})")
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    heads = [k for k in sd if k.startswith(("head.mlp", "head.last_layer", "head.0.", "head.1.", "head.2.",
+                                            "head.3.", "head.4.", "head.5.", "head.6.", "head.7.", "head.8."))]
+    if heads:
+        notes.append(f"ignored the projection head ({len(heads)} tensors)")
+        sd = {k: v for k, v in sd.items() if k not in heads}
+    if "masked_embed" in sd:  # iBOT's mask token
+        sd = dict(sd)
+        sd.pop("masked_embed")
+        notes.append("ignored iBOT's masked_embed")
+        hint = hint or "ibot"
+    if "register_tokens" in sd:  # DINOv2 naming
+        sd = dict(sd)
+        sd["reg_token"] = sd.pop("register_tokens")
+    if "mask_token" in sd and sd["mask_token"].ndim == 2 and "decoder_embed.weight" not in sd:
+        sd = {k: v for k, v in sd.items() if k != "mask_token"}  # DINOv2's iBOT mask token
+        notes.append("ignored the iBOT mask_token")
+    if any(re.match(r"blocks\.\d+\.mlp\.w12\.", k) for k in sd):  # DINOv2 ViT-g packed SwiGLU
+        sd = {re.sub(r"\.mlp\.w12\.", ".mlp.fc1.", re.sub(r"\.mlp\.w3\.", ".mlp.fc2.", k)): v
+              for k, v in sd.items()}
+    return sd, notes, hint
+
+
+def convert_clip(sd: dict) -> dict | None:
+    """OpenAI CLIP / open_clip visual weights (``visual.conv1.weight`` ...) -> timm names, or None."""
+    prefix = "visual." if "visual.conv1.weight" in sd else ("" if "conv1.weight" in sd and
+                                                             "transformer.resblocks.0.attn.in_proj_weight" in sd
+                                                             else None)
+    if prefix is None:
+        return None
+    if f"{prefix}transformer.resblocks.0.attn.in_proj_weight" not in sd:
+        return None  # a ResNet CLIP
+    from timm.models.vision_transformer import _convert_openai_clip
+
+    converted = _convert_openai_clip(sd, None, prefix=prefix)
+    if prefix == "":
+        converted = {k: v for k, v in converted.items() if not k.startswith(("token_embedding", "transformer."))}
+    return converted
+
+
+def is_beit(sd: dict) -> bool:
+    return any(k.endswith((".attn.q_bias", ".attn.relative_position_bias_table", ".gamma_1"))
+               for k in sd) or "rel_pos_bias.relative_position_bias_table" in sd
+
+
+def convert_beit(sd: dict) -> tuple[dict, list[str]]:
+    """unilm BEiT / BEiT v2 keys -> timm Beit (timm's filter drops the relative position index buffers);
+    pretraining-only parts (mask token, MIM head, BEiT v2's ``cls_pt_layers``) are dropped."""
+    notes = []
+    dropped = [k for k in sd if k.startswith(("lm_head.", "cls_pt_layers.", "mask_token"))]
+    if dropped:
+        notes.append(f"ignored the masked-image-modelling parts ({len(dropped)} tensors)")
+    sd = {k: v for k, v in sd.items() if k not in dropped and "relative_position_index" not in k}
+    return sd, notes
+
+
+def read_npz_vit(path: Path, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Google's JAX ViT ``.npz`` -> timm names, through timm's own ``_load_weights`` into a timm
+    ``VisionTransformer`` whose shape is read from the arrays (the head count from the query kernel)."""
+    from timm.models.vision_transformer import VisionTransformer, _load_weights
+
+    prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in arrays), None)
+    if prefix is None:
+        raise CheckpointError(path, f"a .npz without a ViT patch embedding (embedding/kernel); expected {EXPECTED}")
+    kernel = arrays[f"{prefix}embedding/kernel"]  # [p, p, C, D]
+    p, C, D = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    depth = len({m.group(1) for k in arrays if (m := re.match(rf"{re.escape(prefix)}Transformer/encoderblock_(\d+)/", k))})
+    block = f"{prefix}Transformer/encoderblock_0/"
+    heads = arrays[f"{block}MultiHeadDotProductAttention_1/query/kernel"].shape[1]
+    hidden = arrays[f"{block}MlpBlock_3/Dense_0/kernel"].shape[1]
+    pos = arrays[f"{prefix}Transformer/posembed_input/pos_embedding"]  # [1, N, D]
+    class_token = f"{prefix}cls" in arrays
+    grid = math.isqrt(pos.shape[1] - int(class_token))
+    num_classes = arrays[f"{prefix}head/kernel"].shape[1] if f"{prefix}head/kernel" in arrays else 0
+    model = VisionTransformer(img_size=grid * p, patch_size=p, in_chans=C, embed_dim=D, depth=depth,
+                              num_heads=heads, mlp_ratio=hidden / D, class_token=class_token,
+                              global_pool="token" if class_token else "avg", num_classes=num_classes,
+                              fc_norm=False)
+    _load_weights(model, str(path), prefix=prefix)
+    sd = {k: v for k, v in model.state_dict().items()}
+    if not num_classes:
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    return sd, {"num_heads": heads, "pos_resample": "timm"}

@@ -1,0 +1,137 @@
+"""Every HuggingFace ViT family, saved with transformers' own ``save_pretrained``: maeprobe's attention distance
+against a brute-force distance over transformers' own eager ``output_attentions``, at the native input size
+and at another size (``img_size=``) against transformers' own ``interpolate_pos_encoding``."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import maeprobe
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+             patch_size=8)
+# name: (config class, model class, extra config, number of prefix tokens, family label)
+FAMILIES = {
+    "vit": ("ViTConfig", "ViTModel", {}, 1, "ViT"),
+    "deit": ("DeiTConfig", "DeiTModel", {}, 2, "DeiT"),
+    "dinov2": ("Dinov2Config", "Dinov2Model", {}, 1, "DINOv2"),
+    "dinov2-registers": ("Dinov2WithRegistersConfig", "Dinov2WithRegistersModel", {"num_register_tokens": 4}, 5,
+                         "DINOv2"),
+    "beit": ("BeitConfig", "BeitModel", {"use_relative_position_bias": True, "layer_scale_init_value": 0.1,
+                                         "use_mean_pooling": True}, 1, "BEiT"),
+    "beit-shared-abs": ("BeitConfig", "BeitModel", {"use_shared_relative_position_bias": True,
+                                                    "use_absolute_position_embeddings": True,
+                                                    "use_mean_pooling": False}, 1, "BEiT"),
+    "data2vec-vision": ("Data2VecVisionConfig", "Data2VecVisionModel", {"use_relative_position_bias": True}, 1,
+                        "data2vec-vision"),
+    "clip": ("CLIPVisionConfig", "CLIPVisionModel", {}, 1, "CLIP"),
+    "siglip": ("SiglipVisionConfig", "SiglipVisionModel", {}, 0, "SigLIP"),
+}
+
+
+def _randomize(model):
+    torch.manual_seed(0)
+    with torch.no_grad():  # non-trivial weights everywhere (default init: zero biases, unit norms, zero tables)
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (0.3 if "relative_position" in name else 0.05))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """name -> (HF model in eager attention mode, folder written by save_pretrained)."""
+    out = {}
+    for name, (conf_cls, model_cls, extra, _, _) in FAMILIES.items():
+        config = getattr(transformers, conf_cls)(**SMALL, **extra)
+        model = getattr(transformers, model_cls)(config)
+        _randomize(model)
+        folder = tmp_path_factory.mktemp(name)
+        model.save_pretrained(folder)
+        hf = getattr(transformers, model_cls).from_pretrained(folder, attn_implementation="eager").eval()
+        out[name] = (hf, folder)
+    return out
+
+
+def brute_force_distance(attn: torch.Tensor, num_prefix: int, grid: int, patch: int) -> torch.Tensor:
+    """attn [B, H, N, N] -> [H] mean over images and patch queries of sum_k a(q, k) * |q - k| in pixels."""
+    B, H = attn.shape[:2]
+    out = torch.zeros(H, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            total = 0.0
+            for q in range(grid * grid):
+                for k in range(grid * grid):
+                    a = float(attn[b, h, num_prefix + q, num_prefix + k])
+                    total += a * math.hypot(q // grid - k // grid, q % grid - k % grid) * patch
+            out[h] += total / (grid * grid)
+    return out / B
+
+
+def _expected(hf, x, num_prefix, grid, **kwargs):
+    with torch.no_grad():
+        out = hf(pixel_values=x, output_attentions=True, **kwargs)
+    return torch.stack([brute_force_distance(a, num_prefix, grid, 8) for a in out.attentions])  # [layers, H]
+
+
+def _ours(model, x):
+    table = maeprobe.attention_distance(model, x, batch_size=3, device="cpu")
+    return torch.tensor(table.sort_values(["layer", "head"])["value"].to_numpy()).reshape(2, 2)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_attention_distance_matches_transformers(saved, name):
+    hf, folder = saved[name]
+    num_prefix, label = FAMILIES[name][3], FAMILIES[name][4]
+    model = maeprobe.load(folder)
+    assert model.checkpoint.family_label == label
+    assert model.num_prefix_tokens == num_prefix
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_ours(model, x), _expected(hf, x, num_prefix, 4), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [48, 24])  # up (4 -> 6 patches a side) and down (4 -> 3): antialias matters
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_img_size_matches_transformers_interpolation(saved, name, size):
+    hf, folder = saved[name]
+    num_prefix = FAMILIES[name][3]
+    model = maeprobe.load(folder, img_size=size)
+    assert model.config.img_size == size and model.config.grid_size == size // 8
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    kwargs = {} if name.startswith("dinov2") else {"interpolate_pos_encoding": True}
+    torch.testing.assert_close(_ours(model, x), _expected(hf, x, num_prefix, size // 8, **kwargs),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_full_clip_and_siglip_folders_load_their_vision_tower(tmp_path):
+    for conf_cls, model_cls in (("CLIPConfig", "CLIPModel"), ("SiglipConfig", "SiglipModel")):
+        text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                    vocab_size=99)
+        config = getattr(transformers, conf_cls)(text_config=text, vision_config=SMALL)
+        full = getattr(transformers, model_cls)(config)
+        _randomize(full)
+        folder = tmp_path / model_cls
+        full.save_pretrained(folder)
+        full = getattr(transformers, model_cls).from_pretrained(folder, attn_implementation="eager").eval()
+        model = maeprobe.load(folder)
+        assert any("text tower" in note for note in model.checkpoint.notes)
+        num_prefix = 1 if model_cls == "CLIPModel" else 0
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(_ours(model, x), _expected(full.vision_model, x, num_prefix, 4),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_siglip_probe_features_use_every_token(saved):
+    """No CLS: the spectrum has no 'cls' kind and every token is a patch."""
+    _, folder = saved["siglip"]
+    model = maeprobe.load(folder)
+    table = maeprobe.feature_spectrum(model, torch.randn(4, 3, 32, 32), device="cpu")
+    assert "cls" not in set(table["module"]) | set(table.get("kind", []))
+
+
+def test_beit_refuses_masking_with_one_line(saved):
+    _, folder = saved["beit"]
+    with pytest.raises(maeprobe.MaeprobeError, match="mask ratio 0"):
+        maeprobe.attention_distance(folder, torch.randn(2, 3, 32, 32), mask_ratio=0.75, device="cpu")
