@@ -129,23 +129,40 @@ def feature_spectrum(model, images=None, *, layers=None, mask_ratio: float = 0.0
                   num_workers=num_workers)
 
 
+DINO_REFERENCES = (  # what --ref dino looks for, in order: (hub repository or release file, label)
+    ("timm/vit_base_patch16_224.dino", "DINO ViT-B/16 (timm)"),
+    ("dino_vitbase16_pretrain.pth", "DINO ViT-B/16 (official)"),
+    ("facebook/dinov2-base", "DINOv2 ViT-B/14 (HuggingFace)"),
+    ("timm/vit_base_patch14_dinov2.lvd142m", "DINOv2 ViT-B/14 (timm)"),
+    ("dinov2_vitb14_pretrain.pth", "DINOv2 ViT-B/14 (official)"),
+    ("dinov2_vitb14_reg4_pretrain.pth", "DINOv2 ViT-B/14 with registers (official)"),
+)
+
+
 def dino_candidates() -> list[Path]:
-    """Where a local copy of DINO ViT-B/16 may be: $MAEPROBE_DINO, the HuggingFace hub cache (timm's
-    ``timm/vit_base_patch16_224.dino``) and the torch hub cache (official ``dino_vitbase16_pretrain.pth``)."""
+    """Local copies that ``--ref dino`` accepts, in order: $MAEPROBE_DINO, then DINO ViT-B/16 and DINOv2 ViT-B/14
+    in the HuggingFace hub cache (timm's and transformers' repositories) and the torch hub cache (official
+    release files). Paper §4.1 uses DINO; DINOv2 is the common modern reference."""
+    from .checkpoints.hub import hf_cache, torch_cache
+
     paths = []
     if os.environ.get("MAEPROBE_DINO"):
         paths.append(Path(os.environ["MAEPROBE_DINO"]).expanduser())
-    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    hub = Path(os.environ.get("HF_HUB_CACHE", os.environ.get("HUGGINGFACE_HUB_CACHE", hf_home / "hub")))
-    for snapshot in sorted((hub / "models--timm--vit_base_patch16_224.dino" / "snapshots").glob("*")):
-        paths += [snapshot / "model.safetensors", snapshot / "pytorch_model.bin"]
-    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    paths.append(torch_home / "hub" / "checkpoints" / "dino_vitbase16_pretrain.pth")
+    for source, _ in DINO_REFERENCES:
+        if source.endswith(".pth"):
+            paths.append(torch_cache() / source)
+            continue
+        for snapshot in sorted((hf_cache() / ("models--" + source.replace("/", "--")) / "snapshots").glob("*")):
+            if source.startswith("timm/"):  # timm repositories: the weights file
+                paths += [snapshot / "model.safetensors", snapshot / "pytorch_model.bin"]
+            elif (snapshot / "config.json").is_file():  # transformers repositories: the folder
+                paths.append(snapshot)
     return paths
 
 
 def load_reference(reference, *, num_heads: int | None = None):
-    """A reference model: a loaded model, a checkpoint path, or 'dino' (local copy only, never downloaded)."""
+    """A reference model: a loaded model, a checkpoint path or model name, or 'dino' (DINO or DINOv2 from the
+    local caches, never downloaded)."""
     from .checkpoints import load
 
     if not isinstance(reference, (str, os.PathLike)):
@@ -154,11 +171,11 @@ def load_reference(reference, *, num_heads: int | None = None):
         if os.environ.get("MAEPROBE_DINO") and not Path(os.environ["MAEPROBE_DINO"]).expanduser().exists():
             raise MaeprobeError(f"MAEPROBE_DINO={os.environ['MAEPROBE_DINO']} does not exist")
         for path in dino_candidates():
-            if path.is_file():
+            if path.is_dir() or path.is_file():
                 return load(path, num_heads=num_heads)
-        raise MaeprobeError("--ref dino: no local copy of DINO ViT-B/16 found (maeprobe never downloads); "
-                            "put timm's vit_base_patch16_224.dino model.safetensors or the official "
-                            "dino_vitbase16_pretrain.pth somewhere and set MAEPROBE_DINO=/path/to/it")
+        raise MaeprobeError("--ref dino: no local copy of DINO or DINOv2 found (maeprobe never downloads it for "
+                            "--ref dino); looked for " + ", ".join(s for s, _ in DINO_REFERENCES) +
+                            " in the HuggingFace and torch hub caches; or set MAEPROBE_DINO=/path/to/checkpoint")
     return load(reference, num_heads=num_heads)
 
 
@@ -185,7 +202,7 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
         decoder_features: str | None = None, tau: float | None = 0.15, units: str = "px", batch_size: int = 16,
         device: str | None = None, dtype: str | None = None, progress: bool = False,
         num_workers: int | None = None, num_heads=None,
-        decoder_num_heads=None, ref_num_heads=None) -> pd.DataFrame:
+        decoder_num_heads=None, ref_num_heads=None, img_size: int | None = None) -> pd.DataFrame:
     """Several metrics for each checkpoint, one table for all; metrics with the same mask share one hooked pass.
 
     Each metric keeps its own probe mask (one seeded mask shared by all images): by default attention
@@ -210,7 +227,7 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
         checkpoints = [checkpoints]
     tables = []
     for checkpoint in checkpoints:
-        model = load(checkpoint, num_heads=num_heads, decoder_num_heads=decoder_num_heads) \
+        model = load(checkpoint, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size) \
             if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
         needs_decoder = {"decoder-attn-sim", "decoder-semantics"} & set(metrics)
         if needs_decoder and not model.has_decoder:

@@ -122,18 +122,22 @@ TAU_HELP = ("Binarise affinities as CutLER's MaskCut: W > tau -> 1, else --eps (
             "'none' keeps the continuous cosine matrix.")
 NUM_WORKERS = typer.Option(None, "--num-workers", help="Processes decoding image files (default: on CUDA CPU "
                                                          "cores - 1, at most 8; on CPU 0, i.e. in this process).")
-CKPT = typer.Argument(..., help="Checkpoint file (.pth/.pt/.bin/.safetensors) or HuggingFace folder.")
+CKPT = typer.Argument(..., help="Checkpoint file (.pth/.pt/.bin/.safetensors/.npz), HuggingFace folder, or a "
+                                 "model name (hf-hub:org/name, timm/name, an official release file name).")
+IMG_SIZE = typer.Option(None, "--img-size", help="Probe at this input size: the position embedding is resampled "
+                                                 "as the family's own code does (default: the trained size).")
 NUM_HEADS = typer.Option(None, "--num-heads", help="Encoder heads (only for checkpoints of unknown releases).")
 DEC_HEADS = typer.Option(None, "--decoder-num-heads", help="Decoder heads (only for unknown decoders).")
 
 
 @app.command()
 @_friendly
-def info(ckpt: Path = CKPT, num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS):
+def info(ckpt: Path = CKPT, num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+    img_size: Optional[int] = IMG_SIZE):
     """Show a checkpoint's format, architecture, decoder and parameter count."""
     from .checkpoints import load
 
-    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
     cfg = model.config
     encoder_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("decoder", "mask_token")))
     total = sum(p.numel() for p in model.parameters())
@@ -141,6 +145,7 @@ def info(ckpt: Path = CKPT, num_heads: Optional[int] = NUM_HEADS, decoder_num_he
     prefix += [f"{cfg.num_reg_tokens} registers"] if cfg.num_reg_tokens else []
     lines = [
         ("file", str(ckpt)),
+        ("family", model.checkpoint.family_label),
         ("format", model.checkpoint.format),
         ("encoder", f"ViT width {cfg.embed_dim}, depth {cfg.depth}, {cfg.num_heads} heads, patch {cfg.patch_size}, "
                     f"input {cfg.img_size}px ({cfg.grid_size}x{cfg.grid_size} patches), mlp ratio {cfg.mlp_ratio:g}"),
@@ -176,13 +181,14 @@ def attn_distance(
     num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS,
     decoder_num_heads: Optional[int] = DEC_HEADS,
+    img_size: Optional[int] = IMG_SIZE,
 ):
     """Mean attention distance per layer and head (ViT authors' convention), in pixels by default."""
     from .api import attention_distance
     from .checkpoints import load
     from .results import layer_summary, write_table
 
-    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
     table = attention_distance(model, images, layers=_parse_layers(layers), module=module.value,
                                mask_ratio=mask_ratio, seed=seed, shared_mask=not per_image_mask, units=units.value,
                                renormalize=renormalize, bootstrap=bootstrap, batch_size=batch_size, device=device,
@@ -236,13 +242,14 @@ def decoder_attn_sim(
     bootstrap: int = BOOTSTRAP, batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
     num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+    img_size: Optional[int] = IMG_SIZE,
 ):
     """LC-MAE Eq. 7: similarity of the masked queries' decoder attention (k x heads x n patch keys) across
     images, all images under one shared seeded mask."""
     from .api import decoder_attention_similarity
     from .checkpoints import load
 
-    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
     table = decoder_attention_similarity(model, images, layers=_parse_layers(layers), per_head=per_head,
                                          include_cls_key=cls_key, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
                                          batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
@@ -269,13 +276,14 @@ def decoder_semantics(
     layers: Optional[str] = DEC_LAYERS, bootstrap: int = BOOTSTRAP, batch_size: int = BATCH,
     device: Optional[str] = DEVICE, dtype: DType = DTYPE, num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+    img_size: Optional[int] = IMG_SIZE,
     ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads", help="Reference heads, if unknown."),
 ):
     """LC-MAE Eq. 8: semantic similarity of each decoder layer to a reference model (e.g. DINO)."""
     from .api import decoder_semantic_similarity
     from .checkpoints import load
 
-    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
     table = decoder_semantic_similarity(model, ref, images, layers=_parse_layers(layers), ref_features=ref_features,
                                         decoder_features=decoder_features, tau=_parse_tau(tau), eps=eps,
                                         mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap, batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
@@ -296,12 +304,13 @@ def spectrum(
     batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
     num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+    img_size: Optional[int] = IMG_SIZE,
 ):
     """U-MAE feature-collapse spectrum: singular values and effective rank of encoder features."""
     from .api import feature_spectrum
     from .checkpoints import load
 
-    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
     table = feature_spectrum(model, images, layers=_parse_layers(layers), mask_ratio=mask_ratio, seed=seed,
                              bootstrap=bootstrap, batch_size=batch_size, device=device, dtype=dtype.value,
                              progress=True, num_workers=num_workers)
@@ -334,6 +343,7 @@ def run_cmd(
     batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
     num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+    img_size: Optional[int] = IMG_SIZE,
     ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads"),
 ):
     """Several metrics for every checkpoint, one table; metrics under the same mask share one hooked pass."""
@@ -345,7 +355,7 @@ def run_cmd(
                 include_cls_key=cls_key, tau=_parse_tau(tau), ref_features=ref_features,
                 decoder_features=decoder_features, batch_size=batch_size,
                 device=device, dtype=dtype.value, progress=True, num_workers=num_workers, num_heads=num_heads,
-                decoder_num_heads=decoder_num_heads, ref_num_heads=ref_num_heads)
+                decoder_num_heads=decoder_num_heads, ref_num_heads=ref_num_heads, img_size=img_size)
     shown = table[table["metric"] != "feature_spectrum"]
     summary = shown.groupby(["checkpoint", "metric", "module", "mask_ratio", "layer"],
                             dropna=False)["value"].mean().unstack("layer")
@@ -368,6 +378,7 @@ def render_attn(
     mask_ratio: float = typer.Option(0.75, "--mask-ratio"), seed: int = SEED,
     device: Optional[str] = DEVICE,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
+    img_size: Optional[int] = IMG_SIZE,
 ):
     """Attention maps of one image (paper Fig. 4 / B.1), PNG and PDF."""
     from .api import render_attention
@@ -375,7 +386,7 @@ def render_attn(
     queries = _parse_layers(query, "--query") if query else None
     paths = render_attention(str(ckpt), image, out, layers=_parse_layers(layers), queries=queries,
                              mask_ratio=mask_ratio, seed=seed, encoder=encoder, device=device, num_heads=num_heads,
-                             decoder_num_heads=decoder_num_heads)
+                             decoder_num_heads=decoder_num_heads, img_size=img_size)
     _echo("wrote " + ", ".join(str(p) for p in paths))
 
 

@@ -128,10 +128,59 @@ def test_siglip_probe_features_use_every_token(saved):
     _, folder = saved["siglip"]
     model = maeprobe.load(folder)
     table = maeprobe.feature_spectrum(model, torch.randn(4, 3, 32, 32), device="cpu")
-    assert "cls" not in set(table["module"]) | set(table.get("kind", []))
+    assert set(table["feature"]) == {"patch_mean"}
+    clip = maeprobe.feature_spectrum(maeprobe.load(saved["clip"][1]), torch.randn(4, 3, 32, 32), device="cpu")
+    assert set(clip["feature"]) == {"cls", "patch_mean"}
 
 
 def test_beit_refuses_masking_with_one_line(saved):
     _, folder = saved["beit"]
     with pytest.raises(maeprobe.MaeprobeError, match="mask ratio 0"):
         maeprobe.attention_distance(folder, torch.randn(2, 3, 32, 32), mask_ratio=0.75, device="cpu")
+
+
+def _hf_last_keys(hf, x):
+    """Output of the last layer's key projection in transformers' own model (a hook on its Linear)."""
+    layers = [m for n, m in hf.named_modules() if n.endswith(("attention.attention.key", "attention.k_proj",
+                                                             "self_attn.k_proj"))]
+    got = {}
+    handle = layers[-1].register_forward_hook(lambda m, i, o: got.__setitem__("k", o))
+    try:
+        with torch.no_grad():
+            hf(pixel_values=x)
+    finally:
+        handle.remove()
+    return got["k"]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_reference_keys_match_transformers_and_eq8_runs(saved, name, hf_mae):
+    """Eq. 8's reference features (last block's attention keys, CutLER) equal transformers' key projection,
+    and each family serves as the reference of a tiny MAE (given the MAE's patch grid)."""
+    from maeprobe.capture import CaptureRequest, capture
+
+    hf, folder = saved[name]
+    model = maeprobe.load(folder)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with capture(model, CaptureRequest.of(keys={"encoder": [1]})) as cache, torch.no_grad():
+        model.forward_encoder(x, 0.0)
+    torch.testing.assert_close(cache.keys[("encoder", 1)], _hf_last_keys(hf, x), atol=1e-5, rtol=1e-4)
+
+    _, mae_folder = hf_mae
+    table = maeprobe.decoder_semantic_similarity(maeprobe.load(mae_folder), model, torch.randn(2, 3, 32, 32),
+                                                 device="cpu")
+    assert len(table) == 2 and table["value"].between(0, 1).all()
+
+
+@pytest.mark.parametrize("name", ["beit", "siglip", "dinov2-registers"])
+def test_encoder_render_and_spectrum_run(saved, name, tmp_path):
+    import numpy as np
+
+    _, folder = saved[name]
+    image = (np.random.default_rng(0).random((40, 40, 3)) * 255).astype("uint8")
+    from PIL import Image
+
+    paths = maeprobe.render_attention(folder, Image.fromarray(image), tmp_path / "r", encoder=True, device="cpu")
+    assert all(p.is_file() for p in paths)
+    table = maeprobe.feature_spectrum(folder, torch.randn(5, 3, 32, 32), device="cpu")
+    assert (table[table["metric"] == "effective_rank"]["value"] > 0).all()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, MaeprobeError
+from ..errors import CheckpointError
 from ..models import registry
 from ..models.mae import ArchConfig, MaskedAutoencoderViT
 from . import hf, originals
@@ -104,7 +104,29 @@ def _read_file(path: Path, prefer: str) -> RawCheckpoint:
         notes += beit_notes
         family = family or "beit"
     family = family or hint or _family_from_keys(tensors, container)
+    _timm_pretrained_cfg(path, meta)
     return RawCheckpoint(str(path), tensors, container, meta, notes, family)
+
+
+def _timm_pretrained_cfg(path: Path, meta: dict) -> None:
+    """A timm hub snapshot keeps ``config.json`` beside the weights: its ``pretrained_cfg`` holds the mean/std
+    (e.g. 0.5 for CLIP-derived models) and ``model_args`` may hold the head count."""
+    config_file = path.parent / "config.json"
+    if not config_file.is_file():
+        return
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, OSError):
+        return
+    if not isinstance(config, dict) or "architecture" not in config:
+        return
+    pretrained = config.get("pretrained_cfg") or {}
+    if "mean" in pretrained and "std" in pretrained:
+        meta.setdefault("mean", tuple(pretrained["mean"]))
+        meta.setdefault("std", tuple(pretrained["std"]))
+    heads = (config.get("model_args") or {}).get("num_heads")
+    if isinstance(heads, int):
+        meta.setdefault("num_heads", heads)
 
 
 def _family_from_keys(sd: dict, container: str) -> str:

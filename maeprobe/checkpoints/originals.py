@@ -20,7 +20,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import CheckpointError
 from .files import EXPECTED

@@ -91,7 +91,8 @@ def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out
         axes[r, 0].set_title(f"layer {layer + 1}", fontsize=6)
         P = attn.shape[-1] - grid * grid
         for h in range(heads):
-            weights = attn[h, 0, P:].cpu().numpy()
+            # CLS row (DINO style); a model without prefix tokens (SigLIP): the mean attention each patch receives
+            weights = (attn[h, 0, P:] if P else attn[h, :, :].mean(0)).cpu().numpy()
             _overlay(axes[r, 1 + h], image, weights, grid)
             if r == 0:
                 axes[0, 1 + h].set_title(f"head {h}", fontsize=6)
