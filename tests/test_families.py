@@ -184,3 +184,22 @@ def test_encoder_render_and_spectrum_run(saved, name, tmp_path):
     assert all(p.is_file() for p in paths)
     table = maeprobe.feature_spectrum(folder, torch.randn(5, 3, 32, 32), device="cpu")
     assert (table[table["metric"] == "effective_rank"]["value"] > 0).all()
+
+
+def test_cli_info_names_the_family_and_img_size_changes_the_grid(saved, tmp_path):
+    from typer.testing import CliRunner
+
+    from maeprobe.cli import app
+
+    runner = CliRunner()
+    _, folder = saved["dinov2-registers"]
+    result = runner.invoke(app, ["info", str(folder), "--img-size", "48"])
+    assert result.exit_code == 0, result.output
+    assert "family: DINOv2" in result.output and "input 48px (6x6 patches)" in result.output
+    assert "cls, 4 registers" in result.output
+    out = tmp_path / "ad.csv"
+    result = runner.invoke(app, ["attn-distance", str(folder), "--img-size", "48", "--device", "cpu",
+                                 "--bootstrap", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["attn-distance", str(folder), "--img-size", "50"])
+    assert result.exit_code == 2 and "not a multiple of the patch size 8" in result.output
