@@ -207,8 +207,12 @@ def capture(model: nn.Module, request: CaptureRequest,
             blocks = blocks_of(model, module)
             for layer in sorted(layers):
                 attn = blocks[layer].attn
-                width = getattr(attn, "attn_dim", attn.qkv.out_features // 3)
-                if getattr(attn, "q_bias", None) is not None:
+                qkv = getattr(attn, "qkv", None)
+                width = getattr(attn, "attn_dim", qkv.out_features // 3 if qkv is not None else 0)
+                if getattr(attn, "qkv", None) is None and hasattr(attn, "k_proj"):  # EVA-02: separate projections
+                    handles.append(attn.k_proj.register_forward_hook(
+                        lambda _m, _i, output, key=(module, layer): store("keys", key, output)))
+                elif getattr(attn, "q_bias", None) is not None:
                     handles.append(attn.register_forward_pre_hook(separate_bias_key_hook((module, layer), attn, width)))
                 else:
                     handles.append(attn.qkv.register_forward_hook(key_hook((module, layer), width)))

@@ -245,3 +245,59 @@ def test_family_is_named_for_timm_files_too(tmp_path):
     loaded = maeprobe.load(tmp_path / "timm.pth")
     assert loaded.checkpoint.family_label == "ViT"
     assert math.isclose(loaded.config.mlp_ratio, 4.0)
+
+
+# ----------------------------------------------------------------------------------------------- EVA
+def _eva_distance_brute_force(net, x, num_prefix, grid, patch):
+    """Mean attention distance from timm's own AttentionExtract (an fx graph, not maeprobe's hooks)."""
+    from timm.utils import AttentionExtract
+
+    for block in net.blocks:
+        block.attn.fused_attn = False  # the explicit softmax path, which the fx graph names
+    maps = AttentionExtract(net, method="fx")(x)
+    out = []
+    for attn in maps.values():  # [B, H, N, N]
+        a = attn[:, :, num_prefix:, num_prefix:]
+        coords = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1).reshape(-1, 2)
+        dist = torch.cdist(coords.float(), coords.float()) * patch
+        out.append((a * dist).sum(-1).mean(dim=(0, 2)))
+    return torch.stack(out).double()
+
+
+@pytest.mark.parametrize("style", ["eva02", "eva01"])
+def test_timm_eva_files_match_timm(tmp_path, style):
+    from timm.models.eva import Eva
+
+    eva02 = style == "eva02"
+    kwargs = dict(img_size=56, patch_size=14, embed_dim=D, depth=DEPTH, num_heads=HEADS, num_classes=0,
+                  qkv_fused=not eva02, swiglu_mlp=eva02, scale_mlp=eva02, mlp_ratio=4 * 2 / 3 if eva02 else 4,
+                  use_rot_pos_emb=eva02, ref_feat_shape=(4, 4) if eva02 else None, init_values=0.1 if not eva02 else None)
+    net = Eva(**kwargs).eval()
+    net.load_state_dict(_random_state(net))
+    torch.save(net.state_dict(), tmp_path / f"{style}.pth")
+    model = maeprobe.load(tmp_path / f"{style}.pth", num_heads=HEADS)
+    assert model.checkpoint.family_label == "EVA"
+    x = torch.randn(2, 3, 56, 56)
+    torch.testing.assert_close(_tokens(model, x), net.forward_features(x), atol=1e-5, rtol=1e-4)
+    table = maeprobe.attention_distance(model, x, device="cpu")
+    got = torch.tensor(table.sort_values(["layer", "head"])["value"].to_numpy()).reshape(DEPTH, HEADS)
+    torch.testing.assert_close(got, _eva_distance_brute_force(net, x, 1, 4, 14), atol=1e-4, rtol=1e-4)
+
+
+def test_timm_eva_snapshot_builds_timm_own_definition(tmp_path):
+    """A timm hub snapshot (config.json with 'architecture') is built with timm.create_model(architecture)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    args = {"embed_dim": D, "depth": DEPTH, "num_heads": HEADS}
+    net = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=0, **args).eval()
+    net.load_state_dict(_random_state(net))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "eva02_tiny_patch14_224", "model_args": args,
+                                                      "pretrained_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
+                                                                         "std": [0.26862954, 0.26130258, 0.27577711]}}))
+    model = maeprobe.load(tmp_path / "model.safetensors")
+    assert model.checkpoint.family_label == "EVA" and model.config.num_heads == HEADS
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(_tokens(model, x), net.forward_features(x), atol=1e-5, rtol=1e-4)

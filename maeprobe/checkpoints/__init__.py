@@ -3,7 +3,7 @@
 * ``files``: safe reading of the bytes (pickles with ``weights_only=True``, safetensors, JAX ``.npz``; TorchScript
   refused).
 * ``hf``: HuggingFace folders of ViTMAE, ViT, DeiT, DINOv2 (+ registers), BEiT, data2vec-vision, CLIP, SigLIP.
-* ``originals``: original release files (MAE, timm, DeiT, DINO, iBOT, DINOv2, MoCo v3, BEiT/BEiT v2, OpenAI
+* ``originals``: original release files (MAE, timm, DeiT, DINO, iBOT, DINOv2, MoCo v3, BEiT/BEiT v2, EVA, OpenAI
   CLIP / open_clip visual weights, JAX ViT ``.npz``), through timm's own converters where timm has one.
 * ``families``: what the weights cannot say, per family (normalisation, resampling rule, builder).
 * ``resample``: probing at another input size (``img_size=`` / ``--img-size``).

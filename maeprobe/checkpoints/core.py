@@ -103,6 +103,8 @@ def _read_file(path: Path, prefer: str) -> RawCheckpoint:
         tensors, beit_notes = originals.convert_beit(tensors)
         notes += beit_notes
         family = family or "beit"
+    elif originals.is_eva(tensors):
+        family = family or "eva"
     family = family or hint or _family_from_keys(tensors, container)
     _timm_pretrained_cfg(path, meta)
     return RawCheckpoint(str(path), tensors, container, meta, notes, family)
@@ -120,6 +122,8 @@ def _timm_pretrained_cfg(path: Path, meta: dict) -> None:
         return
     if not isinstance(config, dict) or "architecture" not in config:
         return
+    meta.setdefault("timm_architecture", config["architecture"])
+    meta.setdefault("timm_model_args", config.get("model_args") or {})
     pretrained = config.get("pretrained_cfg") or {}
     if "mean" in pretrained and "std" in pretrained:
         meta.setdefault("mean", tuple(pretrained["mean"]))
@@ -146,7 +150,9 @@ def _check_is_vit(raw: RawCheckpoint) -> None:
     sd = raw.state_dict
     if not sd:
         raise CheckpointError(raw.path, f"contains no tensors; expected {EXPECTED}")
-    needed = ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight")
+    needed = ("patch_embed.proj.weight",
+              "blocks.0.attn.q_proj.weight" if raw.family == "eva" and "blocks.0.attn.q_proj.weight" in sd
+              else "blocks.0.attn.qkv.weight")
     if not all(k in sd for k in needed) or ("pos_embed" not in sd and FAMILIES[raw.family].builder == "vit"):
         sample = ", ".join(list(sd)[:3])
         raise CheckpointError(raw.path, f"not a ViT/MAE checkpoint: its {len(sd)} tensors are named like "
@@ -187,8 +193,11 @@ def infer_config(raw: RawCheckpoint, *, num_heads: int | None = None,
                                         "expected [width, channels, p, p]")
     D, C, p = proj.shape[0], proj.shape[1], proj.shape[2]
     depth = _count(sd, "blocks")
-    hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
-    swiglu = sd["blocks.0.mlp.fc2.weight"].shape[1] * 2 == hidden
+    if "blocks.0.mlp.fc1_g.weight" in sd:  # timm SwiGLU with separate gate and value (EVA-02 with scale_mlp)
+        hidden, swiglu = sd["blocks.0.mlp.fc1_g.weight"].shape[0], True
+    else:
+        hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
+        swiglu = sd["blocks.0.mlp.fc2.weight"].shape[1] * 2 == hidden
     class_token, dist_token = "cls_token" in sd, "dist_token" in sd
     num_reg = sd["reg_token"].shape[1] if "reg_token" in sd else 0
     num_prefix = int(class_token) + int(dist_token) + num_reg
@@ -220,7 +229,7 @@ def infer_config(raw: RawCheckpoint, *, num_heads: int | None = None,
     cfg = dict(
         img_size=grid * p, patch_size=p, in_chans=C, embed_dim=D, depth=depth, num_heads=int(heads),
         mlp_ratio=hidden / D,  # SwiGLU: fc1 holds both halves, as timm's SwiGLUPacked
-        qkv_bias="blocks.0.attn.qkv.bias" in sd or "blocks.0.attn.q_bias" in sd,
+        qkv_bias=any(f"blocks.0.attn.{k}" in sd for k in ("qkv.bias", "q_bias", "q_proj.bias")),
         norm_eps=float(meta.get("norm_eps", 1e-6)),
         init_values=1.0 if ("blocks.0.ls1.gamma" in sd or "blocks.0.gamma_1" in sd) else None,
         act_layer=meta.get("act_layer", "gelu"), pre_norm="norm_pre.weight" in sd,
@@ -234,6 +243,17 @@ def infer_config(raw: RawCheckpoint, *, num_heads: int | None = None,
         cfg["extra"] = {"family": FAMILIES[raw.family].label, "abs_pos_emb": "pos_embed" in sd,
                         "rel_pos_bias": "blocks.0.attn.relative_position_bias_table" in sd,
                         "shared_rel_pos_bias": "rel_pos_bias.relative_position_bias_table" in sd}
+    if FAMILIES[raw.family].builder == "eva":
+        packed = "blocks.0.mlp.fc1_g.weight" not in sd
+        cfg["mlp_ratio"] = hidden / D / (2 if swiglu and packed else 1)
+        cfg["extra"] = {"family": "EVA", "qkv_fused": "blocks.0.attn.qkv.weight" in sd, "swiglu": swiglu,
+                        "scale_mlp": "blocks.0.mlp.norm.weight" in sd,
+                        "scale_attn_inner": "blocks.0.attn.norm.weight" in sd, "abs_pos_emb": "pos_embed" in sd,
+                        # EVA-02 (SwiGLU) adds a rotary embedding that no tensor records; its reference grid is
+                        # taken as the file's (timm's eva02_*_224 definitions) unless timm's config.json says more
+                        "rope": swiglu, "rope_grid": grid,
+                        "timm_architecture": meta.get("timm_architecture"),
+                        "timm_model_args": meta.get("timm_model_args") or {}}
     if "decoder_embed.weight" in sd:
         Dd = sd["decoder_embed.weight"].shape[0]
         dheads = decoder_num_heads or meta.get("decoder_num_heads") or registry.decoder_heads(Dd)
@@ -324,21 +344,31 @@ def resize(model, img_size: int):
     cfg = ArchConfig(**{**model.config.to_dict(), "decoder_depth": 0, "decoder_type": "transformer"})
     beit = hasattr(model, "net")
     source = model.net if beit else model
+    builder = {"eva": "eva"}.get(getattr(info, "family", ""), "beit") if beit else "vit"
     state = {k: v for k, v in source.state_dict().items()
              if not k.startswith(("decoder_", "mask_token")) and "relative_position_index" not in k}
     cfg, state = _resized(cfg, state, img_size, rule, "hf" if info and "HuggingFace" in info.format else "timm",
                           info.path if info else "model")
-    resized = _build(cfg, "beit" if beit else "vit", state, info.path if info else "model")
+    resized = _build(cfg, builder, state, info.path if info else "model")
     if info is not None:
         resized.checkpoint = info
     return resized.to(next(model.parameters()).device).eval()
 
 
 def _build(cfg: ArchConfig, builder: str, state: dict, path):
-    if builder == "beit":
-        from ..models.beit import BeitEncoder
+    if builder in ("beit", "eva"):  # built on the CPU: index buffers and rotary tables are not in the file
+        from ..models.beit import BeitEncoder, EvaEncoder, TimmEncoder
 
-        model = BeitEncoder(cfg)  # built on the CPU: its relative position index buffers are not in the file
+        arch = cfg.extra.get("timm_architecture")
+        if builder == "eva" and arch:  # timm's own definition, named by the snapshot's config.json
+            import timm
+
+            net = timm.create_model(arch, pretrained=False, num_classes=cfg.num_classes, img_size=cfg.img_size,
+                                    **{k: v for k, v in cfg.extra.get("timm_model_args", {}).items()
+                                       if k not in ("num_classes", "img_size")})
+            model = TimmEncoder(cfg, net)
+        else:
+            model = (BeitEncoder if builder == "beit" else EvaEncoder)(cfg)
         target = model.net
     else:
         with torch.device("meta"):  # no time spent initialising weights that are overwritten
@@ -355,7 +385,7 @@ def _build(cfg: ArchConfig, builder: str, state: dict, path):
                          f"{', ...' if len(unexpected) > 4 else ''})")
         raise CheckpointError(path, "keys do not match a ViT/MAE model: " + "; ".join(parts))
     try:
-        target.load_state_dict(state, strict=True, assign=builder != "beit")
+        target.load_state_dict(state, strict=True, assign=builder == "vit")
     except RuntimeError as exc:
         detail = " ".join(str(exc).split("\n\t")[1:2]).strip() or str(exc)
         raise CheckpointError(path, f"tensor shapes do not fit a ViT/MAE model ({detail})") from None

@@ -32,7 +32,7 @@ POS_RESAMPLE = {
 
 @dataclass(frozen=True)
 class Family:
-    """One model family. ``builder``: 'vit' (MaskedAutoencoderViT) or 'beit' (timm Beit)."""
+    """One model family. ``builder``: 'vit' (MaskedAutoencoderViT), 'beit' (timm Beit) or 'eva' (timm Eva)."""
 
     name: str
     label: str
@@ -53,6 +53,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("siglip", "SigLIP", *HALF),
     Family("beit", "BEiT", *HALF, builder="beit"),
     Family("data2vec", "data2vec-vision", *HALF, builder="beit"),
+    Family("eva", "EVA", *OPENAI_CLIP, builder="eva"),
 )}
 
 

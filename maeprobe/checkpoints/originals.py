@@ -9,6 +9,7 @@ timm's own converters where timm has one, and name the family.
   packed SwiGLU ``w12``/``w3`` for ViT-g).
 * MoCo v3 ``{'state_dict': {'module.base_encoder.*', 'module.momentum_encoder.*', ...}}``.
 * BEiT / BEiT v2 (microsoft/unilm layout): timm's ``beit.checkpoint_filter_fn``.
+* EVA / EVA-02 in timm's ``Eva`` layout (built as timm's ``Eva``, or by name from a timm snapshot's config).
 * OpenAI CLIP and open_clip visual weights (``visual.*``): timm's ``_convert_openai_clip``.
 * Google's JAX ViT ``.npz`` (AugReg and the original release): timm's ``_load_weights``.
 """
@@ -107,8 +108,17 @@ def convert_clip(sd: dict) -> dict | None:
 
 
 def is_beit(sd: dict) -> bool:
-    return any(k.endswith((".attn.q_bias", ".attn.relative_position_bias_table", ".gamma_1"))
-               for k in sd) or "rel_pos_bias.relative_position_bias_table" in sd
+    """BEiT / BEiT v2: a relative position bias, per layer or shared."""
+    return any(k.endswith(".attn.relative_position_bias_table") for k in sd) or \
+        "rel_pos_bias.relative_position_bias_table" in sd
+
+
+def is_eva(sd: dict) -> bool:
+    """timm's EVA / EVA-02 layout: q/v biases or separate q/k/v projections, gamma LayerScale or SwiGLU,
+    without BEiT's relative position bias."""
+    block = "blocks.0."
+    return not is_beit(sd) and any(block + k in sd for k in (
+        "attn.q_bias", "attn.q_proj.weight", "gamma_1", "mlp.fc1_g.weight", "attn.norm.weight", "mlp.norm.weight"))
 
 
 def convert_beit(sd: dict) -> tuple[dict, list[str]]:
