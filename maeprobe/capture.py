@@ -174,8 +174,8 @@ def capture(model: nn.Module, request: CaptureRequest,
         return hook
 
     def key_hook(key, width):
-        def hook(_module, _inputs, output):  # qkv output [B, N, 3 * width], laid out as (q | k | v)
-            store("keys", key, output[..., width: 2 * width])
+        def hook(_module, _inputs, output):  # qkv output [B, N, 3 * width], laid out as (q | k | v);
+            store("keys", key, output[..., width: 2 * width] if width else output)  # width 0: a k projection
         return hook
 
     def separate_bias_key_hook(key, attn, width):
@@ -208,14 +208,14 @@ def capture(model: nn.Module, request: CaptureRequest,
             for layer in sorted(layers):
                 attn = blocks[layer].attn
                 qkv = getattr(attn, "qkv", None)
-                width = getattr(attn, "attn_dim", qkv.out_features // 3 if qkv is not None else 0)
-                if getattr(attn, "qkv", None) is None and hasattr(attn, "k_proj"):  # EVA-02: separate projections
-                    handles.append(attn.k_proj.register_forward_hook(
-                        lambda _m, _i, output, key=(module, layer): store("keys", key, output)))
-                elif getattr(attn, "q_bias", None) is not None:
+                if qkv is None:  # EVA-02: separate projections, keys are the k_proj output (before rotary)
+                    handles.append(attn.k_proj.register_forward_hook(key_hook((module, layer), 0)))
+                    continue
+                width = getattr(attn, "attn_dim", qkv.out_features // 3)
+                if getattr(attn, "q_bias", None) is not None:  # BEiT / EVA: biases added outside the module
                     handles.append(attn.register_forward_pre_hook(separate_bias_key_hook((module, layer), attn, width)))
                 else:
-                    handles.append(attn.qkv.register_forward_hook(key_hook((module, layer), width)))
+                    handles.append(qkv.register_forward_hook(key_hook((module, layer), width)))
         yield cache
     finally:
         for handle in handles:

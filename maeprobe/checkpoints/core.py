@@ -44,7 +44,8 @@ class CheckpointInfo:
     notes: list[str]
     pretrain_mask_ratio: float | None = None  # from the training args, when the file has them
     family: str = "vit"
-    pos_resample: str = "timm"
+    pos_resample: str = "timm"  # how the position embedding is resampled for another input size
+    rel_pos_resample: str = "timm"  # the same for BEiT's relative position bias tables
 
     @property
     def name(self) -> str:
@@ -302,20 +303,17 @@ def load(path: str | os.PathLike, *, num_heads: int | None = None, decoder_num_h
     raw = read_checkpoint(path, prefer=prefer)
     cfg = infer_config(raw, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     family = FAMILIES[raw.family]
-    rule = raw.meta.get("pos_resample") or _DEFAULT_RESAMPLE.get(raw.family, "timm")
+    rule = raw.meta.get("pos_resample") or family.pos_resample
+    rel_rule = raw.meta.get("rel_pos_resample", "timm")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in raw.state_dict.items()}
     if img_size is not None and img_size != cfg.img_size:
-        cfg, state = _resized(cfg, state, img_size, rule, raw.meta.get("rel_pos_resample", "timm"), path)
+        cfg, state = _resized(cfg, state, img_size, rule, rel_rule, path)
     model = _build(cfg, family.builder, state, path)
     mean = tuple(raw.meta.get("mean", family.mean))
     std = tuple(raw.meta.get("std", family.std))
     model.checkpoint = CheckpointInfo(str(path), raw.format, mean, std, raw.notes,
-                                      raw.meta.get("pretrain_mask_ratio"), raw.family, rule)
+                                      raw.meta.get("pretrain_mask_ratio"), raw.family, rule, rel_rule)
     return model.to(device).eval()
-
-
-# Resampling rule when the reader did not set one (HuggingFace folders always use 'size').
-_DEFAULT_RESAMPLE = {"mae": "size", "dino": "offset", "dinov2": "offset", "ibot": "offset"}
 
 
 def _resized(cfg: ArchConfig, state: dict, img_size: int, rule: str, rel_rule: str, path) -> tuple[ArchConfig, dict]:
@@ -340,15 +338,14 @@ def resize(model, img_size: int):
     """An encoder-only copy of a loaded model that takes ``img_size`` inputs, resampled with the rule of the
     family it was loaded from (used to give a reference model the probed model's patch grid)."""
     info = getattr(model, "checkpoint", None)
-    rule = info.pos_resample if info is not None else "timm"
+    rule, rel_rule = (info.pos_resample, info.rel_pos_resample) if info is not None else ("timm", "timm")
     cfg = ArchConfig(**{**model.config.to_dict(), "decoder_depth": 0, "decoder_type": "transformer"})
     beit = hasattr(model, "net")
     source = model.net if beit else model
-    builder = {"eva": "eva"}.get(getattr(info, "family", ""), "beit") if beit else "vit"
+    builder = FAMILIES[info.family].builder if info is not None else ("beit" if beit else "vit")
     state = {k: v for k, v in source.state_dict().items()
              if not k.startswith(("decoder_", "mask_token")) and "relative_position_index" not in k}
-    cfg, state = _resized(cfg, state, img_size, rule, "hf" if info and "HuggingFace" in info.format else "timm",
-                          info.path if info else "model")
+    cfg, state = _resized(cfg, state, img_size, rule, rel_rule, info.path if info else "model")
     resized = _build(cfg, builder, state, info.path if info else "model")
     if info is not None:
         resized.checkpoint = info

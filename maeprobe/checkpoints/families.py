@@ -32,23 +32,25 @@ POS_RESAMPLE = {
 
 @dataclass(frozen=True)
 class Family:
-    """One model family. ``builder``: 'vit' (MaskedAutoencoderViT), 'beit' (timm Beit) or 'eva' (timm Eva)."""
+    """One model family. ``builder``: 'vit' (MaskedAutoencoderViT), 'beit' (timm Beit) or 'eva' (timm Eva);
+    ``pos_resample``: the rule of its release files (``POS_RESAMPLE``; HuggingFace folders set their own)."""
 
     name: str
     label: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     builder: str = "vit"
+    pos_resample: str = "timm"
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("mae", "MAE", *IMAGENET),
+    Family("mae", "MAE", *IMAGENET, pos_resample="size"),
     Family("vit", "ViT", *IMAGENET),
     Family("deit", "DeiT", *IMAGENET),
-    Family("dino", "DINO", *IMAGENET),
-    Family("dinov2", "DINOv2", *IMAGENET),
+    Family("dino", "DINO", *IMAGENET, pos_resample="offset"),
+    Family("dinov2", "DINOv2", *IMAGENET, pos_resample="offset"),
     Family("mocov3", "MoCo v3", *IMAGENET),
-    Family("ibot", "iBOT", *IMAGENET),
+    Family("ibot", "iBOT", *IMAGENET, pos_resample="offset"),
     Family("clip", "CLIP", *OPENAI_CLIP),
     Family("siglip", "SigLIP", *HALF),
     Family("beit", "BEiT", *HALF, builder="beit"),
