@@ -202,4 +202,4 @@ def test_cli_info_names_the_family_and_img_size_changes_the_grid(saved, tmp_path
                                  "--bootstrap", "0", "--out", str(out)])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["attn-distance", str(folder), "--img-size", "50"])
-    assert result.exit_code == 2 and "not a multiple of the patch size 8" in result.output
+    assert result.exit_code == 2 and "multiple of the patch size 8" in result.output

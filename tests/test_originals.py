@@ -297,7 +297,7 @@ def test_timm_eva_snapshot_builds_timm_own_definition(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "eva02_tiny_patch14_224", "model_args": args,
                                                       "pretrained_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
                                                                          "std": [0.26862954, 0.26130258, 0.27577711]}}))
-    model = maeprobe.load(tmp_path / "model.safetensors")
+    model = maeprobe.load(tmp_path)  # the repository folder: its config.json is read as data
     assert model.checkpoint.family_label == "EVA" and model.config.num_heads == HEADS
     x = torch.randn(1, 3, 224, 224)
     torch.testing.assert_close(_tokens(model, x), net.forward_features(x), atol=1e-5, rtol=1e-4)

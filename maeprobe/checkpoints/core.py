@@ -13,12 +13,15 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, MaeprobeError
+from ..limits import check as check_limit
+from ..limits import limit
 from ..models import registry
 from ..models.mae import ArchConfig, MaskedAutoencoderViT
 from . import hf, originals
 from .families import FAMILIES
-from .files import EXPECTED, read_npz, read_safetensors, refuse_code, sniff, torch_load
+from .files import EXPECTED, read_json, read_npz, read_safetensors, refuse_code, sniff, torch_load
+from .meta import clean_meta
 
 
 @dataclass
@@ -62,17 +65,41 @@ def read_checkpoint(path: str | os.PathLike, *, prefer: str = "teacher") -> RawC
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, f"no such file or folder; expected {EXPECTED}")
-    if path.is_dir():
+    if path.is_dir() and (weights := _timm_folder(path)) is not None:
+        raw = _read_file(weights, prefer, path / "config.json")
+    elif path.is_dir():
         sd, fam, fmt, meta, notes = hf.read_folder(path)
         raw = RawCheckpoint(str(path), sd, fmt, meta, notes, fam)
     else:
-        raw = _read_file(path, prefer)
+        raw = _read_file(path, prefer, path.parent / "config.json" if _in_hub_snapshot(path) else None)
+    raw.meta = clean_meta(raw.meta, path)
+    if raw.family not in FAMILIES:
+        raise CheckpointError(path, f"unknown model family {raw.family!r}")
     _check_is_vit(raw)
     raw.format = _describe(raw)
     return raw
 
 
-def _read_file(path: Path, prefer: str) -> RawCheckpoint:
+_TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
+                 "open_clip_pytorch_model.bin")
+
+
+def _timm_folder(path: Path) -> Path | None:
+    """The weights file of a timm hub repository folder (``config.json`` with ``architecture`` and no
+    ``model_type``, beside the weights), or None for any other folder."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return None
+    config = read_json(config_file, "config.json")
+    if "architecture" not in config or "model_type" in config:
+        return None
+    weights = next((path / n for n in _TIMM_WEIGHTS if (path / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(path, f"a timm folder without weights; expected one of {', '.join(_TIMM_WEIGHTS)}")
+    return weights
+
+
+def _read_file(path: Path, prefer: str, timm_config: Path | None = None) -> RawCheckpoint:
     kind = sniff(path)
     refuse_code(path, kind)
     if kind == "unknown":
@@ -85,8 +112,14 @@ def _read_file(path: Path, prefer: str) -> RawCheckpoint:
         container, notes = "safetensors", []
     else:
         tensors, container, meta, notes = originals.unwrap(torch_load(path), path, prefer)
+    if not isinstance(tensors, dict):
+        raise CheckpointError(path, f"its state dict is a {type(tensors).__name__}; expected a dict of tensors")
     tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-    family = meta.get("family")
+    odd = next((k for k in tensors if not isinstance(k, str)), None)
+    if odd is not None:
+        raise CheckpointError(path, f"a tensor is stored under the key {odd!r} ({type(odd).__name__}); expected "
+                                    "parameter names (strings)")
+    family = meta.get("family") if isinstance(meta.get("family"), str) else None
     if hf.looks_like_hf(tensors):
         tensors, hf_notes = hf.from_hf_keys(tensors)
         notes = notes + hf_notes
@@ -107,31 +140,41 @@ def _read_file(path: Path, prefer: str) -> RawCheckpoint:
     elif originals.is_eva(tensors):
         family = family or "eva"
     family = family or hint or _family_from_keys(tensors, container)
-    _timm_pretrained_cfg(path, meta)
+    if timm_config is not None:
+        _timm_pretrained_cfg(timm_config, meta)
     return RawCheckpoint(str(path), tensors, container, meta, notes, family)
 
 
-def _timm_pretrained_cfg(path: Path, meta: dict) -> None:
-    """A timm hub snapshot keeps ``config.json`` beside the weights: its ``pretrained_cfg`` holds the mean/std
-    (e.g. 0.5 for CLIP-derived models) and ``model_args`` may hold the head count."""
-    config_file = path.parent / "config.json"
+def _in_hub_snapshot(path: Path) -> bool:
+    """True for a weights file of a HuggingFace hub cache snapshot (``models--org--name/snapshots/<rev>/file``),
+    the only place where a ``config.json`` beside the weights belongs to them (timm's hub layout)."""
+    parts = path.absolute().parts
+    return len(parts) >= 4 and parts[-3] == "snapshots" and parts[-4].startswith("models--")
+
+
+def _timm_pretrained_cfg(config_file: Path, meta: dict) -> None:
+    """A timm repository keeps ``config.json`` beside the weights: its ``pretrained_cfg`` holds the mean/std
+    (e.g. 0.5 for CLIP-derived models) and ``model_args`` may hold the head count. Read only when the user named
+    the folder, or a model name whose hub cache snapshot holds it (never a file the user did not name), and only
+    as data (``meta.clean_meta``)."""
     if not config_file.is_file():
         return
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, OSError):
-        return
-    if not isinstance(config, dict) or "architecture" not in config:
+    config = read_json(config_file, "timm config.json")
+    if "architecture" not in config:
         return
     meta.setdefault("timm_architecture", config["architecture"])
-    meta.setdefault("timm_model_args", config.get("model_args") or {})
+    model_args = config.get("model_args") or {}
+    if not isinstance(model_args, dict):
+        raise CheckpointError(config_file, f"model_args is a {type(model_args).__name__}; expected a JSON object")
+    meta.setdefault("timm_model_args", model_args)
     pretrained = config.get("pretrained_cfg") or {}
+    if not isinstance(pretrained, dict):
+        raise CheckpointError(config_file, f"pretrained_cfg is a {type(pretrained).__name__}; expected a JSON object")
     if "mean" in pretrained and "std" in pretrained:
-        meta.setdefault("mean", tuple(pretrained["mean"]))
-        meta.setdefault("std", tuple(pretrained["std"]))
-    heads = (config.get("model_args") or {}).get("num_heads")
-    if isinstance(heads, int):
-        meta.setdefault("num_heads", heads)
+        meta.setdefault("mean", pretrained["mean"])
+        meta.setdefault("std", pretrained["std"])
+    if "num_heads" in model_args:
+        meta.setdefault("num_heads", model_args["num_heads"])
 
 
 def _family_from_keys(sd: dict, container: str) -> str:
@@ -179,27 +222,53 @@ def _describe(raw: RawCheckpoint) -> str:
 
 
 # --------------------------------------------------------------------------- architecture
-def _count(sd: dict, stem: str) -> int:
-    indices = {int(m.group(1)) for k in sd if (m := re.match(rf"^{stem}\.(\d+)\.", k))}
-    return max(indices) + 1 if indices else 0
+def _count(sd: dict, stem: str, path="checkpoint") -> int:
+    """Number of blocks ``stem.0`` ... ``stem.N-1``: every index present, at most ``MAEPROBE_MAX_DEPTH``
+    (checked from the key names, before anything is built)."""
+    indices = {int(m.group(1)) for k in sd if (m := re.match(rf"^{stem}\.(\d{{1,12}})\.", k))}
+    if not indices:
+        return 0
+    check_limit("MAEPROBE_MAX_DEPTH", max(indices) + 1, f"{path}: {stem} up to index {max(indices)}")
+    missing = sorted(set(range(max(indices) + 1)) - indices)
+    if missing:
+        raise CheckpointError(path, f"{stem}.{missing[0]} is missing ({len(missing)} of {max(indices) + 1} blocks "
+                                    f"absent); expected {stem}.0 ... {stem}.{max(indices)}")
+    return max(indices) + 1
+
+
+def _tensor(sd: dict, key: str, ndim: int, path) -> torch.Tensor:
+    """``sd[key]`` with ``ndim`` dimensions, none of them empty; CheckpointError otherwise."""
+    value = sd.get(key)
+    if value is None:
+        raise CheckpointError(path, f"{key} is missing; expected {EXPECTED}")
+    if value.ndim != ndim or 0 in value.shape:
+        raise CheckpointError(path, f"{key} has shape {tuple(value.shape)}; expected {ndim} non-empty dimensions")
+    return value
 
 
 def infer_config(raw: RawCheckpoint, *, num_heads: int | None = None,
                  decoder_num_heads: int | None = None) -> ArchConfig:
     """Read the architecture from the weights; head counts come from flags, metadata or known releases."""
-    sd, meta = raw.state_dict, raw.meta
+    sd, meta, path = raw.state_dict, raw.meta, raw.path
+    num_heads = _user_heads("--num-heads", num_heads)
+    decoder_num_heads = _user_heads("--decoder-num-heads", decoder_num_heads)
     proj = sd["patch_embed.proj.weight"]  # [D, C, p, p]
-    if proj.ndim != 4 or proj.shape[2] != proj.shape[3]:
+    if proj.ndim != 4 or proj.shape[2] != proj.shape[3] or 0 in proj.shape:
         raise CheckpointError(raw.path, f"patch_embed.proj.weight has shape {tuple(proj.shape)}; "
-                                        "expected [width, channels, p, p]")
+                                        "expected [width, channels, p, p] with p >= 1")
     D, C, p = proj.shape[0], proj.shape[1], proj.shape[2]
-    depth = _count(sd, "blocks")
+    if C not in (1, 3, 4):
+        raise CheckpointError(path, f"the patch embedding takes {C} input channels; expected 3 (RGB)")
+    depth = _count(sd, "blocks", path)
     if "blocks.0.mlp.fc1_g.weight" in sd:  # timm SwiGLU with separate gate and value (EVA-02 with scale_mlp)
-        hidden, swiglu = sd["blocks.0.mlp.fc1_g.weight"].shape[0], True
+        hidden, swiglu = _tensor(sd, "blocks.0.mlp.fc1_g.weight", 2, path).shape[0], True
     else:
-        hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
-        swiglu = sd["blocks.0.mlp.fc2.weight"].shape[1] * 2 == hidden
+        hidden = _tensor(sd, "blocks.0.mlp.fc1.weight", 2, path).shape[0]
+        swiglu = _tensor(sd, "blocks.0.mlp.fc2.weight", 2, path).shape[1] * 2 == hidden
     class_token, dist_token = "cls_token" in sd, "dist_token" in sd
+    for key in ("cls_token", "dist_token", "reg_token", "pos_embed"):
+        if key in sd and (sd[key].ndim != 3 or sd[key].shape[0] != 1 or sd[key].shape[2] != D):
+            raise CheckpointError(path, f"{key} has shape {tuple(sd[key].shape)}; expected [1, tokens, {D}]")
     num_reg = sd["reg_token"].shape[1] if "reg_token" in sd else 0
     num_prefix = int(class_token) + int(dist_token) + num_reg
     beit = FAMILIES[raw.family].builder == "beit"
@@ -218,15 +287,25 @@ def infer_config(raw: RawCheckpoint, *, num_heads: int | None = None,
         table = sd.get("blocks.0.attn.relative_position_bias_table", sd.get("rel_pos_bias.relative_position_bias_table"))
         if table is None:
             raise CheckpointError(raw.path, "no position embedding and no relative position bias")
-        grid = (math.isqrt(table.shape[0] - 3) + 1) // 2
+        side = math.isqrt(max(table.shape[0] - 3, 0)) if table.ndim == 2 else 0
+        if side < 1 or side * side != table.shape[0] - 3 or side % 2 == 0:
+            raise CheckpointError(path, f"relative_position_bias_table has shape {tuple(table.shape)}; expected "
+                                        "[(2 grid - 1)^2 + 3, heads]")
+        grid = (side + 1) // 2
+    check_limit("MAEPROBE_MAX_PATCHES", grid * grid, f"{path}: a {grid}x{grid} patch grid")
 
     heads = num_heads or meta.get("num_heads") or registry.encoder_heads(D)
+    if not depth:
+        raise CheckpointError(path, "no transformer blocks (blocks.0 ...); expected a ViT encoder")
     if not heads:
         raise CheckpointError(raw.path, f"the number of attention heads is not stored in the weights and a "
                                         f"{D}-wide encoder is not a known release; pass --num-heads N "
                                         f"(num_heads=N in Python)")
     if D % heads:
-        raise CheckpointError(raw.path, f"width {D} is not divisible by {heads} heads")
+        raise CheckpointError(raw.path, f"width {D} is not divisible by {heads} heads; pass the right --num-heads")
+    if FAMILIES[raw.family].builder == "eva" and swiglu and (D // heads) % 2:
+        raise CheckpointError(path, f"{heads} heads of width {D // heads}: EVA-02's rotary embedding needs an even "
+                                    "head width; pass the right --num-heads")
     cfg = dict(
         img_size=grid * p, patch_size=p, in_chans=C, embed_dim=D, depth=depth, num_heads=int(heads),
         mlp_ratio=hidden / D,  # SwiGLU: fc1 holds both halves, as timm's SwiGLUPacked
@@ -256,24 +335,48 @@ def infer_config(raw: RawCheckpoint, *, num_heads: int | None = None,
                         "timm_architecture": meta.get("timm_architecture"),
                         "timm_model_args": meta.get("timm_model_args") or {}}
     if "decoder_embed.weight" in sd:
-        Dd = sd["decoder_embed.weight"].shape[0]
+        Dd = _tensor(sd, "decoder_embed.weight", 2, path).shape[0]
         dheads = decoder_num_heads or meta.get("decoder_num_heads") or registry.decoder_heads(Dd)
         attention_decoder = "decoder_blocks.0.attn.qkv.weight" in sd
         if attention_decoder and not dheads:
             raise CheckpointError(raw.path, f"the number of decoder heads is not stored in the weights and a "
                                             f"{Dd}-wide MAE decoder is not a known release; pass "
                                             f"--decoder-num-heads N (decoder_num_heads=N in Python)")
-        pred_out = sd["decoder_pred.weight"].shape[0]
+        pred_out = _tensor(sd, "decoder_pred.weight", 2, path).shape[0]
         k = math.isqrt(pred_out // C)
+        if k < 1 or k * k * C != pred_out:
+            raise CheckpointError(path, f"decoder_pred.weight has {pred_out} outputs; expected k x k x {C} pixel "
+                                        "values per patch")
+        if dheads and Dd % int(dheads):
+            raise CheckpointError(path, f"decoder width {Dd} is not divisible by {dheads} heads; pass the right "
+                                        "--decoder-num-heads")
         cfg.update(decoder_embed_dim=Dd, pred_size=k if k != p else None)
         if "decoder_conv.weight" in sd:
             cfg.update(decoder_type="conv")
         elif "decoder_mlp.fc1.weight" in sd:
             cfg.update(decoder_type="gaussian", decoder_mlp_ratio=sd["decoder_mlp.fc1.weight"].shape[0] / Dd)
         else:
-            cfg.update(decoder_depth=_count(sd, "decoder_blocks"), decoder_num_heads=int(dheads),
-                       decoder_mlp_ratio=sd["decoder_blocks.0.mlp.fc1.weight"].shape[0] / Dd)
+            decoder_depth = _count(sd, "decoder_blocks", path)
+            if not decoder_depth:
+                raise CheckpointError(path, "an MAE decoder without decoder_blocks.0; expected a full MAE checkpoint")
+            cfg.update(decoder_depth=decoder_depth, decoder_num_heads=int(dheads),
+                       decoder_mlp_ratio=_tensor(sd, "decoder_blocks.0.mlp.fc1.weight", 2, path).shape[0] / Dd)
     return ArchConfig(**cfg)
+
+
+def _user_heads(option: str, value):
+    """A head count given by the user: None, or a whole number in [1, 1024]."""
+    if value is None:
+        return None
+    from ..validate import integer
+
+    return integer(option, value, 1, 1024)
+
+
+# Exceptions that a malformed file can raise inside the readers, converters and builders (ours and timm's):
+# turned into one line naming the file, never a traceback.
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError, ZeroDivisionError,
+              OverflowError, RecursionError, AssertionError, NotImplementedError, UnicodeError)
 
 
 # --------------------------------------------------------------------------- load / save
@@ -299,7 +402,27 @@ def load(path: str | os.PathLike, *, num_heads: int | None = None, decoder_num_h
     """
     from .hub import resolve
 
+    if prefer not in ("teacher", "student", "momentum", "base"):
+        raise MaeprobeError(f"prefer={prefer!r}: expected teacher, student, momentum or base")
     path = resolve(path)
+    try:
+        return _load(path, num_heads, decoder_num_heads, prefer, img_size, device)
+    except MaeprobeError:
+        raise
+    except MemoryError:
+        raise CheckpointError(path, "ran out of memory while reading it; expected a checkpoint that fits in "
+                                    "memory") from None
+    except _MALFORMED as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(path, f"malformed checkpoint ({type(exc).__name__}{': ' + first if first else ''}); "
+                                    f"expected {EXPECTED}") from None
+
+
+def _load(path, num_heads, decoder_num_heads, prefer, img_size, device):
+    if img_size is not None:
+        from ..validate import integer
+
+        integer("--img-size", img_size, 1, 65536)
     raw = read_checkpoint(path, prefer=prefer)
     cfg = infer_config(raw, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     family = FAMILIES[raw.family]
@@ -319,8 +442,11 @@ def load(path: str | os.PathLike, *, num_heads: int | None = None, decoder_num_h
 def _resized(cfg: ArchConfig, state: dict, img_size: int, rule: str, rel_rule: str, path) -> tuple[ArchConfig, dict]:
     from .resample import resample_pos_embed, resample_rel_pos_table
 
-    if img_size % cfg.patch_size:
-        raise CheckpointError(path, f"--img-size {img_size} is not a multiple of the patch size {cfg.patch_size}")
+    if img_size < cfg.patch_size or img_size % cfg.patch_size:
+        raise CheckpointError(path, f"--img-size {img_size} is not a positive multiple of the patch size "
+                                    f"{cfg.patch_size}")
+    grid = img_size // cfg.patch_size
+    check_limit("MAEPROBE_MAX_PATCHES", grid * grid, f"--img-size {img_size}: a {grid}x{grid} patch grid")
     if "decoder_embed.weight" in state:
         raise CheckpointError(path, "--img-size applies to encoders; an MAE decoder has a fixed patch grid "
                                     "(probe the full model at its own size)")
@@ -352,27 +478,35 @@ def resize(model, img_size: int):
     return resized.to(next(model.parameters()).device).eval()
 
 
-def _build(cfg: ArchConfig, builder: str, state: dict, path):
-    if builder in ("beit", "eva"):  # built on the CPU: index buffers and rotary tables are not in the file
+def _construct(cfg: ArchConfig, builder: str):
+    """The empty model for ``cfg``: (model, the module whose state dict the file fills)."""
+    if builder in ("beit", "eva"):
         from ..models.beit import BeitEncoder, EvaEncoder, TimmEncoder
 
         arch = cfg.extra.get("timm_architecture")
-        if builder == "eva" and arch:  # timm's own definition, named by the snapshot's config.json
-            import timm
+        if builder == "eva" and arch:  # timm's own definition, named by the snapshot's config.json: the name and
+            import timm  # the switches passed the allow-list of meta.py; sizes come from the weights
 
             net = timm.create_model(arch, pretrained=False, num_classes=cfg.num_classes, img_size=cfg.img_size,
-                                    **{k: v for k, v in cfg.extra.get("timm_model_args", {}).items()
-                                       if k not in ("num_classes", "img_size")})
+                                    embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                                    patch_size=cfg.patch_size,
+                                    **{k: v for k, v in cfg.extra.get("timm_model_args", {}).items()})
             model = TimmEncoder(cfg, net)
         else:
             model = (BeitEncoder if builder == "beit" else EvaEncoder)(cfg)
-        target = model.net
-    else:
-        with torch.device("meta"):  # no time spent initialising weights that are overwritten
-            model = MaskedAutoencoderViT(cfg)
-        target = model
-    expected = set(target.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        return model, model.net
+    model = MaskedAutoencoderViT(cfg)
+    return model, model
+
+
+def _build(cfg: ArchConfig, builder: str, state: dict, path):
+    # First on the meta device (no memory, no time): the keys and shapes must be exactly the file's before a
+    # real model of that size is built. BEiT and EVA are then built on the CPU (their index buffers and rotary
+    # tables are not in the file); maeprobe's ViT is filled in place (assign=True).
+    with torch.device("meta"):
+        model, target = _construct(cfg, builder)
+    expected = target.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         parts = []
         if missing:
@@ -381,6 +515,15 @@ def _build(cfg: ArchConfig, builder: str, state: dict, path):
             parts.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:4])}"
                          f"{', ...' if len(unexpected) > 4 else ''})")
         raise CheckpointError(path, "keys do not match a ViT/MAE model: " + "; ".join(parts))
+    wrong = next((k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)), None)
+    if wrong is not None:
+        raise CheckpointError(path, f"tensor shapes do not fit a ViT/MAE model ({wrong}: {tuple(state[wrong].shape)} "
+                                    f"in the file, {tuple(expected[wrong].shape)} expected)")
+    for key, value in state.items():  # a NaN or inf weight gives NaN tables: refuse it instead
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(path, f"{key} holds NaN or infinite values; expected finite weights")
+    if builder != "vit":
+        model, target = _construct(cfg, builder)
     try:
         target.load_state_dict(state, strict=True, assign=builder == "vit")
     except RuntimeError as exc:

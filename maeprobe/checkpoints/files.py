@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import zipfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..limits import LimitError, limit
 
 EXPECTED = ("a ViT/MAE checkpoint: a PyTorch .pth/.pt/.bin file, a .safetensors file, a JAX .npz file, "
             "or a HuggingFace folder with config.json")
@@ -38,8 +40,72 @@ def _safe_globals() -> list:
 SAFE_GLOBALS = _safe_globals()
 
 
+def require_regular(path: Path, what: str = "file") -> None:
+    """Refuse anything but a regular file (or a link to one) before opening it: a FIFO would block forever,
+    a device node could be endless."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read it ({exc.strerror or exc}); expected {EXPECTED}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise CheckpointError(path, f"is {kind}, not a regular {what}; expected {EXPECTED}")
+
+
+def check_zip(path: Path) -> None:
+    """Bound what a zip-based checkpoint (``torch.save``, ``.npz``) inflates to, from its directory, before any
+    entry is read: ``torch.save`` stores entries uncompressed, and weights barely compress, so an entry that
+    inflates more than ``MAEPROBE_MAX_INFLATE`` times its stored size is refused."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # the reader reports the corruption
+    ratio = limit("MAEPROBE_MAX_INFLATE")
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > ratio * info.compress_size + (1 << 20):
+            raise LimitError(f"{path}: the archive entry {info.filename!r} inflates from {info.compress_size:,} to "
+                             f"{info.file_size:,} bytes, more than maeprobe's limit of {ratio}x (a zip bomb?); "
+                             "raise it with the environment variable MAEPROBE_MAX_INFLATE")
+    total, size = sum(i.file_size for i in infos), path.stat().st_size
+    if total > ratio * size + (1 << 20):
+        raise LimitError(f"{path}: the archive's entries add up to {total:,} bytes from a {size:,}-byte file, more "
+                         f"than maeprobe's limit of {ratio}x; raise it with the environment variable "
+                         "MAEPROBE_MAX_INFLATE")
+
+
+def read_json(path: Path, what: str = "configuration") -> dict:
+    """A JSON object from a file that came with a checkpoint: size-bounded, UTF-8, nested reasonably;
+    anything else is a CheckpointError naming the file."""
+    require_regular(path, what)
+    bound = limit("MAEPROBE_MAX_METADATA")
+    if path.stat().st_size > bound:
+        raise LimitError(f"{path}: a {path.stat().st_size:,}-byte {what} file exceeds maeprobe's limit of "
+                         f"{bound:,} bytes (raise it with the environment variable MAEPROBE_MAX_METADATA)")
+    return parse_json(path.read_bytes(), path, what)
+
+
+def parse_json(data: bytes | str, path, what: str = "metadata") -> dict:
+    """Parse a JSON object (bytes must be UTF-8); CheckpointError on bad encoding, syntax, depth or type."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+        value = json.loads(text)
+    except UnicodeDecodeError:
+        raise CheckpointError(path, f"the {what} is not UTF-8 text; expected a JSON object") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(path, f"the {what} is not valid JSON ({exc}); expected a JSON object") from None
+    except RecursionError:
+        raise CheckpointError(path, f"the {what} is nested too deeply; expected a flat JSON object") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(path, f"the {what} is a JSON {type(value).__name__}; expected a JSON object")
+    return value
+
+
 def torch_load(path: Path):
     """``torch.load(weights_only=True)`` with the allow-list; CheckpointError on anything else."""
+    require_regular(path)
+    check_zip(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -51,7 +117,10 @@ def torch_load(path: Path):
                                         "maeprobe's allow-list; checkpoints must hold only tensors and plain "
                                         "containers (untrusted pickles never run code here)") from None
         raise CheckpointError(path, f"corrupt pickle ({exc}); expected {EXPECTED}") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, IndexError, KeyError) as exc:
+    except RecursionError:
+        raise CheckpointError(path, "the pickle is nested too deeply; expected a state dict") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, IndexError, KeyError, TypeError,
+            AttributeError, OverflowError, MemoryError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(path, f"truncated or corrupt PyTorch file ({first}); expected {EXPECTED}") from None
 
@@ -65,30 +134,42 @@ def read_safetensors(path: Path) -> tuple[dict, dict]:
     """(tensors, maeprobe metadata) of a ``.safetensors`` file."""
     from safetensors import SafetensorError, safe_open
 
+    require_regular(path)
+    with open(path, "rb") as f:  # the header's length comes first; bound it before the library parses it
+        head = f.read(8)
+    header = int.from_bytes(head, "little") if len(head) == 8 else 0
+    bound = limit("MAEPROBE_MAX_METADATA") + 64 * 1024 * 1024  # tensor entries plus metadata
+    if header > bound:
+        raise LimitError(f"{path}: a {header:,}-byte safetensors header exceeds maeprobe's limit of {bound:,} bytes "
+                         "(raise it with the environment variable MAEPROBE_MAX_METADATA)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
             metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(path, f"truncated or corrupt safetensors file ({exc}); expected {EXPECTED}") from None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(path, f"truncated or corrupt safetensors file ({first}); expected {EXPECTED}") from None
     meta = {}
     if "maeprobe" in metadata:
-        try:
-            meta = json.loads(metadata["maeprobe"])
-        except json.JSONDecodeError:
-            pass
+        text = metadata["maeprobe"]
+        if len(text) > limit("MAEPROBE_MAX_METADATA"):
+            raise LimitError(f"{path}: {len(text):,} bytes of maeprobe metadata exceed maeprobe's limit of "
+                             f"{limit('MAEPROBE_MAX_METADATA'):,} (raise it with MAEPROBE_MAX_METADATA)")
+        meta = parse_json(text, path, "maeprobe metadata")
     return tensors, meta
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Arrays of a JAX/Flax ``.npz`` checkpoint (never unpickles object arrays)."""
+    require_regular(path)
+    check_zip(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {k: archive[k] for k in archive.files}
     except ValueError as exc:
         raise CheckpointError(path, f"refused to load: the .npz holds Python objects ({exc}); "
                                     "only numeric arrays are read") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, TypeError, NotImplementedError) as exc:
         raise CheckpointError(path, f"truncated or corrupt .npz file ({exc}); expected {EXPECTED}") from None
 
 
@@ -101,7 +182,7 @@ def sniff(path: Path) -> str:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
             return "zip"  # torch.load reports the corruption
         if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
             return "npz"

@@ -9,14 +9,13 @@ the one piece no kept library provides: timm converts original releases, not Hug
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, MaeprobeError
-from .files import EXPECTED, read_safetensors, torch_load
+from .files import EXPECTED, read_json, read_safetensors, torch_load
 
 # model_type -> (family, builder defaults HF would use when config.json leaves a field out)
 MODEL_TYPES = {
@@ -99,36 +98,40 @@ def read_folder(path: Path) -> tuple[dict, str, str, dict, list[str]]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(path, f"folder has no config.json; expected {EXPECTED}")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(config_file, f"invalid JSON ({exc})") from None
+    config = read_json(config_file, "config.json")
     model_type = config.get("model_type", "?")
-    if model_type not in MODEL_TYPES:
-        raise CheckpointError(path, f"HuggingFace model_type {model_type!r} is not supported (supported: "
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
+        shown = repr(model_type) if len(repr(model_type)) <= 60 else repr(model_type)[:57] + "..."
+        raise CheckpointError(path, f"HuggingFace model_type {shown} is not supported (supported: "
                                     f"{', '.join(MODEL_TYPES)})")
     family, defaults = MODEL_TYPES[model_type]
     vision = config.get("vision_config") if model_type in ("clip", "siglip") else None
+    if vision is not None and not isinstance(vision, dict):
+        raise CheckpointError(config_file, f"vision_config is a {type(vision).__name__}; expected a JSON object")
     conf = {**defaults, **(vision or config)}
-    tensors = _read_weights(path)
 
     act = conf.get("hidden_act")
-    if act not in _ACTIVATIONS:
-        raise CheckpointError(path, f"hidden_act {act!r} is not supported (known: {', '.join(_ACTIVATIONS)})")
+    if not isinstance(act, str) or act not in _ACTIVATIONS:
+        raise CheckpointError(config_file, f"hidden_act {act!r} is not supported (known: {', '.join(_ACTIVATIONS)})")
+    # checked (types and bounds) with every other metadata by meta.clean_meta; a bad value names config.json
     meta = {
         "num_heads": conf.get("num_attention_heads", 12),  # transformers' own default when absent
         "decoder_num_heads": conf.get("decoder_num_attention_heads"),
-        "norm_eps": conf["layer_norm_eps"],
+        "norm_eps": conf.get("layer_norm_eps"),
         "norm_pix_loss": config.get("norm_pix_loss", False),
         "act_layer": _ACTIVATIONS[act],
         "pos_resample": "size-antialias" if model_type == "dinov2_with_registers" else "size",
         "rel_pos_resample": "hf",
     }
+    from .meta import clean_meta
+
+    meta = clean_meta(meta, config_file)
     pre = path / "preprocessor_config.json"
     if pre.is_file():
-        pconf = json.loads(pre.read_text())
+        pconf = read_json(pre, "preprocessor_config.json")
         if "image_mean" in pconf and "image_std" in pconf:
-            meta["mean"], meta["std"] = tuple(pconf["image_mean"]), tuple(pconf["image_std"])
+            meta.update(clean_meta({"mean": pconf["image_mean"], "std": pconf["image_std"]}, pre))
+    tensors = _read_weights(path)
     sd, notes = from_hf_keys(tensors, family)
     layout = "transformers 5.x" if any(".decoder_encoder." in k or re.match(r"^(vit\.)?layers\.", k)
                                        for k in tensors) else "transformers 4.x / hub"
@@ -136,10 +139,13 @@ def read_folder(path: Path) -> tuple[dict, str, str, dict, list[str]]:
 
 
 def _read_weights(path: Path) -> dict:
-    if (path / "model.safetensors").is_file():
+    if (path / "model.safetensors").exists():
         return read_safetensors(path / "model.safetensors")[0]
-    if (path / "pytorch_model.bin").is_file():
-        return torch_load(path / "pytorch_model.bin")
+    if (path / "pytorch_model.bin").exists():
+        weights = torch_load(path / "pytorch_model.bin")
+        if not isinstance(weights, dict):
+            raise CheckpointError(path / "pytorch_model.bin", f"holds a {type(weights).__name__}; expected a state dict")
+        return weights
     shards = sorted(path.glob("model-*-of-*.safetensors"))
     if shards:
         tensors: dict = {}
@@ -198,7 +204,8 @@ def from_hf_keys(tensors: dict, family: str = "vit") -> tuple[dict, list[str]]:
     for (stem, leaf), parts in qkv.items():
         if leaf == "weight":
             if set(parts) != {"q", "k", "v"}:
-                raise MaeprobeError(f"incomplete query/key/value set for {stem}")
+                raise MaeprobeError(f"incomplete query/key/value weights for {stem} (found {', '.join(sorted(parts))}; "
+                                    "expected query, key and value)")
             out[f"{stem}.qkv.weight"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
         elif beit:
             out[f"{stem}.q_bias"] = parts["q"]

@@ -71,23 +71,52 @@ def resolve(source):
         return _release(text)
     repo = text[len("hf-hub:"):] if text.startswith("hf-hub:") else text
     repo, _, revision = repo.partition("@")
-    return _hub_repo(repo, revision or "main")
+    revision = revision or "main"
+    if not _REPO.fullmatch(repo) or ".." in repo:
+        raise MaeprobeError(f"{_shown(text)}: {_shown(repo)!r} is not a hub repository id; expected org/name "
+                            "(letters, digits, '-', '_', '.')")
+    if not _REVISION.fullmatch(revision) or ".." in revision.split("/") or revision.startswith("/"):
+        raise MaeprobeError(f"{_shown(text)}: {_shown(revision)!r} is not a revision; expected a branch, tag or "
+                            "commit name")
+    return _hub_repo(repo, revision)
+
+
+_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}")
+_COMMIT = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,127}")
+
+
+def _shown(text: str) -> str:
+    from ..validate import printable
+
+    return printable(text, keep_newlines=False)[:120]
 
 
 def _snapshot(repo: str, revision: str) -> Path | None:
     folder = hf_cache() / ("models--" + repo.replace("/", "--"))
     ref = folder / "refs" / revision
-    commit = ref.read_text().strip() if ref.is_file() else revision
+    commit = revision
+    if ref.is_file():
+        if ref.stat().st_size > 256:
+            raise MaeprobeError(f"{ref}: not a hub cache reference (expected a commit hash)")
+        commit = ref.read_text(errors="replace").strip()
+        if not _COMMIT.fullmatch(commit):
+            raise MaeprobeError(f"{ref}: {_shown(commit)!r} is not a commit hash (a damaged hub cache?)")
     snapshot = folder / "snapshots" / commit
-    return snapshot if snapshot.is_dir() else None
+    if not snapshot.is_dir():
+        return None
+    root = (folder / "snapshots").resolve()
+    if not snapshot.resolve().is_relative_to(root):  # never a folder outside the cache
+        raise MaeprobeError(f"hf-hub:{repo}@{_shown(revision)}: resolves outside the hub cache ({root})")
+    return snapshot
 
 
 def _from_snapshot(snapshot: Path) -> Path:
     """A transformers folder as a folder; a timm or open_clip repository as its weights file."""
-    import json
+    from .files import read_json
 
     config = snapshot / "config.json"
-    if config.is_file() and "model_type" in json.loads(config.read_text()):
+    if config.is_file() and "model_type" in read_json(config, "config.json"):
         return snapshot
     for name in _WEIGHTS:
         if (snapshot / name).is_file():

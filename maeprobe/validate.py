@@ -1,0 +1,105 @@
+"""Checks of user-supplied settings (CLI options and their Python twins), each failing with one line that names
+the setting and what was expected; and ``printable`` for text from files and paths shown on a terminal."""
+from __future__ import annotations
+
+import math
+import numbers
+import re
+
+from .errors import MaeprobeError
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text, *, keep_newlines: bool = True) -> str:
+    """``text`` with terminal control characters (escape sequences, bidi overrides) shown as escapes, so a file
+    name or a string from a checkpoint cannot rewrite the terminal. Newlines and tabs stay unless
+    ``keep_newlines`` is False (a one-line message)."""
+    text = str(text)
+
+    def escape(match: re.Match) -> str:
+        char = match.group(0)
+        return repr(char)[1:-1] if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+    text = _CONTROL.sub(escape, text)
+    if not keep_newlines:
+        text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
+    return text
+
+
+def integer(name: str, value, lo: int | None = None, hi: int | None = None, *, allow_none: bool = False):
+    """``value`` as an int within [lo, hi] (bools and fractions are refused)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise MaeprobeError(f"{name}: expected a whole number{_range(lo, hi)}, got {value!r}")
+    value = int(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise MaeprobeError(f"{name}: expected a whole number{_range(lo, hi)}, got {value}")
+    return value
+
+
+def real(name: str, value, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+         hi_open: bool = False, allow_none: bool = False):
+    """``value`` as a finite float within the bounds (open or closed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise MaeprobeError(f"{name}: expected a number{_range(lo, hi, lo_open, hi_open)}, got {value!r}")
+    value = float(value)
+    bad = not math.isfinite(value)
+    bad |= lo is not None and (value <= lo if lo_open else value < lo)
+    bad |= hi is not None and (value >= hi if hi_open else value > hi)
+    if bad:
+        raise MaeprobeError(f"{name}: expected a finite number{_range(lo, hi, lo_open, hi_open)}, got {value!r}")
+    return value
+
+
+def _range(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f" {'>' if lo_open else '>='} {lo}"
+    if lo is None:
+        return f" {'<' if hi_open else '<='} {hi}"
+    return f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def mask_ratio(value, num_patches: int | None = None, name: str = "mask ratio") -> float:
+    """A mask ratio in [0, 1) that leaves at least one visible patch of ``num_patches``."""
+    value = real(name, value, 0.0, 1.0, hi_open=True)
+    if num_patches is not None and int(num_patches * (1 - value)) < 1:
+        raise MaeprobeError(f"{name}: {value:g} leaves no visible patch of {num_patches}; use a ratio below "
+                            f"{1 - 1 / num_patches:.4g}")
+    return value
+
+
+def device(value):
+    """A torch.device that exists here: 'cpu', 'cuda', 'cuda:N' (N below the number of GPUs), 'mps', or None."""
+    if value is None:
+        return None
+    import torch
+
+    if isinstance(value, torch.device):
+        dev = value
+    else:
+        text = str(value).strip()
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, ValueError, TypeError):
+            raise MaeprobeError(f"--device: {printable(text, keep_newlines=False)!r} is not a device; expected "
+                                "cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MaeprobeError(f"--device {dev}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MaeprobeError(f"--device {dev}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise MaeprobeError(f"--device {dev}: MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise MaeprobeError(f"--device {dev}: expected cpu, cuda, cuda:N or mps")
+    return dev
