@@ -273,15 +273,22 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
     from .plots import default_queries, render_decoder_attention, render_encoder_attention
     from .probe import default_device
 
+    from . import validate
+
+    device = validate.device(device) or torch.device(default_device())
+    validate.integer("--seed", seed, 0, 2**63 - 1)
+    validate.real("--mask-ratio", mask_ratio, 0.0, 1.0, hi_open=True)
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image)
     model = resolve_model(model, **load_kwargs)
-    device = torch.device(device or default_device())
     model = model.to(device).eval()
     cfg = model.config
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            image = open_image(image)
-        except (OSError, ValueError) as exc:
-            raise MaeprobeError(f"{image}: cannot read image ({exc})") from None
+    validate.mask_ratio(mask_ratio, cfg.num_patches, "--mask-ratio")
+    if queries is not None:
+        bad = [q for q in queries if not 0 <= int(q) < cfg.num_patches]
+        if bad:
+            raise MaeprobeError(f"--query {bad[0]}: expected patch indices 0 ... {cfg.num_patches - 1} "
+                                f"({cfg.grid_size}x{cfg.grid_size} grid, row-major)")
     display = fit_to_size(image, cfg.img_size)
     from .checkpoints import normalization
 

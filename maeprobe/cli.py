@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import warnings
 from enum import Enum
@@ -10,7 +11,53 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+try:  # newer typer carries its own copy of click: its exceptions are the ones raised
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - typer on the real click
+    from click import exceptions as click_errors
+from typer.core import TyperGroup
+
+
+def _one_line(message) -> str:
+    from .validate import printable
+
+    return printable(message, keep_newlines=False)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """Print ``error: <message>`` as one line (on the main process only under torchrun) and exit."""
+    from .distributed import is_main
+
+    if is_main():
+        typer.echo(f"error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
+class OneLineErrors(TyperGroup):
+    """Command-line mistakes (unknown option, a value of the wrong type or out of range, a missing argument) end
+    with one line ``error: ...`` and exit status 2, like every other refusal, instead of click's usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                **extra)
+        except click_errors.NoArgsIsHelpError as exc:  # a bare group prints its help, as before
+            typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            code = 2
+        except click_errors.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            _fail(exc.format_message() + hint)
+        except click_errors.ClickException as exc:
+            _fail(exc.format_message())
+        except click_errors.Abort:
+            typer.echo("interrupted", err=True)
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Look inside pretrained MAE / ViT checkpoints.")
 
 
@@ -34,7 +81,9 @@ def _echo(message: str = "", **kwargs) -> None:
     from .distributed import is_main
 
     if is_main():
-        typer.echo(message, **kwargs)
+        from .validate import printable
+
+        typer.echo(printable(message), **kwargs)
 
 
 def _friendly(fn):
@@ -57,8 +106,9 @@ def _friendly(fn):
         try:
             init_from_env()
             return fn(*args, **kwargs)
-        except MaeprobeError as exc:
-            typer.echo(f"error: {exc}", err=True)
+        except MaeprobeError as exc:  # every process hits the same refusal; the main one prints it
+            if is_main():
+                typer.echo(f"error: {_one_line(exc)}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -80,11 +130,22 @@ def _parse_layers(text: Optional[str], option: str = "--layers") -> Optional[lis
         try:
             if ":" in part or ("-" in part[1:]):
                 lo, hi = part.split(":") if ":" in part else part.split("-", 1)
-                layers += list(range(int(lo), int(hi) + 1))
+                lo, hi = int(lo), int(hi)
+                if hi < lo:
+                    raise MaeprobeError(f"{option}: the range {part!r} runs backwards; write it low-high, e.g. "
+                                        f"{hi}-{lo}")
+                if hi - lo > 100_000:
+                    raise MaeprobeError(f"{option}: the range {part!r} is longer than any model")
+                layers += list(range(lo, hi + 1))
             else:
                 layers.append(int(part))
-        except ValueError:
-            raise MaeprobeError(f"{option}: cannot read {part!r}; use e.g. 0,5,11 or 0-3 (0-based)") from None
+        except ValueError as exc:
+            if isinstance(exc, MaeprobeError):
+                raise
+            raise MaeprobeError(f"{option}: cannot read {_one_line(part)!r}; use e.g. 0,5,11 or 0-3 "
+                                "(0-based)") from None
+    if not layers:
+        raise MaeprobeError(f"{option}: no index given; use e.g. 0,5,11 or 0-3 (0-based)")
     return layers
 
 
@@ -95,9 +156,12 @@ def _parse_tau(text: str) -> Optional[float]:
     if text.strip().lower() in ("none", "off", ""):
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise MaeprobeError(f"--tau: expected a number or 'none', got {text!r}") from None
+        raise MaeprobeError(f"--tau: expected a number or 'none', got {_one_line(text)!r}") from None
+    if not math.isfinite(value):
+        raise MaeprobeError(f"--tau: expected a finite number or 'none', got {text!r}")
+    return value
 
 
 def _parse_mask_ratios(text: Optional[str]) -> Optional[dict]:
@@ -114,20 +178,20 @@ def _parse_mask_ratios(text: Optional[str]) -> Optional[dict]:
         try:
             out[key.strip()] = float(value)
         except ValueError:
-            raise MaeprobeError(f"--mask-ratios: {value!r} is not a number") from None
+            raise MaeprobeError(f"--mask-ratios: {_one_line(value)!r} is not a number") from None
     return out
 
 
 TAU_HELP = ("Binarise affinities as CutLER's MaskCut: W > tau -> 1, else --eps (default 0.15, CutLER's); "
             "'none' keeps the continuous cosine matrix.")
-NUM_WORKERS = typer.Option(None, "--num-workers", help="Processes decoding image files (default: on CUDA CPU "
+NUM_WORKERS = typer.Option(None, "--num-workers", min=0, max=1024, help="Processes decoding image files (default: on CUDA CPU "
                                                          "cores - 1, at most 8; on CPU 0, i.e. in this process).")
 CKPT = typer.Argument(..., help="Checkpoint file (.pth/.pt/.bin/.safetensors/.npz), HuggingFace folder, or a "
                                  "model name (hf-hub:org/name, timm/name, an official release file name).")
-IMG_SIZE = typer.Option(None, "--img-size", help="Probe at this input size: the position embedding is resampled "
+IMG_SIZE = typer.Option(None, "--img-size", min=1, max=65536, help="Probe at this input size: the position embedding is resampled "
                                                  "as the family's own code does (default: the trained size).")
-NUM_HEADS = typer.Option(None, "--num-heads", help="Encoder heads (only for checkpoints of unknown releases).")
-DEC_HEADS = typer.Option(None, "--decoder-num-heads", help="Decoder heads (only for unknown decoders).")
+NUM_HEADS = typer.Option(None, "--num-heads", min=1, max=1024, help="Encoder heads (only for checkpoints of unknown releases).")
+DEC_HEADS = typer.Option(None, "--decoder-num-heads", min=1, max=1024, help="Decoder heads (only for unknown decoders).")
 
 
 @app.command()
@@ -168,14 +232,15 @@ def attn_distance(
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of images (recursive). Default: built-in photos."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the table: .csv, .json or .parquet."),
     mask_ratio: float = typer.Option(0.0, "--mask-ratio", help="Fraction of patches masked (visible ones keep their positions)."),
-    seed: int = typer.Option(0, "--seed", help="Mask seed (and bootstrap seed)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Mask seed (and bootstrap seed)."),
     per_image_mask: bool = typer.Option(False, "--per-image-mask", help="A different seeded mask per image."),
     layers: Optional[str] = typer.Option(None, "--layers", help="0-based layers, e.g. 0,5,11 or 0-3 (default all)."),
     module: Module = typer.Option(Module.encoder, "--module", help="encoder or decoder."),
     units: Units = typer.Option(Units.px, "--units", help="px or patches."),
     renormalize: bool = typer.Option(False, "--renormalize", help="Renormalise rows over patch keys."),
-    bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap replicates for ci_low/ci_high (0: off)."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=0, max=100_000,
+                                  help="Bootstrap replicates for ci_low/ci_high (0: off)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, max=1 << 20),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: DType = typer.Option(DType.fp32, "--dtype", help="fp32 or bf16 (autocast)."),
     num_workers: Optional[int] = NUM_WORKERS,
@@ -184,6 +249,7 @@ def attn_distance(
     img_size: Optional[int] = IMG_SIZE,
 ):
     """Mean attention distance per layer and head (ViT authors' convention), in pixels by default."""
+    _check_table_out(out)
     from .api import attention_distance
     from .checkpoints import load
     from .results import layer_summary, write_table
@@ -208,12 +274,20 @@ def attn_distance(
 
 IMAGES = typer.Option(None, "--images", help="Folder of images (recursive). Default: built-in photos.")
 OUT_TABLE = typer.Option(None, "--out", help="Write the table: .csv, .json or .parquet.")
-SEED = typer.Option(0, "--seed", help="Mask seed (and bootstrap seed).")
-BOOTSTRAP = typer.Option(200, "--bootstrap", help="Bootstrap replicates for ci_low/ci_high (0: off).")
-BATCH = typer.Option(16, "--batch-size")
+SEED = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Mask seed (and bootstrap seed).")
+BOOTSTRAP = typer.Option(200, "--bootstrap", min=0, max=100_000, help="Bootstrap replicates for ci_low/ci_high (0: off).")
+BATCH = typer.Option(16, "--batch-size", min=1, max=1 << 20)
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 DTYPE = typer.Option(DType.fp32, "--dtype", help="fp32 or bf16 (autocast).")
 DEC_LAYERS = typer.Option(None, "--layers", help="0-based decoder layers, e.g. 0,7 or 0-3 (default all).")
+
+
+def _check_table_out(out) -> None:
+    """Refuse a table path that cannot be written before any model is loaded or image decoded."""
+    if out is not None:
+        from .io import check_output_file
+
+        check_output_file(out, (".csv", ".json", ".parquet"))
 
 
 def _print_per_layer(table, title: str) -> None:
@@ -246,6 +320,7 @@ def decoder_attn_sim(
 ):
     """LC-MAE Eq. 7: similarity of the masked queries' decoder attention (k x heads x n patch keys) across
     images, all images under one shared seeded mask."""
+    _check_table_out(out)
     from .api import decoder_attention_similarity
     from .checkpoints import load
 
@@ -271,15 +346,17 @@ def decoder_semantics(
     decoder_features: Optional[str] = typer.Option(None, "--decoder-features",
                                                    help="Decoder features: keys or tokens (default: as --ref-features)."),
     tau: str = typer.Option("0.15", "--tau", help=TAU_HELP),
-    eps: float = typer.Option(1e-5, "--eps", help="Value replacing zeros after --tau."),
+    eps: float = typer.Option(1e-5, "--eps", min=0.0, max=1.0, help="Value replacing zeros after --tau."),
     mask_ratio: float = typer.Option(0.75, "--mask-ratio", help="Shared mask ratio."), seed: int = SEED,
     layers: Optional[str] = DEC_LAYERS, bootstrap: int = BOOTSTRAP, batch_size: int = BATCH,
     device: Optional[str] = DEVICE, dtype: DType = DTYPE, num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
     img_size: Optional[int] = IMG_SIZE,
-    ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads", help="Reference heads, if unknown."),
+    ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads", min=1, max=1024,
+                                                help="Reference heads, if unknown."),
 ):
     """LC-MAE Eq. 8: semantic similarity of each decoder layer to a reference model (e.g. DINO)."""
+    _check_table_out(out)
     from .api import decoder_semantic_similarity
     from .checkpoints import load
 
@@ -307,6 +384,7 @@ def spectrum(
     img_size: Optional[int] = IMG_SIZE,
 ):
     """U-MAE feature-collapse spectrum: singular values and effective rank of encoder features."""
+    _check_table_out(out)
     from .api import feature_spectrum
     from .checkpoints import load
 
@@ -344,9 +422,10 @@ def run_cmd(
     num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
     img_size: Optional[int] = IMG_SIZE,
-    ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads"),
+    ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads", min=1, max=1024),
 ):
     """Several metrics for every checkpoint, one table; metrics under the same mask share one hooked pass."""
+    _check_table_out(out)
     from .api import run
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
@@ -382,6 +461,10 @@ def render_attn(
 ):
     """Attention maps of one image (paper Fig. 4 / B.1), PNG and PDF."""
     from .api import render_attention
+    from .io import check_output_file
+
+    for suffix in (".png", ".pdf"):
+        check_output_file(out.with_suffix(suffix))
 
     queries = _parse_layers(query, "--query") if query else None
     paths = render_attention(str(ckpt), image, out, layers=_parse_layers(layers), queries=queries,
@@ -407,7 +490,10 @@ def figures_cmd(
     import pandas as pd
 
     from .errors import MaeprobeError
+    from .io import check_output_folder
     from .plots import make_figures
+
+    check_output_folder(out)
     from .results import read_table
 
     table = pd.concat([read_table(p) for p in results], ignore_index=True)
@@ -434,14 +520,18 @@ def reproduce_cmd(
                                                              "(default: the built-in photographs)."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference for decoder-semantic (checkpoint or 'dino'); "
                                                          "without one that finding is inconclusive."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps per run (default: the scale's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, max=10_000_000,
+                                        help="Optimiser steps per run (default: the scale's)."),
     device: Optional[str] = DEVICE,
     list_only: bool = typer.Option(False, "--list", help="List the finding ids with their claims and exit."),
 ):
     """Reproduce the papers' findings: train what they need (recipe engine), measure, judge each claim by its
     written rule (holds / fails / inconclusive), write findings.csv, findings.md and figures."""
     from .findings import list_findings, reproduce
+    from .io import check_output_folder
 
+    if not list_only:
+        check_output_folder(out)
     if list_only:
         for row in list_findings().itertuples():
             _echo(f"{row.finding:<20} {row.claim} ({row.paper})")
@@ -456,19 +546,26 @@ def pretrain_cmd(
     out: Path = typer.Option(Path("outputs/pretrain/checkpoint.pth"), "--out", help="Checkpoint path (.pth)."),
     preset: str = typer.Option("mae_vit_tiny_patch8_64", "--preset", help="Architecture preset."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of training images (default: built-in photos)."),
-    steps: int = typer.Option(300, "--steps"),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    base_lr: float = typer.Option(1.5e-4, "--base-lr", help="lr = base_lr * batch_size / 256."),
-    weight_decay: float = typer.Option(0.05, "--weight-decay"),
-    warmup_steps: int = typer.Option(20, "--warmup-steps"),
+    steps: int = typer.Option(300, "--steps", min=1, max=10_000_000),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=1 << 20),
+    base_lr: float = typer.Option(1.5e-4, "--base-lr", min=0.0, max=10.0, help="lr = base_lr * batch_size / 256."),
+    weight_decay: float = typer.Option(0.05, "--weight-decay", min=0.0, max=10.0),
+    warmup_steps: int = typer.Option(20, "--warmup-steps", min=0, max=10_000_000),
     mask_ratio: float = typer.Option(0.75, "--mask-ratio"),
     norm_pix_loss: bool = typer.Option(False, "--norm-pix-loss", help="Per-patch normalised pixel targets."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop (and save) after this long."),
-    seed: int = typer.Option(0, "--seed"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.0, max=1e7,
+                                                help="Stop (and save) after this long."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**63 - 1),
     device: Optional[str] = typer.Option(None, "--device"),
 ):
     """Minimal single-process MAE pretraining; saves an official-format checkpoint."""
+    from . import validate
+    from .io import check_output_file
     from .train import PretrainConfig, pretrain
+
+    check_output_file(out, (".pth",))
+    validate.mask_ratio(mask_ratio, None, "--mask-ratio")
+    validate.device(device)
 
     config = PretrainConfig(preset=preset, images=str(images) if images else None, out=str(out), steps=steps,
                             batch_size=batch_size, base_lr=base_lr, weight_decay=weight_decay,
@@ -482,13 +579,16 @@ def pretrain_cmd(
 @_friendly
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), "--out", help="Output folder."),
-    max_minutes: float = typer.Option(2.5, "--max-minutes", help="Pretraining time budget."),
-    steps: int = typer.Option(600, "--steps", help="Pretraining steps (if the time budget allows)."),
+    max_minutes: float = typer.Option(2.5, "--max-minutes", min=0.0, max=1e7, help="Pretraining time budget."),
+    steps: int = typer.Option(600, "--steps", min=1, max=10_000_000,
+                              help="Pretraining steps (if the time budget allows)."),
 ):
     """Pretrain a small MAE on the built-in photos, run every metric on it and on the untrained model, write
     the table, the paper's figures and attention renders."""
     from .demo import run_demo
+    from .io import check_output_folder
 
+    check_output_folder(out)
     paths = run_demo(out, max_minutes=max_minutes, steps=steps, echo=_echo)
     _echo("\nresults:")
     for key, path in paths.items():
@@ -524,7 +624,7 @@ def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder 
 def recipe_show(
     recipe: Path = typer.Argument(..., help="Recipe YAML."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=3"),
-    nproc: Optional[int] = typer.Option(None, "--nproc", help="Processes to derive the batch split for "
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, max=1 << 16, help="Processes to derive the batch split for "
                                                               "(default: $WORLD_SIZE, else 1)."),
 ):
     """Print the fully resolved recipe as YAML (what `recipe run` would run; nothing is started), with the

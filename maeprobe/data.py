@@ -17,9 +17,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from struct import error as struct_error
 from torch.utils.data import Dataset
 
 from .errors import MaeprobeError
+from .limits import LimitError, limit
 
 # scikit-image / scikit-learn / matplotlib ship these photographs inside their wheels (no download).
 BUILTIN_SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina",
@@ -43,19 +45,64 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, LA, RGBA (alpha dropped), CMYK, YCbCr, 1
 
 
+def check_image_size(width: int, height: int, name) -> None:
+    """Refuse, before decoding or resizing, an image whose pixel count or aspect ratio exceeds maeprobe's limits
+    (``MAEPROBE_MAX_IMAGE_PIXELS``, ``MAEPROBE_MAX_ASPECT``): a 274-byte 1 x 100000 PNG would otherwise become a
+    64 x 6,400,000 intermediate image when its shorter side is resized to 64."""
+    if width < 1 or height < 1:
+        raise MaeprobeError(f"{name}: an image of {width}x{height} pixels; expected a non-empty image")
+    pixels, bound = width * height, limit("MAEPROBE_MAX_IMAGE_PIXELS")
+    if pixels > bound:
+        raise LimitError(f"{name}: {width}x{height} = {pixels:,} pixels exceeds maeprobe's limit of {bound:,} "
+                         "(raise it with the environment variable MAEPROBE_MAX_IMAGE_PIXELS)")
+    aspect, bound = max(width, height) / min(width, height), limit("MAEPROBE_MAX_ASPECT")
+    if aspect > bound:
+        raise LimitError(f"{name}: {width}x{height} has an aspect ratio of {aspect:.0f}:1, beyond maeprobe's limit "
+                         f"of {bound}:1 (raise it with the environment variable MAEPROBE_MAX_ASPECT)")
+
+
 def open_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
-    """Decode an image file fully and return it as RGB (PIL errors propagate: OSError, ValueError...).
+    """Decode an image file fully and return it as RGB; a file that is not a readable image, or one beyond
+    the size limits (``check_image_size``, checked from the header before decoding), is a MaeprobeError.
 
     ``min_side``: the shorter side that the caller will resize to. A JPEG at least twice that size is decoded
     at a reduced scale (Pillow's draft mode: 1/2, 1/4 or 1/8 in the DCT domain, never below ``min_side``),
     which is several times faster than decoding every pixel and resizing them afterwards.
     """
-    with Image.open(path) as img:
-        if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
-            scale = min_side / min(img.size)
-            img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
-        img.load()
-        return to_rgb(img).copy()
+    import stat
+
+    from .validate import printable
+
+    name = printable(path, keep_newlines=False)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+            raise MaeprobeError(f"{name}: not a regular file; expected an image file")
+        with warnings.catch_warnings():  # maeprobe's own pixel limit replaces Pillow's decompression-bomb check
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+            with img:
+                check_image_size(img.width, img.height, name)
+                return _decode(img, min_side)
+    except MaeprobeError:
+        raise
+    except MemoryError:
+        raise MaeprobeError(f"{name}: ran out of memory decoding it") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError,
+            KeyError, struct_error, Image.DecompressionBombError, ZeroDivisionError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise MaeprobeError(f"{name}: not a readable image ({printable(first, keep_newlines=False)})") from None
+
+
+def _decode(img: Image.Image, min_side: int | None) -> Image.Image:
+    if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
+        scale = min_side / min(img.size)
+        img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+    img.load()
+    return to_rgb(img).copy()
 
 
 def builtin_images() -> list[tuple[str, Image.Image]]:
@@ -121,6 +168,7 @@ def fit_to_size(img: Image.Image, img_size: int) -> Image.Image:
     if img.size == (img_size, img_size):
         return img
     w, h = img.size
+    check_image_size(w, h, "an image")
     if w <= h:
         new_w, new_h = img_size, int(img_size * h / w)
     else:
@@ -167,13 +215,19 @@ class ImageDataset(Dataset):
             return item.image
         try:
             return open_image(item.path, self.min_side)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            warnings.warn(f"skipping unreadable image {item.path}: {exc}", stacklevel=2)
+        except MaeprobeError as exc:
+            warnings.warn(f"skipping {exc}", stacklevel=2)
             return None
 
     def __getitem__(self, index: int):
         img = self.load(index)
-        return None if img is None else (self.transform(img), index)
+        if img is None:
+            return None
+        try:
+            return self.transform(img), index
+        except LimitError as exc:  # an in-memory image beyond the limits: skipped like an unreadable file
+            warnings.warn(f"skipping {self.items[index].name}: {exc}", stacklevel=2)
+            return None
 
 
 def collate_skip_none(batch):

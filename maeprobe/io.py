@@ -3,6 +3,7 @@ is complete, so an interrupted or concurrent run never leaves a half-written fil
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The folder is created when missing; a place that cannot be written is a ``MaeprobeError`` naming it.
     """
     path = Path(path)
+    check_output_file(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -39,6 +41,56 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _shown(path) -> str:
+    from .validate import printable
+
+    return printable(path, keep_newlines=False)
+
+
+def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Check, before anything is computed, that ``path`` can receive an output file: a new name, or an existing
+    regular file (never a folder, device, FIFO or socket: only regular files are replaced), in a folder that is
+    a folder; ``suffixes`` restricts the extension. Raises MaeprobeError with one line."""
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise MaeprobeError(f"{_shown(path)}: unknown output format {path.suffix or '(none)'!r}; use "
+                            f"{', '.join(suffixes)}")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise MaeprobeError(f"{_shown(path)}: cannot write there ({exc.strerror or exc})") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise MaeprobeError(f"{_shown(path)}: is a folder; expected a file name to write")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise MaeprobeError(f"{_shown(path)}: exists and is not a regular file (a device, FIFO or socket); "
+                            "maeprobe only replaces regular files")
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MaeprobeError(f"{_shown(path)}: cannot write there ({_shown(parent)} is not a folder)")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise MaeprobeError(f"{_shown(path)}: cannot write there ({_shown(parent)} is not writable)")
+            break
+    return path
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Check, before anything is computed, that ``path`` is a folder or can become one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MaeprobeError(f"{_shown(path)}: exists and is not a folder; expected an output folder")
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MaeprobeError(f"{_shown(path)}: cannot create it ({_shown(parent)} is not a folder)")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise MaeprobeError(f"{_shown(path)}: cannot write there ({_shown(parent)} is not writable)")
+            break
+    return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

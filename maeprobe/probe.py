@@ -104,7 +104,13 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
         progress: show a progress bar (only on runs that last more than two seconds; under
             torch.distributed only on the main process).
     """
-    device = torch.device(device or default_device())
+    from . import validate
+
+    device = validate.device(device) or torch.device(default_device())
+    validate.integer("--batch-size", batch_size, 1, 1 << 20)
+    validate.integer("--num-workers", num_workers, 0, 1024, allow_none=True)
+    validate.integer("--seed", seed, 0, 2**63 - 1)
+    validate.mask_ratio(mask_ratio, model.config.num_patches, "--mask-ratio")
     if dtype not in DTYPES and dtype is not None:
         raise MaeprobeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     autocast_dtype = DTYPES.get(dtype) if dtype else None

@@ -41,9 +41,9 @@ def test_attn_distance_prints_summary_and_writes_table(checkpoint, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["info", "/no/such/file.pth"], "no such file"),
     (["attn-distance", "{ckpt}", "--layers", "7"], "encoder layer 7 does not exist"),
-    (["attn-distance", "{ckpt}", "--mask-ratio", "1.2"], "mask ratio must be in [0, 1)"),
+    (["attn-distance", "{ckpt}", "--mask-ratio", "1.2"], "--mask-ratio: expected a finite number in [0.0, 1.0)"),
     (["attn-distance", "{ckpt}", "--images", "{empty}"], "no image files found"),
-    (["attn-distance", "{ckpt}", "--out", "{tmp}/table.xlsx", "--bootstrap", "0"], "unknown table format"),
+    (["attn-distance", "{ckpt}", "--out", "{tmp}/table.xlsx", "--bootstrap", "0"], "unknown output format"),
     (["info", "{random}"], "unrecognised file content"),
 ])
 def test_errors_are_one_line_with_nonzero_exit(checkpoint, tmp_path, args, message):

@@ -176,6 +176,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 def sniff(path: Path) -> str:
     """What the bytes are: 'zip' (torch.save), 'pickle' (legacy torch.save), 'safetensors', 'npz',
     'torchscript' or 'unknown'. Never trusts the file name."""
+    require_regular(path)
     with open(path, "rb") as f:
         head = f.read(16)
     if head[:4] == b"PK\x03\x04":

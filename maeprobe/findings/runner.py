@@ -57,14 +57,15 @@ def run_config(name: str, scale: Scale, root: Path, *, data=None, steps: int | N
     extra = [f"model.preset={scale.preset}", f"optim.global_batch={scale.global_batch}",
              f"optim.base_lr={scale.base_lr}", f"data.samples_per_epoch={scale.global_batch * STEPS_PER_EPOCH}",
              f"optim.epochs={epochs}", f"optim.warmup_epochs={max(1, round(0.2 * epochs))}",  # 20%, as Section 5
-             f"run.output_dir={root / 'runs' / scale.name / f'{name}-s{epochs * STEPS_PER_EPOCH}'}",
+             # paths and names go in as values, never through YAML (which would cut "o/rep #2" at " #")
+             ("run.output_dir", str(root / "runs" / scale.name / f"{name}-s{epochs * STEPS_PER_EPOCH}")),
              "run.checkpoint_every=50", "run.log_every=10", *scale.overrides]
     if name in AE_BLOCKS:
         extra.append(f"model.pred_size={AE_BLOCKS[name] * scale.patch}")
     if data is not None:
-        extra.append(f"data.path={data}")
+        extra.append(("data.path", str(data)))
     if device:
-        extra.append(f"run.device={device}")
+        extra.append(("run.device", str(device)))
     config = load_recipe(recipe_dir() / recipe, [*overrides, *extra])
     config["name"] = name
     return config
@@ -78,6 +79,7 @@ def train(name: str, scale: Scale, root: Path, *, data=None, steps=None, device=
     folder = Path(config["run"]["output_dir"])
     total = config["optim"]["epochs"] * STEPS_PER_EPOCH
     if (folder / "model.safetensors").is_file():
+        _check_reusable(folder, config)
         echo(f"{name}: reused ({folder})")
         return folder
     resumed = (folder / "checkpoint-last.pth").is_file()
@@ -86,6 +88,28 @@ def train(name: str, scale: Scale, root: Path, *, data=None, steps=None, device=
     echo(f"{name}: {'resumed and ' if resumed else ''}trained {total} steps "
          f"({config['method']}, {config['model']['preset']}) in {time.monotonic() - tic:.0f} s")
     return folder
+
+
+def _check_reusable(folder: Path, config: dict) -> None:
+    """A finished run is reused only when its saved config.yaml is this run's configuration (settings that do
+    not change the result excepted); otherwise one line instead of a verdict on another model."""
+    import yaml
+
+    from ..errors import MaeprobeError
+    from ..train.engine import RESUMABLE_CHANGES, _flat
+
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        saved = _flat(saved) if isinstance(saved, dict) else None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        saved = None
+    if saved is None:
+        raise MaeprobeError(f"{folder}: a finished run without a readable config.yaml; move it away to retrain")
+    now = _flat(config)
+    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        raise MaeprobeError(f"{folder}: holds a run trained with {changed[0]}={saved.get(changed[0])!r}, not "
+                            f"{now.get(changed[0])!r}; use another --out or move the folder away")
 
 
 def _load(folder: Path):

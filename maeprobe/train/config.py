@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,34 +59,75 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
+MAX_RECIPE_BYTES = 1_000_000
+
+
 def _read(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
-        raise MaeprobeError(f"{path}: circular 'base:'")
+        raise MaeprobeError(f"{_shown(path)}: circular 'base:'")
+    if len(seen) > 16:
+        raise MaeprobeError(f"{_shown(path)}: more than 16 nested 'base:' recipes")
     if not path.is_file():
-        raise MaeprobeError(f"{path}: no such recipe")
+        raise MaeprobeError(f"{_shown(path)}: no such recipe (expected a YAML file)")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise MaeprobeError(f"{_shown(path)}: {path.stat().st_size:,} bytes is too large for a recipe "
+                            f"(at most {MAX_RECIPE_BYTES:,})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise MaeprobeError(f"{_shown(path)}: not UTF-8 text; expected a YAML recipe") from None
     except yaml.YAMLError as exc:
-        raise MaeprobeError(f"{path}: invalid YAML ({exc})") from None
+        first = " ".join(str(exc).split())[:200]
+        raise MaeprobeError(f"{_shown(path)}: invalid YAML ({first})") from None
+    except RecursionError:
+        raise MaeprobeError(f"{_shown(path)}: nested too deeply; expected a YAML recipe") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise MaeprobeError(f"{_shown(path)}: holds a YAML {type(data).__name__}; expected a mapping of recipe keys")
     if "base" in data:
-        base = _read((path.parent / data.pop("base")).resolve(), seen + (path,))
+        base_name = data.pop("base")
+        if not isinstance(base_name, str) or not base_name.strip():
+            raise MaeprobeError(f"{_shown(path)}: 'base: {base_name!r}' must name another recipe file, e.g. "
+                                "base: _tiny.yaml")
+        base = _read((path.parent / base_name).resolve(), seen + (path,))
         data = _merge(base, data)
     return data
 
 
+def _shown(text) -> str:
+    from ..validate import printable
+
+    return printable(text, keep_newlines=False)
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
-    """``optim.epochs=3`` -> (['optim', 'epochs'], 3); values are parsed as YAML scalars."""
-    if "=" not in text:
-        raise MaeprobeError(f"override {text!r}: expected key=value, e.g. optim.epochs=3")
+    """``optim.epochs=3`` -> (['optim', 'epochs'], 3); values are parsed as YAML scalars (``recipe_schema``
+    then checks their types and ranges, reading numbers that YAML 1.1 leaves as text, such as ``1e-4``)."""
+    if not isinstance(text, str) or "=" not in text:
+        raise MaeprobeError(f"override {_shown(text)!r}: expected key=value, e.g. optim.epochs=3")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value.strip()  # not a YAML scalar: the text itself (checked by the schema like any value)
+    if isinstance(parsed, str) and not value.strip().startswith(("'", '"')):
+        parsed = value.strip()  # text is taken as typed: YAML would cut "o/rep #2" at its comment sign
+    return key.strip().split("."), parsed
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
-    """DEFAULTS <- base recipes <- recipe <- overrides. Unknown keys are an error."""
+def load_recipe(path: str | Path, overrides=()) -> dict:
+    """DEFAULTS <- base recipes <- recipe <- overrides, then checked (``check_recipe``): unknown keys, wrong
+    types and values out of range are one-line errors before anything runs or is written.
+
+    ``overrides``: ``key.sub=value`` strings (values read as YAML scalars), or ``(dotted key, value)`` pairs whose
+    values are used as they are (for programs: a path holding ``" #"`` is not cut as a YAML comment)."""
     config = _merge(DEFAULTS, _read(Path(path).resolve()))
-    for text in overrides:
-        keys, value = parse_override(text)
+    for item in overrides:
+        if isinstance(item, tuple) and len(item) == 2:
+            keys, value, text = str(item[0]).split("."), item[1], f"{item[0]}=..."
+        else:
+            keys, value = parse_override(item)
+            text = _shown(item)
         node = config
         for key in keys[:-1]:
             if not isinstance(node.get(key), dict):
@@ -95,7 +137,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
             raise MaeprobeError(f"override {text!r}: unknown key {'.'.join(keys)!r}")
         node[keys[-1]] = value
     _check(config, DEFAULTS, "")
-    config["run"]["output_dir"] = str(config["run"]["output_dir"]).format(name=config["name"])
+    check_recipe(config)
+    config["run"]["output_dir"] = config["run"]["output_dir"].replace("{name}", config["name"])
     return config
 
 
@@ -103,10 +146,149 @@ def _check(config: dict, reference: dict, prefix: str) -> None:
     for key, value in config.items():
         if key in ("base",):
             continue
-        if key not in reference:
-            raise MaeprobeError(f"unknown recipe key {prefix}{key!r}")
-        if isinstance(reference[key], dict) and isinstance(value, dict):
+        if not isinstance(key, str) or key not in reference:
+            raise MaeprobeError(f"unknown recipe key {prefix}{_shown(key)!r}")
+        if isinstance(reference[key], dict):
+            if not isinstance(value, dict):
+                raise MaeprobeError(f"recipe key {prefix}{key}: expected a section of keys, got {_shown(value)!r}")
             _check(value, reference[key], f"{prefix}{key}.")
+
+
+# --------------------------------------------------------------------------- the recipe schema
+def _number(lo=None, hi=None, *, lo_open=False, hi_open=False, whole=False, none=False):
+    """A number (YAML 1.1 leaves '1e-4' as text: such text is read as the number it spells) in bounds."""
+    def check(name, value):
+        if value is None and none:
+            return None
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and whole:
+            ok = float(value).is_integer()
+            value = int(value) if ok else value
+        if ok:
+            ok = not ((lo is not None and (value <= lo if lo_open else value < lo))
+                      or (hi is not None and (value >= hi if hi_open else value > hi)))
+        if not ok:
+            kind = "a whole number" if whole else "a number"
+            bounds = _bounds(lo, hi, lo_open, hi_open)
+            raise MaeprobeError(f"recipe key {name}: expected {kind}{bounds}{' or null' if none else ''}, "
+                                f"got {_shown(value)!r}")
+        return value
+    return check
+
+
+def _bounds(lo, hi, lo_open, hi_open) -> str:
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f" {'>' if lo_open else '>='} {lo}"
+    return f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _choice(*choices, none=False):
+    def check(name, value):
+        if value is None and none:
+            return None
+        if not isinstance(value, str) or value not in choices:
+            raise MaeprobeError(f"recipe key {name}: expected one of {', '.join(choices)}"
+                                f"{' or null' if none else ''}, got {_shown(value)!r}")
+        return value
+    return check
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):
+        raise MaeprobeError(f"recipe key {name}: expected true or false, got {_shown(value)!r}")
+    return value
+
+
+def _text(none=False, max_len=4096):
+    def check(name, value):
+        if value is None and none:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip() or len(value) > max_len or "\x00" in value:
+            raise MaeprobeError(f"recipe key {name}: expected text{' or null' if none else ''}, got "
+                                f"{_shown(value)!r}")
+        return value
+    return check
+
+
+def _pair(lo, hi, *, ordered=False):
+    def check(name, value):
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise MaeprobeError(f"recipe key {name}: expected two numbers in [{lo}, {hi}], got {_shown(value)!r}")
+        out = [_number(lo, hi)(name, v) for v in value]
+        if ordered and out[0] > out[1]:
+            raise MaeprobeError(f"recipe key {name}: expected [low, high], got {out}")
+        return out
+    return check
+
+
+def _file_name(name, value):
+    """A plain file name inside run.output_dir (no folders, no '..'), ending in .pth."""
+    value = _text()(name, value)
+    if "/" in value or "\\" in value or value in (".", "..") or value.startswith(".") or not value.endswith(".pth"):
+        raise MaeprobeError(f"recipe key {name}: expected a plain file name ending in .pth (it is written inside "
+                            f"run.output_dir), got {_shown(value)!r}")
+    return value
+
+
+def _preset(name, value):
+    from ..models import PRESETS
+
+    return _choice(*PRESETS)(name, value)
+
+
+SCHEMA = {
+    "name": _text(max_len=200), "task": _choice("pretrain", "finetune", "linprobe", "knn"),
+    "method": _choice("mae", "lcmae", "ae", "umae"),
+    "model.preset": _preset, "model.decoder_depth": _number(1, 64, whole=True, none=True),
+    "model.decoder_embed_dim": _number(1, 8192, whole=True, none=True),
+    "model.decoder_num_heads": _number(1, 1024, whole=True, none=True),
+    "model.decoder_type": _choice("transformer", "gaussian", "conv"),
+    "model.pred_size": _number(1, 1024, whole=True, none=True), "model.norm_pix_loss": _flag,
+    "model.mask_ratio": _number(0, 1, hi_open=True),
+    "lcmae.proj_dim": _number(1, 65536, whole=True), "lcmae.mae": _number(0, 1e6), "lcmae.cross": _number(0, 1e6),
+    "lcmae.in_view": _number(0, 1e6), "lcmae.projector_input": _choice("pred", "features"),
+    "lcmae.in_view_target": _choice("target", "pixels"), "lcmae.reduction": _choice("mean", "sum"),
+    "umae.weight": _number(0, 1e6), "umae.tau": _number(0, 1e3, lo_open=True),
+    "umae.gather": _choice("exact", "reference"),
+    "data.path": _text(none=True), "data.single_image": _text(none=True),
+    "data.samples_per_epoch": _number(1, 1e9, whole=True, none=True),
+    "data.crop_scale": _pair(0.0, 1.0, ordered=True), "data.num_workers": _number(0, 1024, whole=True),
+    "optim.optimizer": _choice("adamw", "sgd", "lars"), "optim.epochs": _number(1, 1e6, whole=True),
+    "optim.global_batch": _number(1, 1 << 24, whole=True),
+    "optim.batch_per_process": _number(1, 1 << 24, whole=True, none=True),
+    "optim.base_lr": _number(0, 10), "optim.weight_decay": _number(0, 10), "optim.warmup_epochs": _number(0, 1e6),
+    "optim.min_lr": _number(0, 10), "optim.betas": _pair(0.0, 0.999999),
+    "optim.layer_decay": _number(0, 1, lo_open=True), "optim.label_smoothing": _number(0, 1, hi_open=True),
+    "optim.mixup": _number(0, 100), "optim.cutmix": _number(0, 100), "optim.reprob": _number(0, 1),
+    "optim.drop_path": _number(0, 1, hi_open=True), "optim.auto_augment": _text(none=True, max_len=200),
+    "eval.checkpoint": _text(none=True), "eval.knn_k": _number(1, 1e6, whole=True),
+    "eval.knn_temperature": _number(0, 1e3, lo_open=True),
+    "run.output_dir": _text(), "run.seed": _number(0, 2**63 - 1, whole=True),
+    "run.checkpoint_every": _number(1, 1e12, whole=True), "run.log_every": _number(1, 1e12, whole=True),
+    "run.bf16": _flag, "run.compile": _flag, "run.device": _text(none=True, max_len=64), "run.resume": _flag,
+    "run.max_minutes": _number(0, 1e9, lo_open=True, none=True), "run.checkpoint_name": _file_name,
+}
+
+
+def check_recipe(config: dict) -> dict:
+    """Check every key of a resolved recipe against ``SCHEMA`` (types, ranges, choices) and store the checked
+    values (numbers written as text become numbers). Raises MaeprobeError naming the key."""
+    for dotted, check in SCHEMA.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = check(dotted, node.get(leaf))
+    return config
 
 
 @dataclass(frozen=True)

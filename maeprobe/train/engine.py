@@ -29,7 +29,7 @@ from ..data import ImageItem, image_items, open_image, to_rgb
 from ..errors import MaeprobeError
 from ..io import write_text
 from ..models import IMAGENET_MEAN, IMAGENET_STD, build_mae
-from .config import batch_plan
+from .config import batch_plan, check_recipe
 from .losses import cross_view_loss, in_view_loss, uniformity_loss
 
 METHODS = ("mae", "lcmae", "ae", "umae")
@@ -199,18 +199,22 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
     ``stop_after_steps`` stops (and checkpoints) after that many optimiser steps of this call, as an
     interruption would; used by the resume test.
     """
+    from .. import validate
+    from ..io import check_output_file, check_output_folder
+
+    check_recipe(config)  # also for dicts built in Python: types and ranges before anything runs
     rank, world, local_rank = init_distributed()
     run, optim_cfg = config["run"], config["optim"]
     if run["device"]:
-        device = torch.device(run["device"])
+        device = validate.device(run["device"])
     else:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     out_dir = Path(run["output_dir"])
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    check_output_folder(out_dir)
+    for name in (run["checkpoint_name"], "config.yaml", "log.csv"):  # outputs are checked before computing
+        check_output_file(out_dir / name)
     torch.manual_seed(run["seed"])
     model = build_pretrain_model(config)
     objective = Objective(model, config).to(device)
@@ -232,12 +236,10 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
     last = out_dir / run["checkpoint_name"]
     resumed = bool(run["resume"] and last.is_file())
     if resumed:
-        state = read_pickle(last)
-        model.load_state_dict(state["model"])
-        if "projector" in state:
-            objective.projector.load_state_dict(state["projector"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, epoch, position = state["step"], state["epoch"], state["position"]
+        step, epoch, position = _resume(last, config, model, objective, optimizer, steps_per_epoch)
+    if rank == 0:  # after the resume check: a refused resume leaves the earlier run's files as they were
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     if run["compile"]:
         objective = torch.compile(objective)
     ddp = objective
@@ -349,6 +351,45 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     return last
+
+
+# Settings a resumed run may change: how it runs, not what it computes.
+RESUMABLE_CHANGES = ("run_resume", "run_max_minutes", "run_device", "run_log_every", "run_checkpoint_every",
+                     "run_compile", "data_num_workers", "run_output_dir", "optim_batch_per_process", "name")
+
+
+def _resume(last: Path, config: dict, model, objective, optimizer, steps_per_epoch: int) -> tuple[int, int, int]:
+    """Restore (step, epoch, position) from ``last``, refusing with one line a checkpoint of another model,
+    a damaged training state, or one written under different settings (``RESUMABLE_CHANGES`` excepted): a
+    resume after changing the seed or the mask ratio would silently mix two configurations."""
+    state = read_pickle(last)
+    where = f"{last}: cannot resume from it"
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "optimizer" not in state:
+        raise MaeprobeError(f"{where} (not a maeprobe training checkpoint); move it away or set run.resume=false")
+    args = state.get("args")
+    if isinstance(args, argparse.Namespace):
+        saved, now = vars(args), _flat(config)
+        changed = sorted(k for k in set(saved) | set(now)
+                         if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != now.get(k, "<absent>"))
+        if changed:
+            key = changed[0]
+            raise MaeprobeError(f"{where}: it was trained with {key}={saved.get(key, '<absent>')!r}, this run has "
+                                f"{now.get(key, '<absent>')!r} ({len(changed)} setting(s) differ); use another "
+                                "run.output_dir or the original settings")
+    counters = {k: state.get(k) for k in ("step", "epoch", "position")}
+    bad = next((k for k, v in counters.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0), None)
+    if bad is not None or counters["position"] > steps_per_epoch:
+        raise MaeprobeError(f"{where}: its {bad or 'position'} is {counters[bad or 'position']!r}; expected a "
+                            "whole number >= 0 within an epoch")
+    try:
+        model.load_state_dict(state["model"])
+        if "projector" in state:
+            objective.projector.load_state_dict(state["projector"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise MaeprobeError(f"{where}: it does not fit this recipe's model ({first})") from None
+    return counters["step"], counters["epoch"], counters["position"]
 
 
 def threading_main() -> bool:

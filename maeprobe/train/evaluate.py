@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoints import load
+from ..data import open_image
 from ..errors import MaeprobeError
 from ..io import write_text
 from ..models import ArchConfig, MaskedAutoencoderViT
@@ -103,9 +104,18 @@ def _top1(predict, loader, device) -> float:
 
 def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     """Run a finetune / linprobe / knn recipe; writes ``results.json`` and returns it."""
+    from .. import validate
+    from ..io import check_output_file, check_output_folder
+    from .config import check_recipe
+
+    check_recipe(config)
     rank, world, local_rank = init_distributed()
     run, optim_cfg, task = config["run"], config["optim"], config["task"]
-    device = torch.device(run["device"] or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    device = validate.device(run["device"]) or torch.device(f"cuda:{local_rank}" if torch.cuda.is_available()
+                                                             else "cpu")
+    check_output_folder(run["output_dir"])
+    for name in ("config.yaml", "results.json"):
+        check_output_file(Path(run["output_dir"]) / name)
     checkpoint = config["eval"]["checkpoint"]
     if not checkpoint:
         raise MaeprobeError(f"task {task!r} needs eval.checkpoint (a pretrained checkpoint)")
@@ -116,8 +126,8 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     train_tf, val_tf = _transforms(size, mean, std, strong=task == "finetune", optim_cfg=optim_cfg)
     if task == "knn":
         train_tf = val_tf
-    dataset_train = ImageFolder(root / "train", train_tf)
-    dataset_val = ImageFolder(root / "val", val_tf)
+    dataset_train = ImageFolder(root / "train", train_tf, loader=open_image)  # maeprobe's bounded decoder
+    dataset_val = ImageFolder(root / "val", val_tf, loader=open_image)
     num_classes = len(dataset_train.classes)
     workers = config["data"]["num_workers"]
     plan = batch_plan(config, world)

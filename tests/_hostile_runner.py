@@ -1,0 +1,100 @@
+"""Child side of ``tests/hostile.py``: import maeprobe once, then fork one limited child per case.
+
+Reads ``{"cases": [...], "budget_mb": N, "network_log": path}`` as JSON on stdin and prints one JSON list of
+results on the last line of stdout. Not a test module (its name starts with an underscore)."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import tempfile
+
+
+def _block_network(log_path: str) -> None:
+    def refuse(*args, **kwargs):
+        with open(log_path, "a") as f:
+            f.write(f"{os.getpid()} {args[:2]!r}\n")
+        raise OSError("network access attempted in a hostile-input test")
+
+    socket.socket.connect = refuse
+    socket.socket.connect_ex = refuse
+    socket.create_connection = refuse
+    socket.getaddrinfo = refuse
+
+
+def _vm_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _child(case: dict, budget_mb: int, out_path: str, err_path: str) -> None:
+    out = os.open(out_path, os.O_WRONLY)
+    err = os.open(err_path, os.O_WRONLY)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    os.chdir(case["cwd"])
+    os.environ.update(case["env"])
+    limit = (_vm_kb("VmSize") + budget_mb * 1024) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    signal.alarm(int(case["timeout"]))
+    code = 1
+    try:
+        from maeprobe.cli import main
+
+        sys.argv = ["maeprobe", *case["argv"]]
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main() -> None:
+    request = json.loads(sys.stdin.read())
+    _block_network(request["network_log"])
+    import torch  # noqa: F401  (warm imports: each child starts from here)
+    import maeprobe.cli  # noqa: F401
+    import maeprobe.checkpoints  # noqa: F401
+
+    results = []
+    for case in request["cases"]:
+        with tempfile.NamedTemporaryFile(delete=False) as o, tempfile.NamedTemporaryFile(delete=False) as e:
+            out_path, err_path = o.name, e.name
+        network_before = os.path.getsize(request["network_log"]) if os.path.exists(request["network_log"]) else 0
+        baseline_kb = _vm_kb("VmRSS")
+        pid = os.fork()
+        if pid == 0:
+            _child(case, request["budget_mb"], out_path, err_path)
+        _, status, usage = os.wait4(pid, 0)
+        hung = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+        with open(out_path, errors="replace") as f:
+            stdout = f.read()
+        with open(err_path, errors="replace") as f:
+            stderr = f.read()
+        os.unlink(out_path)
+        os.unlink(err_path)
+        network_after = os.path.getsize(request["network_log"]) if os.path.exists(request["network_log"]) else 0
+        results.append({"code": code, "stdout": stdout, "stderr": stderr, "hung": hung,
+                        "network": network_after > network_before,
+                        "extra_mb": max(0.0, (usage.ru_maxrss - baseline_kb) / 1024)})
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
