@@ -54,12 +54,9 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] | None 
     regular file (never a folder, device, FIFO or socket: only regular files are replaced), in a folder that is
     a folder; ``suffixes`` restricts the extension. Raises MaeprobeError with one line."""
     path = Path(path)
-    if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise MaeprobeError(f"{_shown(path)}: unknown output format {path.suffix or '(none)'!r}; use "
-                            f"{', '.join(suffixes)}")
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         mode = None
     except OSError as exc:
         raise MaeprobeError(f"{_shown(path)}: cannot write there ({exc.strerror or exc})") from None
@@ -75,6 +72,9 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] | None 
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise MaeprobeError(f"{_shown(path)}: cannot write there ({_shown(parent)} is not writable)")
             break
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise MaeprobeError(f"{_shown(path)}: unknown output format {path.suffix or '(none)'!r}; use "
+                            f"{', '.join(suffixes)}")
     return path
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -100,7 +101,10 @@ def snapshot(folder: Path) -> dict[str, tuple]:
             st = path.lstat()
         except OSError:
             continue
-        out[str(path.relative_to(folder))] = (st.st_size, st.st_mtime_ns, st.st_mode)
+        if stat.S_ISDIR(st.st_mode):  # a folder's own times change with its entries: compare entries instead
+            out[str(path.relative_to(folder))] = (0, 0, st.st_mode)
+        else:
+            out[str(path.relative_to(folder))] = (st.st_size, st.st_mtime_ns, st.st_mode)
     return out
 
 
