@@ -99,7 +99,7 @@ def _friendly(fn):
 
         def show(message, category, filename, lineno, file=None, line=None):
             if is_main():
-                print(f"warning: {message}", file=sys.stderr)
+                print(f"warning: {_one_line(message)}", file=sys.stderr)
 
         warnings.showwarning = show
         joined = not (dist.is_available() and dist.is_initialized())

@@ -28,10 +28,28 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def _check_launch_env() -> None:
+    """torchrun's variables must describe a possible group (a rank outside the world would wait forever)."""
+    from .errors import MaeprobeError
+
+    values = {}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        text = os.environ.get(name, "0")
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise MaeprobeError(f"environment variable {name}={text[:40]!r}: expected a whole number (set by "
+                                "torchrun)") from None
+    if values["WORLD_SIZE"] < 1 or not 0 <= values["RANK"] < values["WORLD_SIZE"] or values["LOCAL_RANK"] < 0:
+        raise MaeprobeError(f"RANK={values['RANK']}, WORLD_SIZE={values['WORLD_SIZE']}, LOCAL_RANK="
+                            f"{values['LOCAL_RANK']}: expected 0 <= RANK < WORLD_SIZE (as torchrun sets them)")
+
+
 def init_from_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); joins the process group when launched by torchrun (RANK and
     WORLD_SIZE set): NCCL with CUDA, gloo otherwise. Does nothing when already joined or not launched so."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and dist.is_available() and not dist.is_initialized():
+        _check_launch_env()
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if is_distributed():
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))

@@ -239,6 +239,22 @@ def _file_name(name, value):
     return value
 
 
+def _device(name, value):
+    """cpu, cuda, cuda:N or mps, or null (whether it exists here is checked when the recipe runs)."""
+    if value is None:
+        return None
+    import torch
+
+    value = _text(max_len=64)(name, value)
+    try:
+        device = torch.device(value.strip())
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise MaeprobeError(f"recipe key {name}: expected cpu, cuda, cuda:N, mps or null, got {_shown(value)!r}")
+    return value.strip()
+
+
 def _preset(name, value):
     from ..models import PRESETS
 
@@ -274,7 +290,7 @@ SCHEMA = {
     "eval.knn_temperature": _number(0, 1e3, lo_open=True),
     "run.output_dir": _text(), "run.seed": _number(0, 2**63 - 1, whole=True),
     "run.checkpoint_every": _number(1, 1e12, whole=True), "run.log_every": _number(1, 1e12, whole=True),
-    "run.bf16": _flag, "run.compile": _flag, "run.device": _text(none=True, max_len=64), "run.resume": _flag,
+    "run.bf16": _flag, "run.compile": _flag, "run.device": _device, "run.resume": _flag,
     "run.max_minutes": _number(0, 1e9, lo_open=True, none=True), "run.checkpoint_name": _file_name,
 }
 
