@@ -281,6 +281,10 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
     if isinstance(image, (str, os.PathLike)):
         image = open_image(image)
     model = resolve_model(model, **load_kwargs)
+    from .capture import CaptureRequest as _Request
+    from .probe import _check_attention_size
+
+    _check_attention_size(model, _Request.of(attention={"encoder" if encoder else "decoder": [0]}))
     model = model.to(device).eval()
     cfg = model.config
     validate.mask_ratio(mask_ratio, cfg.num_patches, "--mask-ratio")

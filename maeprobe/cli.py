@@ -33,6 +33,9 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+_ABORT = tuple(c for c in (getattr(click_errors, "Abort", None),) if isinstance(c, type)) or (KeyboardInterrupt,)
+
+
 class OneLineErrors(TyperGroup):
     """Command-line mistakes (unknown option, a value of the wrong type or out of range, a missing argument) end
     with one line ``error: ...`` and exit status 2, like every other refusal, instead of click's usage block."""
@@ -49,7 +52,7 @@ class OneLineErrors(TyperGroup):
             _fail(exc.format_message() + hint)
         except click_errors.ClickException as exc:
             _fail(exc.format_message())
-        except click_errors.Abort:
+        except _ABORT:
             typer.echo("interrupted", err=True)
             code = 130
         if not standalone_mode:
@@ -428,7 +431,12 @@ def run_cmd(
     _check_table_out(out)
     from .api import run
 
+    from .errors import MaeprobeError
+
     names = [m.strip() for m in metrics.split(",") if m.strip()]
+    if not names:
+        raise MaeprobeError("--metrics: no metric named; choose from attn-distance, decoder-attn-sim, "
+                            "decoder-semantics, spectrum")
     table = run([str(c) for c in ckpts], images, metrics=names, reference=ref, mask_ratio=mask_ratio,
                 mask_ratios=_parse_mask_ratios(mask_ratios), seed=seed, bootstrap=bootstrap, per_head=per_head,
                 include_cls_key=cls_key, tau=_parse_tau(tau), ref_features=ref_features,
@@ -497,11 +505,14 @@ def figures_cmd(
     from .results import read_table
 
     table = pd.concat([read_table(p) for p in results], ignore_index=True)
+    if label_by not in table.columns:
+        raise MaeprobeError(f"--label-by {_one_line(label_by)!r}: the tables have no such column (they have "
+                            f"{', '.join(map(str, table.columns[:12]))}, ...)")
     try:
         paths = make_figures(table, out, figures=figure.split(",") if figure else None, label_by=label_by,
                              mix_mask_settings=mix_mask_settings)
-    except ValueError as exc:
-        raise MaeprobeError(str(exc)) from None
+    except (ValueError, KeyError, TypeError) as exc:  # rows that a figure cannot use
+        raise MaeprobeError(f"the tables cannot be plotted ({exc})") from None
     if not paths:
         raise MaeprobeError("the tables hold no rows that any figure uses")
     for path in paths:
@@ -610,11 +621,17 @@ def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder 
     """List recipes with their task, method and launch command."""
     from .train.config import launch_command, load_recipe
 
+    from .errors import MaeprobeError
+
     folder = folder or _recipe_dir()
     for path in sorted(folder.glob("*.yaml")):
         if path.name.startswith("_"):
             continue
-        config = load_recipe(path)
+        try:
+            config = load_recipe(path)
+        except MaeprobeError as exc:  # one bad file does not hide the others
+            _echo(f"{path.stem:<28} (not listed: {_one_line(exc)})")
+            continue
         what = config["task"] if config["task"] != "pretrain" else f"pretrain/{config['method']}"
         _echo(f"{path.stem:<28} {what:<16} {launch_command(path)}")
 
@@ -633,8 +650,14 @@ def recipe_show(
 
     from .train.config import load_recipe, show_recipe
 
+    from .errors import MaeprobeError
+
     config = load_recipe(recipe, overrides or [])
-    _echo(show_recipe(config, nproc or int(os.environ.get("WORLD_SIZE", 1))), nl=False)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if nproc is None and (not world.strip().isdigit() or int(world) < 1):
+        raise MaeprobeError(f"environment variable WORLD_SIZE={_one_line(world)[:40]!r}: expected a whole number "
+                            ">= 1 (or pass --nproc N)")
+    _echo(show_recipe(config, nproc or int(world)), nl=False)
 
 
 @recipe_app.command("run")

@@ -34,6 +34,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise MaeprobeError("a floating-point image holds NaN or infinite pixels; expected finite values")
         if img.mode == "F":
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
@@ -43,6 +45,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "P":
         img = img.convert("RGBA")
     return img.convert("RGB")  # L, LA, RGBA (alpha dropped), CMYK, YCbCr, 1
+
+
+# Raster formats decoded in-process by Pillow whose header states the image size. Left out: formats that run
+# other programs (EPS: Ghostscript), hold other images whose size the header does not state (ICO, ICNS, CUR,
+# MPO, DCX, FLI) or are rarely photographs (scientific and game formats), which widen the parser surface.
+FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "PPM", "TGA", "JPEG2000", "QOI", "SGI", "PCX", "AVIF")
 
 
 def check_image_size(width: int, height: int, name) -> None:
@@ -81,12 +89,14 @@ def open_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                img = Image.open(path)
+                img = Image.open(path, formats=FORMATS)
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
             with img:
                 check_image_size(img.width, img.height, name)
-                return _decode(img, min_side)
+                image = _decode(img, min_side)
+                check_image_size(image.width, image.height, name)
+                return image
     except MaeprobeError:
         raise
     except MemoryError:
@@ -145,7 +155,7 @@ def builtin_images() -> list[tuple[str, Image.Image]]:
 
 
 def _image_extensions() -> set[str]:
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and fmt in FORMATS}
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:

@@ -15,6 +15,8 @@ variable                        default    bounds
 ``MAEPROBE_MAX_DEPTH``          256        transformer blocks of one encoder or decoder
 ``MAEPROBE_MAX_PATCHES``        16384      patches per image at the probed input size (128 x 128 grid)
 ``MAEPROBE_MAX_METADATA``       1000000    bytes of metadata / configuration text read from a checkpoint
+``MAEPROBE_MAX_ATTENTION``      4294967296 bytes of one image's attention maps of one layer (heads x tokens^2 x 4),
+                                           which the attention metrics hold at once
 ==============================  =========  ==================================================================
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ DEFAULTS = {
     "MAEPROBE_MAX_DEPTH": 256,
     "MAEPROBE_MAX_PATCHES": 16_384,
     "MAEPROBE_MAX_METADATA": 1_000_000,
+    "MAEPROBE_MAX_ATTENTION": 1 << 32,
 }
 
 
@@ -49,6 +52,16 @@ def limit(name: str) -> int:
     if value < 1:
         raise MaeprobeError(f"{name}={text!r}: expected a positive whole number")
     return value
+
+
+def check_attention(model, module: str) -> None:
+    """Refuse, before anything is allocated, a model whose attention maps of one layer for a single image exceed
+    ``MAEPROBE_MAX_ATTENTION`` bytes (the attention metrics hold [B, heads, N, N] probabilities at once)."""
+    cfg = model.config
+    tokens = cfg.num_patches + int(getattr(model, "num_prefix_tokens", 1))
+    heads = cfg.num_heads if module == "encoder" else (getattr(cfg, "decoder_num_heads", None) or 1)
+    check("MAEPROBE_MAX_ATTENTION", heads * tokens * tokens * 4,
+          f"the {module}'s attention maps of one image ({heads} heads x {tokens}^2 tokens x 4 bytes)")
 
 
 def check(name: str, value: float, what: str) -> None:

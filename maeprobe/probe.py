@@ -85,6 +85,15 @@ def _batches(model, images, batch_size: int, num_workers: int | None, device="cp
     return (b for b in loader if b is not None), len(shard)
 
 
+def _check_attention_size(model, request) -> None:
+    """``limits.check_attention`` for every module whose attention a request reads."""
+    from .limits import check_attention
+
+    for module in ("encoder", "decoder"):
+        if request.attention.get(module):
+            check_attention(model, module)
+
+
 def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: float = 0.0, seed: int = 0,
               shared_mask: bool = True, batch_size: int = 16, device: str | None = None,
               dtype: str | None = None, num_workers: int | None = None, progress: bool = False) -> None:
@@ -127,6 +136,7 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
         wanted_by = [r for r in reducers if layer in getattr(r.request(), kind).get(module, ())]
         if any(key not in r.consumes() for r in wanted_by):
             del consumers[key]  # someone reads it from the cache: store it
+    _check_attention_size(model, request)
     run_decoder = request.needs("decoder")
     if run_decoder and not getattr(model, "has_decoder", False):
         raise MaeprobeError("this checkpoint has no decoder; decoder metrics need a full MAE checkpoint")

@@ -59,20 +59,66 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a table written by ``write_table``."""
+    from .validate import printable
+
     path = Path(path)
+    name = printable(path, keep_newlines=False)
     kind = FORMATS.get(path.suffix.lower())
-    if kind is None or not path.is_file():
-        raise MaeprobeError(f"{path}: not a results table (.csv, .json or .parquet)")
-    if kind == "csv":
-        frame = pd.read_csv(path)
-    elif kind == "json":
-        frame = pd.read_json(path, orient="records")
-    else:
-        frame = pd.read_parquet(path)
-    for col in ("layer", "head"):
-        if col in frame:
-            frame[col] = frame[col].astype("Int64")
+    if kind is None or not path.is_file():  # is_file: never a FIFO or device
+        raise MaeprobeError(f"{name}: not a results table (.csv, .json or .parquet)")
+    if kind == "parquet":
+        _check_parquet(path, name)
+    try:
+        if kind == "csv":
+            frame = pd.read_csv(path)
+        elif kind == "json":
+            frame = pd.read_json(path, orient="records")
+        else:
+            frame = pd.read_parquet(path)
+    except MemoryError:
+        raise MaeprobeError(f"{name}: too large to read") from None
+    except Exception as exc:  # pandas / pyarrow parser errors of every kind: the file is not a table
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise MaeprobeError(f"{name}: not a readable {kind} table ({printable(first, keep_newlines=False)})") from None
+    if not isinstance(frame, pd.DataFrame):
+        raise MaeprobeError(f"{name}: not a table of rows; expected a table written by maeprobe")
+    missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise MaeprobeError(f"{name}: not a maeprobe results table (no {', '.join(missing)} column); expected "
+                            f"the columns {', '.join(TABLE_COLUMNS)}, ...")
+    for col in frame.columns:  # labels end up in figures: a 200 MB string is not a checkpoint name
+        if frame[col].dtype == object and frame[col].map(lambda v: isinstance(v, str) and len(v) > 1000).any():
+            raise MaeprobeError(f"{name}: column {printable(str(col), keep_newlines=False)[:60]!r} holds text "
+                                "longer than 1000 characters; expected a table written by maeprobe")
+    try:
+        frame["value"] = pd.to_numeric(frame["value"])
+        for col in ("layer", "head"):
+            if col in frame:
+                frame[col] = pd.to_numeric(frame[col]).astype("Int64")
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise MaeprobeError(f"{name}: a column that must hold numbers does not ({exc})") from None
     return frame
+
+
+TABLE_COLUMNS = ("metric", "module", "layer", "value")
+
+
+def _check_parquet(path: Path, name: str) -> None:
+    """A Parquet file states its uncompressed size: bound it like a compressed checkpoint (MAEPROBE_MAX_INFLATE)."""
+    from .limits import LimitError, limit
+
+    try:
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        total = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    except Exception as exc:  # not a Parquet file: pandas reports it below
+        del exc
+        return
+    ratio, size = limit("MAEPROBE_MAX_INFLATE"), path.stat().st_size
+    if total > ratio * size + (16 << 20):
+        raise LimitError(f"{name}: {total:,} bytes of table from a {size:,}-byte file, more than maeprobe's limit of "
+                         f"{ratio}x (raise it with the environment variable MAEPROBE_MAX_INFLATE)")
 
 
 def layer_summary(frame: pd.DataFrame) -> pd.DataFrame:

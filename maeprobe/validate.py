@@ -27,6 +27,18 @@ def printable(text, *, keep_newlines: bool = True) -> str:
     return text
 
 
+def short(value, limit: int = 80) -> str:
+    """A bounded, printable ``repr`` of any value, even a huge or self-sharing structure (a list nested 60 deep
+    in itself would have a repr of 2^60 items): at most ``limit`` characters, built in bounded time."""
+    import reprlib
+
+    shower = reprlib.Repr()
+    shower.maxlevel, shower.maxlist, shower.maxtuple, shower.maxdict = 3, 4, 4, 4
+    shower.maxstring, shower.maxother, shower.maxlong = limit, limit, 40
+    text = printable(shower.repr(value), keep_newlines=False)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def integer(name: str, value, lo: int | None = None, hi: int | None = None, *, allow_none: bool = False):
     """``value`` as an int within [lo, hi] (bools and fractions are refused)."""
     if value is None and allow_none:

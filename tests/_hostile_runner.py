@@ -67,9 +67,16 @@ def _child(case: dict, budget_mb: int, out_path: str, err_path: str) -> None:
 def main() -> None:
     request = json.loads(sys.stdin.read())
     _block_network(request["network_log"])
-    import torch  # noqa: F401  (warm imports: each child starts from here)
-    import maeprobe.cli  # noqa: F401
-    import maeprobe.checkpoints  # noqa: F401
+    import importlib
+
+    # warm imports: every child starts from here, so a case costs its own work, not maeprobe's import time
+    for module in ("torch", "maeprobe.cli", "maeprobe.checkpoints", "maeprobe.api", "maeprobe.probe", "maeprobe.plots",
+                   "maeprobe.train.config", "maeprobe.train.engine", "maeprobe.findings", "pandas", "timm",
+                   "safetensors.torch", "matplotlib.pyplot", "torchvision.transforms.v2"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
 
     results = []
     for case in request["cases"]:

@@ -181,6 +181,15 @@ def attack(tmp_path_factory):
                ["--device", "cpu:x"], ["--seed", "-1"], ["--bootstrap", "-1"], ["--mask-ratio", "inf"],
                ["--num-heads", "5"], ["--units", "miles"], ["--dtype", "fp8"], ["--out", out / "t.xlsx"]]
     cases += [{"argv": ["attn-distance", ok, *n]} for n in numbers]
+    tables = {"garbage.csv": b"\x00\xff\xfe,,,\n\"unclosed", "columns.csv": b"a,b\n1,2\n",
+              "text_values.csv": b"metric,module,layer,value\nattention_distance,encoder,0,many\n",
+              "scalar.json": b"5", "garbage.json": b"{[", "garbage.parquet": b"PAR1" + bytes(64)}
+    for name, data in tables.items():
+        (inputs / name).write_bytes(data)
+    cases += [{"argv": ["figures", inputs / name, "--out", out / "figs"]} for name in tables]
+    good = inputs / "good.csv"
+    good.write_text("metric,module,layer,head,value\nattention_distance,encoder,0,0,3.5\n")
+    cases += [{"argv": ["figures", good, "--label-by", "nonexistent", "--out", out / "figs"]}]
     cases += [
         {"argv": ["decoder-semantics", ok, "--ref", ok, "--tau", "abc"]},
         {"argv": ["decoder-semantics", ok, "--ref", ok, "--tau", "nan"]},
@@ -203,7 +212,7 @@ def attack(tmp_path_factory):
     results = run_cases(cases, root)
     counts = {"broken": len(broken), "heads": len(odd_heads), "pickles": len(pickle_files), "raw": len(raw_files),
               "hf": len(hf_folders), "named": len(named), "special": 6, "recipes": len(recipe_files),
-              "overrides": len(bad_overrides), "numbers": len(numbers)}
+              "overrides": len(bad_overrides), "numbers": len(numbers), "tables": len(tables) + 1}
     return {"root": root, "results": results, "counts": counts, "run_dir": run_dir,
             "changed": changed_outside(before, snapshot(root), ["out"])}
 
@@ -222,7 +231,7 @@ def test_nothing_written_outside_the_output(attack):
 
 
 @pytest.mark.parametrize("kind", ["broken", "heads", "pickles", "raw", "hf", "named", "recipes", "overrides",
-                                  "numbers"])
+                                  "numbers", "tables"])
 def test_every_malformed_input_is_one_line(attack, kind):
     for result in _section(attack, kind)[:-1] if kind == "recipes" else _section(attack, kind):
         assert_refused(result)
@@ -340,3 +349,128 @@ def test_resume_refuses_a_damaged_or_foreign_checkpoint(attack, tmp_path):
     assert result.exit_code == 2 and "does not fit this recipe's model" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert snapshot(run_dir) == before
+
+
+@pytest.fixture(scope="module")
+def attack2(tmp_path_factory):
+    """Inputs found by an independent attack on the first version of these checks."""
+    root = tmp_path_factory.mktemp("errors2")
+    inputs, out = root / "in", root / "out"
+    inputs.mkdir()
+    state = _tiny_state()
+    complex_state = {**state, "blocks.0.attn.qkv.weight": state["blocks.0.attn.qkv.weight"].to(torch.complex64)}
+    torch.save({"model": complex_state, "maeprobe": {"num_heads": 2}}, inputs / "complex.pth")
+    _safetensors(inputs / "huge.safetensors", {**state, "blocks.0.attn.qkv.weight": torch.full((48, 16), 3e38)})
+    _safetensors(inputs / "tiny_std.safetensors", state, {"maeprobe": json.dumps(
+        {"num_heads": 2, "mean": [0.5] * 3, "std": [1e-300, 1.0, 1.0]})})
+    # a sharded HuggingFace folder with a leftover third shard that repeats a tensor
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    hf = ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                            image_size=16, patch_size=8), add_pooling_layer=False)
+    sd = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    keys = sorted(sd)
+    shards = inputs / "hf_shards"
+    shards.mkdir()
+    (shards / "config.json").write_text(json.dumps({"model_type": "vit", "num_attention_heads": 2,
+                                                    "hidden_act": "gelu", "layer_norm_eps": 1e-12}))
+    half = len(keys) // 2
+    save_file({k: sd[k] for k in keys[:half]}, str(shards / "model-00001-of-00002.safetensors"))
+    save_file({k: sd[k] for k in keys[half:]}, str(shards / "model-00002-of-00002.safetensors"))
+    query = next(k for k in keys if k.endswith(".weight") and ("query" in k or "q_proj" in k))
+    save_file({query: torch.randn_like(sd[query])}, str(shards / "model-00003-of-00003.safetensors"))
+    indexed = inputs / "hf_indexed"
+    import shutil
+
+    shutil.copytree(shards, indexed)
+    (indexed / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        **{k: "model-00001-of-00002.safetensors" for k in keys[:half]},
+        **{k: "model-00002-of-00002.safetensors" for k in keys[half:]}}}))
+    single = inputs / "hf_single"
+    single.mkdir()
+    (single / "config.json").write_text((shards / "config.json").read_text())
+    save_file(sd, str(single / "model.safetensors"))
+    # a hub snapshot whose config.json holds a 5000-digit integer
+    snap = root / "home" / "hf" / "hub" / "models--evil--hugeint" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("abc")
+    (snap / "config.json").write_text('{"architecture": "vit_small_patch16_224", "model_args": {"num_heads": '
+                                      + "9" * 5000 + "}}")
+    save_file(state, str(snap / "model.safetensors"))
+    # recipes: timestamps and huge numbers YAML cannot turn into Python values, a base outside the folder
+    recipes = inputs / "recipes"
+    recipes.mkdir()
+    (recipes / "timestamp.yaml").write_text("name: 2001-13-45\n")
+    (recipes / "hugeint.yaml").write_text("optim:\n  epochs: " + "9" * 5000 + "\n")
+    secret = root / "secret"
+    secret.mkdir()
+    (secret / "id_rsa").write_text("TOPSECRET: [ ^\n")
+    (recipes / "steal.yaml").write_text("base: ../secret/id_rsa\n")
+    (recipes / "steal_abs.yaml").write_text(f"base: {secret / 'id_rsa'}\n")
+    (recipes / "ok.yaml").write_text(f"base: {RECIPES / 'tiny-mae.yaml'}\nname: fine\n")
+    table = inputs / "layer_huge.csv"
+    table.write_text("metric,module,layer,head,value\nattention_distance,encoder,99999999999999999999999,0,1\n")
+    images = inputs / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(images / "red.png")
+    cases = [
+        {"argv": ["info", inputs / "complex.pth"]},
+        {"argv": ["info", inputs / "huge.safetensors"]},
+        {"argv": ["info", inputs / "tiny_std.safetensors"]},
+        {"argv": ["attn-distance", shards, "--images", images, "--bootstrap", "0"]},
+        {"argv": ["attn-distance", indexed, "--images", images, "--bootstrap", "0", "--out", out / "indexed.csv"]},
+        {"argv": ["attn-distance", single, "--images", images, "--bootstrap", "0", "--out", out / "single.csv"]},
+        {"argv": ["info", "hf-hub:evil/hugeint"]},
+        {"argv": ["recipe", "show", recipes / "timestamp.yaml"]},
+        {"argv": ["recipe", "show", recipes / "hugeint.yaml"]},
+        {"argv": ["recipe", "show", RECIPES / "tiny-mae.yaml", "name=2001-13-45"]},
+        {"argv": ["recipe", "show", recipes / "steal.yaml"]},
+        {"argv": ["recipe", "show", recipes / "steal_abs.yaml"]},
+        {"argv": ["recipe", "show", recipes / "ok.yaml"], "env": {"WORLD_SIZE": "abc"}},
+        {"argv": ["recipe", "ls", recipes]},
+        {"argv": ["run", inputs / "huge.safetensors", "--metrics", ""]},
+        {"argv": ["figures", table, "--out", out / "figs"]},
+    ]
+    before = snapshot(root)
+    results = run_cases(cases, root)
+    return {"root": root, "results": results, "changed": changed_outside(before, snapshot(root), ["out"])}
+
+
+def test_found_later_nothing_written(attack2):
+    assert attack2["changed"] == []
+
+
+@pytest.mark.parametrize("index, text", [
+    (0, "expected real floating-point weights"), (1, "expected the weights of a network"), (2, "'std'"),
+    (3, "holds"), (6, "JSON cannot read"), (7, "cannot read"), (8, "cannot read"),
+    (10, "same folder"), (11, "same folder"), (12, "WORLD_SIZE"), (14, "--metrics"), (15, "numbers")])
+def test_found_later_is_one_line(attack2, index, text):
+    line = assert_refused(attack2["results"][index], text)
+    assert "TOPSECRET" not in line
+
+
+def test_shards_follow_the_index_and_equal_the_single_file(attack2):
+    import pandas as pd
+
+    for k in (4, 5):
+        assert_clean_exit(attack2["results"][k])
+    out = attack2["root"] / "out"
+    indexed, single = pd.read_csv(out / "indexed.csv"), pd.read_csv(out / "single.csv")
+    assert indexed["value"].tolist() == pytest.approx(single["value"].tolist())
+
+
+def test_recipe_ls_lists_around_a_bad_file(attack2):
+    result = attack2["results"][13]
+    assert_clean_exit(result)
+    assert "fine" in result.stdout or "ok" in result.stdout
+    assert "not listed" in result.stdout and "TOPSECRET" not in result.stdout
+
+
+def test_an_override_yaml_cannot_read_is_taken_as_text(attack2):
+    result = attack2["results"][9]
+    assert_clean_exit(result)
+    assert "name: '2001-13-45'" in result.stdout

@@ -204,3 +204,80 @@ def test_raising_the_patch_limit_builds_the_model(attack):
 
 def test_a_bad_limit_value_is_one_line(attack):
     assert_refused(attack["results"][20], "MAEPROBE_MAX_DEPTH", "positive whole number")
+
+
+@pytest.fixture(scope="module")
+def attack2(tmp_path_factory):
+    """Inputs found by an independent attack on the first version of these bounds."""
+    root = tmp_path_factory.mktemp("resources2")
+    inputs, out = root / "in", root / "out"
+    inputs.mkdir()
+    # metadata whose list shares itself 60 levels deep: its repr alone would have 2^60 items
+    shared = [0.1, 0.2]
+    for _ in range(60):
+        shared = [shared, shared]
+    torch.save({"model": _tiny_state(), "maeprobe": {"num_heads": 2, "mean": shared}}, inputs / "dag.pth")
+    # broadcast (zero-stride) tensors: a ~100 KB file that claims a 4096-wide, 16-deep model
+    one = torch.zeros(1)
+    big = {k: one.expand(v.shape[:1] * 0 + tuple(s * 256 if s == 16 else (s * 256 if s in (48, 64) else s)
+                                                  for s in v.shape)) for k, v in _tiny_state(depth=16).items()}
+    torch.save(big, inputs / "expanded.pth")
+    # a model within every size limit whose attention maps are 69 GB per image (patch 1, 128 x 128, 64 heads)
+    wide = _tiny_state(grid=128, width=64)
+    wide["patch_embed.proj.weight"] = torch.randn(64, 3, 1, 1) * 0.02
+    save_file(wide, str(inputs / "attention.safetensors"), metadata={"maeprobe": json.dumps({"num_heads": 64})})
+    Image.new("RGB", (128, 128)).save(inputs / "one.png")
+    # an ICO whose directory says 16 x 16 around a 20000 x 20000 PNG
+    import io
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    ihdr = png.index(b"IHDR")
+    png[ihdr + 4:ihdr + 12] = struct.pack(">II", 20000, 20000)
+    png[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(png[ihdr:ihdr + 17])))
+    ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22) + bytes(png)
+    (inputs / "bomb.ico").write_bytes(ico)
+    (inputs / "page.eps").write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    # a YAML "billion laughs": nine aliases of nine aliases ... of nine items
+    parts = ["&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    parts += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    (inputs / "laughs.yaml").write_text("name: [" + ", ".join(parts) + "]\n")
+    # an 8 KB zstd Parquet table holding a 200 MB label
+    import pandas as pd
+
+    frame = pd.DataFrame({"metric": ["attention_distance"], "module": ["encoder"], "layer": [0], "head": [0],
+                          "value": [1.0], "checkpoint": ["x" * 200_000_000]})
+    frame.to_parquet(inputs / "bomb.parquet", compression="zstd")
+    del frame
+    cases = [
+        {"argv": ["info", inputs / "dag.pth"], "timeout": 30},
+        {"argv": ["info", inputs / "expanded.pth"], "timeout": 30},
+        {"argv": ["attn-distance", inputs / "attention.safetensors", "--images", inputs, "--batch-size", "1"],
+         "timeout": 60},
+        {"argv": ["render-attn", inputs / "attention.safetensors", "--image", inputs / "one.png", "--encoder",
+                  "--out", out / "r"], "timeout": 60},
+        {"argv": ["render-attn", inputs / "expanded.pth", "--image", inputs / "bomb.ico", "--encoder",
+                  "--out", out / "r"], "timeout": 30},
+        {"argv": ["render-attn", inputs / "attention.safetensors", "--image", inputs / "bomb.ico", "--encoder",
+                  "--out", out / "r"], "timeout": 30},
+        {"argv": ["render-attn", inputs / "attention.safetensors", "--image", inputs / "page.eps", "--encoder",
+                  "--out", out / "r"], "timeout": 30},
+        {"argv": ["recipe", "show", inputs / "laughs.yaml"], "timeout": 30},
+        {"argv": ["figures", inputs / "bomb.parquet", "--out", out / "figs"], "timeout": 60},
+    ]
+    before = snapshot(root)
+    results = run_cases(cases, root)
+    return {"results": results, "changed": changed_outside(before, snapshot(root), ["out"])}
+
+
+def test_found_later_nothing_written(attack2):
+    assert attack2["changed"] == []
+
+
+@pytest.mark.parametrize("index, text", [(0, "'mean'"), (1, "MAEPROBE_MAX_INFLATE"), (2, "MAEPROBE_MAX_ATTENTION"),
+                                         (3, "MAEPROBE_MAX_ATTENTION"), (4, "not a readable image"),
+                                         (5, "not a readable image"), (6, "not a readable image"),
+                                         (7, "recipe key name"), (8, "MAEPROBE_MAX_INFLATE")])
+def test_found_later_is_refused_in_bounded_memory(attack2, index, text):
+    assert_refused(attack2["results"][index], text, budget_mb=400)

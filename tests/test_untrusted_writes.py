@@ -40,15 +40,18 @@ def attack(tmp_path_factory):
     previous = out / "previous.csv"
     previous.write_text("metric,value\nearlier,1\n")
     recipe = inputs / "abs_name.yaml"
-    recipe.write_text(f"base: {RECIPES / '_tiny.yaml'}\nname: evil\nrun:\n  checkpoint_name: {victim}\n"
-                      f"  output_dir: {out / 'evil'}\n")
+    recipe.write_text(f"base: {RECIPES / '_tiny.yaml'}\nname: evil\nrun:\n  checkpoint_name: {victim}\n")
+    climbing = inputs / "climbing.yaml"
+    climbing.write_text(f"base: {RECIPES / 'tiny-mae.yaml'}\nname: ../../../../../{root.name}/escaped\n")
+    absolute = inputs / "absolute.yaml"
+    absolute.write_text(f"base: {RECIPES / 'tiny-mae.yaml'}\nrun:\n  output_dir: {root / 'escaped'}\n")
     run = ["recipe", "run", RECIPES / "tiny-mae.yaml", *QUICK]
     cases = [
         {"argv": [*run, f"run.output_dir={out / 'r1'}", f"run.checkpoint_name={victim}"]},
         {"argv": [*run, f"run.output_dir={out / 'r2'}", "run.checkpoint_name=../../victim.pth"]},
         {"argv": [*run, f"run.output_dir={out / 'r3'}", "run.checkpoint_name=sub/x.pth"]},
         {"argv": [*run, f"run.output_dir={out / 'r4'}", "run.checkpoint_name=x.txt"]},
-        {"argv": ["recipe", "run", recipe]},
+        {"argv": ["recipe", "run", recipe, f"run.output_dir={out / 'evil'}"]},
         {"argv": ["attn-distance", missing, "--out", fifo]},
         {"argv": ["attn-distance", missing, "--out", out / "fifo_link.csv"]},
         {"argv": ["attn-distance", missing, "--out", out / "folder.csv"]},
@@ -64,6 +67,7 @@ def attack(tmp_path_factory):
         {"argv": ["attn-distance", ckpt, "--mask-ratio", "2", "--out", previous]},
         {"argv": ["attn-distance", ckpt, "--bootstrap", "0", "--out", out / "outside.csv"]},
     ]
+    cases += [{"argv": ["recipe", "run", climbing, *QUICK]}, {"argv": ["recipe", "run", absolute, *QUICK]}]
     if device is not None:
         cases.append({"argv": ["attn-distance", missing, "--out", device]})
     before = snapshot(root)
@@ -134,3 +138,11 @@ def test_atomic_path_refuses_non_regular_targets(tmp_path):
     (tmp_path / "dir").mkdir()
     with pytest.raises(MaeprobeError, match="is a folder"):
         write_text(Path(tmp_path / "dir"), "x")
+
+
+def test_a_recipe_file_cannot_send_outputs_elsewhere(attack):
+    """A recipe's name goes into paths and its output folder is relative to where it is run; a place outside
+    is the user's to name on the command line."""
+    assert_refused(attack["results"][19], "plain run name")
+    assert_refused(attack["results"][20], "run.output_dir", "on the command line")
+    assert not (attack["root"] / "escaped").exists()

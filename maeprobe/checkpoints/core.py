@@ -20,7 +20,7 @@ from ..models import registry
 from ..models.mae import ArchConfig, MaskedAutoencoderViT
 from . import hf, originals
 from .families import FAMILIES
-from .files import EXPECTED, read_json, read_npz, read_safetensors, refuse_code, sniff, torch_load
+from .files import EXPECTED, check_storage, read_json, read_npz, read_safetensors, refuse_code, sniff, torch_load
 from .meta import clean_meta
 
 
@@ -115,6 +115,7 @@ def _read_file(path: Path, prefer: str, timm_config: Path | None = None) -> RawC
     if not isinstance(tensors, dict):
         raise CheckpointError(path, f"its state dict is a {type(tensors).__name__}; expected a dict of tensors")
     tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    check_storage(tensors, path)
     odd = next((k for k in tensors if not isinstance(k, str)), None)
     if odd is not None:
         raise CheckpointError(path, f"a tensor is stored under the key {odd!r} ({type(odd).__name__}); expected "
@@ -373,6 +374,9 @@ def _user_heads(option: str, value):
     return integer(option, value, 1, 1024)
 
 
+MAX_WEIGHT = 1e6  # far above any trained ViT's weights; above it float32 attention logits overflow to NaN
+
+
 # Exceptions that a malformed file can raise inside the readers, converters and builders (ours and timm's):
 # turned into one line naming the file, never a traceback.
 _MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError, ZeroDivisionError,
@@ -519,9 +523,16 @@ def _build(cfg: ArchConfig, builder: str, state: dict, path):
     if wrong is not None:
         raise CheckpointError(path, f"tensor shapes do not fit a ViT/MAE model ({wrong}: {tuple(state[wrong].shape)} "
                                     f"in the file, {tuple(expected[wrong].shape)} expected)")
-    for key, value in state.items():  # a NaN or inf weight gives NaN tables: refuse it instead
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(path, f"{key} holds NaN or infinite values; expected finite weights")
+    for key, value in state.items():  # a NaN, inf or absurd weight gives NaN tables: refuse it instead
+        if value.is_complex() or (expected[key].is_floating_point() and not value.is_floating_point()):
+            raise CheckpointError(path, f"{key} holds {str(value.dtype).replace('torch.', '')} values; expected "
+                                        "real floating-point weights")
+        if value.is_floating_point():
+            if not bool(torch.isfinite(value).all()):
+                raise CheckpointError(path, f"{key} holds NaN or infinite values; expected finite weights")
+            if value.numel() and float(value.abs().max()) > MAX_WEIGHT:
+                raise CheckpointError(path, f"{key} holds values of magnitude {float(value.abs().max()):.3g}; "
+                                            f"expected the weights of a network (|w| <= {MAX_WEIGHT:g})")
     if builder != "vit":
         model, target = _construct(cfg, builder)
     try:

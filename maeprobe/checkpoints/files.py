@@ -49,7 +49,7 @@ def require_regular(path: Path, what: str = "file") -> None:
         raise CheckpointError(path, f"cannot read it ({exc.strerror or exc}); expected {EXPECTED}") from None
     if not stat.S_ISREG(mode):
         kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+                else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "special")
         raise CheckpointError(path, f"is {kind}, not a regular {what}; expected {EXPECTED}")
 
 
@@ -75,6 +75,25 @@ def check_zip(path: Path) -> None:
                          "MAEPROBE_MAX_INFLATE")
 
 
+def check_storage(tensors: dict, path) -> None:
+    """Tensors may share or broadcast storage (``expand`` gives zero strides): a 75 KB file can then claim
+    billions of elements, which become real memory as soon as they are copied. The elements claimed must be
+    within ``MAEPROBE_MAX_INFLATE`` times the bytes actually stored."""
+    storages, claimed = {}, 0
+    for value in tensors.values():
+        if value.is_sparse or value.device.type == "meta":
+            raise CheckpointError(path, "holds sparse or meta tensors; expected dense weights")
+        storage = value.untyped_storage()
+        storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+        claimed += value.numel() * value.element_size()
+    stored = sum(storages.values())
+    ratio = limit("MAEPROBE_MAX_INFLATE")
+    if claimed > ratio * stored + (64 << 20):
+        raise LimitError(f"{path}: its tensors claim {claimed:,} bytes from {stored:,} stored (broadcast or "
+                         f"shared storage), more than maeprobe's limit of {ratio}x; raise it with the environment "
+                         "variable MAEPROBE_MAX_INFLATE")
+
+
 def read_json(path: Path, what: str = "configuration") -> dict:
     """A JSON object from a file that came with a checkpoint: size-bounded, UTF-8, nested reasonably;
     anything else is a CheckpointError naming the file."""
@@ -97,6 +116,8 @@ def parse_json(data: bytes | str, path, what: str = "metadata") -> dict:
         raise CheckpointError(path, f"the {what} is not valid JSON ({exc}); expected a JSON object") from None
     except RecursionError:
         raise CheckpointError(path, f"the {what} is nested too deeply; expected a flat JSON object") from None
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+        raise CheckpointError(path, f"the {what} holds a value JSON cannot read ({str(exc)[:100]})") from None
     if not isinstance(value, dict):
         raise CheckpointError(path, f"the {what} is a JSON {type(value).__name__}; expected a JSON object")
     return value

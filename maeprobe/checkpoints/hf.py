@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, MaeprobeError
-from .files import EXPECTED, read_json, read_safetensors, torch_load
+from .files import EXPECTED, check_storage, read_json, read_safetensors, torch_load
 
 # model_type -> (family, builder defaults HF would use when config.json leaves a field out)
 MODEL_TYPES = {
@@ -145,12 +145,36 @@ def _read_weights(path: Path) -> dict:
         weights = torch_load(path / "pytorch_model.bin")
         if not isinstance(weights, dict):
             raise CheckpointError(path / "pytorch_model.bin", f"holds a {type(weights).__name__}; expected a state dict")
+        weights = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
+        check_storage(weights, path / "pytorch_model.bin")
         return weights
+    index = path / "model.safetensors.index.json"
+    if index.is_file():  # the index names the shard of every tensor; other files in the folder are ignored
+        weight_map = read_json(index, "model.safetensors.index.json").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(index, "has no weight_map of tensor names to shard files")
+        files = sorted(set(weight_map.values()))
+        bad = next((f for f in files if "/" in f or "\\" in f or f.startswith(".") or not f.endswith(".safetensors")), None)
+        if bad is not None:
+            raise CheckpointError(index, f"names the shard {bad!r}; expected .safetensors files in the folder")
+        tensors: dict = {}
+        for name in files:
+            shard = read_safetensors(path / name)[0]
+            tensors.update({k: v for k, v in shard.items() if weight_map.get(k) == name})
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise CheckpointError(index, f"lists {missing[0]} in {weight_map[missing[0]]}, which does not hold it")
+        return tensors
     shards = sorted(path.glob("model-*-of-*.safetensors"))
     if shards:
-        tensors: dict = {}
+        tensors = {}
         for shard in shards:
-            tensors.update(read_safetensors(shard)[0])
+            part = read_safetensors(shard)[0]
+            twice = next((k for k in part if k in tensors), None)
+            if twice is not None:
+                raise CheckpointError(shard, f"holds {twice} again (also in an earlier shard); expected each tensor "
+                                             "in one shard (add model.safetensors.index.json to say which)")
+            tensors.update(part)
         return tensors
     raise CheckpointError(path, "HuggingFace folder without model.safetensors or pytorch_model.bin")
 

@@ -121,7 +121,7 @@ SPEC = {
     "norm_eps": _real(0.0, 0.1, lo_open=True),
     "norm_pix_loss": _bool,
     "mean": _triple(-10.0, 10.0, False),
-    "std": _triple(0.0, 10.0, True),
+    "std": _triple(1e-6, 10.0, False),  # a std that rounds to 0 in float32 would divide by zero
     "act_layer": _choice(*ACTIVATIONS),
     "pos_resample": _choice(*POS_RESAMPLE),
     "rel_pos_resample": _choice("timm", "hf"),
@@ -149,8 +149,9 @@ def clean_meta(meta: dict, path) -> dict:
             checked = check(value)
             if checked is not None:
                 out[key] = checked
-        except ValueError as exc:
-            shown = repr(value)
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        except (ValueError, TypeError, RecursionError) as exc:
+            from ..validate import short
+
+            shown = short(value, 60)
             raise CheckpointError(path, f"metadata {key!r} is {shown}; expected {exc}") from None
     return out

@@ -34,6 +34,9 @@ class AttentionDistance(ImageMean):
             raise MaeprobeError(f"units must be 'px' or 'patches', got {units!r}")
         self.module, self.units, self.renormalize = module, units, renormalize
         self.layers = resolve_layers(model, module, layers)
+        from ..limits import check_attention
+
+        check_attention(model, module)  # before the [L, L] distances and any [B, heads, N, N] map
         self.num_heads = blocks_of(model, module)[0].attn.num_heads
         self.num_prefix = model.num_prefix_tokens
         cfg = model.config

@@ -43,6 +43,9 @@ class DecoderAttentionSimilarity(Reducer):
         super().__init__()
         self.include_cls_key = include_cls_key
         self.layers = resolve_layers(model, "decoder", layers)
+        from ..limits import check_attention
+
+        check_attention(model, "decoder")
         self.num_heads = blocks_of(model, "decoder")[0].attn.num_heads
         self.num_prefix = model.num_prefix_tokens
         self.per_head, self.bootstrap, self.bootstrap_seed = per_head, bootstrap, bootstrap_seed

@@ -77,27 +77,54 @@ def _read(path: Path, seen: tuple = ()) -> dict:
     except UnicodeDecodeError:
         raise MaeprobeError(f"{_shown(path)}: not UTF-8 text; expected a YAML recipe") from None
     except yaml.YAMLError as exc:
-        first = " ".join(str(exc).split())[:200]
-        raise MaeprobeError(f"{_shown(path)}: invalid YAML ({first})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise MaeprobeError(f"{_shown(path)}: invalid YAML{where} ({_shown(str(problem))[:120]})") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a timestamp like 2001-13-45, a 5000-digit number
+        raise MaeprobeError(f"{_shown(path)}: a value YAML cannot read ({_shown(str(exc))[:120]})") from None
     except RecursionError:
         raise MaeprobeError(f"{_shown(path)}: nested too deeply; expected a YAML recipe") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise MaeprobeError(f"{_shown(path)}: holds a YAML {type(data).__name__}; expected a mapping of recipe keys")
+    _check_file_paths(data, path)
     if "base" in data:
         base_name = data.pop("base")
         if not isinstance(base_name, str) or not base_name.strip():
             raise MaeprobeError(f"{_shown(path)}: 'base: {base_name!r}' must name another recipe file, e.g. "
                                 "base: _tiny.yaml")
-        base = _read((path.parent / base_name).resolve(), seen + (path,))
+        base_path = (path.parent / base_name).resolve()
+        allowed = [path.parent.resolve(), _bundled_recipes()]
+        if base_path.suffix not in (".yaml", ".yml") or not any(base_path.is_relative_to(a) for a in allowed):
+            raise MaeprobeError(f"{_shown(path)}: 'base: {_shown(base_name)}' must name a .yaml recipe in the same "
+                                "folder (or a bundled recipe); a recipe never reads other files")
+        base = _read(base_path, seen + (path,))
         data = _merge(base, data)
     return data
 
 
-def _shown(text) -> str:
-    from ..validate import printable
+def _bundled_recipes() -> Path:
+    return (Path(__file__).resolve().parent.parent.parent / "recipes").resolve()
 
-    return printable(text, keep_newlines=False)
+
+def _check_file_paths(data: dict, path: Path) -> None:
+    """A recipe file writes only below the folder it is run from: its ``run.output_dir`` is relative and never
+    climbs with '..' (an absolute or climbing folder is the user's to give, as ``run.output_dir=...`` on the
+    command line); its ``name`` (which ``{name}`` puts into paths) is checked by the schema."""
+    run = data.get("run")
+    folder = run.get("output_dir") if isinstance(run, dict) else None
+    if isinstance(folder, str) and (Path(folder).is_absolute() or ".." in Path(folder).parts
+                                    or folder.startswith("~")):
+        raise MaeprobeError(f"{_shown(path)}: run.output_dir {_shown(folder)!r} leaves the folder the recipe is run "
+                            "from; a recipe file may only name a relative folder (give another place on the command "
+                            "line: run.output_dir=...)")
+
+
+def _shown(text) -> str:
+    from ..validate import printable, short
+
+    return printable(text, keep_newlines=False)[:300] if isinstance(text, (str, Path)) else short(text, 80)
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -108,7 +135,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
     key, value = text.split("=", 1)
     try:
         parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
         parsed = value.strip()  # not a YAML scalar: the text itself (checked by the schema like any value)
     if isinstance(parsed, str) and not value.strip().startswith(("'", '"')):
         parsed = value.strip()  # text is taken as typed: YAML would cut "o/rep #2" at its comment sign
@@ -261,8 +288,19 @@ def _preset(name, value):
     return _choice(*PRESETS)(name, value)
 
 
+def _run_name(name, value):
+    """A run name: letters, digits, '-', '_', '.', not starting with '.' (it becomes part of paths)."""
+    import re
+
+    value = _text(max_len=200)(name, value)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value):
+        raise MaeprobeError(f"recipe key {name}: expected a plain run name (letters, digits, '-', '_', '.'), got "
+                            f"{_shown(value)!r}")
+    return value
+
+
 SCHEMA = {
-    "name": _text(max_len=200), "task": _choice("pretrain", "finetune", "linprobe", "knn"),
+    "name": _run_name, "task": _choice("pretrain", "finetune", "linprobe", "knn"),
     "method": _choice("mae", "lcmae", "ae", "umae"),
     "model.preset": _preset, "model.decoder_depth": _number(1, 64, whole=True, none=True),
     "model.decoder_embed_dim": _number(1, 8192, whole=True, none=True),

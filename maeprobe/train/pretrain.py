@@ -7,6 +7,7 @@ resolved ``config.yaml`` beside it. Recipes (``maeprobe recipe run``) expose eve
 from __future__ import annotations
 
 from dataclasses import dataclass
+import re
 from pathlib import Path
 
 from .config import DEFAULTS, _merge
@@ -37,7 +38,8 @@ class PretrainConfig:
         """The equivalent recipe: one epoch of ``steps`` batches."""
         out = Path(self.out)
         return _merge(DEFAULTS, {
-            "name": out.stem, "task": "pretrain", "method": "mae",
+            "name": re.sub(r"[^A-Za-z0-9_.-]", "_", out.stem).lstrip(".") or "pretrain", "task": "pretrain",
+            "method": "mae",
             "model": {"preset": self.preset, "mask_ratio": self.mask_ratio, "norm_pix_loss": self.norm_pix_loss},
             "data": {"path": self.images, "samples_per_epoch": self.steps * self.batch_size,
                      "num_workers": self.num_workers},
