@@ -65,13 +65,7 @@ def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] | None 
     if mode is not None and not stat.S_ISREG(mode):
         raise MaeprobeError(f"{_shown(path)}: exists and is not a regular file (a device, FIFO or socket); "
                             "maeprobe only replaces regular files")
-    for parent in [path.parent, *path.parent.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise MaeprobeError(f"{_shown(path)}: cannot write there ({_shown(parent)} is not a folder)")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise MaeprobeError(f"{_shown(path)}: cannot write there ({_shown(parent)} is not writable)")
-            break
+    _check_nearest_folder(path, path.parent)
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise MaeprobeError(f"{_shown(path)}: unknown output format {path.suffix or '(none)'!r}; use "
                             f"{', '.join(suffixes)}")
@@ -83,14 +77,19 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MaeprobeError(f"{_shown(path)}: exists and is not a folder; expected an output folder")
-    for parent in [path, *path.parents]:
+    _check_nearest_folder(path, path)
+    return path
+
+
+def _check_nearest_folder(path: Path, start: Path) -> None:
+    """The nearest existing folder at or above ``start`` must be a writable folder (the rest is created)."""
+    for parent in [start, *start.parents]:
         if parent.exists():
             if not parent.is_dir():
-                raise MaeprobeError(f"{_shown(path)}: cannot create it ({_shown(parent)} is not a folder)")
+                raise MaeprobeError(f"{_shown(path)}: cannot write there ({_shown(parent)} is not a folder)")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise MaeprobeError(f"{_shown(path)}: cannot write there ({_shown(parent)} is not writable)")
-            break
-    return path
+            return
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
