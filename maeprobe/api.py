@@ -277,14 +277,13 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
 
     device = validate.device(device) or torch.device(default_device())
     validate.integer("--seed", seed, 0, 2**63 - 1)
-    validate.real("--mask-ratio", mask_ratio, 0.0, 1.0, hi_open=True)
+    validate.mask_ratio(mask_ratio, None, "--mask-ratio")  # before anything is loaded; the grid is checked below
     if isinstance(image, (str, os.PathLike)):
         image = open_image(image)
     model = resolve_model(model, **load_kwargs)
-    from .capture import CaptureRequest as _Request
-    from .probe import _check_attention_size
+    from .limits import check_attention
 
-    _check_attention_size(model, _Request.of(attention={"encoder" if encoder else "decoder": [0]}))
+    check_attention(model, "encoder" if encoder else "decoder")
     model = model.to(device).eval()
     cfg = model.config
     validate.mask_ratio(mask_ratio, cfg.num_patches, "--mask-ratio")

@@ -19,9 +19,9 @@ from typer.core import TyperGroup
 
 
 def _one_line(message) -> str:
-    from .validate import printable
+    from .validate import one_line
 
-    return printable(message, keep_newlines=False)
+    return one_line(message)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -31,9 +31,6 @@ def _fail(message: str, code: int = 2) -> None:
     if is_main():
         typer.echo(f"error: {_one_line(message)}", err=True)
     sys.exit(code)
-
-
-_ABORT = tuple(c for c in (getattr(click_errors, "Abort", None),) if isinstance(c, type)) or (KeyboardInterrupt,)
 
 
 class OneLineErrors(TyperGroup):
@@ -52,7 +49,7 @@ class OneLineErrors(TyperGroup):
             _fail(exc.format_message() + hint)
         except click_errors.ClickException as exc:
             _fail(exc.format_message())
-        except _ABORT:
+        except KeyboardInterrupt:  # outside a command (inside, ``_friendly`` says the same)
             typer.echo("interrupted", err=True)
             code = 130
         if not standalone_mode:

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from .errors import MaeprobeError
 from .limits import LimitError, limit
+from .validate import first_line
 
 # scikit-image / scikit-learn / matplotlib ship these photographs inside their wheels (no download).
 BUILTIN_SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina",
@@ -103,8 +104,8 @@ def open_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
         raise MaeprobeError(f"{name}: ran out of memory decoding it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError,
             KeyError, struct_error, Image.DecompressionBombError, ZeroDivisionError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise MaeprobeError(f"{name}: not a readable image ({printable(first, keep_newlines=False)})") from None
+        first = first_line(exc, 200)
+        raise MaeprobeError(f"{name}: not a readable image ({first})") from None
 
 
 def _decode(img: Image.Image, min_side: int | None) -> Image.Image:

@@ -44,9 +44,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _shown(path) -> str:
-    from .validate import printable
+    from .validate import one_line
 
-    return printable(path, keep_newlines=False)
+    return one_line(path)
 
 
 def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> Path:

@@ -59,7 +59,7 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a table written by ``write_table``."""
-    from .validate import printable
+    from .validate import first_line, printable
 
     path = Path(path)
     name = printable(path, keep_newlines=False)
@@ -78,8 +78,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     except MemoryError:
         raise MaeprobeError(f"{name}: too large to read") from None
     except Exception as exc:  # pandas / pyarrow parser errors of every kind: the file is not a table
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise MaeprobeError(f"{name}: not a readable {kind} table ({printable(first, keep_newlines=False)})") from None
+        first = first_line(exc, 160)
+        raise MaeprobeError(f"{name}: not a readable {kind} table ({first})") from None
     if not isinstance(frame, pd.DataFrame):
         raise MaeprobeError(f"{name}: not a table of rows; expected a table written by maeprobe")
     missing = [c for c in TABLE_COLUMNS if c not in frame.columns]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 
 from .errors import MaeprobeError
@@ -25,6 +26,21 @@ def printable(text, *, keep_newlines: bool = True) -> str:
     if not keep_newlines:
         text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
     return text
+
+
+def one_line(text, limit: int | None = None) -> str:
+    """``text`` (any value: its ``str``) as one printable line for a message: escapes control characters and
+    newlines; containers get a bounded ``repr`` (``short``); cut at ``limit`` characters."""
+    if isinstance(text, (list, tuple, dict, set, frozenset)):  # containers may be huge or share themselves
+        return short(text, limit or 80)
+    line = printable(os.fspath(text) if isinstance(text, os.PathLike) else str(text), keep_newlines=False)
+    return line if limit is None else line[:limit]
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), printable and bounded."""
+    text = str(exc).strip()
+    return one_line(text.splitlines()[0], limit) if text else type(exc).__name__
 
 
 def short(value, limit: int = 80) -> str:

@@ -15,7 +15,6 @@ import torch
 
 from ..errors import CheckpointError, MaeprobeError
 from ..limits import check as check_limit
-from ..limits import limit
 from ..models import registry
 from ..models.mae import ArchConfig, MaskedAutoencoderViT
 from . import hf, originals
@@ -417,8 +416,9 @@ def load(path: str | os.PathLike, *, num_heads: int | None = None, decoder_num_h
         raise CheckpointError(path, "ran out of memory while reading it; expected a checkpoint that fits in "
                                     "memory") from None
     except _MALFORMED as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise CheckpointError(path, f"malformed checkpoint ({type(exc).__name__}{': ' + first if first else ''}); "
+        from ..validate import first_line
+
+        raise CheckpointError(path, f"malformed checkpoint ({type(exc).__name__}: {first_line(exc)}); "
                                     f"expected {EXPECTED}") from None
 
 

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..limits import LimitError, limit
+from ..validate import first_line
 
 EXPECTED = ("a ViT/MAE checkpoint: a PyTorch .pth/.pt/.bin file, a .safetensors file, a JAX .npz file, "
             "or a HuggingFace folder with config.json")
@@ -142,7 +143,7 @@ def torch_load(path: Path):
         raise CheckpointError(path, "the pickle is nested too deeply; expected a state dict") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, IndexError, KeyError, TypeError,
             AttributeError, OverflowError, MemoryError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         raise CheckpointError(path, f"truncated or corrupt PyTorch file ({first}); expected {EXPECTED}") from None
 
 
@@ -168,7 +169,7 @@ def read_safetensors(path: Path) -> tuple[dict, dict]:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         raise CheckpointError(path, f"truncated or corrupt safetensors file ({first}); expected {EXPECTED}") from None
     meta = {}
     if "maeprobe" in metadata:

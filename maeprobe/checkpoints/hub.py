@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from ..errors import MaeprobeError
+from ..validate import first_line, one_line
 
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -87,9 +88,7 @@ _COMMIT = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]{0,127}")
 
 
 def _shown(text: str) -> str:
-    from ..validate import printable
-
-    return printable(text, keep_newlines=False)[:120]
+    return one_line(text, 120)
 
 
 def _snapshot(repo: str, revision: str) -> Path | None:
@@ -137,7 +136,7 @@ def _hub_repo(repo: str, revision: str) -> Path:
             snapshot = Path(snapshot_download(repo, revision=revision, cache_dir=str(hf_cache()),
                                               allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
         except Exception as exc:  # network errors, unknown repositories, gated models
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, 200)
             raise MaeprobeError(f"hf-hub:{repo}: not in the HuggingFace cache ({where}) and the download "
                                 f"failed ({first})") from None
     return _from_snapshot(snapshot)
@@ -155,7 +154,7 @@ def _release(name: str) -> Path:
     try:
         torch.hub.download_url_to_file(release_url(name), str(target), progress=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         raise MaeprobeError(f"{name}: not in the torch hub cache ({target.parent}) and the download from "
                             f"{release_url(name)} failed ({first})") from None
     return target

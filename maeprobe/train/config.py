@@ -122,9 +122,9 @@ def _check_file_paths(data: dict, path: Path) -> None:
 
 
 def _shown(text) -> str:
-    from ..validate import printable, short
+    from ..validate import one_line
 
-    return printable(text, keep_newlines=False)[:300] if isinstance(text, (str, Path)) else short(text, 80)
+    return one_line(text, 300)
 
 
 def parse_override(text: str) -> tuple[list[str], object]:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoints import read_pickle, save_checkpoint
 from ..data import ImageItem, image_items, open_image, to_rgb
 from ..errors import MaeprobeError
+from ..validate import first_line
 from ..io import write_text
 from ..models import IMAGENET_MEAN, IMAGENET_STD, build_mae
 from .config import batch_plan, check_recipe
@@ -387,7 +388,7 @@ def _resume(last: Path, config: dict, model, objective, optimizer, steps_per_epo
             objective.projector.load_state_dict(state["projector"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 160)
         raise MaeprobeError(f"{where}: it does not fit this recipe's model ({first})") from None
     return counters["step"], counters["epoch"], counters["position"]
 
