@@ -519,33 +519,45 @@ def figures_cmd(
 @app.command("reproduce")
 @_friendly
 def reproduce_cmd(
-    ids: Optional[list[str]] = typer.Argument(None, help="Finding ids (default: all; --list shows them)."),
+    ids: Optional[list[str]] = typer.Argument(None, help="Finding ids (default: all of the scale; --list shows them)."),
     scale: str = typer.Option("tiny", "--scale", help="tiny (2 CPU cores, built-in photos), small (one GPU, "
-                                                      "--data folder) or base (prints the paper's 8-GPU commands)."),
+                                                      "--data folder), released (no training: the public MAE, DINO "
+                                                      "and DeiT ViT-B/16 checkpoints from the hub caches) or base "
+                                                      "(prints the paper's 8-GPU commands)."),
     out: Path = typer.Option(Path("outputs/reproduce"), "--out", help="Output folder (runs, figures, findings.csv, "
                                                                       "findings.md); reused and resumed."),
     data: Optional[Path] = typer.Option(None, "--data", help="Image folder for pretraining and probing "
                                                              "(default: the built-in photographs)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labelled ImageFolder-style folder for the "
+                                             "linear probes (DIR/<class>/*.jpg, or DIR/train and DIR/val; e.g. "
+                                             "CIFAR-10 or Imagenette exported to folders). Default: scikit-learn digits."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference for decoder-semantic (checkpoint or 'dino'); "
-                                                         "without one that finding is inconclusive."),
+                                                         "without one that finding is inconclusive (released: DINO)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=100, help="Independently trained runs per "
+                                        "finding; intervals cover them (default: 3 at tiny and small)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, max=10_000_000,
                                         help="Optimiser steps per run (default: the scale's)."),
+    probe_images: Optional[int] = typer.Option(None, "--probe-images", min=2, max=1_000_000,
+                                               help="Images of the probe set (default: 128 tiny, 1024 small, "
+                                                    "1000 released)."),
     device: Optional[str] = DEVICE,
     list_only: bool = typer.Option(False, "--list", help="List the finding ids with their claims and exit."),
 ):
-    """Reproduce the papers' findings: train what they need (recipe engine), measure, judge each claim by its
-    written rule (holds / fails / inconclusive), write findings.csv, findings.md and figures."""
+    """Reproduce the papers' findings: train what they need (recipe engine) over several seeds, measure them and
+    their controls, judge each claim by its written rule (holds / fails / inconclusive), write findings.csv,
+    findings.md and figures."""
     from .findings import list_findings, reproduce
     from .io import check_output_folder
 
-    if not list_only:
-        check_output_folder(out)
     if list_only:
         for row in list_findings().itertuples():
             _echo(f"{row.finding:<20} {row.claim} ({row.paper})")
         return
-    table = reproduce(ids or None, scale=scale, out=out, data=data, ref=ref, steps=steps, device=device, echo=_echo)
-    _echo(table[["finding", "verdict", "measured", "ci_low", "ci_high"]].to_string(index=False, float_format="%.3g"))
+    check_output_folder(out)
+    table = reproduce(ids or None, scale=scale, out=out, data=data, eval_data=eval_data, ref=ref, steps=steps,
+                      seeds=seeds, probe_images=probe_images, device=device, echo=_echo)
+    _echo(table[["finding", "verdict", "measured", "ci_low", "ci_high", "unit"]].to_string(
+        index=False, float_format="%.3g", max_colwidth=48))
 
 
 @app.command("pretrain")

@@ -530,7 +530,11 @@ def accuracy_intervals(table: pd.DataFrame) -> pd.DataFrame:
 def accuracy_estimates(accuracy: pd.DataFrame) -> dict[str, Estimate]:
     """Per model: top-1 (percent) combined over seeds from per-seed Wilson intervals."""
     table = _seeds(accuracy_intervals(accuracy)).rename(columns={"top1": "value"})
-    return {m: combine(part) for m, part in table.groupby("model", sort=False)}
+    out = {}
+    for m, part in table.groupby("model", sort=False):
+        e = combine(part)
+        out[m] = Estimate(e.value, max(e.low, 0.0), min(e.high, 100.0), e.seeds)  # a proportion's bounds
+    return out
 
 
 LEARNED_MARGIN = 10.0  # v1 only: percentage points above chance

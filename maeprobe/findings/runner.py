@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,10 @@ from ..distributed import is_main
 from ..errors import MaeprobeError
 from ..io import write_text
 from . import rules
-from .suite import AE_BLOCKS, BASE_RECIPES, FINDINGS, RUNS, SCALES, Scale
+from .suite import AE_BLOCKS, BASE_RECIPES, FINDINGS, RELEASED, RELEASED_FINDINGS, RUNS, SCALES, Scale
 
-COLUMNS = ["finding", "claim", "paper", "measured", "ci_low", "ci_high", "verdict", "scale", "detail", "measure"]
+COLUMNS = ["finding", "claim", "paper", "measured", "ci_low", "ci_high", "unit", "control", "verdict", "seeds",
+           "rule_version", "amended_after_results", "scale", "detail", "measure"]
 STEPS_PER_EPOCH = 10
 BOOTSTRAP = 200
 
@@ -46,20 +48,22 @@ def _run_steps(name: str, scale: Scale, steps: int | None) -> int:
     return scale.lcmae_steps if name.startswith("lcmae") else scale.steps
 
 
-def run_config(name: str, scale: Scale, root: Path, *, data=None, steps: int | None = None,
+def run_config(name: str, scale: Scale, root: Path, *, seed: int = 0, data=None, steps: int | None = None,
                device: str | None = None) -> dict:
-    """The resolved recipe of one run: a bundled tiny-* recipe with the scale's size and length."""
+    """The resolved recipe of one run: a bundled tiny-* recipe with the scale's size and length, and ``seed``
+    (model initialisation, data order, augmentation, masks)."""
     from ..train.config import load_recipe
 
     recipe, overrides = RUNS[name]
     n_steps = _run_steps(name, scale, steps)
     epochs = max(1, math.ceil(n_steps / STEPS_PER_EPOCH))
+    folder = root / "runs" / scale.name / f"{name}-s{epochs * STEPS_PER_EPOCH}-seed{seed}"
     extra = [f"model.preset={scale.preset}", f"optim.global_batch={scale.global_batch}",
              f"optim.base_lr={scale.base_lr}", f"data.samples_per_epoch={scale.global_batch * STEPS_PER_EPOCH}",
              f"optim.epochs={epochs}", f"optim.warmup_epochs={max(1, round(0.2 * epochs))}",  # 20%, as Section 5
+             f"run.seed={int(seed)}",
              # paths and names go in as values, never through YAML (which would cut "o/rep #2" at " #")
-             ("run.output_dir", str(root / "runs" / scale.name / f"{name}-s{epochs * STEPS_PER_EPOCH}")),
-             "run.checkpoint_every=50", "run.log_every=10", *scale.overrides]
+             ("run.output_dir", str(folder)), "run.checkpoint_every=50", "run.log_every=10", *scale.overrides]
     if name in AE_BLOCKS:
         extra.append(f"model.pred_size={AE_BLOCKS[name] * scale.patch}")
     if data is not None:
@@ -71,23 +75,38 @@ def run_config(name: str, scale: Scale, root: Path, *, data=None, steps: int | N
     return config
 
 
-def train(name: str, scale: Scale, root: Path, *, data=None, steps=None, device=None, echo=print) -> Path:
+def train(name: str, scale: Scale, root: Path, *, seed: int = 0, data=None, steps=None, device=None,
+          echo=print) -> Path:
     """Train one run (or reuse / resume it). Returns its run folder."""
     from ..train.engine import pretrain_recipe
 
-    config = run_config(name, scale, root, data=data, steps=steps, device=device)
+    config = run_config(name, scale, root, seed=seed, data=data, steps=steps, device=device)
     folder = Path(config["run"]["output_dir"])
     total = config["optim"]["epochs"] * STEPS_PER_EPOCH
     if (folder / "model.safetensors").is_file():
         _check_reusable(folder, config)
-        echo(f"{name}: reused ({folder})")
+        echo(f"{name} seed {seed}: reused ({folder})")
         return folder
     resumed = (folder / "checkpoint-last.pth").is_file()
     tic = time.monotonic()
     pretrain_recipe(config, progress=False)
-    echo(f"{name}: {'resumed and ' if resumed else ''}trained {total} steps "
+    echo(f"{name} seed {seed}: {'resumed and ' if resumed else ''}trained {total} steps "
          f"({config['method']}, {config['model']['preset']}) in {time.monotonic() - tic:.0f} s")
     return folder
+
+
+def initial_weights(folder: Path):
+    """The same seed's initial weights of a run (the findings' control): its saved recipe, rebuilt exactly as
+    the engine started (``initial_objective``), never trained. Returns the objective (``.model``, and
+    ``.projector`` for LC-MAE)."""
+    import yaml
+
+    from ..train.engine import initial_objective
+
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    with torch.random.fork_rng(devices=[]):
+        objective = initial_objective(config)
+    return objective.eval()
 
 
 def _check_reusable(folder: Path, config: dict) -> None:
@@ -116,6 +135,15 @@ def _load(folder: Path):
     from ..checkpoints import load
 
     return load(folder / "checkpoint-last.pth")
+
+
+def final_loss_parts(folder: Path) -> dict[str, float]:
+    """The loss parts of the last logged step (log.csv ``parts``: ``name=value;...``)."""
+    try:
+        last = pd.read_csv(folder / "log.csv").iloc[-1]
+        return {k: float(v) for k, v in (p.split("=", 1) for p in str(last["parts"]).split(";") if "=" in p)}
+    except (OSError, ValueError, IndexError, KeyError, pd.errors.ParserError):
+        return {}
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -170,119 +198,292 @@ def output_spread(folder: Path, images: torch.Tensor, *, mask_ratio: float = 0.7
 
 
 @torch.no_grad()
-def linear_probe(folder: Path, size: int, *, device: str = "cpu") -> dict:
-    """Linear probe on the labelled toy task (scikit-learn digits): the frozen encoder's CLS feature after the
-    final norm (MAE's linear-probe feature), standardised on the training split (MAE's BatchNorm without
-    affine), multinomial logistic regression (L-BFGS, C = 1). Returns top-1 on the validation split."""
+def encoder_spread_ratio(trained, init, images: torch.Tensor, *, seed: int = 0, bootstrap: int = BOOTSTRAP,
+                         device: str = "cpu") -> list[dict]:
+    """lcmae-collapse, version 2: the across-image spread of the encoder's output on unmasked images,
+    1 - |mean_n z_hat[n, i]|^2 at each position i (z_hat = z / |z|), averaged over positions, for the patch
+    tokens and for the CLS token, as a ratio trained / ``init`` (the same seed's initial weights). Interval:
+    paired Poisson bootstrap over images (the same replicate weights for both models)."""
+    from ..metrics.base import percentile_interval, poisson_weights
+
+    models = {"trained": trained.to(device).eval(), "init": init.to(device).eval()}
+    sums: dict = {}
+    boot_weight, count = torch.zeros(bootstrap, dtype=torch.float64), 0
+    for start in range(0, len(images), 64):
+        x = images[start:start + 64].to(device)
+        weights = poisson_weights(torch.arange(start, start + len(x)), bootstrap, seed)  # [B, R]
+        for condition, model in models.items():
+            z = model.forward_encoder(x, 0.0)[0]  # [B, prefix + L, E], after the final norm
+            p = model.num_prefix_tokens
+            for feature, part in (("patch", z[:, p:]), ("cls", z[:, :1])):
+                unit = F.normalize(part.double(), dim=-1).cpu()
+                for key, value in (((condition, feature), unit.sum(0)),
+                                   ((condition, feature, "boot"), torch.einsum("br,bke->rke", weights, unit))):
+                    sums[key] = value if key not in sums else sums[key] + value
+        boot_weight += weights.sum(0)
+        count += len(x)
+    rows = []
+    scale = boot_weight.clamp_min(1e-12).view(-1, 1, 1)
+    for feature in ("patch", "cls"):
+        trained_spread, init_spread = (float(_spread(sums[c, feature], count)) for c in ("trained", "init"))
+        replicates = (_spread(sums["trained", feature, "boot"], scale)
+                      / _spread(sums["init", feature, "boot"], scale).clamp_min(1e-12)).numpy()
+        low, high = percentile_interval(replicates)
+        rows.append({"feature": feature, "value": trained_spread / max(init_spread, 1e-12), "ci_low": float(low),
+                     "ci_high": float(high), "trained_spread": trained_spread, "init_spread": init_spread})
+    return rows
+
+
+def _fit_probe(f_train: np.ndarray, y_train, f_val: np.ndarray, y_val) -> float:
+    """Standardised on the training split (MAE's BatchNorm without affine), multinomial logistic regression
+    (L-BFGS, C = 1); top-1 (%) on the validation split."""
     from sklearn.linear_model import LogisticRegression
 
-    from .toydata import digits
-
-    x_train, y_train, x_val, y_val = digits(size)
-    model = _load(folder).to(device).eval()
-
-    def features(x):
-        return torch.cat([model.forward_encoder(x[i:i + 128].to(device), 0.0)[0][:, 0].double().cpu()
-                          for i in range(0, len(x), 128)]).numpy()
-
-    f_train, f_val = features(x_train), features(x_val)
     mean, std = f_train.mean(0), f_train.std(0) + 1e-6
     classifier = LogisticRegression(C=1.0, max_iter=2000)
     classifier.fit((f_train - mean) / std, y_train)
-    top1 = float(100 * (classifier.predict((f_val - mean) / std) == y_val).mean())
-    return {"top1": top1, "n_val": int(len(y_val)), "chance": 100.0 / len(np.unique(y_train))}
+    return float(100 * (classifier.predict((f_val - mean) / std) == y_val).mean())
+
+
+def _eval_set(evalset, size: int):
+    from .toydata import EvalSet
+
+    return evalset if isinstance(evalset, EvalSet) else EvalSet(None, size)
+
+
+_PROBES: dict = {}  # (run folder, condition, labelled set) -> probe result: one fit per model and set
+
+
+def _cached_probe(folder: Path, condition: str, evalset, device) -> dict:
+    key = (str(folder), condition, evalset.name, evalset.size)
+    if key not in _PROBES:
+        model = _load(folder) if condition == "trained" else initial_weights(folder).model
+        _PROBES[key] = linear_probe(model, evalset, device=device)
+    return _PROBES[key]
+
+
+@torch.no_grad()
+def linear_probe(model, evalset=None, *, device: str = "cpu") -> dict:
+    """Linear probe on the labelled set (default: scikit-learn digits at the model's input size): the frozen
+    encoder's CLS feature after the final norm (MAE's linear-probe feature). ``model``: a model or a run
+    folder; ``evalset``: an ``EvalSet`` or an input size for the digits. Returns top-1 on the validation
+    split, its size and chance."""
+    model = _load(model) if isinstance(model, (str, Path)) else model
+    model = model.to(device).eval()
+    evalset = _eval_set(evalset, evalset if isinstance(evalset, int) else model.config.img_size)
+
+    def features(split):
+        return np.concatenate([model.forward_encoder(x.to(device), 0.0)[0][:, 0].double().cpu().numpy()
+                               for x in evalset.batches(split)])
+
+    top1 = _fit_probe(features("train"), evalset.labels("train"), features("val"), evalset.labels("val"))
+    return {"top1": top1, "n_val": int(len(evalset.labels("val"))), "chance": evalset.chance}
+
+
+PIXEL_SIDE = 16
+
+
+def pixel_probe(evalset) -> dict:
+    """The raw-pixel baseline of the probe findings: the same linear probe on the normalised pixels,
+    average-pooled to 16 x 16 x 3 = 768 values (the width of a ViT-B feature)."""
+    def features(split):
+        return np.concatenate([F.adaptive_avg_pool2d(x, PIXEL_SIDE).flatten(1).double().numpy()
+                               for x in evalset.batches(split)])
+
+    top1 = _fit_probe(features("train"), evalset.labels("train"), features("val"), evalset.labels("val"))
+    return {"top1": top1, "n_val": int(len(evalset.labels("val"))), "chance": evalset.chance}
 
 
 def _mean_over_heads(table: pd.DataFrame) -> pd.DataFrame:
     return table.groupby("layer")[["value", "ci_low", "ci_high"]].mean().reset_index()
 
 
-def measure(finding_id: str, folders: dict[str, Path], images: torch.Tensor, *, reference=None,
-            device: str = "cpu") -> tuple[pd.DataFrame, rules.Verdict, list[pd.DataFrame]]:
-    """(evidence table, verdict, metric tables for the figures) of one finding."""
+def random_like(model, seed: int = 0):
+    """Randomly initialised weights of a loaded MAE model's architecture (the control of released checkpoints,
+    which have no 'initial weights' of their own)."""
+    from ..models.mae import MaskedAutoencoderViT
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MaskedAutoencoderViT(model.config).eval()
+
+
+@dataclass
+class Measured:
+    """What a finding's measurement returns: the evidence (the rule's input), the verdict, what the figure
+    draws, and superseded versions of the rule (reported, not judged)."""
+
+    evidence: pd.DataFrame
+    verdict: rules.Verdict
+    figure: dict = field(default_factory=dict)
+    superseded: list = field(default_factory=list)  # [(id, Verdict, measure)]
+
+
+def _rows(table: pd.DataFrame, keys=("layer",), **labels) -> list[dict]:
+    return [{**labels, **{k: r[k] for k in keys}, "value": r["value"], "ci_low": r["ci_low"],
+             "ci_high": r["ci_high"]} for r in table.to_dict("records")]
+
+
+def _uniform_of(model) -> float:
+    cfg = model.config
+    return rules.uniform_attention_distance(cfg.grid_size, cfg.patch_size, model.num_prefix_tokens)
+
+
+def _by_seed(runs: dict, name: str) -> list[tuple[int, Path]]:
+    return list(enumerate(runs[name]))
+
+
+def measure(finding_id: str, runs: dict[str, list[Path]], images: torch.Tensor, *, reference=None,
+            evalset=None, device: str = "cpu") -> Measured:
+    """Measure one finding on trained runs (``runs[name][seed]``) and their controls; apply its rule."""
     import maeprobe
 
-    size = images.shape[-1]
     common = dict(bootstrap=BOOTSTRAP, device=device)
     if finding_id == "lcmae-collapse":
-        rows = [{"setting": s, **output_spread(folders[f"lcmae-{s}"], images, device=device)} for s in "ceg"]
+        ratios, v1, notes = [], [], {}
+        for setting in "ceg":
+            for seed, folder in _by_seed(runs, f"lcmae-{setting}"):
+                trained, init = _load(folder), initial_weights(folder).model
+                ratios += [{"setting": setting, "seed": seed, **r}
+                           for r in encoder_spread_ratio(trained, init, images, device=device)]
+                v1.append({"setting": setting, "seed": seed, **output_spread(folder, images, device=device)})
+                notes.setdefault(setting, []).append(final_loss_parts(folder).get("loss_cross", float("nan")))
+        evidence, old = pd.DataFrame(ratios), pd.DataFrame(v1)
+        verdict = rules.collapse_rule_v2(evidence)
+        beside = "; ".join(
+            f"({s}) spread of v {old[old.setting == s]['value'].mean():.3f}, of h {old[old.setting == s]['h_value'].mean():.3f}, "
+            f"final L_cross {np.nanmean(notes[s]):.4f}" for s in "ceg")
+        verdict = replace(verdict, detail=f"{verdict.detail}. Beside the verdict, not used by it (means over seeds): "
+                                          f"{beside}")
+        old_verdict = rules.collapse_rule(old)
+        superseded = replace(old_verdict, verdict=rules.SUPERSEDED, detail=(
+            f"version 1, superseded by version 2 (the measure changed after this result was seen: "
+            f"{rules.V1_RESULTS_SEEN}); why: v = p(h(x, m)) can collapse at no cost in setting (e), where only "
+            f"L_cross trains the projector, while Table 1 is about the encoder's features. The v1 rule on this "
+            f"run gives: {old_verdict.verdict}. {old_verdict.detail}"))
+        return Measured(evidence, verdict, {"kind": "collapse"},
+                        [("lcmae-collapse-v1", superseded, "across-image spread of the projected outputs v at "
+                          "masked positions (unitless), settings (c), (e), (g)")])
+    if finding_id in ("decoder-positional", "decoder-semantic"):
+        if finding_id == "decoder-semantic" and reference is None:
+            return Measured(pd.DataFrame(), rules.semantic_rule(None))
+        rows = []
+        for seed, folder in _by_seed(runs, "mae"):
+            for condition, model in (("trained", _load(folder)), ("init", initial_weights(folder).model)):
+                if finding_id == "decoder-positional":
+                    table = maeprobe.decoder_attention_similarity(model, images, **common)
+                else:
+                    table = maeprobe.decoder_semantic_similarity(model, reference, images, **common)
+                rows += _rows(table, condition=condition, seed=seed)
         evidence = pd.DataFrame(rows)
-        verdict = rules.collapse_rule(evidence)
-        also = ", ".join(f"({r.setting}) {r.h_value:.3f}" for r in evidence.itertuples())
-        verdict = rules.Verdict(verdict.measured, verdict.ci_low, verdict.ci_high, verdict.verdict,
-                                f"{verdict.detail}. Not used by the rule: the same spread of the model's output "
-                                f"h(x, m) before the projector: {also}")
-        return evidence, verdict, []
-    if finding_id == "decoder-positional":
-        table = maeprobe.decoder_attention_similarity(_load(folders["mae"]), images, **common)
-        evidence = table[["layer", "value", "ci_low", "ci_high", "n_images"]].reset_index(drop=True)
-        return evidence, rules.positional_rule(evidence), [table]
-    if finding_id == "decoder-semantic":
-        if reference is None:
-            return pd.DataFrame(), rules.semantic_rule(None), []
-        table = maeprobe.decoder_semantic_similarity(_load(folders["mae"]), reference, images, **common)
-        evidence = table[["layer", "value", "ci_low", "ci_high", "n_images", "reference"]].reset_index(drop=True)
-        return evidence, rules.semantic_rule(evidence), [table]
+        if finding_id == "decoder-positional":
+            return Measured(evidence, rules.positional_rule(evidence), {"kind": "profile", "uniform": rules.EQ7_UNIFORM})
+        evidence["reference"] = _reference_name(reference)
+        return Measured(evidence, rules.semantic_rule(evidence), {"kind": "profile"})
     if finding_id == "mask-ratio-distance":
-        tables, parts = [], []
+        rows, uniform = [], None
         for name in FINDINGS[finding_id].runs:
-            table = maeprobe.attention_distance(_load(folders[name]), images, **common)
             ratio = 0.75 if name == "mae" else int(name.removeprefix("mae-mask")) / 100
-            tables.append(table.assign(pretrain_mask_ratio=ratio))
-            parts.append(_mean_over_heads(table).assign(mask_ratio=ratio))
-        evidence = pd.concat(parts, ignore_index=True)[["mask_ratio", "layer", "value", "ci_low", "ci_high"]]
-        return evidence, rules.mask_ratio_rule(evidence), tables
+            for seed, folder in _by_seed(runs, name):
+                model = _load(folder)
+                uniform = _uniform_of(model)
+                rows += _rows(_mean_over_heads(maeprobe.attention_distance(model, images, **common)),
+                              condition="trained", mask_ratio=ratio, seed=seed)
+        for seed, folder in _by_seed(runs, "mae"):
+            rows += _rows(_mean_over_heads(maeprobe.attention_distance(initial_weights(folder).model, images,
+                                                                       **common)), condition="init", seed=seed)
+        evidence = pd.DataFrame(rows)
+        return Measured(evidence, rules.mask_ratio_rule(evidence, uniform), {"kind": "distance", "uniform": uniform})
     if finding_id == "ae-block-distance":
-        tables, rows = [], []
+        rows, uniform = [], None
         for name in FINDINGS[finding_id].runs:
-            model = _load(folders[name])
-            k = model.config.pred_size or model.config.patch_size
-            table = maeprobe.attention_distance(model, images, **common).assign(checkpoint=f"AE({k})")
-            tables.append(table)
-            rows.append({"k": k, **table[["value", "ci_low", "ci_high"]].mean().to_dict()})
+            for seed, folder in _by_seed(runs, name):
+                model = _load(folder)
+                uniform = _uniform_of(model)
+                k = model.config.pred_size or model.config.patch_size
+                rows += _rows(_mean_over_heads(maeprobe.attention_distance(model, images, **common)),
+                              condition="trained", k=k, seed=seed)
+        for seed, folder in _by_seed(runs, "ae1"):
+            rows += _rows(_mean_over_heads(maeprobe.attention_distance(initial_weights(folder).model, images,
+                                                                       **common)), condition="init", seed=seed)
         evidence = pd.DataFrame(rows)
-        return evidence, rules.ae_distance_rule(evidence), tables
-    if finding_id == "ae-linear-probe":
-        evidence = pd.DataFrame([{"model": name, **linear_probe(folders[name], size, device=device)}
-                                 for name in FINDINGS[finding_id].runs])
-        return evidence, rules.linear_probe_rule(evidence), []
-    if finding_id == "local-decoders":
-        labels = {"mae": "transformer", "mae-gaussian": "gaussian", "mae-conv": "conv"}
-        evidence = pd.DataFrame([{"model": labels[name], **linear_probe(folders[name], size, device=device)}
-                                 for name in FINDINGS[finding_id].runs])
-        return evidence, rules.local_decoders_rule(evidence), []
+        return Measured(evidence, rules.ae_distance_rule(evidence, uniform), {"kind": "ae", "uniform": uniform})
+    if finding_id in ("ae-linear-probe", "local-decoders"):
+        labels = ({name: name for name in FINDINGS[finding_id].runs} if finding_id == "ae-linear-probe" else
+                  {"mae": "transformer", "mae-gaussian": "gaussian", "mae-conv": "conv"})
+        rows = []
+        for name, label in labels.items():
+            for seed, folder in _by_seed(runs, name):
+                rows.append({"model": label, "seed": seed, **_cached_probe(folder, "trained", evalset, device)})
+        for seed, folder in _by_seed(runs, "mae"):
+            rows.append({"model": "random", "seed": seed, **_cached_probe(folder, "init", evalset, device)})
+        key = ("pixels", evalset.name, evalset.size)
+        _PROBES[key] = _PROBES.get(key) or pixel_probe(evalset)
+        rows.append({"model": "pixels", "seed": 0, **_PROBES[key]})
+        evidence = pd.DataFrame(rows)
+        rule = rules.linear_probe_rule if finding_id == "ae-linear-probe" else rules.local_decoders_rule
+        return Measured(evidence, rule(evidence), {"kind": "accuracy"})
     if finding_id == "umae-rank":
-        tables, rows = [], []
+        rows = []
         for name in ("umae", "mae"):
-            table = maeprobe.feature_spectrum(_load(folders[name]), images, **common).assign(
-                checkpoint="U-MAE" if name == "umae" else "MAE")
-            tables.append(table)
-            rank = table[(table["metric"] == "effective_rank") & (table["feature"] == "cls")].iloc[0]
-            rows.append({"model": name, "value": rank["value"], "ci_low": rank["ci_low"], "ci_high": rank["ci_high"]})
+            for seed, folder in _by_seed(runs, name):
+                rows.append({"model": name, "seed": seed, **_cls_rank(_load(folder), images, common)})
+        for seed, folder in _by_seed(runs, "mae"):
+            rows.append({"model": "init", "seed": seed, **_cls_rank(initial_weights(folder).model, images, common)})
         evidence = pd.DataFrame(rows)
-        return evidence, rules.umae_rank_rule(evidence), tables
+        return Measured(evidence, rules.umae_rank_rule(evidence), {"kind": "rank"})
+    if finding_id == "mae-local-attention":
+        unit = "attention distance (px), D(MAE) - min(D(DINO), D(DeiT))"
+        return Measured(pd.DataFrame(), rules.Verdict(
+            np.nan, np.nan, np.nan, rules.INCONCLUSIVE, "measured at --scale released only: it compares the released "
+            "MAE with DINO and DeiT, whose recipes are not part of the pretraining suite", np.nan, unit, 0, 1, False))
     raise MaeprobeError(f"unknown finding {finding_id!r}")
 
 
-# ----------------------------------------------------------------------------- figures
-def _figures(finding_id: str, evidence: pd.DataFrame, tables: list[pd.DataFrame], folder: Path) -> list[Path]:
-    from ..plots import make_figures
-    from ..plots.figures import bar_figure
+def _cls_rank(model, images, common) -> dict:
+    import maeprobe
 
-    if evidence.empty:
-        return []
-    title = f"{finding_id}: {FINDINGS[finding_id].paper}"
-    if finding_id == "lcmae-collapse":
-        return bar_figure([f"({s})" for s in evidence["setting"]], evidence, title, "across-image spread of v",
-                          folder, finding_id, lines=(rules.COLLAPSED_BELOW, rules.SPREAD_ABOVE))
-    if finding_id in ("ae-linear-probe", "local-decoders"):
-        return bar_figure(list(evidence["model"]), rules.accuracy_intervals(evidence).rename(columns={"top1": "value"}),
-                          title, "linear-probe top-1 (%)", folder, finding_id,
-                          lines=(float(evidence["chance"].iloc[0]),))
-    table = pd.concat(tables, ignore_index=True)
-    names = {"decoder-positional": ["fig2"], "decoder-semantic": ["fig3"], "mask-ratio-distance": ["fig6"],
-             "ae-block-distance": ["figA1"], "umae-rank": ["spectrum"]}[finding_id]
-    return make_figures(table, folder, figures=names)
+    table = maeprobe.feature_spectrum(model, images, **common)
+    rank = table[(table["metric"] == "effective_rank") & (table["feature"] == "cls")].iloc[0]
+    return {"value": rank["value"], "ci_low": rank["ci_low"], "ci_high": rank["ci_high"]}
+
+
+def _reference_name(reference) -> str:
+    checkpoint = getattr(reference, "checkpoint", None)
+    return str(getattr(checkpoint, "name", None) or getattr(checkpoint, "path", None) or "the reference")
+
+
+def measure_released(finding_id: str, models: dict, images: torch.Tensor, *, reference=None,
+                     device: str = "cpu") -> Measured:
+    """A finding on the released checkpoints (``models[role] = (model, label)``), with random initial weights
+    of MAE's architecture (seed 0) and uniform attention as the controls; one "seed" (intervals over images)."""
+    import maeprobe
+
+    common = dict(bootstrap=BOOTSTRAP, device=device)
+    mae = models["mae"][0]
+    init = random_like(mae)
+    if finding_id in ("decoder-positional", "decoder-semantic"):
+        rows = []
+        for condition, model in (("trained", mae), ("init", init)):
+            if finding_id == "decoder-positional":
+                table = maeprobe.decoder_attention_similarity(model, images, **common)
+            else:
+                table = maeprobe.decoder_semantic_similarity(model, reference, images, **common)
+            rows += _rows(table, condition=condition, seed=0)
+        evidence = pd.DataFrame(rows)
+        if finding_id == "decoder-positional":
+            return Measured(evidence, rules.positional_rule(evidence), {"kind": "profile", "uniform": rules.EQ7_UNIFORM})
+        evidence["reference"] = _reference_name(reference)
+        return Measured(evidence, rules.semantic_rule(evidence), {"kind": "profile"})
+    if finding_id == "mae-local-attention":
+        rows = []
+        for role, model in (("mae", mae), ("dino", models["dino"][0]), ("deit", models["deit"][0]), ("init", init)):
+            rows += _rows(_mean_over_heads(maeprobe.attention_distance(model, images, **common)), model=role, seed=0)
+        evidence = pd.DataFrame(rows)
+        uniform = _uniform_of(mae)
+        return Measured(evidence, rules.local_attention_rule(evidence, uniform), {"kind": "models", "uniform": uniform})
+    raise MaeprobeError(f"{finding_id}: not measured at --scale released (it needs pretraining runs); choose from "
+                        f"{', '.join(RELEASED_FINDINGS)}")
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -313,36 +514,49 @@ def _base_commands(ids: list[str]) -> list[str]:
     return lines + [measures[i] for i in ids if i in measures]
 
 
-def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=None, ref=None,
-              steps: int | None = None, device: str | None = None, echo=print) -> pd.DataFrame:
+def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=None, eval_data=None, ref=None,
+              steps: int | None = None, seeds: int | None = None, probe_images: int | None = None,
+              device: str | None = None, echo=print) -> pd.DataFrame:
     """Reproduce the papers' findings; returns the findings table (also written to ``out``).
 
     Args:
-        ids: finding ids (None: all, in the order of ``list_findings()``).
+        ids: finding ids (None: all of the scale, in the order of ``list_findings()``).
         scale: ``'tiny'`` (2 CPU cores, built-in photographs), ``'small'`` (one GPU, ``data`` folder),
-            ``'base'`` (writes the paper's 8-GPU launch commands; nothing is run).
+            ``'released'`` (no training: the public MAE, DINO and DeiT ViT-B/16 checkpoints from the hub
+            caches), ``'base'`` (writes the paper's 8-GPU launch commands; nothing is run).
         out: output folder: ``findings.csv``, ``findings.md``, ``figures/``, ``runs/``, ``findings/<id>/``.
         data: image folder for pretraining and probing (default: the built-in photographs).
+        eval_data: labelled ImageFolder-style folder for the linear probes (default: scikit-learn digits).
         ref: reference model for ``decoder-semantic`` (checkpoint path, loaded model or ``'dino'``); without
-            one that finding is inconclusive.
+            one that finding is inconclusive (``released``: the released DINO).
         steps: optimiser steps of every run (default: the scale's).
+        seeds: independently trained runs per finding (default: the scale's, 3 at tiny and small).
+        probe_images: images of the probe set (default: the scale's).
         device: 'cpu', 'cuda', ... (default: CUDA when available).
         echo: where progress lines go (one per run and per finding; only rank 0 prints).
     """
     from ..probe import default_device
+    from ..validate import integer
 
-    ids = list(FINDINGS) if not ids else list(dict.fromkeys(ids))
+    if scale not in SCALES:
+        raise MaeprobeError(f"unknown scale {scale!r}; choose tiny, small, released or base")
+    default_ids = RELEASED_FINDINGS if scale == "released" else tuple(FINDINGS)
+    ids = list(default_ids) if not ids else list(dict.fromkeys(ids))
     unknown = [i for i in ids if i not in FINDINGS]
     if unknown:
         raise MaeprobeError(f"unknown finding(s) {', '.join(unknown)}; known: {', '.join(FINDINGS)}")
-    if scale not in SCALES:
-        raise MaeprobeError(f"unknown scale {scale!r}; choose tiny, small or base")
+    if scale == "released" and (other := [i for i in ids if i not in RELEASED_FINDINGS]):
+        raise MaeprobeError(f"{other[0]}: not measured at --scale released (it needs pretraining runs); choose from "
+                            f"{', '.join(RELEASED_FINDINGS)}")
+    spec = SCALES[scale]
+    seeds = integer("--seeds", spec.seeds if seeds is None else seeds, 1, 100)
+    n_probe = integer("--probe-images", spec.probe_images if probe_images is None else probe_images, 2, 1_000_000)
 
     def say(line: str) -> None:
         if is_main():
             echo(line)
 
-    root, spec = Path(out), SCALES[scale]
+    root = Path(out)
     device = device or default_device()
     if scale == "base":
         return _write_base(ids, root, say)
@@ -351,52 +565,174 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
         from ..api import load_reference
 
         reference = load_reference(ref)
+    settings = {"data": data, "eval-data": eval_data, "ref": ref, "steps": steps, "seeds": seeds,
+                "probe-images": probe_images}
+    if scale == "released":
+        return _reproduce_released(ids, root, data, reference, ref, n_probe, device, say, settings)
     needed = list(dict.fromkeys(r for i in ids for r in FINDINGS[i].runs))
-    say(f"reproduce: {len(ids)} finding(s), {len(needed)} run(s) at scale {scale} -> {root}")
-    folders = {}
-    for n, name in enumerate(needed, 1):
-        folders[name] = train(name, spec, root, data=data, steps=steps, device=device,
-                              echo=lambda line, n=n: say(f"[run {n}/{len(needed)}] {line}"))
-    images = None
+    say(f"reproduce: {len(ids)} finding(s), {len(needed)} run(s) x {seeds} seed(s) at scale {scale} -> {root}")
+    tic_all = time.monotonic()
+    runs: dict[str, list[Path]] = {name: [] for name in needed}
+    total = len(needed) * seeds
+    for seed in range(seeds):
+        for n, name in enumerate(needed, 1):
+            count = seed * len(needed) + n
+            runs[name].append(train(name, spec, root, seed=seed, data=data, steps=steps, device=device,
+                                    echo=lambda line, c=count: say(f"[run {c}/{total}] {line}")))
+    images, evalset = None, None
     results = []
     for n, finding_id in enumerate(ids, 1):
         finding = FINDINGS[finding_id]
-        folder = root / "findings" / finding_id
-        key = {"scale": scale, "runs": {r: str(folders[r]) for r in finding.runs}, "data": str(data),
-               "reference": str(ref) if finding_id == "decoder-semantic" else None,
-               "probe_images": spec.probe_images}
-        stored = folder / "verdict.json"
-        if stored.is_file() and json.loads(stored.read_text()).get("key") == key:
-            result = json.loads(stored.read_text())["result"]
-            say(f"[finding {n}/{len(ids)}] {finding_id}: {result['verdict']} (reused)")
-            results.append(result)
+        key = {"scale": scale, "runs": {r: [str(f) for f in runs[r]] for r in finding.runs}, "data": str(data),
+               "eval_data": str(eval_data), "reference": str(ref) if finding_id == "decoder-semantic" else None,
+               "probe_images": n_probe, "rule_version": rules.RULE_VERSION}
+        stored = _stored(root, finding_id, key)
+        if stored is not None:
+            say(f"[finding {n}/{len(ids)}] {finding_id}: {stored[0]['verdict']} (reused)")
+            results += stored
             continue
-        if images is None:
-            from .toydata import probe_images
+        if images is None and finding.runs:
+            from .toydata import EvalSet, probe_images as make_probe_images
 
-            size = _load(folders[needed[0]]).config.img_size
-            images = probe_images(spec.probe_images, size, seed=0, folder=data)
+            size = _load(runs[finding.runs[0]][0]).config.img_size
+            images = make_probe_images(n_probe, size, seed=0, folder=data)
+            evalset = EvalSet(eval_data, size)
         tic = time.monotonic()
-        evidence, verdict, tables = measure(finding_id, folders, images, reference=reference, device=device)
-        figures = _figures(finding_id, evidence, tables, root / "figures")
-        result = {"finding": finding_id, "claim": finding.claim, "paper": finding.paper,
-                  "measured": verdict.measured, "ci_low": verdict.ci_low, "ci_high": verdict.ci_high,
-                  "verdict": verdict.verdict, "scale": scale, "detail": verdict.detail, "measure": finding.measure,
-                  "figures": [str(p.relative_to(root)) for p in figures if p.suffix == ".png"]}
-        if is_main():
-            folder.mkdir(parents=True, exist_ok=True)
-            if not evidence.empty:
-                from ..results import write_table
-
-                write_table(evidence, folder / "evidence.csv")
-            write_text(stored, json.dumps({"key": key, "result": result}, indent=1, default=float))
-        say(f"[finding {n}/{len(ids)}] {finding_id}: {verdict.verdict} ({verdict.detail}) "
+        measured = measure(finding_id, runs, images, reference=reference, evalset=evalset, device=device)
+        labels = {"runs": {r: [f.name for f in runs[r]] for r in finding.runs}, "scale": scale,
+                  "data": str(data or "built-in photographs"),
+                  "reference": _reference_name(reference) if reference is not None else None}
+        results += _record(root, finding_id, key, measured, labels, scale)
+        say(f"[finding {n}/{len(ids)}] {finding_id}: {measured.verdict.verdict} ({measured.verdict.detail}) "
             f"in {time.monotonic() - tic:.0f} s")
-        results.append(result)
-    return _write_report(results, root, scale, say, data=data, ref=ref, steps=steps)
+    settings["runtime"] = f"{(time.monotonic() - tic_all) / 60:.1f} min"
+    settings["evalset"] = evalset.name if evalset is not None else None
+    return _write_report(results, root, scale, say, settings)
 
 
-def _write_report(results: list[dict], root: Path, scale: str, say, **settings) -> pd.DataFrame:
+def _stored(root: Path, finding_id: str, key: dict) -> list[dict] | None:
+    stored = root / "findings" / finding_id / "verdict.json"
+    try:
+        saved = json.loads(stored.read_text()) if stored.is_file() else None
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("results"), list):
+        return None
+    return saved["results"]
+
+
+def _result_row(finding_id: str, verdict: rules.Verdict, scale: str, measure_text: str, figures=()) -> dict:
+    finding = FINDINGS.get(finding_id.removesuffix("-v1"))
+    return {"finding": finding_id, "claim": finding.claim, "paper": finding.paper, "measured": verdict.measured,
+            "ci_low": verdict.ci_low, "ci_high": verdict.ci_high, "unit": verdict.unit, "control": verdict.control,
+            "verdict": verdict.verdict, "seeds": verdict.seeds, "rule_version": verdict.rule_version,
+            "amended_after_results": bool(verdict.amended_after_results), "scale": scale, "detail": verdict.detail,
+            "measure": measure_text, "figures": list(figures)}
+
+
+def _record(root: Path, finding_id: str, key: dict, measured: Measured, labels: dict, scale: str) -> list[dict]:
+    from .figures import finding_figure
+
+    figures = finding_figure(finding_id, measured, labels, root / "figures")
+    rows = [_result_row(finding_id, measured.verdict, scale, FINDINGS[finding_id].measure,
+                        [str(p.relative_to(root)) for p in figures if p.suffix == ".png"])]
+    rows += [_result_row(i, v, scale, text) for i, v, text in measured.superseded]
+    if is_main():
+        folder = root / "findings" / finding_id
+        folder.mkdir(parents=True, exist_ok=True)
+        if not measured.evidence.empty:
+            from ..results import write_table
+
+            write_table(measured.evidence, folder / "evidence.csv")
+        write_text(folder / "verdict.json", json.dumps({"key": key, "results": rows}, indent=1, default=float))
+    return rows
+
+
+# ----------------------------------------------------------------------------- released checkpoints
+def released_checkpoints() -> tuple[dict[str, tuple[Path, str]], list[str]]:
+    """The released checkpoints found locally (or downloaded when online): role -> (path, label), and one
+    text per missing role naming the files to fetch and where."""
+    from ..checkpoints.hub import hf_cache, offline, resolve, torch_cache
+
+    found, missing = {}, []
+    for role, label, candidates in RELEASED:
+        path = next((p for p in map(_cached, candidates) if p is not None), None)
+        if path is None and not offline():
+            try:
+                path = Path(resolve(candidates[0]))
+            except MaeprobeError:
+                path = None
+        if path is not None:
+            found[role] = (path, f"{label}: {path.name if path.suffix == '.pth' else candidates[-1]}")
+            continue
+        where = [f"{c} in {torch_cache()}" if c.endswith(".pth") else f"{c} in {hf_cache()}" for c in candidates]
+        missing.append(f"{label}: {' or '.join(where)}")
+    return found, missing
+
+
+def _cached(name: str) -> Path | None:
+    from ..checkpoints.hub import _from_snapshot, _snapshot, torch_cache
+
+    if name.endswith(".pth"):
+        path = torch_cache() / name
+        return path if path.is_file() else None
+    snapshot = _snapshot(name, "main")
+    return _from_snapshot(snapshot) if snapshot is not None else None
+
+
+def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, device, say, settings) -> pd.DataFrame:
+    from ..checkpoints import load
+    from .toydata import probe_images as make_probe_images
+
+    found, missing = released_checkpoints()
+    if missing:
+        raise MaeprobeError("--scale released needs the public checkpoints; missing: " + "; ".join(missing)
+                            + " (fetch them where the network is reachable, e.g. run once online, or place the files "
+                            "there)")
+    tic_all = time.monotonic()
+    models = {role: (load(path), label) for role, (path, label) in found.items()}
+    if "decoder-semantic" in ids and reference is None:
+        reference = models["dino"][0]
+    say(f"reproduce: {len(ids)} finding(s) on the released checkpoints -> {root}; "
+        + "; ".join(label for _, label in models.values()))
+    images = make_probe_images(n_probe, models["mae"][0].config.img_size, seed=0, folder=data)
+    results = []
+    for n, finding_id in enumerate(ids, 1):
+        key = {"scale": "released", "checkpoints": {r: str(p) for r, (p, _) in found.items()}, "data": str(data),
+               "reference": str(ref), "probe_images": n_probe, "rule_version": rules.RULE_VERSION}
+        stored = _stored(root, finding_id, key)
+        if stored is not None:
+            say(f"[finding {n}/{len(ids)}] {finding_id}: {stored[0]['verdict']} (reused)")
+            results += stored
+            continue
+        tic = time.monotonic()
+        measured = measure_released(finding_id, models, images, reference=reference, device=device)
+        labels = {"checkpoints": {r: label for r, (_, label) in models.items()}, "scale": "released",
+                  "data": str(data or "built-in photographs"),
+                  "reference": _reference_name(reference) if reference is not None else None}
+        results += _record(root, finding_id, key, measured, labels, "released")
+        say(f"[finding {n}/{len(ids)}] {finding_id}: {measured.verdict.verdict} ({measured.verdict.detail}) "
+            f"in {time.monotonic() - tic:.0f} s")
+    if is_main():
+        _released_renders(models["mae"][0], data, root / "figures", say)
+    settings["runtime"] = f"{(time.monotonic() - tic_all) / 60:.1f} min"
+    settings["checkpoints"] = "; ".join(label for _, label in models.values())
+    return _write_report(results, root, "released", say, settings)
+
+
+def _released_renders(model, data, folder: Path, say) -> None:
+    """Fig. 4-style decoder attention renders of the released MAE on the first two probe photographs."""
+    from ..api import render_attention
+    from ..data import builtin_images, find_images, open_image
+
+    sources = [open_image(p) for p in find_images(data)[:2]] if data else [img for _, img in builtin_images()[:2]]
+    for i, image in enumerate(sources):
+        render_attention(model, image, folder / f"fig4-render-{i}", device="cpu")
+    say(f"renders: {folder}/fig4-render-*.png")
+
+
+# ----------------------------------------------------------------------------- the report
+def _write_report(results: list[dict], root: Path, scale: str, say, settings: dict) -> pd.DataFrame:
     from ..results import write_table
 
     table = pd.DataFrame(results)
@@ -413,25 +749,51 @@ def _write_report(results: list[dict], root: Path, scale: str, say, **settings) 
     return frame
 
 
+STRENGTHS = (
+    "Loss weights at this scale: MAE, AE(k), Gaussian and conv decoders as the paper (L_MAE alone); LC-MAE (c), (e), "
+    "(g) with the paper's Table 1 weights (1 or 0 per loss); U-MAE with the paper-equivalent uniformity weight "
+    "1.25e-5 (U-MAE's 1e-4 on 8 processes, recipes/umae_vit_b16.yaml; the tiny-umae recipe's own 0.01 is 800x "
+    "stronger and is not used here). Deviations from the paper's recipes, all of scale: 64 px inputs, patch 8, "
+    "width 192, 6 encoder blocks, batch 32, base lr 1.5e-3, 240 steps (160 for LC-MAE), LC-MAE projector 64 wide "
+    "(the paper's 1024), built-in photographs instead of ImageNet, linear probes on the labelled set below instead "
+    "of ImageNet fine-tuning (Table 2) or linear probing (Table 3).")
+
+
 def report_markdown(table: pd.DataFrame, scale: str, settings: dict) -> str:
-    """The findings report: the table, each finding's evidence sentence and its figures."""
+    """The findings report: the table, each finding's measured quantity, controls, evidence and figures."""
     spec = SCALES[scale]
-    lines = [f"# Findings of the LC-MAE and U-MAE papers, scale `{scale}`", "",
-             f"Generated by `maeprobe reproduce --scale {scale}`"
-             + "".join(f" --{k} {v}" for k, v in settings.items() if v is not None) + ". "
-             + (f"Runs: {spec.preset}, global batch {spec.global_batch}, {settings.get('steps') or spec.steps} "
-                f"steps per run ({settings.get('steps') or spec.lcmae_steps} for LC-MAE); probe set "
-                f"{spec.probe_images} images. " if spec.preset else
-                "The paper's ViT-B/16 ImageNet recipes on 8 GPUs: not run here, see `commands.sh`. ")
-             + "Verdict rules: README, *Reproducing the findings*.", "",
-             "| finding | claim | paper | measured [95% CI] | verdict |", "|---|---|---|---|---|"]
+    shown = {k: v for k, v in settings.items() if v is not None and k not in ("runtime", "evalset", "checkpoints")}
+    command = f"maeprobe reproduce --scale {scale}" + "".join(f" --{k} {v}" for k, v in shown.items())
+    lines = [f"# Findings of the LC-MAE and U-MAE papers, scale `{scale}`", "", f"Generated by `{command}`"
+             + (f" in {settings['runtime']}" if settings.get("runtime") else "") + "."]
+    if scale == "released":
+        lines += ["", f"Checkpoints: {settings.get('checkpoints')}. Probe set: {settings.get('probe-images') or spec.probe_images} "
+                  f"images ({settings.get('data') or 'crops of the built-in photographs'}). The released models were "
+                  "trained far longer than the paper's 100-epoch runs (MAE 1600 epochs, DINO 400, DeiT 300): judge the "
+                  "shape of the curves, not their levels. Controls: random initial weights of MAE's architecture "
+                  "(seed 0) and uniform attention; one training run per model, so the intervals are over images only."]
+    elif spec.preset:
+        lines += ["", f"Runs: {spec.preset}, global batch {spec.global_batch}, {settings.get('steps') or spec.steps} "
+                  f"steps per run ({settings.get('steps') or spec.lcmae_steps} for LC-MAE), "
+                  f"{settings.get('seeds')} seed(s) per run; probe set {settings.get('probe-images') or spec.probe_images} "
+                  f"images ({settings.get('data') or 'crops of the built-in photographs'}); labelled set for the probes: "
+                  f"{settings.get('evalset') or '-'}.", "", STRENGTHS]
+    lines += ["", "Verdict rules: `maeprobe/findings/rules.py` and the README, *Reproducing the findings*. Intervals: "
+              "95%, over images (bootstrap; Wilson for accuracies) and across seeds (Student t), combined. A verdict "
+              "needs the trained model to differ from its controls (same-seed initial weights, uniform attention, "
+              "raw-pixel and random-encoder probes); otherwise it is *inconclusive* with 'no power at this scale'.",
+              "", "| finding | claim | measured [95% CI] | unit | control | seeds | rule | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
         measured = "-" if pd.isna(row.measured) else f"{row.measured:.3g} [{row.ci_low:.3g}, {row.ci_high:.3g}]"
-        lines.append(f"| `{row.finding}` | {row.claim} | {row.paper} | {measured} | **{row.verdict}** |")
+        control = "-" if pd.isna(row.control) else f"{row.control:.3g}"
+        rule = f"v{row.rule_version}" + (" (amended after results)" if row.amended_after_results else "")
+        lines.append(f"| `{row.finding}` | {row.claim} ({row.paper}) | {measured} | {row.unit} | {control} | "
+                     f"{row.seeds} | {rule} | **{row.verdict}** |")
     lines.append("")
     for row in table.itertuples():
-        lines += [f"## `{row.finding}`: {row.verdict}", "", f"*{row.claim}* ({row.paper}). Measured: {row.measure}.",
-                  "", f"{row.detail}", ""]
+        lines += [f"## `{row.finding}`: {row.verdict}", "", f"*{row.claim}* ({row.paper}).", "",
+                  f"Measured: {row.measure}. Headline: {row.unit}.", "", f"{row.detail}", ""]
         figures = getattr(row, "figures", None)
         for figure in figures if isinstance(figures, list) else []:
             lines += [f"![{row.finding}]({figure})", ""]
@@ -447,8 +809,7 @@ def _write_base(ids: list[str], root: Path, say) -> pd.DataFrame:
     say("scale base: the paper's ViT-B/16 ImageNet runs on 8 GPUs are not run here; launch them with:")
     for line in commands:
         say(f"  {line}")
-    results = [{"finding": i, "claim": FINDINGS[i].claim, "paper": FINDINGS[i].paper, "measured": np.nan,
-                "ci_low": np.nan, "ci_high": np.nan, "verdict": rules.INCONCLUSIVE, "scale": "base",
-                "detail": f"not run: train with {root / 'commands.sh'}, then measure the checkpoints",
-                "measure": FINDINGS[i].measure} for i in ids]
-    return _write_report(results, root, "base", say)
+    results = [_result_row(i, rules.Verdict(np.nan, np.nan, np.nan, rules.INCONCLUSIVE,
+                                            f"not run: train with {root / 'commands.sh'}, then measure the checkpoints",
+                                            unit="", seeds=0), "base", FINDINGS[i].measure) for i in ids]
+    return _write_report(results, root, "base", say, {})

@@ -61,3 +61,102 @@ def digits(size: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarra
     val = order_in_class % 5 < 2
     x = _normalise(images)
     return x[~val], labels[~val], x[val], labels[val]
+
+
+# ----------------------------------------------------------------------------- labelled evaluation sets
+MAX_TRAIN, MAX_VAL = 10_000, 5_000  # images per split of an --eval-data folder (taken evenly across classes)
+MAX_CLASSES = 1000
+
+
+class EvalSet:
+    """A labelled set for the linear probes: the built-in digits or an ``--eval-data`` folder.
+
+    ``--eval-data DIR`` is ImageFolder-style: one sub-folder per class (``DIR/<class>/*.jpg``), or ``DIR/train``
+    and ``DIR/val`` each with class sub-folders (e.g. CIFAR-10, STL-10 or Imagenette exported to folders).
+    Without ``train``/``val``, each class is split 60/40 (sorted file names; indices 0, 1 mod 5 go to val), as
+    the digits. At most 10,000 training and 5,000 validation images are used, evenly across classes (sorted
+    file names). Images are decoded batch by batch (resize of the shorter side + centre crop), so memory stays
+    bounded.
+    """
+
+    def __init__(self, folder=None, size: int = 64) -> None:
+        self.size, self.folder = size, folder
+        if folder is None:
+            x_train, self.y_train, x_val, self.y_val = digits(size)
+            self._tensors = {"train": x_train, "val": x_val}
+            self.name = "scikit-learn digits (1797 8 x 8 images, 10 classes, 60/40 split within each class)"
+            return
+        self._tensors = None
+        self._paths, labels = _image_folder_split(folder)
+        self.y_train, self.y_val = labels["train"], labels["val"]
+        self.name = (f"{folder} ({len(np.unique(self.y_train))} classes, {len(self.y_train)} training / "
+                     f"{len(self.y_val)} validation images)")
+
+    @property
+    def chance(self) -> float:
+        return 100.0 / len(np.unique(self.y_train))
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.y_train if split == "train" else self.y_val
+
+    def batches(self, split: str, batch: int = 128):
+        """Normalised image tensors [B, 3, size, size] of a split, in order."""
+        if self._tensors is not None:
+            x = self._tensors[split]
+            for i in range(0, len(x), batch):
+                yield x[i:i + batch]
+            return
+        from ..data import fit_to_size
+
+        paths = self._paths[split]
+        for i in range(0, len(paths), batch):
+            yield _normalise([fit_to_size(open_image(p), self.size) for p in paths[i:i + batch]])
+
+
+def _class_folders(root) -> list:
+    from pathlib import Path
+
+    folders = sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    return folders
+
+
+def _image_folder_split(folder):
+    from pathlib import Path
+
+    from ..errors import MaeprobeError
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise MaeprobeError(f"--eval-data {folder}: not a folder")
+    splits = {s: root / s for s in ("train", "val")}
+    explicit = all(p.is_dir() for p in splits.values())
+    classes = sorted({p.name for p in _class_folders(splits["train"] if explicit else root)})
+    if not 2 <= len(classes) <= MAX_CLASSES:
+        raise MaeprobeError(f"--eval-data {folder}: expected 2 ... {MAX_CLASSES} class folders "
+                            f"({'train/ and val/ with ' if explicit else ''}one sub-folder per class), found {len(classes)}")
+    per_class = {"train": MAX_TRAIN // len(classes), "val": MAX_VAL // len(classes)}
+    paths: dict[str, list] = {"train": [], "val": []}
+    labels: dict[str, list] = {"train": [], "val": []}
+    for label, name in enumerate(classes):
+        if explicit:
+            files = {s: _images_in(splits[s] / name, folder) for s in ("train", "val")}
+        else:
+            found = _images_in(root / name, folder)
+            files = {"val": [p for i, p in enumerate(found) if i % 5 < 2],
+                     "train": [p for i, p in enumerate(found) if i % 5 >= 2]}
+        for split in ("train", "val"):
+            chosen = files[split][:per_class[split]]
+            paths[split] += chosen
+            labels[split] += [label] * len(chosen)
+    for split in ("train", "val"):
+        if len(set(labels[split])) < 2:
+            raise MaeprobeError(f"--eval-data {folder}: the {split} split has images of fewer than 2 classes")
+    return paths, {s: np.asarray(v) for s, v in labels.items()}
+
+
+def _images_in(folder, root) -> list:
+    if not folder.is_dir():
+        return []
+    from ..data import _image_extensions
+
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in _image_extensions() and p.is_file())

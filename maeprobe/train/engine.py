@@ -128,6 +128,14 @@ def build_pretrain_model(config: dict):
     return build_mae(m["preset"], decoder_type=m["decoder_type"], norm_pix_loss=bool(m["norm_pix_loss"]), **kwargs)
 
 
+def initial_objective(config: dict) -> "Objective":
+    """The model (and LC-MAE projector) a run starts from: built after seeding with ``run.seed``, so that the
+    findings' control "the same seed's initial weights" is exactly what training started from. The global RNG
+    is left as seeded, as training expects."""
+    torch.manual_seed(config["run"]["seed"])
+    return Objective(build_pretrain_model(config), config)
+
+
 class Objective(nn.Module):
     """The model plus the method's extra trainable parts (LC-MAE projector); ``forward`` returns the
     total loss and its parts. One module so that DDP sees every parameter."""
@@ -216,9 +224,8 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
     check_output_folder(out_dir)
     for name in (run["checkpoint_name"], "config.yaml", "log.csv"):  # outputs are checked before computing
         check_output_file(out_dir / name)
-    torch.manual_seed(run["seed"])
-    model = build_pretrain_model(config)
-    objective = Objective(model, config).to(device)
+    objective = initial_objective(config).to(device)
+    model = objective.model
     data = build_pretrain_data(config, model.config.img_size)
     plan = batch_plan(config, world)
     batch, accum, global_batch = plan.micro, plan.accum, plan.global_batch

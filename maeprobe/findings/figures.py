@@ -1,0 +1,167 @@
+"""The findings' figures: each draws the evidence its rule judged, with the controls the rule used (the same
+seed's initial weights, the uniform-attention level, the raw-pixel and random-encoder probes), 95% intervals
+combined over images and seeds (``rules.combine``), the units, the runs or checkpoints it shows and how many
+seeds. Layers are numbered from 1, as in the paper's figures (the tables' ``layer`` column is 0-based)."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..plots.figures import _style
+from . import rules
+from .suite import FINDINGS
+
+
+def _combined(table: pd.DataFrame, by: str) -> pd.DataFrame:
+    rows = []
+    for key, part in table.groupby(by):
+        per_seed = part.groupby("seed")[["value", "ci_low", "ci_high"]].mean().reset_index()
+        e = rules.combine(per_seed)
+        rows.append({by: key, "value": e.value, "ci_low": e.low, "ci_high": e.high})
+    return pd.DataFrame(rows).sort_values(by)
+
+
+def _caption(labels: dict, seeds: int) -> str:
+    if labels.get("checkpoints"):
+        what = "; ".join(labels["checkpoints"].values())
+    else:
+        runs = labels.get("runs") or {}
+        what = "runs " + ", ".join(f"{name} ({len(folders)} seed{'s' if len(folders) != 1 else ''})"
+                                   for name, folders in runs.items()) + f", scale {labels.get('scale')}"
+    text = f"{what}. Probe images: {labels.get('data')}. Bands/bars: 95% CI over images and {seeds} seed(s)."
+    if labels.get("reference"):
+        text += f" Reference: {labels['reference']}."
+    return text
+
+
+def _finish(fig, ax, finding_id: str, verdict: rules.Verdict, caption: str, folder: Path, name: str):
+    finding = FINDINGS[finding_id]
+    ax.set_title(f"{finding_id}: {verdict.verdict}  ({finding.paper})", fontsize=7)
+    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(caption, 110)), fontsize=5.2, va="bottom", ha="left", color="0.25")
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
+    paths = _save_kept(fig, folder, name)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def _save_kept(fig, folder: Path, name: str):
+    from ..plots.figures import save_figure
+
+    return save_figure(fig, [folder / f"{name}.png", folder / f"{name}.pdf"], dpi=200)
+
+
+def _band(ax, x, rows, label, color, style="-", marker="o"):
+    ax.plot(x, rows["value"], style, marker=marker, ms=3, lw=1.2, color=color, label=label)
+    ax.fill_between(x, rows["ci_low"], rows["ci_high"], color=color, alpha=0.2, lw=0)
+
+
+def _uniform(ax, level: float) -> None:
+    """The uniform-attention level and the band within which a distance has no power (the rules' margin)."""
+    margin = rules.DISTANCE_MARGIN * level
+    ax.axhspan(level - margin, level + margin, color="0.85", alpha=0.5, lw=0,
+               label=f"uniform +- {rules.DISTANCE_MARGIN:.0%}: no power")
+    ax.axhline(level, color="0.3", lw=0.8, ls=":", label=f"uniform attention ({level:.1f} px)")
+
+
+def finding_figure(finding_id: str, measured, labels: dict, folder: Path) -> list[Path]:
+    """The figure of one finding (PNG and PDF in ``folder``); [] when there is no evidence."""
+    evidence, verdict, spec = measured.evidence, measured.verdict, measured.figure
+    if evidence.empty or not spec:
+        return []
+    plt, sns = _style()
+    colors = sns.color_palette("colorblind", 8)
+    seeds = max(int(verdict.seeds), 1)
+    caption = _caption(labels, seeds)
+    kind = spec["kind"]
+    fig, ax = plt.subplots(figsize=(5.2, 3.5))
+    if kind == "profile":  # Eq. 7 / Eq. 8 per decoder layer: trained vs initial weights (+ uniform for Eq. 7)
+        for condition, label, color, style in (("trained", "trained", colors[0], "-"),
+                                               ("init", "same seed, initial weights", colors[7], "--")):
+            rows = _combined(evidence[evidence["condition"] == condition], "layer")
+            _band(ax, rows["layer"] + 1, rows, label, color, style)
+        if spec.get("uniform") is not None:
+            ax.axhline(spec["uniform"], color="0.3", lw=0.8, ls=":", label="uniform attention (Eq. 7 = 1)")
+        ax.set_xlabel("decoder layer (1 = first)")
+        ax.set_ylabel("S_attn, Eq. 7 (cosine, unitless)" if finding_id == "decoder-positional"
+                      else "S_sim, Eq. 8 (unitless)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    elif kind == "distance":  # attention distance per encoder layer for each mask ratio
+        trained = evidence[evidence["condition"] == "trained"]
+        palette = sns.color_palette("viridis", trained["mask_ratio"].nunique())
+        for color, (ratio, part) in zip(palette, trained.groupby("mask_ratio")):
+            rows = _combined(part, "layer")
+            _band(ax, rows["layer"] + 1, rows, f"mask ratio {ratio:g}", color)
+        rows = _combined(evidence[evidence["condition"] == "init"], "layer")
+        _band(ax, rows["layer"] + 1, rows, "same seed, initial weights", "0.5", "--", "x")
+        _uniform(ax, spec["uniform"])
+        ax.set_xlabel("encoder layer (1 = first)")
+        ax.set_ylabel("mean attention distance (px)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    elif kind == "ae":  # AE(k): mean over layers vs block size
+        trained = evidence[evidence["condition"] == "trained"]
+        rows = _combined(trained.groupby(["k", "seed"])[["value", "ci_low", "ci_high"]].mean().reset_index(), "k")
+        ax.errorbar(rows["k"], rows["value"], yerr=[rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]],
+                    fmt="o-", ms=4, capsize=3, color=colors[0], label="AE(k), trained")
+        init = rules.combine(evidence[evidence["condition"] == "init"].groupby("seed")[["value", "ci_low", "ci_high"]]
+                             .mean().reset_index())
+        ax.axhspan(init.low, init.high, color="0.6", alpha=0.3, label=f"initial weights of AE(patch) ({init.value:.1f} px)")
+        _uniform(ax, spec["uniform"])
+        ax.set_xticks(rows["k"], [f"AE({int(k)})" for k in rows["k"]])
+        ax.set_xlabel("predicted block side k (px)")
+        ax.set_ylabel("mean attention distance over layers (px)")
+    elif kind == "models":  # Fig. 5: MAE, DINO, DeiT per layer
+        names = {"mae": "MAE", "dino": "DINO", "deit": "DeiT", "init": "random initial weights (MAE's architecture)"}
+        for color, model in zip((colors[0], colors[1], colors[2], "0.5"), names):
+            rows = _combined(evidence[evidence["model"] == model], "layer")
+            _band(ax, rows["layer"] + 1, rows, names[model], color, "--" if model == "init" else "-")
+        _uniform(ax, spec["uniform"])
+        ax.set_xlabel("encoder layer (1 = first)")
+        ax.set_ylabel("mean attention distance (px)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    elif kind in ("accuracy", "rank"):
+        if kind == "accuracy":
+            est = rules.accuracy_estimates(evidence)
+            ylabel, chance = "linear-probe top-1 (%)", float(evidence["chance"].iloc[0])
+        else:
+            est = {m: rules.combine(part) for m, part in evidence.groupby("model", sort=False)}
+            ylabel, chance = "effective rank of the CLS feature (dimensions)", None
+        names = {"pixels": "raw pixels", "random": "random encoder", "init": "initial weights", "umae": "U-MAE",
+                 "mae": "MAE", "transformer": "transformer", "gaussian": "Gaussian", "conv": "conv"}
+        order = [m for m in est if m not in ("pixels", "random", "init")] + [m for m in ("pixels", "random", "init")
+                                                                               if m in est]
+        values = np.array([est[m].value for m in order])
+        errors = np.vstack([values - [est[m].low for m in order], [est[m].high for m in order] - values])
+        bar_colors = ["0.65" if m in ("pixels", "random", "init") else colors[i % 7] for i, m in enumerate(order)]
+        ax.bar(range(len(order)), values, yerr=np.clip(errors, 0, None), color=bar_colors, capsize=3, width=0.6)
+        ax.set_xticks(range(len(order)), [names.get(m, m.replace("ae", "AE k=")) for m in order], fontsize=6)
+        if chance is not None:
+            ax.axhline(chance, color="0.3", lw=0.8, ls=":", label=f"chance ({chance:.0f}%)")
+        ax.plot([], [], "s", color="0.65", label="controls (grey)")
+        ax.set_ylabel(ylabel)
+    elif kind == "collapse":
+        est = {(s, f): rules.combine(evidence[(evidence["setting"] == s) & (evidence["feature"] == f)])
+               for s in "ceg" for f in ("patch", "cls")}
+        for j, (feature, color) in enumerate((("patch", colors[0]), ("cls", colors[1]))):
+            x = np.arange(3) + (j - 0.5) * 0.35
+            values = np.array([est[s, feature].value for s in "ceg"])
+            errors = np.vstack([values - [est[s, feature].low for s in "ceg"],
+                                [est[s, feature].high for s in "ceg"] - values])
+            ax.bar(x, values, yerr=np.clip(errors, 0, None), width=0.35, color=color, capsize=3,
+                   label=f"{feature} tokens")
+        ax.axhline(1.0, color="0.3", lw=0.8, ls=":", label="initial weights (ratio 1)")
+        ax.axhline(rules.COLLAPSE_RATIO_BELOW, color="0.3", lw=0.8, ls="--",
+                   label=f"collapsed below {rules.COLLAPSE_RATIO_BELOW}")
+        ax.set_xticks(range(3), ["(c) L_cross", "(e) L_MAE + L_cross", "(g) L_cross + L_in"], fontsize=6)
+        ax.set_yscale("log")
+        ax.set_ylabel("encoder output spread, trained / initial")
+    else:
+        plt.close(fig)
+        return []
+    ax.legend(fontsize=5.5, frameon=False)
+    sns.despine(fig)
+    return _finish(fig, ax, finding_id, verdict, caption, folder, finding_id)
