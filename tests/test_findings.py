@@ -13,13 +13,14 @@ from typer.testing import CliRunner
 import maeprobe
 from maeprobe.cli import app
 from maeprobe.findings import FINDINGS, reproduce
-from maeprobe.findings.runner import linear_probe, output_spread
+from maeprobe.findings.runner import encoder_spread_ratio, linear_probe, output_spread
 
 IDS = ["lcmae-collapse", "decoder-positional", "decoder-semantic", "mask-ratio-distance", "ae-block-distance",
-       "ae-linear-probe", "umae-rank", "local-decoders"]
+       "ae-linear-probe", "umae-rank", "local-decoders", "mae-local-attention"]
+NEW_COLUMNS = ["unit", "control", "seeds", "rule_version", "amended_after_results"]
 
 
-def test_list_prints_the_eight_ids():
+def test_list_prints_the_nine_ids():
     result = CliRunner().invoke(app, ["reproduce", "--list"])
     assert result.exit_code == 0, result.output
     listed = [line.split()[0] for line in result.output.strip().splitlines()]
@@ -28,40 +29,113 @@ def test_list_prints_the_eight_ids():
 
 @pytest.fixture(scope="module")
 def tiny_collapse(tmp_path_factory):
-    """The collapse finding at tiny scale, run once: three LC-MAE runs of 160 steps on 2 cores (~2.5 min)."""
+    """The collapse finding at tiny scale, run once: three LC-MAE settings x 3 seeds of 30 steps (~2 min)."""
     out = tmp_path_factory.mktemp("reproduce")
     lines = []
-    table = reproduce(["lcmae-collapse"], scale="tiny", out=out, echo=lines.append)
+    table = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=30, seeds=3, probe_images=32,
+                      echo=lines.append)
     return out, table, lines
 
 
 @pytest.mark.slow
 def test_lcmae_collapse_at_tiny_scale_writes_the_report_and_is_reused(tiny_collapse):
     out, table, lines = tiny_collapse
-    assert list(table.columns[:8]) == ["finding", "claim", "paper", "measured", "ci_low", "ci_high", "verdict", "scale"]
-    assert pd.read_csv(out / "findings.csv")["verdict"].tolist() == table["verdict"].tolist()
+    assert all(c in table.columns for c in NEW_COLUMNS)
+    saved = pd.read_csv(out / "findings.csv")
+    assert saved["verdict"].tolist() == table["verdict"].tolist()
+    # version 2 is judged; version 1 is reported beside it, marked superseded and amended-after-results is honest
+    assert saved["finding"].tolist() == ["lcmae-collapse", "lcmae-collapse-v1"]
+    assert saved["verdict"].iloc[1] == "superseded" and "superseded by version 2" in saved["detail"].iloc[1]
+    assert saved["rule_version"].tolist() == [2, 1] and saved["amended_after_results"].tolist() == [True, False]
+    assert saved["seeds"].iloc[0] == 3 and saved["control"].iloc[0] == 1.0
     report = (out / "findings.md").read_text()
-    assert "`lcmae-collapse`" in report and "figures/lcmae-collapse.png" in report
+    assert "`lcmae-collapse`" in report and "figures/lcmae-collapse.png" in report and "final L_cross" in report
     assert (out / "figures" / "lcmae-collapse.png").is_file()
-    assert sum("trained" in line for line in lines) == 3 and sum("[finding" in line for line in lines) == 1
-    evidence = pd.read_csv(out / "findings" / "lcmae-collapse" / "evidence.csv").set_index("setting")
-    # the paper's prediction for (c): L_cross alone collapses to a constant point (spread < 0.05, the rule's bound)
-    assert evidence.loc["c", "ci_high"] < 0.05
+    assert sum("trained" in line for line in lines) == 9 and sum("[finding" in line for line in lines) == 1
+    evidence = pd.read_csv(out / "findings" / "lcmae-collapse" / "evidence.csv")
+    assert set(evidence["feature"]) == {"patch", "cls"} and set(evidence["seed"]) == {0, 1, 2}
+    assert (evidence["ci_low"] <= evidence["value"]).all() and (evidence["value"] <= evidence["ci_high"]).all()
     lines.clear()
     tic = time.monotonic()
-    again = reproduce(["lcmae-collapse"], scale="tiny", out=out, echo=lines.append)
+    again = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=30, seeds=3, probe_images=32,
+                      echo=lines.append)
     assert time.monotonic() - tic < 30
-    assert sum("reused" in line for line in lines) == 4  # three runs and the finding
+    assert sum("reused" in line for line in lines) == 10  # nine runs and the finding
     assert again["verdict"].tolist() == table["verdict"].tolist()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="at tiny scale setting (e)'s projected outputs collapse too (spread ~0.02, "
-                                       "docs/findings-tiny/findings.md); the rule was fixed before the run and is "
-                                       "not changed to pass. strict: a run where it holds must update the report")
-def test_lcmae_collapse_at_tiny_scale_gives_the_papers_verdict(tiny_collapse):
-    _, table, _ = tiny_collapse
-    assert table["verdict"].tolist() == ["holds"], table["detail"].iloc[0]
+def test_encoder_spread_ratio_matches_a_direct_computation():
+    torch.manual_seed(0)
+    trained = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    torch.manual_seed(1)
+    init = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    got = {r["feature"]: r for r in encoder_spread_ratio(trained, init, images, bootstrap=50)}
+
+    def spread(model, part):
+        with torch.no_grad():
+            z = model.forward_encoder(images, 0.0)[0].double().numpy()
+        z = z[:, 1:] if part == "patch" else z[:, :1]
+        unit = z / np.linalg.norm(z, axis=-1, keepdims=True)
+        return np.mean([1 - np.sum(unit[:, i].mean(0) ** 2) for i in range(z.shape[1])])
+
+    for part in ("patch", "cls"):
+        assert got[part]["value"] == pytest.approx(spread(trained, part) / spread(init, part), rel=1e-9)
+        assert got[part]["ci_low"] <= got[part]["value"] <= got[part]["ci_high"]
+    same = encoder_spread_ratio(init, init, images, bootstrap=20)
+    assert all(r["value"] == pytest.approx(1.0) and r["ci_low"] == pytest.approx(1.0) for r in same)
+
+
+def test_initial_weights_are_what_training_started_from(tmp_path):
+    """A run with learning rate 0 (and no weight decay) ends where it started: its checkpoint must equal the
+    control rebuilt by ``initial_weights``, parameter by parameter."""
+    from maeprobe.findings.runner import initial_weights
+    from maeprobe.train.config import load_recipe
+    from maeprobe.train.engine import pretrain_recipe
+
+    config = load_recipe("recipes/tiny-lcmae-a.yaml", ["optim.base_lr=0", "optim.weight_decay=0", "optim.epochs=1",
+                                                       "run.seed=5", ("run.output_dir", str(tmp_path / "run"))])
+    pretrain_recipe(config, progress=False)
+    init = initial_weights(tmp_path / "run")
+    from maeprobe.checkpoints import read_pickle
+
+    state = read_pickle(tmp_path / "run" / "checkpoint-last.pth")
+    for key, value in init.model.state_dict().items():
+        assert torch.equal(value, state["model"][key]), key
+    for key, value in init.projector.state_dict().items():
+        assert torch.equal(value, state["projector"][key]), key
+    other = load_recipe("recipes/tiny-lcmae-a.yaml", ["run.seed=6"])
+    from maeprobe.train.engine import initial_objective
+
+    assert not torch.equal(initial_objective(other).model.cls_token, init.model.cls_token)
+
+
+def test_eval_data_folder_and_pixel_probe(tmp_path):
+    """An ImageFolder-style labelled set: classes from sub-folders, the 60/40 split, and the raw-pixel baseline
+    equal to scikit-learn on the same pooled pixels."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+
+    from maeprobe.findings.runner import pixel_probe
+    from maeprobe.findings.toydata import EvalSet
+
+    rng = np.random.default_rng(0)
+    for label, colour in enumerate(((200, 30, 30), (30, 200, 30), (30, 30, 200))):
+        (tmp_path / f"class{label}").mkdir()
+        for i in range(10):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (20, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / f"class{label}" / f"{i:02d}.png")
+    evalset = EvalSet(tmp_path, 16)
+    assert len(evalset.labels("train")) == 18 and len(evalset.labels("val")) == 12 and evalset.chance == 100 / 3
+    got = pixel_probe(evalset)
+    x = {s: torch.cat(list(evalset.batches(s))) for s in ("train", "val")}
+    f = {s: torch.nn.functional.avg_pool2d(x[s], 1).flatten(1).double().numpy() for s in x}  # 16 px: pooled = itself
+    mean, std = f["train"].mean(0), f["train"].std(0) + 1e-6
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit((f["train"] - mean) / std, evalset.labels("train"))
+    expected = 100 * (clf.predict((f["val"] - mean) / std) == evalset.labels("val")).mean()
+    assert got["top1"] == pytest.approx(expected) and got["n_val"] == 12
+    with pytest.raises(maeprobe.MaeprobeError, match="class folders"):
+        EvalSet(tmp_path / "class0", 16)
 
 
 def _tiny_lcmae_checkpoint(tmp_path, projector_weight=None):

@@ -31,7 +31,8 @@ def _caption(labels: dict, seeds: int) -> str:
         runs = labels.get("runs") or {}
         what = "runs " + ", ".join(f"{name} ({len(folders)} seed{'s' if len(folders) != 1 else ''})"
                                    for name, folders in runs.items()) + f", scale {labels.get('scale')}"
-    text = f"{what}. Probe images: {labels.get('data')}. Bands/bars: 95% CI over images and {seeds} seed(s)."
+    data = f"Labelled set: {labels['evalset']}" if labels.get("evalset") else f"Probe images: {labels.get('data')}"
+    text = f"{what}. {data}. Bands/bars: 95% CI over images and {seeds} seed(s)."
     if labels.get("reference"):
         text += f" Reference: {labels['reference']}."
     return text
@@ -78,7 +79,7 @@ def finding_figure(finding_id: str, measured, labels: dict, folder: Path) -> lis
     seeds = max(int(verdict.seeds), 1)
     caption = _caption(labels, seeds)
     kind = spec["kind"]
-    fig, ax = plt.subplots(figsize=(5.2, 3.5))
+    fig, ax = plt.subplots(figsize=(6.4, 3.5))
     if kind == "profile":  # Eq. 7 / Eq. 8 per decoder layer: trained vs initial weights (+ uniform for Eq. 7)
         for condition, label, color, style in (("trained", "trained", colors[0], "-"),
                                                ("init", "same seed, initial weights", colors[7], "--")):
@@ -138,7 +139,7 @@ def finding_figure(finding_id: str, measured, labels: dict, folder: Path) -> lis
         errors = np.vstack([values - [est[m].low for m in order], [est[m].high for m in order] - values])
         bar_colors = ["0.65" if m in ("pixels", "random", "init") else colors[i % 7] for i, m in enumerate(order)]
         ax.bar(range(len(order)), values, yerr=np.clip(errors, 0, None), color=bar_colors, capsize=3, width=0.6)
-        ax.set_xticks(range(len(order)), [names.get(m, m.replace("ae", "AE k=")) for m in order], fontsize=6)
+        ax.set_xticks(range(len(order)), [names.get(m, f"AE({m[2:]})") for m in order], fontsize=6)
         if chance is not None:
             ax.axhline(chance, color="0.3", lw=0.8, ls=":", label=f"chance ({chance:.0f}%)")
         ax.plot([], [], "s", color="0.65", label="controls (grey)")
@@ -162,6 +163,6 @@ def finding_figure(finding_id: str, measured, labels: dict, folder: Path) -> lis
     else:
         plt.close(fig)
         return []
-    ax.legend(fontsize=5.5, frameon=False)
+    ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     sns.despine(fig)
     return _finish(fig, ax, finding_id, verdict, caption, folder, finding_id)

@@ -414,6 +414,8 @@ def measure(finding_id: str, runs: dict[str, list[Path]], images: torch.Tensor, 
         rows = []
         for name, label in labels.items():
             for seed, folder in _by_seed(runs, name):
+                if name in AE_BLOCKS:  # named by the block side in pixels, as AE(k) in the paper
+                    label = f"ae{_load(folder).config.pred_size}"
                 rows.append({"model": label, "seed": seed, **_cached_probe(folder, "trained", evalset, device)})
         for seed, folder in _by_seed(runs, "mae"):
             rows.append({"model": "random", "seed": seed, **_cached_probe(folder, "init", evalset, device)})
@@ -568,6 +570,7 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
     settings = {"data": data, "eval-data": eval_data, "ref": ref, "steps": steps, "seeds": seeds,
                 "probe-images": probe_images}
     if scale == "released":
+        settings.pop("seeds")
         return _reproduce_released(ids, root, data, reference, ref, n_probe, device, say, settings)
     needed = list(dict.fromkeys(r for i in ids for r in FINDINGS[i].runs))
     say(f"reproduce: {len(ids)} finding(s), {len(needed)} run(s) x {seeds} seed(s) at scale {scale} -> {root}")
@@ -601,6 +604,7 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
         measured = measure(finding_id, runs, images, reference=reference, evalset=evalset, device=device)
         labels = {"runs": {r: [f.name for f in runs[r]] for r in finding.runs}, "scale": scale,
                   "data": str(data or "built-in photographs"),
+                  "evalset": evalset.name if finding_id in ("ae-linear-probe", "local-decoders") else None,
                   "reference": _reference_name(reference) if reference is not None else None}
         results += _record(root, finding_id, key, measured, labels, scale)
         say(f"[finding {n}/{len(ids)}] {finding_id}: {measured.verdict.verdict} ({measured.verdict.detail}) "
@@ -616,7 +620,8 @@ def _stored(root: Path, finding_id: str, key: dict) -> list[dict] | None:
         saved = json.loads(stored.read_text()) if stored.is_file() else None
     except (OSError, ValueError):
         saved = None
-    if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("results"), list):
+    if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("results"), list) \
+            or not saved["results"] or not all(isinstance(r, dict) and "verdict" in r for r in saved["results"]):
         return None
     return saved["results"]
 
@@ -773,8 +778,10 @@ def report_markdown(table: pd.DataFrame, scale: str, settings: dict) -> str:
                   "shape of the curves, not their levels. Controls: random initial weights of MAE's architecture "
                   "(seed 0) and uniform attention; one training run per model, so the intervals are over images only."]
     elif spec.preset:
-        lines += ["", f"Runs: {spec.preset}, global batch {spec.global_batch}, {settings.get('steps') or spec.steps} "
-                  f"steps per run ({settings.get('steps') or spec.lcmae_steps} for LC-MAE), "
+        steps = [max(1, math.ceil(_run_steps(n, spec, settings.get("steps")) / STEPS_PER_EPOCH)) * STEPS_PER_EPOCH
+                 for n in ("mae", "lcmae-c")]  # whole epochs of 10 steps, as trained
+        lines += ["", f"Runs: {spec.preset}, global batch {spec.global_batch}, {steps[0]} "
+                  f"steps per run ({steps[1]} for LC-MAE), "
                   f"{settings.get('seeds')} seed(s) per run; probe set {settings.get('probe-images') or spec.probe_images} "
                   f"images ({settings.get('data') or 'crops of the built-in photographs'}); labelled set for the probes: "
                   f"{settings.get('evalset') or '-'}.", "", STRENGTHS]
