@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-UV     := $(BIN)/uv pip install --python $(BIN)/python
+UV     := $(BIN)/uv pip install --compile-bytecode --python $(BIN)/python
 
 .PHONY: demo test bench clean
 

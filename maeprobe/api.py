@@ -292,6 +292,8 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
         if bad:
             raise MaeprobeError(f"--query {bad[0]}: expected patch indices 0 ... {cfg.num_patches - 1} "
                                 f"({cfg.grid_size}x{cfg.grid_size} grid, row-major)")
+    info = getattr(model, "checkpoint", None)
+    name = Path(info.path).name if info is not None and getattr(info, "path", None) else type(model).__name__
     display = fit_to_size(image, cfg.img_size)
     from .checkpoints import normalization
 
@@ -302,7 +304,7 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
         layers = resolve_layers(model, "encoder", layers if layers is not None else [-1])
         with capture(model, CaptureRequest.of(attention={"encoder": layers})) as cache, torch.inference_mode():
             model.forward_encoder(x, 0.0)
-            return render_encoder_attention(pixels, cache, layers=layers, grid=cfg.grid_size, out=out)
+            return render_encoder_attention(pixels, cache, layers=layers, grid=cfg.grid_size, out=out, title=name)
     if not model.has_decoder:
         raise MaeprobeError("this checkpoint has no decoder; use --encoder for encoder attention maps")
     if layers is None:
@@ -318,4 +320,5 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
         if bad:
             raise MaeprobeError(f"query patches {bad} do not exist (0-{cfg.num_patches - 1}, row-major)")
         return render_decoder_attention(pixels, cache, layers=layers, queries=queries, grid=cfg.grid_size,
-                                        num_prefix=model.num_prefix_tokens, out=out)
+                                        num_prefix=model.num_prefix_tokens, out=out,
+                                        title=f"{name}, mask ratio {mask_ratio:g} (seed {seed})")

@@ -84,7 +84,7 @@ def blocks_of(model: nn.Module, module: str) -> nn.ModuleList:
         return model.blocks
     if module == "decoder":
         if not getattr(model, "has_decoder", False):
-            raise MaeprobeError("this checkpoint has no decoder; decoder analyses need a full MAE checkpoint")
+            raise MaeprobeError("this model has no decoder; decoder analyses need a full MAE checkpoint at its own input size (no --img-size)")
         if not hasattr(model, "decoder_blocks"):
             raise MaeprobeError(f"this checkpoint's decoder ({model.config.decoder_type}) has no attention blocks; "
                                 "decoder analyses need a transformer decoder")

@@ -58,7 +58,22 @@ class OneLineErrors(TyperGroup):
 
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,  # plain click help: rich's panels print "<bool>" beside every flag
                   help="Look inside pretrained MAE / ViT checkpoints.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"maeprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Look inside pretrained MAE / ViT checkpoints."""
 
 
 class Module(str, Enum):
@@ -188,8 +203,10 @@ NUM_WORKERS = typer.Option(None, "--num-workers", min=0, max=1024, help="Process
                                                          "cores - 1, at most 8; on CPU 0, i.e. in this process).")
 CKPT = typer.Argument(..., help="Checkpoint file (.pth/.pt/.bin/.safetensors/.npz), HuggingFace folder, or a "
                                  "model name (hf-hub:org/name, timm/name, an official release file name).")
-IMG_SIZE = typer.Option(None, "--img-size", min=1, max=65536, help="Probe at this input size: the position embedding is resampled "
-                                                 "as the family's own code does (default: the trained size).")
+IMG_SIZE = typer.Option(None, "--img-size", min=1, max=65536, help="Probe the encoder at this input size: the position "
+                        "embedding is resampled as the family's own code does (MAE: bicubic without antialias; default: "
+                        "the trained size). An MAE decoder keeps its trained grid, so decoder metrics need the "
+                        "checkpoint's own size.")
 NUM_HEADS = typer.Option(None, "--num-heads", min=1, max=1024, help="Encoder heads (only for checkpoints of unknown releases).")
 DEC_HEADS = typer.Option(None, "--decoder-num-heads", min=1, max=1024, help="Decoder heads (only for unknown decoders).")
 
@@ -332,6 +349,10 @@ def decoder_attn_sim(
     _print_per_layer(table, f"{model.checkpoint.name}: S_attn per decoder layer ({int(table['n_images'].iloc[0])} "
                             f"images, mask ratio {mask_ratio:g}, seed {seed}, "
                             f"{'CLS key included' if cls_key else 'patch keys only'})")
+    if per_head:
+        heads = table[table["head"].notna()][["layer", "head", "value", "ci_low", "ci_high"]]
+        _echo("per head (layer and head 0-based, as in the table):")
+        _echo(heads.to_string(index=False, float_format="%.4f"))
     _write(table, out)
 
 
@@ -599,9 +620,11 @@ def pretrain_cmd(
 @_friendly
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), "--out", help="Output folder."),
-    max_minutes: float = typer.Option(2.5, "--max-minutes", min=0.0, max=1e7, help="Pretraining time budget."),
-    steps: int = typer.Option(600, "--steps", min=1, max=10_000_000,
-                              help="Pretraining steps (if the time budget allows)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.0, max=1e7,
+                                                help="Cap on the pretraining time (default: none; the demo says "
+                                                     "when the cap cut training short)."),
+    steps: int = typer.Option(300, "--steps", min=1, max=10_000_000,
+                              help="Pretraining steps (fixed, so that every run gives the same numbers)."),
 ):
     """Pretrain a small MAE on the built-in photos, run every metric on it and on the untrained model, write
     the table, the paper's figures and attention renders."""
@@ -615,13 +638,21 @@ def demo(
         _echo(f"  {key:>24}: {path}")
 
 
-recipe_app = typer.Typer(no_args_is_help=True, help="Bundled pretraining and evaluation recipes (recipes/*.yaml).")
+recipe_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Bundled pretraining and evaluation recipes (recipes/*.yaml).")
 app.add_typer(recipe_app, name="recipe")
 
 
 def _recipe_dir() -> Path:
     here = Path(__file__).resolve().parent.parent / "recipes"
     return here if here.is_dir() else Path("recipes")
+
+
+def _recipe_path(recipe: Path) -> Path:
+    """A recipe file, or a bundled recipe by the name ``recipe ls`` prints (``lcmae_c`` or ``lcmae_c.yaml``)."""
+    if recipe.exists() or len(recipe.parts) != 1:
+        return recipe
+    bundled = _recipe_dir() / (recipe.name if recipe.suffix in (".yaml", ".yml") else f"{recipe.name}.yaml")
+    return bundled if bundled.is_file() and not bundled.name.startswith("_") else recipe
 
 
 @recipe_app.command("ls")
@@ -648,7 +679,7 @@ def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder 
 @recipe_app.command("show")
 @_friendly
 def recipe_show(
-    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    recipe: Path = typer.Argument(..., help="Recipe YAML, or a bundled recipe's name as `recipe ls` prints it."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=3"),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, max=1 << 16, help="Processes to derive the batch split for "
                                                               "(default: $WORLD_SIZE, else 1)."),
@@ -661,7 +692,7 @@ def recipe_show(
 
     from .errors import MaeprobeError
 
-    config = load_recipe(recipe, overrides or [])
+    config = load_recipe(_recipe_path(recipe), overrides or [])
     world = os.environ.get("WORLD_SIZE", "1")
     if nproc is None and (not world.strip().isdigit() or int(world) < 1):
         raise MaeprobeError(f"environment variable WORLD_SIZE={_one_line(world)[:40]!r}: expected a whole number "
@@ -672,18 +703,23 @@ def recipe_show(
 @recipe_app.command("run")
 @_friendly
 def recipe_run(
-    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    recipe: Path = typer.Argument(..., help="Recipe YAML, or a bundled recipe's name as `recipe ls` prints it."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=3"),
 ):
     """Run a recipe in this process, or under `torchrun --nproc-per-node N` with DDP."""
     from .train.config import load_recipe
 
-    config = load_recipe(recipe, overrides or [])
+    config = load_recipe(_recipe_path(recipe), overrides or [])
     if config["task"] == "pretrain":
         from .train.engine import pretrain_recipe
 
+        last = Path(config["run"]["output_dir"]) / config["run"]["checkpoint_name"]
+        before = last.stat().st_mtime_ns if last.is_file() else None
         path = pretrain_recipe(config)
-        _echo(f"wrote {path} (config, log.csv beside it)")
+        if before is not None and path.is_file() and path.stat().st_mtime_ns == before:
+            _echo(f"{path}: this run had already finished; nothing was trained or written")
+        else:
+            _echo(f"wrote {path} (config, log.csv beside it)")
     else:
         from .train.evaluate import evaluate_recipe
 

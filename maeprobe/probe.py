@@ -139,7 +139,7 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
     _check_attention_size(model, request)
     run_decoder = request.needs("decoder")
     if run_decoder and not getattr(model, "has_decoder", False):
-        raise MaeprobeError("this checkpoint has no decoder; decoder metrics need a full MAE checkpoint")
+        raise MaeprobeError("this model has no decoder; decoder metrics need a full MAE checkpoint at its own input size (no --img-size)")
     model = model.to(device).eval()
     batches, total = _batches(model, images, batch_size, num_workers, device)
     L = model.config.num_patches

@@ -105,6 +105,27 @@ def test_maeprobe_checkpoints_round_trip_in_both_formats(tmp_path):
     assert set(saved["model"]) == official  # what facebookresearch/mae's load_state_dict expects
 
 
+def test_img_size_on_an_mae_file_with_decoder_probes_the_encoder(tmp_path):
+    """Encoder metrics at another size work on a full MAE file (the decoder, whose grid is fixed, is left out
+    and a note says so); the resampled encoder equals MAE's own interpolation (bicubic, no antialias)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                               decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    path = maeprobe.save_checkpoint(model, tmp_path / "full.pth")
+    big = maeprobe.load(path, img_size=48)
+    assert big.config.grid_size == 6 and not big.config.decoder_depth
+    assert any("decoder metrics run at the checkpoint's own 32 px" in n for n in big.checkpoint.notes)
+    grid = model.pos_embed[:, 1:].reshape(1, 4, 4, 48).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False)  # MAE's interpolate_pos_embed
+    torch.testing.assert_close(big.pos_embed[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 36, 48))
+    table = maeprobe.attention_distance(big, torch.randn(2, 3, 48, 48))
+    assert len(table) == 2 * 3
+    with pytest.raises(maeprobe.MaeprobeError, match="no --img-size"):
+        maeprobe.decoder_attention_similarity(big, torch.randn(2, 3, 48, 48))
+
+
 def _randomize(module, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -433,12 +433,17 @@ def _load(path, num_heads, decoder_num_heads, prefer, img_size, device):
     rule = raw.meta.get("pos_resample") or family.pos_resample
     rel_rule = raw.meta.get("rel_pos_resample", "timm")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in raw.state_dict.items()}
+    notes = list(raw.notes)
     if img_size is not None and img_size != cfg.img_size:
+        if cfg.decoder_depth:
+            notes.append(f"--img-size {img_size}: encoder only; the MAE decoder has a fixed {cfg.grid_size}x"
+                         f"{cfg.grid_size} patch grid, so decoder metrics run at the checkpoint's own "
+                         f"{cfg.img_size} px (without --img-size)")
         cfg, state = _resized(cfg, state, img_size, rule, rel_rule, path)
     model = _build(cfg, family.builder, state, path)
     mean = tuple(raw.meta.get("mean", family.mean))
     std = tuple(raw.meta.get("std", family.std))
-    model.checkpoint = CheckpointInfo(str(path), raw.format, mean, std, raw.notes,
+    model.checkpoint = CheckpointInfo(str(path), raw.format, mean, std, notes,
                                       raw.meta.get("pretrain_mask_ratio"), raw.family, rule, rel_rule)
     return model.to(device).eval()
 
@@ -451,11 +456,12 @@ def _resized(cfg: ArchConfig, state: dict, img_size: int, rule: str, rel_rule: s
                                     f"{cfg.patch_size}")
     grid = img_size // cfg.patch_size
     check_limit("MAEPROBE_MAX_PATCHES", grid * grid, f"--img-size {img_size}: a {grid}x{grid} patch grid")
-    if "decoder_embed.weight" in state:
-        raise CheckpointError(path, "--img-size applies to encoders; an MAE decoder has a fixed patch grid "
-                                    "(probe the full model at its own size)")
-    grid = img_size // cfg.patch_size
     state = dict(state)
+    if "decoder_embed.weight" in state or cfg.decoder_depth:
+        # the decoder's patch grid is fixed (its position embedding and, for AE(k), its block layout): the
+        # encoder is resampled and the decoder left out; decoder metrics run at the checkpoint's own size
+        state = {k: v for k, v in state.items() if not k.startswith(("decoder_", "mask_token"))}
+        cfg = ArchConfig(**{**cfg.to_dict(), "decoder_depth": 0, "decoder_type": "transformer"})
     if "pos_embed" in state:
         num_prefix = cfg.num_prefix_tokens if cfg.num_pos_prefix is None else cfg.num_pos_prefix
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid, num_prefix, rule)

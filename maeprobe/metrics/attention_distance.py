@@ -42,6 +42,11 @@ class AttentionDistance(ImageMean):
         cfg = model.config
         scale = cfg.patch_size if units == "px" else 1
         self.distances = patch_distances(cfg.grid_size, scale).float()  # [L, L]
+        # the value of uniform attention over every token (prefix keys count 0 unless renormalised): the level
+        # of an untrained ViT, drawn in the figures and used as a control by the findings
+        L = cfg.grid_size ** 2
+        mean = float(patch_distances(cfg.grid_size, scale).mean())
+        self.uniform_level = mean if renormalize else mean * L / (L + self.num_prefix)
         super().__init__((len(self.layers), self.num_heads), bootstrap, bootstrap_seed)
 
     def request(self) -> CaptureRequest:
@@ -117,6 +122,7 @@ class AttentionDistance(ImageMean):
         return [
             {"metric": self.metric, "module": self.module, "layer": layer, "head": head,
              "value": float(s["value"][i, head]), "std": float(s["std"][i, head]),
-             "ci_low": float(s["ci_low"][i, head]), "ci_high": float(s["ci_high"][i, head]), "n_images": n}
+             "ci_low": float(s["ci_low"][i, head]), "ci_high": float(s["ci_high"][i, head]), "n_images": n,
+             "uniform_level": self.uniform_level}
             for i, layer in enumerate(self.layers) for head in range(self.num_heads)
         ]

@@ -41,7 +41,8 @@ def _labels(frame: pd.DataFrame, label_by: str) -> pd.Series:
     if label_by not in frame or frame[label_by].isna().all():
         labels = frame["checkpoint"].astype(str)
     elif label_by == "pretrain_mask_ratio":
-        labels = frame[label_by].map(lambda v: f"mask ratio {v:g}" if pd.notna(v) else "unknown")
+        labels = pd.Series([f"mask ratio {v:g}" if pd.notna(v) else f"{c} (pretraining mask ratio not stored)"
+                            for v, c in zip(frame[label_by], frame["checkpoint"].astype(str))], index=frame.index)
     else:
         labels = frame[label_by].astype(str)
     if "_mask_suffix" in frame:  # rows of several probe masks on one plot (asked for): say which is which
@@ -113,7 +114,7 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
         return []
     rows["label"] = _labels(rows, label_by)
     labels = list(dict.fromkeys(rows["label"]))
-    fig, ax = plt.subplots(figsize=(3.4, 2.5))
+    fig, ax = plt.subplots(figsize=(5.0, 2.8))
     for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
         part = rows[rows["label"] == label].sort_values("layer")
         x = part["layer"].astype(int).to_numpy() + 1  # the paper numbers layers from 1
@@ -121,11 +122,17 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
         ax.plot(x, y, marker="o", ms=3, lw=1.4, color=colour, label=label)
         if part["ci_low"].notna().any():
             ax.fill_between(x, part["ci_low"], part["ci_high"], color=colour, alpha=0.2, lw=0)
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel(ylabel)
-    _title(ax, title, _caption(rows, name))
+    if name == "fig2":
+        ax.axhline(1.0, color="0.3", lw=0.8, ls=":", label="uniform attention (= 1)")
+    ax.set_xlabel("decoder layer (1 = first; tables count from 0)")
+    ax.set_ylabel(f"{ylabel} (unitless)")
+    caption = _caption(rows, name)
+    if name == "fig3" and "reference" in rows:
+        caption += f"; reference: {', '.join(dict.fromkeys(rows['reference'].astype(str)))}"
+    caption += "; bands: 95% CI over images"
+    _title(ax, title, caption)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=6, frameon=False)
+    ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     sns.despine(fig)
     paths = _save(fig, out_dir, name)
     plt.close(fig)
@@ -140,18 +147,30 @@ def _attention_distance(frame, title, out_dir, name, label_by, module="encoder")
     rows["label"] = _labels(rows, label_by)
     units = rows["units"].iloc[0] if "units" in rows else "px"
     labels = list(dict.fromkeys(rows["label"]))
-    fig, ax = plt.subplots(figsize=(3.4, 2.5))
+    fig, ax = plt.subplots(figsize=(5.0, 2.8))
     for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
         part = rows[rows["label"] == label]
         heads = part["head"].astype(float)
         jitter = (heads / max(heads.max(), 1) - 0.5) * 0.3
-        ax.scatter(part["layer"].astype(float) + 1 + jitter, part["value"], s=5, color=colour, alpha=0.5, lw=0)
-        means = part.groupby("layer")["value"].mean()
-        ax.plot(means.index.astype(int) + 1, means.values, color=colour, lw=1.4, label=label)
-    ax.set_xlabel(f"{module} layer")
+        ax.scatter(part["layer"].astype(float) + 1 + jitter, part["value"], s=4, color=colour, alpha=0.35, lw=0)
+        # per layer: the mean over heads, its interval the mean of the heads' bounds (conservative)
+        means = part.groupby("layer")[["value", "ci_low", "ci_high"]].mean()
+        x = means.index.astype(int) + 1
+        ax.plot(x, means["value"], color=colour, lw=1.4, marker="o", ms=2.5, label=label)
+        if means["ci_low"].notna().any():
+            ax.fill_between(x, means["ci_low"], means["ci_high"], color=colour, alpha=0.2, lw=0)
+    ax.scatter([], [], s=4, color="0.4", label="dots: single heads")
+    if "uniform_level" in rows and rows["uniform_level"].notna().any():
+        levels = sorted(set(np.round(rows["uniform_level"].dropna().astype(float), 3)))
+        for level in levels:
+            ax.axhline(level, color="0.3", lw=0.8, ls=":",
+                       label=f"uniform attention ({level:.1f} {units})" if level == levels[0] else None)
+    ax.set_ylim(bottom=0)  # distances from 0: differences of a tenth of a pixel are not magnified
+    ax.set_xlabel(f"{module} layer (1 = first; tables count from 0)")
     ax.set_ylabel(f"mean attention distance ({units})")
-    _title(ax, title, _caption(rows, name))
-    ax.legend(fontsize=6, frameon=False)
+    _title(ax, title, _caption(rows, name) + "; line: mean over heads, band: 95% CI over images")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     sns.despine(fig)
     paths = _save(fig, out_dir, name)
     plt.close(fig)

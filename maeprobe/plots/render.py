@@ -14,6 +14,22 @@ import numpy as np
 import torch
 
 
+def _scale_note(ax, vmax: float, uniform: float) -> None:
+    """Each map is scaled to its own maximum: print it beside the uniform-attention weight, so that a map that
+    is bright everywhere (uniform attention) can be told from a peaked one."""
+    ax.text(0.02, 0.02, f"max {vmax:.3f}\nuniform {uniform:.3f}", transform=ax.transAxes, fontsize=3.6,
+            color="white", va="bottom", ha="left", bbox=dict(facecolor="black", alpha=0.55, lw=0, pad=0.6))
+
+
+def _colour_bar(fig, axes, cmap="inferno") -> None:
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=cmap), ax=axes, fraction=0.025, pad=0.01)
+    bar.set_label("attention weight / the map's max", fontsize=5)
+    bar.ax.tick_params(labelsize=4.5)
+
+
 def _overlay(ax, image, weights, grid, cls_weight=None, vmax=None, query=None, cmap="inferno"):
     from matplotlib.patches import Circle, Rectangle
 
@@ -37,7 +53,7 @@ def _overlay(ax, image, weights, grid, cls_weight=None, vmax=None, query=None, c
 
 
 def render_decoder_attention(image: np.ndarray, cache, *, layers, queries, grid: int, num_prefix: int,
-                             out: str | Path) -> list[Path]:
+                             out: str | Path, title: str = "") -> list[Path]:
     """Fig. 4 / B.1 layout. ``image``: RGB uint8 [S, S, 3] at the model's input size; ``cache`` holds
     decoder attention of ``layers`` and the batch's mask (one image)."""
     import matplotlib
@@ -50,7 +66,8 @@ def render_decoder_attention(image: np.ndarray, cache, *, layers, queries, grid:
     up = np.kron(mask, np.ones((size // grid, size // grid)))[..., None]
     masked_image = (image * (1 - up) + 127 * up).astype(np.uint8)
     cols = 2 + len(layers)
-    fig, axes = plt.subplots(len(queries), cols, figsize=(1.3 * cols, 1.3 * len(queries)), squeeze=False)
+    fig, axes = plt.subplots(len(queries), cols, figsize=(1.3 * cols + 0.6, 1.3 * len(queries) + 0.55),
+                             squeeze=False)
     for r, query in enumerate(queries):
         axes[r, 0].imshow(image)
         axes[r, 1].imshow(masked_image)
@@ -64,18 +81,27 @@ def render_decoder_attention(image: np.ndarray, cache, *, layers, queries, grid:
         qr, qc = divmod(int(query), grid)
         axes[r, 1].add_patch(Circle(((qc + 0.5) * patch, (qr + 0.5) * patch), patch * 0.45, fill=False,
                                     edgecolor="red", lw=1.2))
+        axes[r, 0].text(-0.06, 0.5, f"query patch {int(query)}\n(row {qr + 1}, col {qc + 1})", rotation=90,
+                        transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=5)
         for c, layer in enumerate(layers):
             attn = cache.attention[("decoder", layer)][0].float().mean(0)  # [N, N], head average
             row = attn[num_prefix + int(query)].cpu().numpy()  # [N]
             weights, cls_weight = row[num_prefix:], float(row[:num_prefix].sum())
-            _overlay(axes[r, 2 + c], image, weights, grid, cls_weight=cls_weight,
-                     vmax=max(float(weights.max()), cls_weight), query=query)
+            vmax = max(float(weights.max()), cls_weight)
+            _overlay(axes[r, 2 + c], image, weights, grid, cls_weight=cls_weight, vmax=vmax, query=query)
+            _scale_note(axes[r, 2 + c], vmax, 1.0 / len(row))
             if r == 0:
                 axes[0, 2 + c].set_title(f"decoder layer {layer + 1}", fontsize=6)
-    return _save(fig, out)
+    _colour_bar(fig, axes)
+    fig.suptitle((f"{title}\n" if title else "") + "decoder attention of the circled masked query (mean over "
+                 "heads); layers numbered from 1", fontsize=5.5)
+    fig.supxlabel("top-left box: the weight on the CLS token (same colour scale); each map is scaled to its own "
+                  "maximum (printed, with the uniform weight)", fontsize=4.5, color="0.3")
+    return _save(fig, out, rect=(0.03, 0.03, 0.97, 0.95))
 
 
-def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out: str | Path) -> list[Path]:
+def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out: str | Path,
+                             title: str = "") -> list[Path]:
     """DINO-style maps: CLS query attention over patches, rows = layers, columns = heads."""
     import matplotlib
 
@@ -83,7 +109,8 @@ def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out
     import matplotlib.pyplot as plt
 
     heads = cache.attention[("encoder", layers[0])].shape[1]
-    fig, axes = plt.subplots(len(layers), heads + 1, figsize=(1.2 * (heads + 1), 1.2 * len(layers)), squeeze=False)
+    fig, axes = plt.subplots(len(layers), heads + 1, figsize=(1.2 * (heads + 1) + 0.6, 1.2 * len(layers) + 0.5),
+                             squeeze=False)
     for r, layer in enumerate(layers):
         attn = cache.attention[("encoder", layer)][0].float()  # [H, N, N]
         axes[r, 0].imshow(image)
@@ -94,18 +121,23 @@ def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out
             # CLS row (DINO style); a model without prefix tokens (SigLIP): the mean attention each patch receives
             weights = (attn[h, 0, P:] if P else attn[h, :, :].mean(0)).cpu().numpy()
             _overlay(axes[r, 1 + h], image, weights, grid)
+            _scale_note(axes[r, 1 + h], float(weights.max()), 1.0 / attn.shape[-1])
             if r == 0:
-                axes[0, 1 + h].set_title(f"head {h}", fontsize=6)
-    return _save(fig, out)
+                axes[0, 1 + h].set_title(f"head {h + 1}", fontsize=6)
+    _colour_bar(fig, axes)
+    fig.suptitle((f"{title}\n" if title else "") + "encoder attention of the CLS query over the patches; layers "
+                 "and heads numbered from 1", fontsize=5.5)
+    return _save(fig, out, rect=(0.0, 0.0, 0.97, 0.93))
 
 
-def _save(fig, out) -> list[Path]:
+def _save(fig, out, rect=(0, 0, 1, 1)) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from .figures import save_figure
 
     out = Path(out)
-    fig.tight_layout(pad=0.3)
+    del rect  # the colour bar's axes do not work with tight_layout: the layout engine places everything
+    fig.set_layout_engine("constrained")
     try:
         return save_figure(fig, [out.with_suffix(".png"), out.with_suffix(".pdf")], dpi=220)
     finally:

@@ -374,8 +374,10 @@ def batch_plan(config: dict, world: int) -> BatchPlan:
     if global_batch < 1 or world < 1:
         raise MaeprobeError(f"optim.global_batch must be >= 1, got {global_batch}")
     if global_batch % world:
-        raise MaeprobeError(f"optim.global_batch={global_batch} cannot be split over {world} processes; "
-                            f"use a multiple of {world}")
+        divisors = [n for n in range(1, min(global_batch, 64) + 1) if global_batch % n == 0]
+        raise MaeprobeError(f"optim.global_batch={global_batch} cannot be split evenly over {world} processes; "
+                            f"run on {', '.join(map(str, divisors))} processes or set optim.global_batch to a "
+                            f"multiple of {world}")
     per_process = global_batch // world
     cap = optim.get("batch_per_process")
     accum = 1
@@ -389,9 +391,36 @@ def batch_plan(config: dict, world: int) -> BatchPlan:
     return BatchPlan(global_batch, world, per_process, accum, per_process // accum, lr)
 
 
+FINETUNE_ONLY = ("layer_decay", "label_smoothing", "mixup", "cutmix", "reprob", "drop_path", "auto_augment")
+
+
+def used_settings(config: dict) -> dict:
+    """The part of a resolved recipe that its run reads: a pretraining run has no fine-tuning keys, no
+    ``eval`` section and only its own method's loss section; an evaluation run has no pretraining method or
+    masking settings."""
+    config = copy.deepcopy(config)
+    if config["task"] == "pretrain":
+        config.pop("eval", None)
+        for key in FINETUNE_ONLY:
+            config["optim"].pop(key, None)
+        for method in ("lcmae", "umae"):
+            if config["method"] != method:
+                config.pop(method, None)
+        if config["method"] != "ae":
+            config["model"].pop("pred_size", None)
+    else:
+        for key in ("method", "lcmae", "umae"):
+            config.pop(key, None)
+        for key in ("mask_ratio", "norm_pix_loss", "decoder_depth", "decoder_embed_dim", "decoder_num_heads",
+                    "decoder_type", "pred_size"):
+            config["model"].pop(key, None)
+    return config
+
+
 def show_recipe(config: dict, world: int = 1) -> str:
-    """The resolved configuration as YAML, followed by the derived batch split and lr (as YAML comments)."""
-    text = yaml.safe_dump(config, sort_keys=False)
+    """What the run uses (``used_settings``) as YAML, followed by the derived batch split and lr (as YAML
+    comments)."""
+    text = yaml.safe_dump(used_settings(config), sort_keys=False)
     plan = batch_plan(config, world)
     text += f"# derived for {world} process(es): {plan.describe()}\n"
     if config["task"] == "pretrain":

@@ -345,8 +345,9 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
                 continue
             if position >= steps_per_epoch:
                 epoch, position = epoch + 1, 0
-        save(last)
-        if rank == 0 and step >= total_steps:
+        if steps_this_call or not resumed:  # a finished run started again writes nothing
+            save(last)
+        if rank == 0 and step >= total_steps and (steps_this_call or not resumed):
             stem = Path(run["checkpoint_name"]).stem.replace("checkpoint-last", "model")
             save_checkpoint(model, out_dir / f"{stem}.safetensors")
     finally:
