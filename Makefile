@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv pip install --compile-bytecode --python $(BIN)/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench notebook clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -ra
+
+notebook: | $(BIN)/python
+	$(UV) -e '.[notebook]' || $(BIN)/python -m pip install -e '.[notebook]'
+	$(BIN)/jupyter lab examples/quickstart.ipynb
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/probe_overhead.py

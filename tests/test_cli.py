@@ -57,3 +57,51 @@ def test_errors_are_one_line_with_nonzero_exit(checkpoint, tmp_path, args, messa
     error_lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], result.output
     assert "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- a newcomer's first hour (issue 17)
+def test_version_and_plain_help():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("maeprobe ")
+    help_text = runner.invoke(app, ["attn-distance", "--help"]).output
+    assert "<bool>" not in help_text and "--per-image-mask" in help_text
+    assert "decoder metrics need the checkpoint's own size" in " ".join(help_text.split())
+
+
+def test_recipe_names_as_listed_and_only_used_settings():
+    listed = runner.invoke(app, ["recipe", "ls"]).output
+    assert "lcmae_c " in listed
+    shown = runner.invoke(app, ["recipe", "show", "lcmae_c"])
+    assert shown.exit_code == 0, shown.output
+    import yaml
+
+    config = yaml.safe_load(shown.output)
+    assert config["lcmae"]["cross"] == 1 and "umae" not in config and "eval" not in config
+    assert not {"layer_decay", "drop_path", "mixup", "reprob"} & set(config["optim"])
+    finetune = yaml.safe_load(runner.invoke(app, ["recipe", "show", "finetune_vit_b16"]).output)
+    assert "umae" not in finetune and "lcmae" not in finetune and "mask_ratio" not in finetune["model"]
+    assert finetune["optim"]["layer_decay"] == 0.65
+
+
+def test_batch_split_message_names_what_works():
+    result = runner.invoke(app, ["recipe", "show", "recipes/tiny-mae.yaml", "--nproc", "3"])
+    assert result.exit_code != 0 and "run on 1, 2, 4, 8, 16 processes" in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_a_finished_recipe_run_again_writes_nothing(tmp_path):
+    args = ["recipe", "run", "recipes/tiny-mae.yaml", "optim.epochs=1", f"run.output_dir={tmp_path / 'run'}"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0 and "wrote" in first.output
+    ckpt = tmp_path / "run" / "checkpoint-last.pth"
+    before = ckpt.stat().st_mtime_ns
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "nothing was trained or written" in again.output
+    assert ckpt.stat().st_mtime_ns == before
+
+
+def test_decoder_attn_sim_per_head_prints_heads(checkpoint):
+    result = runner.invoke(app, ["decoder-attn-sim", str(checkpoint), "--per-head", "--bootstrap", "0",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "per head" in result.output and "head" in result.output.split("per head")[1]
