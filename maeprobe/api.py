@@ -91,8 +91,8 @@ def decoder_semantic_similarity(model, reference, images=None, *, layers=None, r
                                 decoder_features: str | None = None, tau: float | None = 0.15, eps: float = 1e-5,
                                 mask_ratio: float = 0.75, seed: int = 0, bootstrap: int = 0, batch_size: int = 16, device: str | None = None,
                                 dtype: str | None = None, progress: bool = False, num_workers: int | None = None,
-                                ref_num_heads: int | None = None,
-                                **load_kwargs) -> pd.DataFrame:
+                                ref_num_heads: int | None = None, center: bool = False,
+                                tau_quantile: float | None = None, **load_kwargs) -> pd.DataFrame:
     """LC-MAE Eq. 8: similarity of each decoder layer's patch affinities to a reference model's.
 
     Args:
@@ -104,13 +104,18 @@ def decoder_semantic_similarity(model, reference, images=None, *, layers=None, r
         decoder_features: the same choice for each decoder layer (None: as ``ref_features``).
         tau, eps: binarise affinities as CutLER's MaskCut does (W > tau -> 1, else eps; default 0.15 and 1e-5).
             None: the continuous cosine matrix.
+        center: subtract each image's mean feature before the cosines (for references whose keys share a
+            large common component, e.g. DINOv2; off = the paper's setting).
+        tau_quantile: tau per image as this quantile of its cosines (replaces ``tau``; off = the paper's).
+        Rows also carry ``w_density`` / ``ref_w_density`` (fraction of W above tau) and ``w_flag``
+        ('saturated' above 0.95, 'empty' below 0.05): a saturated W makes S measure only a density.
         Other arguments as ``attention_distance``.
     """
     model = resolve_model(model, **load_kwargs)
     reference = load_reference(reference, num_heads=ref_num_heads)
     reducer = DecoderSemanticSimilarity(model, reference, layers=layers, ref_features=ref_features,
-                                        decoder_features=decoder_features, tau=tau,
-                                        eps=eps, bootstrap=bootstrap, bootstrap_seed=seed)
+                                        decoder_features=decoder_features, tau=tau, center=center,
+                                        tau_quantile=tau_quantile, eps=eps, bootstrap=bootstrap, bootstrap_seed=seed)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
                   batch_size=batch_size, device=device, dtype=dtype, progress=progress,
                   num_workers=num_workers)

@@ -375,8 +375,16 @@ def decoder_semantics(
     img_size: Optional[int] = IMG_SIZE,
     ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads", min=1, max=1024,
                                                 help="Reference heads, if unknown."),
+    center_keys: bool = typer.Option(False, "--center-keys", help="Subtract each image's mean feature before the "
+                                     "cosines (for references whose keys share a common component, e.g. DINOv2; "
+                                     "off = the paper's setting)."),
+    tau_quantile: Optional[float] = typer.Option(None, "--tau-quantile", min=0.0, max=1.0,
+                                                 help="tau per image = this quantile of its cosines (replaces "
+                                                      "--tau; off = the paper's setting)."),
 ):
-    """LC-MAE Eq. 8: semantic similarity of each decoder layer to a reference model (e.g. DINO)."""
+    """LC-MAE Eq. 8: semantic similarity of each decoder layer to a reference model (e.g. DINO). --ref dino uses
+    DINO ViT-B/16 (the paper's and CutLER's reference) when a local copy exists, else DINOv2, and names it. The
+    density of W is reported: above 0.95 (saturated) S measures only a density, and a warning says so."""
     _check_table_out(out)
     from .api import decoder_semantic_similarity
     from .checkpoints import load
@@ -385,11 +393,20 @@ def decoder_semantics(
     table = decoder_semantic_similarity(model, ref, images, layers=_parse_layers(layers), ref_features=ref_features,
                                         decoder_features=decoder_features, tau=_parse_tau(tau), eps=eps,
                                         mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap, batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
-                                        ref_num_heads=ref_num_heads, num_workers=num_workers)
+                                        ref_num_heads=ref_num_heads, num_workers=num_workers,
+                                        center=center_keys, tau_quantile=tau_quantile)
     first = table.iloc[0]
     _print_per_layer(table, f"{model.checkpoint.name}: S_sim per decoder layer vs {first['reference']} "
                             f"(features: reference {first['ref_features']}, decoder {first['decoder_features']}; "
-                            f"tau {tau})")
+                            f"tau {tau if tau_quantile is None else f'quantile {tau_quantile:g}'}"
+                            f"{', keys centred' if center_keys else ''})")
+    _echo("density of W: reference {:.3f}; decoder layers {}".format(
+        float(first["ref_w_density"]), ", ".join(f"{d:.3f}" for d in table["w_density"])))
+    flagged = table[table["w_flag"] != ""]
+    if len(flagged):
+        _echo(f"warning: W is {flagged['w_flag'].iloc[0]} (density outside [0.05, 0.95]) for "
+              f"{'the reference' if not 0.05 <= float(first['ref_w_density']) <= 0.95 else 'decoder layers ' + ', '.join(str(int(l)) for l in flagged['layer'])}"
+              ": S then measures only a density; try --center-keys or --tau-quantile (README, Eq. 8)")
     _write(table, out)
 
 

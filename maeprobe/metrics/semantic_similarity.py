@@ -11,6 +11,15 @@ follows CutLER's MaskCut code (``get_affinity_matrix``; ``--vit-feat k``, ``--ta
   eps (tau 0.15, eps 1e-5). ``tau=None`` keeps the continuous cosine matrix.
 
 S_l = mean over images of cos(vec W_ref, vec W_l).
+
+Saturation. With a binarised W, a W whose cosines all exceed tau is all ones, and S then measures only the
+other side's density (S = sqrt(density) against an all-ones W). Every row therefore reports the density of W
+(the fraction of entries above tau; with ``tau=None`` the mean cosine) of the decoder layer (``w_density``) and
+of the reference (``ref_w_density``), and ``w_flag`` = 'saturated' (density > 0.95) or 'empty' (< 0.05) for
+either. Real DINOv2 keys share a large common component (last-layer cosines all above 0.3 at 224 px), so its W
+is all ones at tau 0.15. Two documented ways to make W informative for such references, off by default (the
+paper's setting): ``center=True`` subtracts each image's mean feature before the cosines (the common component),
+``tau_quantile=q`` takes tau per image as the q-quantile of that image's cosines (density 1 - q on both sides).
 """
 from __future__ import annotations
 
@@ -23,14 +32,35 @@ from ..reference import Reference
 from .base import ImageMean
 
 
-def affinity(features: torch.Tensor, tau: float | None = None, eps: float = 1e-5) -> torch.Tensor:
+SATURATED_ABOVE, EMPTY_BELOW = 0.95, 0.05
+
+
+def affinity(features: torch.Tensor, tau: float | None = None, eps: float = 1e-5, *, center: bool = False,
+             tau_quantile: float | None = None) -> torch.Tensor:
     """Cosine-similarity matrix of token features [B, n, d] -> [B, n, n]; with ``tau`` binarised as CutLER's
-    ``get_affinity_matrix`` (W > tau -> 1, otherwise eps)."""
-    f = F.normalize(features.float(), dim=-1)
+    ``get_affinity_matrix`` (W > tau -> 1, otherwise eps). ``center``: subtract each image's mean feature
+    first; ``tau_quantile``: tau per image = that quantile of its cosines (replaces ``tau``)."""
+    x = features.float()
+    if center:
+        x = x - x.mean(dim=1, keepdim=True)
+    f = F.normalize(x, dim=-1)
     W = f @ f.transpose(1, 2)
+    if tau_quantile is not None:
+        tau = torch.quantile(W.flatten(1), tau_quantile, dim=1).view(-1, 1, 1)
+        return torch.where(W > tau, torch.ones_like(W), torch.full_like(W, eps))
     if tau is not None:
         W = torch.where(W > tau, torch.ones_like(W), torch.full_like(W, eps))
     return W
+
+
+def density(W: torch.Tensor, binarised: bool) -> torch.Tensor:
+    """Per image: the fraction of W's entries equal to 1 (binarised), else the mean of W. [B, n, n] -> [B]."""
+    return (W > 0.5).float().mean((1, 2)) if binarised else W.mean((1, 2))
+
+
+def w_flag(*densities: float) -> str:
+    flags = ["saturated" if d > SATURATED_ABOVE else "empty" if d < EMPTY_BELOW else "" for d in densities]
+    return next((f for f in flags if f), "")
 
 
 class DecoderSemanticSimilarity(ImageMean):
@@ -41,7 +71,11 @@ class DecoderSemanticSimilarity(ImageMean):
 
     def __init__(self, model, reference_model, *, layers=None, ref_features: str = "keys",
                  decoder_features: str | None = None, tau: float | None = 0.15, eps: float = 1e-5,
+                 center: bool = False, tau_quantile: float | None = None,
                  bootstrap: int = 0, bootstrap_seed: int = 0, reference_name: str = "ref") -> None:
+        if tau_quantile is not None and not 0.0 < float(tau_quantile) < 1.0:
+            raise MaeprobeError(f"--tau-quantile must lie in (0, 1), got {tau_quantile!r}")
+        self.center, self.tau_quantile = bool(center), tau_quantile
         decoder_features = ref_features if decoder_features is None else decoder_features
         for name, value in (("ref_features", ref_features), ("decoder_features", decoder_features)):
             if value not in ("keys", "tokens"):
@@ -57,7 +91,8 @@ class DecoderSemanticSimilarity(ImageMean):
         self.ref_prefix = reference_model.num_prefix_tokens
         info = getattr(reference_model, "checkpoint", None)
         self.reference_label = info.name if info else reference_name
-        super().__init__((len(self.layers),), bootstrap, bootstrap_seed)
+        # per layer: S, the density of the layer's W, the density of the reference's W
+        super().__init__((len(self.layers), 3), bootstrap, bootstrap_seed)
 
     def request(self) -> CaptureRequest:
         return CaptureRequest.of(**{self._dec_kind: {"decoder": self.layers}})
@@ -65,23 +100,33 @@ class DecoderSemanticSimilarity(ImageMean):
     def settings(self) -> dict:
         return {"reference": self.reference_label, "ref_features": self.ref_features,
                 "decoder_features": self.decoder_features,
-                "tau": self.tau if self.tau is not None else float("nan"), "eps": self.eps}
+                "tau": self.tau if self.tau is not None else float("nan"), "eps": self.eps,
+                "center_keys": self.center,
+                "tau_quantile": self.tau_quantile if self.tau_quantile is not None else float("nan")}
 
     def update(self, cache: ActivationCache) -> None:
         ref_cache = cache.references[self.reference.name]
         ref = getattr(ref_cache, self._ref_kind)[("encoder", self.ref_layer)][:, self.ref_prefix:]  # [B, n, D]
-        W_ref = affinity(ref, self.tau, self.eps).flatten(1)  # [B, n*n]
+        options = dict(center=self.center, tau_quantile=self.tau_quantile)
+        binarised = self.tau is not None or self.tau_quantile is not None
+        W_ref = affinity(ref, self.tau, self.eps, **options)
+        ref_density = density(W_ref, binarised)
+        W_ref = W_ref.flatten(1)  # [B, n*n]
         values = []
         for layer in self.layers:
             tokens = getattr(cache, self._dec_kind)[("decoder", layer)][:, self.num_prefix:]  # [B, n, Dd]
             if tokens.shape[1] != ref.shape[1]:
                 raise MaeprobeError(f"reference has {ref.shape[1]} patches, decoder {tokens.shape[1]}")
-            W = affinity(tokens, self.tau, self.eps).flatten(1)
-            values.append(F.cosine_similarity(W, W_ref, dim=1))  # [B]
+            W = affinity(tokens, self.tau, self.eps, **options)
+            values.append(torch.stack([F.cosine_similarity(W.flatten(1), W_ref, dim=1), density(W, binarised),
+                                       ref_density], dim=1))  # [B, 3]
         self.add(torch.stack(values, dim=1), cache.image_indices)
 
     def rows(self) -> list[dict]:
         s = self.summary()
         return [{"metric": self.metric, "module": "decoder", "layer": layer, "head": None,
-                 "value": float(s["value"][i]), "std": float(s["std"][i]), "ci_low": float(s["ci_low"][i]),
-                 "ci_high": float(s["ci_high"][i]), "n_images": self.count} for i, layer in enumerate(self.layers)]
+                 "value": float(s["value"][i, 0]), "std": float(s["std"][i, 0]), "ci_low": float(s["ci_low"][i, 0]),
+                 "ci_high": float(s["ci_high"][i, 0]), "n_images": self.count,
+                 "w_density": float(s["value"][i, 1]), "ref_w_density": float(s["value"][i, 2]),
+                 "w_flag": w_flag(float(s["value"][i, 1]), float(s["value"][i, 2]))}
+                for i, layer in enumerate(self.layers)]

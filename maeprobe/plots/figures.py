@@ -129,6 +129,10 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
     caption = _caption(rows, name)
     if name == "fig3" and "reference" in rows:
         caption += f"; reference: {', '.join(dict.fromkeys(rows['reference'].astype(str)))}"
+    if name == "fig3" and "w_flag" in rows and (rows["w_flag"].fillna("") != "").any():
+        flagged = rows[rows["w_flag"].fillna("") != ""]
+        caption += (f"; WARNING: W {flagged['w_flag'].iloc[0]} for {', '.join(dict.fromkeys(flagged['label']))} "
+                    "(density outside 0.05-0.95): S measures only a density there")
     caption += "; bands: 95% CI over images"
     _title(ax, title, caption)
     ax.xaxis.get_major_locator().set_params(integer=True)

@@ -28,7 +28,9 @@ DEFAULTS: dict = {
     # U-MAE: weight x uniformity loss (tau) of the CLS feature over the gathered batch. gather: 'exact' (the
     # full-batch gradient, independent of the number of processes) or 'reference' (zhangq327/U-MAE's
     # GatherLayer: each process keeps only its own slice of the gradient, i.e. 1/W of the full-batch one).
-    "umae": {"weight": 1.25e-5, "tau": 0.1, "gather": "exact"},
+    # feature: 'cls' = the CLS token after the encoder's final norm (once); 'double_norm' = U-MAE's code
+    # (models_mae.py: ``self.norm(latent)[:, 0]`` on the already normed latent, i.e. the norm applied twice)
+    "umae": {"weight": 1.25e-5, "tau": 0.1, "gather": "exact", "feature": "cls"},
     "data": {"path": None, "single_image": None, "samples_per_epoch": None, "crop_scale": [0.2, 1.0],
              "num_workers": 8},
     # global_batch: images per optimiser step over all processes (the papers' "batch size");
@@ -312,7 +314,7 @@ SCHEMA = {
     "lcmae.in_view": _number(0, 1e6), "lcmae.projector_input": _choice("pred", "features"),
     "lcmae.in_view_target": _choice("target", "pixels"), "lcmae.reduction": _choice("mean", "sum"),
     "umae.weight": _number(0, 1e6), "umae.tau": _number(0, 1e3, lo_open=True),
-    "umae.gather": _choice("exact", "reference"),
+    "umae.gather": _choice("exact", "reference"), "umae.feature": _choice("cls", "double_norm"),
     "data.path": _text(none=True), "data.single_image": _text(none=True),
     "data.samples_per_epoch": _number(1, 1e9, whole=True, none=True),
     "data.crop_scale": _pair(0.0, 1.0, ordered=True), "data.num_workers": _number(0, 1024, whole=True),

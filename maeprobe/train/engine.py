@@ -169,7 +169,10 @@ class Objective(nn.Module):
             umae = self.config["umae"]
             latent, mask, ids_restore = model.forward_encoder(imgs, ratio, noises[0])
             loss_mae = model.forward_loss(imgs, model.forward_decoder(latent, ids_restore), mask)
-            loss_uni = uniformity_loss(latent[:, 0].float(), tau=umae["tau"], gather=umae["gather"])
+            cls = latent[:, 0]
+            if umae["feature"] == "double_norm":  # U-MAE's models_mae.py: self.norm(latent)[:, 0] on a normed latent
+                cls = model.norm(latent)[:, 0]
+            loss_uni = uniformity_loss(cls.float(), tau=umae["tau"], gather=umae["gather"])
             loss = loss_mae + umae["weight"] * loss_uni
             return loss, {"loss_mae": loss_mae.detach(), "loss_uniformity": loss_uni.detach()}
         return self._lcmae(imgs, noises)

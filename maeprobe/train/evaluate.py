@@ -4,8 +4,8 @@ the MAE paper, and a k-NN probe on frozen features. Each reports top-1 on ``val/
 * fine-tune: global-pool classifier (fc_norm + head) on the pretrained encoder, AdamW with layer-wise lr
   decay (timm ``param_groups_layer_decay``), warmup + cosine, RandAugment / random erasing
   (timm ``create_transform``), mixup / cutmix (timm ``Mixup``) or label smoothing.
-* linear probe: frozen encoder, CLS feature, BatchNorm without affine + linear head (MAE's linprobe head;
-  SGD with momentum here, where MAE used LARS).
+* linear probe: frozen encoder, CLS feature, BatchNorm without affine + linear head (MAE's linprobe head),
+  LARS as MAE's ``main_linprobe.py`` (``optim.optimizer=sgd``: SGD with momentum).
 * k-NN: cosine similarity of L2-normalised CLS features, k nearest training images, votes weighted by
   exp(sim / T) (DINO's protocol).
 """
@@ -46,8 +46,8 @@ def _transforms(img_size: int, mean, std, strong: bool, optim_cfg: dict):
 
     train = create_transform(img_size, is_training=True, interpolation="bicubic", mean=mean, std=std,
                              auto_augment=optim_cfg["auto_augment"] if strong else None,
-                             re_prob=optim_cfg["reprob"] if strong else 0.0, color_jitter=None if not strong else 0.4,
-                             scale=(0.08, 1.0))
+                             re_prob=optim_cfg["reprob"] if strong else 0.0, re_mode="pixel", re_count=1,
+                             color_jitter=None if not strong else 0.4, scale=(0.08, 1.0))  # MAE: --remode pixel
     val = create_transform(img_size, is_training=False, interpolation="bicubic", mean=mean, std=std, crop_pct=0.875)
     return train, val
 

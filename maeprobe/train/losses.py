@@ -100,6 +100,10 @@ def gather_with_grad(features: torch.Tensor, mode: str = "exact") -> torch.Tenso
 def uniformity_loss(features: torch.Tensor, tau: float = 0.1, gather: str = "exact") -> torch.Tensor:
     """U-MAE's uniformity term: mean over all pairs (i, j) of the gathered batch of (cos(f_i, f_j) / tau)^2.
 
+    The batch is that of one micro-step on all processes: with gradient accumulation over A micro-steps the
+    update averages A terms of W x micro-batch images each, not one term over the global batch (README,
+    fidelity table).
+
     Every process computes the same global value. See ``gather_with_grad`` for the two gradient semantics.
     """
     f = F.normalize(gather_with_grad(features, gather), dim=-1)
