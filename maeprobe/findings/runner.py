@@ -89,7 +89,13 @@ def train(name: str, scale: Scale, root: Path, *, seed: int = 0, data=None, step
         return folder
     resumed = (folder / "checkpoint-last.pth").is_file()
     tic = time.monotonic()
-    pretrain_recipe(config, progress=False)
+    last = pretrain_recipe(config, progress=False)
+    if not (folder / "model.safetensors").is_file():  # stopped early (SIGTERM, a time cap): never measure it
+        from ..checkpoints import read_pickle
+
+        step = read_pickle(last).get("step", "?") if last.is_file() else 0
+        raise MaeprobeError(f"{name} seed {seed}: training stopped at step {step} of {total} ({folder}); run the "
+                            "same command again to resume it")
     echo(f"{name} seed {seed}: {'resumed and ' if resumed else ''}trained {total} steps "
          f"({config['method']}, {config['model']['preset']}) in {time.monotonic() - tic:.0f} s")
     return folder
