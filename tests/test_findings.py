@@ -3,6 +3,7 @@ of finished work, the measurements against direct computations, the base scale's
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -211,3 +212,21 @@ def test_unknown_finding_and_scale_are_one_line_errors(tmp_path):
     assert bad.exit_code == 2 and "unknown finding" in bad.output
     bad = runner.invoke(app, ["reproduce", "--scale", "huge", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "unknown scale" in bad.output
+
+
+def test_a_run_stopped_early_is_never_measured(tmp_path, monkeypatch):
+    """The engine checkpoints and returns on SIGTERM or a time cap; reproduce must stop there, not measure the
+    half-trained checkpoint as if it were the run."""
+    from maeprobe.findings import runner
+    from maeprobe.findings.suite import SCALES
+    from maeprobe.train import engine
+
+    def interrupted(config, progress=True):
+        folder = Path(config["run"]["output_dir"])
+        folder.mkdir(parents=True)
+        model = maeprobe.build_mae("mae_vit_tiny_patch8_64")
+        return maeprobe.save_checkpoint(model, folder / "checkpoint-last.pth", step=7)
+
+    monkeypatch.setattr(engine, "pretrain_recipe", interrupted)
+    with pytest.raises(maeprobe.MaeprobeError, match="stopped at step 7 of 240.*again to resume"):
+        runner.train("mae", SCALES["tiny"], tmp_path)
