@@ -230,3 +230,23 @@ def test_a_run_stopped_early_is_never_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "pretrain_recipe", interrupted)
     with pytest.raises(maeprobe.MaeprobeError, match="stopped at step 7 of 240.*again to resume"):
         runner.train("mae", SCALES["tiny"], tmp_path)
+
+
+def test_a_setting_added_later_at_its_default_keeps_runs_reusable(tmp_path):
+    """A run saved before maeprobe gained a setting (absent from its config.yaml) is reused when this run keeps
+    the setting's default (which reproduces the earlier behaviour), and refused when it does not."""
+    import yaml
+
+    from maeprobe.findings.runner import _check_reusable, run_config
+    from maeprobe.findings.suite import SCALES
+
+    config = run_config("umae", SCALES["tiny"], tmp_path)
+    folder = Path(config["run"]["output_dir"])
+    folder.mkdir(parents=True)
+    old = yaml.safe_load(yaml.safe_dump(config))
+    del old["umae"]["feature"]  # written by a maeprobe without umae.feature
+    (folder / "config.yaml").write_text(yaml.safe_dump(old))
+    _check_reusable(folder, config)
+    config["umae"]["feature"] = "double_norm"
+    with pytest.raises(maeprobe.MaeprobeError, match="umae_feature"):
+        _check_reusable(folder, config)

@@ -121,7 +121,7 @@ def _check_reusable(folder: Path, config: dict) -> None:
     import yaml
 
     from ..errors import MaeprobeError
-    from ..train.engine import RESUMABLE_CHANGES, _flat
+    from ..train.engine import _flat, changed_settings
 
     try:
         saved = yaml.safe_load((folder / "config.yaml").read_text())
@@ -131,7 +131,7 @@ def _check_reusable(folder: Path, config: dict) -> None:
     if saved is None:
         raise MaeprobeError(f"{folder}: a finished run without a readable config.yaml; move it away to retrain")
     now = _flat(config)
-    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    changed = changed_settings(saved, now)
     if changed:
         raise MaeprobeError(f"{folder}: holds a run trained with {changed[0]}={saved.get(changed[0])!r}, not "
                             f"{now.get(changed[0])!r}; use another --out or move the folder away")

@@ -370,6 +370,18 @@ RESUMABLE_CHANGES = ("run_resume", "run_max_minutes", "run_device", "run_log_eve
                      "run_compile", "data_num_workers", "run_output_dir", "optim_batch_per_process", "name")
 
 
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """Flat settings that differ between a saved run and this one, ``RESUMABLE_CHANGES`` excepted. A setting
+    added to maeprobe after the run was saved (absent there) counts as unchanged when this run keeps its
+    default, which by convention reproduces the earlier behaviour."""
+    from .config import DEFAULTS
+
+    defaults = _flat(DEFAULTS)
+    return sorted(k for k in set(saved) | set(now)
+                  if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != now.get(k, "<absent>")
+                  and not (k not in saved and k in defaults and now.get(k) == defaults[k]))
+
+
 def _resume(last: Path, config: dict, model, objective, optimizer, steps_per_epoch: int) -> tuple[int, int, int]:
     """Restore (step, epoch, position) from ``last``, refusing with one line a checkpoint of another model,
     a damaged training state, or one written under different settings (``RESUMABLE_CHANGES`` excepted): a
@@ -381,8 +393,7 @@ def _resume(last: Path, config: dict, model, objective, optimizer, steps_per_epo
     args = state.get("args")
     if isinstance(args, argparse.Namespace):
         saved, now = vars(args), _flat(config)
-        changed = sorted(k for k in set(saved) | set(now)
-                         if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != now.get(k, "<absent>"))
+        changed = changed_settings(saved, now)
         if changed:
             key = changed[0]
             raise MaeprobeError(f"{where}: it was trained with {key}={saved.get(key, '<absent>')!r}, this run has "
