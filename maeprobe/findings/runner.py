@@ -421,7 +421,7 @@ def measure(finding_id: str, runs: dict[str, list[Path]], images: torch.Tensor, 
         for name, label in labels.items():
             for seed, folder in _by_seed(runs, name):
                 if name in AE_BLOCKS:  # named by the block side in pixels, as AE(k) in the paper
-                    label = f"ae{_load(folder).config.pred_size}"
+                    label = f"ae{_load(folder).config.pred_size or _load(folder).config.patch_size}"
                 rows.append({"model": label, "seed": seed, **_cached_probe(folder, "trained", evalset, device)})
         for seed, folder in _by_seed(runs, "mae"):
             rows.append({"model": "random", "seed": seed, **_cached_probe(folder, "init", evalset, device)})
