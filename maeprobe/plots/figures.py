@@ -114,7 +114,7 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
         return []
     rows["label"] = _labels(rows, label_by)
     labels = list(dict.fromkeys(rows["label"]))
-    fig, ax = plt.subplots(figsize=(5.0, 2.8))
+    fig, ax = plt.subplots(figsize=(4.4, 2.8))  # single-column width with the legend beside the axes
     for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
         part = rows[rows["label"] == label].sort_values("layer")
         x = part["layer"].astype(int).to_numpy() + 1  # the paper numbers layers from 1
@@ -151,7 +151,7 @@ def _attention_distance(frame, title, out_dir, name, label_by, module="encoder")
     rows["label"] = _labels(rows, label_by)
     units = rows["units"].iloc[0] if "units" in rows else "px"
     labels = list(dict.fromkeys(rows["label"]))
-    fig, ax = plt.subplots(figsize=(5.0, 2.8))
+    fig, ax = plt.subplots(figsize=(4.4, 2.8))  # single-column width with the legend beside the axes
     for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
         part = rows[rows["label"] == label]
         heads = part["head"].astype(float)
