@@ -128,6 +128,12 @@ def _per_seed_contrast(table: pd.DataFrame, first: list, second: list, key: str)
     return Estimate(*across_seeds(v, lo, hi), len(parts))
 
 
+def _conditions(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trained rows, initial-weights rows) of an evidence table with a ``condition`` column."""
+    table = _seeds(table)
+    return table[table["condition"] == "trained"], table[table["condition"] == "init"]
+
+
 def _profile(table: pd.DataFrame, key: str) -> pd.DataFrame:
     """Per-``key`` estimates combined over seeds: columns key, value, ci_low, ci_high."""
     rows = []
@@ -325,8 +331,7 @@ def semantic_rule(eq8: pd.DataFrame | None) -> Verdict:
     unit = "Eq. 8 difference, last decoder layer - first (S_sim)"
     if eq8 is None or eq8.empty:
         return _missing("no reference model given (--ref DINO checkpoint): Eq. 8 needs one", unit)
-    trained = _seeds(eq8)[eq8["condition"] == "trained"]
-    init = _seeds(eq8)[eq8["condition"] == "init"]
+    trained, init = _conditions(eq8)
     layers = sorted(trained["layer"].unique())
     if len(layers) < 2:
         return _missing("needs a decoder of at least 2 layers", unit)
@@ -387,8 +392,7 @@ def mask_ratio_rule(distance: pd.DataFrame, uniform: float, units: str = "px") -
     inconclusive: otherwise.
     """
     unit = f"attention distance ({units}), D(largest mask ratio) - D(smallest)"
-    trained = _seeds(distance)[distance["condition"] == "trained"]
-    init = _seeds(distance)[distance["condition"] == "init"]
+    trained, init = _conditions(distance)
     if trained.empty or init.empty:
         return _missing("no control: the initial weights were not measured", unit)
     ratios = sorted(trained["mask_ratio"].unique())
@@ -441,8 +445,7 @@ def ae_distance_rule(distance: pd.DataFrame, uniform: float, units: str = "px") 
     inconclusive: otherwise.
     """
     unit = f"attention distance ({units}), D(AE largest k) - D(AE(patch))"
-    trained = _seeds(distance)[distance["condition"] == "trained"]
-    init = _seeds(distance)[distance["condition"] == "init"]
+    trained, init = _conditions(distance)
     if trained.empty or init.empty:
         return _missing("no control: the initial weights were not measured", unit)
     ks = sorted(trained["k"].unique())
