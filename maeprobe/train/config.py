@@ -30,7 +30,12 @@ DEFAULTS: dict = {
     # GatherLayer: each process keeps only its own slice of the gradient, i.e. 1/W of the full-batch one).
     # feature: 'cls' = the CLS token after the encoder's final norm (once); 'double_norm' = U-MAE's code
     # (models_mae.py: ``self.norm(latent)[:, 0]`` on the already normed latent, i.e. the norm applied twice)
-    "umae": {"weight": 1.25e-5, "tau": 0.1, "gather": "exact", "feature": "cls"},
+    # batch: 'global' = the term over the whole global batch whatever its split into processes and gradient-
+    # accumulation micro-steps (features of all micro-steps first, then each micro-step's backward carries its
+    # slice of the full-batch gradient, as gradient-cache methods do: one extra no-grad encoder pass per
+    # micro-step when accumulating); 'micro' = one term per micro-step over the processes' micro-batches (what
+    # U-MAE's code does under --accum_iter).
+    "umae": {"weight": 1.25e-5, "tau": 0.1, "gather": "exact", "feature": "cls", "batch": "global"},
     "data": {"path": None, "single_image": None, "samples_per_epoch": None, "crop_scale": [0.2, 1.0],
              "num_workers": 8},
     # global_batch: images per optimiser step over all processes (the papers' "batch size");
@@ -315,6 +320,7 @@ SCHEMA = {
     "lcmae.in_view_target": _choice("target", "pixels"), "lcmae.reduction": _choice("mean", "sum"),
     "umae.weight": _number(0, 1e6), "umae.tau": _number(0, 1e3, lo_open=True),
     "umae.gather": _choice("exact", "reference"), "umae.feature": _choice("cls", "double_norm"),
+    "umae.batch": _choice("global", "micro"),
     "data.path": _text(none=True), "data.single_image": _text(none=True),
     "data.samples_per_epoch": _number(1, 1e9, whole=True, none=True),
     "data.crop_scale": _pair(0.0, 1.0, ordered=True), "data.num_workers": _number(0, 1024, whole=True),

@@ -31,7 +31,7 @@ from ..validate import first_line
 from ..io import write_text
 from ..models import IMAGENET_MEAN, IMAGENET_STD, build_mae
 from .config import batch_plan, check_recipe
-from .losses import cross_view_loss, in_view_loss, uniformity_loss
+from .losses import cross_view_loss, gather_rows, in_view_loss, uniformity, uniformity_loss
 
 METHODS = ("mae", "lcmae", "ae", "umae")
 
@@ -42,6 +42,18 @@ def init_distributed() -> tuple[int, int, int]:
     from ..distributed import init_from_env
 
     return init_from_env()
+
+
+def dist_world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def dist_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _sample_seed(*parts: int) -> int:
@@ -157,7 +169,10 @@ class Objective(nn.Module):
                 raise MaeprobeError(f"lcmae.in_view_target must be 'target' or 'pixels', got {lc['in_view_target']!r}")
             self.projector = nn.Linear(width, lc["proj_dim"])
 
-    def forward(self, imgs: torch.Tensor, noises: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    def forward(self, imgs: torch.Tensor, noises: list[torch.Tensor], uni_grad: torch.Tensor | None = None,
+                uni_value: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """``uni_grad``/``uni_value`` (U-MAE under gradient accumulation, from ``uniformity_targets``): this
+        micro-batch's rows of the full-batch term's gradient (already scaled) and the term's value."""
         model, ratio = self.model, float(self.config["model"]["mask_ratio"])
         if self.method == "ae":
             loss, _, _ = model(imgs, 0.0, noises[0])
@@ -169,13 +184,48 @@ class Objective(nn.Module):
             umae = self.config["umae"]
             latent, mask, ids_restore = model.forward_encoder(imgs, ratio, noises[0])
             loss_mae = model.forward_loss(imgs, model.forward_decoder(latent, ids_restore), mask)
-            cls = latent[:, 0]
-            if umae["feature"] == "double_norm":  # U-MAE's models_mae.py: self.norm(latent)[:, 0] on a normed latent
-                cls = model.norm(latent)[:, 0]
-            loss_uni = uniformity_loss(cls.float(), tau=umae["tau"], gather=umae["gather"])
+            cls = self.umae_feature(latent)
+            if uni_grad is None:
+                loss_uni = uniformity_loss(cls, tau=umae["tau"], gather=umae["gather"])
+            else:  # value: the full-batch term; gradient: <this micro-batch's features, their cached gradient>
+                surrogate = (cls * uni_grad).sum()
+                loss_uni = surrogate - surrogate.detach() + uni_value
             loss = loss_mae + umae["weight"] * loss_uni
             return loss, {"loss_mae": loss_mae.detach(), "loss_uniformity": loss_uni.detach()}
         return self._lcmae(imgs, noises)
+
+    def umae_feature(self, latent: torch.Tensor) -> torch.Tensor:
+        """U-MAE's feature of the encoder output: the CLS token (float32)."""
+        if self.config["umae"]["feature"] == "double_norm":  # U-MAE's models_mae.py: self.norm(latent)[:, 0]
+            return self.model.norm(latent)[:, 0].float()  # on an already normed latent
+        return latent[:, 0].float()
+
+    def needs_full_batch(self, accum: int) -> bool:
+        return self.method == "umae" and self.config["umae"]["batch"] == "global" and accum > 1
+
+    @torch.no_grad()
+    def _features(self, imgs: torch.Tensor, noises: list[torch.Tensor]) -> torch.Tensor:
+        latent, _, _ = self.model.forward_encoder(imgs, float(self.config["model"]["mask_ratio"]), noises[0])
+        return self.umae_feature(latent)
+
+    def uniformity_targets(self, micro_batches, accum: int) -> list[dict]:
+        """U-MAE's uniformity term over the whole global batch under gradient accumulation (gradient cache):
+        the features of every micro-step of every process first (no graph kept), the term and its gradient
+        with respect to those features, then for each micro-step its rows of that gradient, scaled so that
+        the engine's (loss / accum) and DDP's average over W processes add up to the gradient of one process
+        holding the whole batch ('exact') or 1/W of it ('reference', U-MAE's GatherLayer).
+        ``micro_batches``: callables giving (imgs, noises) on the device, in micro-step order."""
+        world = dist_world()
+        rank = dist_rank()
+        feats = [gather_rows(self._features(*get())) for get in micro_batches]  # each [W * b, D], rank order
+        rows = feats[0].shape[0] // world
+        full = torch.cat(feats).detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = uniformity(full, self.config["umae"]["tau"])
+            grad, = torch.autograd.grad(value, full)
+        scale = accum * (world if self.config["umae"]["gather"] == "exact" else 1)
+        return [{"uni_grad": scale * grad[m * world * rows + rank * rows:m * world * rows + (rank + 1) * rows],
+                 "uni_value": value.detach()} for m in range(len(feats))]
 
     def _lcmae(self, imgs: torch.Tensor, noises: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """LC-MAE (Section 3.3, Fig. 1): two views with independent masks; L_MAE is MAE's loss averaged over
@@ -194,6 +244,17 @@ class Objective(nn.Module):
         loss_in = sum(in_view_loss(v, x, mask, lc["reduction"]) for _, v, mask in views) / 2
         loss = lc["mae"] * loss_mae + lc["cross"] * loss_cross + lc["in_view"] * loss_in
         return loss, {"loss_mae": loss_mae.detach(), "loss_cross": loss_cross.detach(), "loss_in": loss_in.detach()}
+
+
+def _grouped(loader, accum: int):
+    """Lists of ``accum`` consecutive micro-batches (the loader drops incomplete batches and the epoch holds
+    whole optimiser steps, so every group is complete)."""
+    group = []
+    for item in loader:
+        group.append(item)
+        if len(group) == accum:
+            yield group
+            group = []
 
 
 def lr_at(step: float, total: int, warmup: int, peak: float, floor: float) -> float:
@@ -251,6 +312,7 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
     if rank == 0:  # after the resume check: a refused resume leaves the earlier run's files as they were
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    base = objective  # the uncompiled, unwrapped module (U-MAE's full-batch pass calls it directly)
     if run["compile"]:
         objective = torch.compile(objective)
     ddp = objective
@@ -266,8 +328,8 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
             return
         extra = {"optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": {}, "step": step,
                  "position": position, "args": argparse.Namespace(**_flat(config))}
-        if hasattr(objective, "projector"):
-            extra["projector"] = objective.projector.state_dict()
+        if hasattr(base, "projector"):
+            extra["projector"] = base.projector.state_dict()
         save_checkpoint(model, path, **extra)
 
     log_path = out_dir / "log.csv"
@@ -301,28 +363,33 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
             loader = DataLoader(torch.utils.data.Subset(data, indices), batch_size=batch, shuffle=False,
                                 num_workers=config["data"]["num_workers"] if config["data"]["path"] else 0,
                                 pin_memory=device.type == "cuda", drop_last=True)
-            micro = 0
-            for imgs, sample_ids in loader:
-                imgs = imgs.to(device, non_blocking=True)
-                noises = [mask_noises(model.config.num_patches, run["seed"], epoch, sample_ids, view).to(device)
-                          for view in range(2 if config["method"] == "lcmae" else 1)]
-                if micro == 0:  # one lr per optimiser step, as MAE's lr_sched with accum_iter
-                    lr = lr_at(step, total_steps, warmup_steps, peak_lr, optim_cfg["min_lr"])
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr * group.get("lr_scale", 1.0)
-                sync = (micro + 1) == accum
-                context = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-                with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    loss, parts = ddp(imgs, noises)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-                (loss / accum).backward()
-                micro += 1
-                if not sync:
-                    continue
+            for group in _grouped(loader, accum):  # the micro-batches of one optimiser step
+                lr = lr_at(step, total_steps, warmup_steps, peak_lr, optim_cfg["min_lr"])  # one lr per optimiser
+                for g in optimizer.param_groups:  # step, as MAE's lr_sched with accum_iter
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
+
+                def on_device(imgs, sample_ids):
+                    imgs = imgs.to(device, non_blocking=True)
+                    views = range(2 if config["method"] == "lcmae" else 1)
+                    return imgs, [mask_noises(model.config.num_patches, run["seed"], epoch, sample_ids, v).to(device)
+                                  for v in views]
+
+                extras = [{} for _ in group]
+                if base.needs_full_batch(accum):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        extras = base.uniformity_targets([lambda b=b: on_device(*b) for b in group], accum)
+                for micro, (batch_cpu, extra) in enumerate(zip(group, extras)):
+                    imgs, noises = on_device(*batch_cpu)
+                    sync = (micro + 1) == accum
+                    context = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+                    with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        loss, parts = ddp(imgs, noises, **extra)
+                    if not math.isfinite(loss.item()):
+                        raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                    (loss / accum).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                micro, step, position, steps_this_call = 0, step + 1, position + 1, steps_this_call + 1
+                step, position, steps_this_call = step + 1, position + 1, steps_this_call + 1
                 if log and (step % run["log_every"] == 0 or step == total_steps):
                     speed = steps_this_call * global_batch / max(time.monotonic() - tic, 1e-9)
                     log.writerow([step, epoch, f"{lr:.4e}", f"{loss.item():.5f}",

@@ -97,14 +97,29 @@ def gather_with_grad(features: torch.Tensor, mode: str = "exact") -> torch.Tenso
         return torch.cat(all_gather(features), dim=0)
 
 
+def uniformity(features: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """mean over all pairs (i, j) of ``features`` [N, D], the diagonal included, of (cos(f_i, f_j) / tau)^2."""
+    with torch.autocast(features.device.type, enabled=False):  # float32 also under bf16 autocast
+        f = F.normalize(features.float(), dim=-1)
+        return ((f @ f.T) / tau).pow(2).mean()
+
+
+def gather_rows(features: torch.Tensor) -> torch.Tensor:
+    """All processes' ``features`` [b, D] concatenated in rank order, without gradient (identity in one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return features
+    parts = [torch.zeros_like(features) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, features.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 def uniformity_loss(features: torch.Tensor, tau: float = 0.1, gather: str = "exact") -> torch.Tensor:
     """U-MAE's uniformity term: mean over all pairs (i, j) of the gathered batch of (cos(f_i, f_j) / tau)^2.
 
-    The batch is that of one micro-step on all processes: with gradient accumulation over A micro-steps the
-    update averages A terms of W x micro-batch images each, not one term over the global batch (README,
-    fidelity table).
+    The batch is that of one micro-step on all processes. The training engine takes the term over the whole
+    global batch under gradient accumulation (``umae.batch='global'``, see ``Objective.uniformity_targets``);
+    this function is the single-micro-step form it reduces to without accumulation.
 
     Every process computes the same global value. See ``gather_with_grad`` for the two gradient semantics.
     """
-    f = F.normalize(gather_with_grad(features, gather), dim=-1)
-    return ((f @ f.T) / tau).pow(2).mean()
+    return uniformity(gather_with_grad(features, gather), tau)
