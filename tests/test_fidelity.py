@@ -414,3 +414,33 @@ def test_umae_feature_options_by_hand(feature):
     once = objective.model.forward_encoder(imgs, 0.75, noise)[0][:, 0].detach().double().numpy()
     once = once / np.linalg.norm(once, axis=1, keepdims=True)
     assert (np.mean((once @ once.T / 0.1) ** 2) == pytest.approx(expected, rel=1e-5)) == (feature == "cls")
+
+
+# --------------------------------------------------------------------------- Table 1 (b): two readings
+def test_table1_b_has_a_plain_mae_reading(tmp_path):
+    """lcmae_b: by default the two-view engine with L_MAE only at LC-MAE's base lr 6e-4 (Section 5); reading=plain_mae
+    is "the original MAE" of Section 3.3: the settings of mae_vit_b16_dec2 (single view, depth 2, base lr 1.5e-4)."""
+    from maeprobe.train.config import load_recipe
+
+    two_view = load_recipe("recipes/lcmae_b.yaml")
+    assert (two_view["method"], two_view["optim"]["base_lr"], two_view["model"]["decoder_depth"]) == ("lcmae", 6e-4, 2)
+    assert (two_view["lcmae"]["cross"], two_view["lcmae"]["in_view"]) == (0, 0)
+    plain = load_recipe("recipes/lcmae_b.yaml", ["reading=plain_mae"])
+    dec2 = load_recipe("recipes/mae_vit_b16_dec2.yaml")
+    assert plain["name"] == "lcmae_b-plain_mae" and plain["run"]["output_dir"] == "runs/lcmae_b-plain_mae"
+    for config in (plain, dec2):
+        for key in ("name", "reading", "lcmae"):
+            config.pop(key)
+        config["run"].pop("output_dir")
+    assert plain == dec2
+    # the command line still wins over the reading
+    assert load_recipe("recipes/lcmae_b.yaml", ["reading=plain_mae", "optim.base_lr=3e-4"])["optim"]["base_lr"] == 3e-4
+    with pytest.raises(maeprobe.MaeprobeError, match="this recipe's readings are: plain_mae$"):
+        load_recipe("recipes/lcmae_b.yaml", ["reading=b"])
+    with pytest.raises(maeprobe.MaeprobeError, match="readings are: none"):
+        load_recipe("recipes/tiny-mae.yaml", ["reading=plain_mae"])
+    hostile = tmp_path / "r.yaml"
+    hostile.write_text("base: " + str(Path("recipes/_tiny.yaml").resolve()) + "\nreadings:\n  x:\n    run:\n"
+                       "      output_dir: /etc\n")
+    with pytest.raises(maeprobe.MaeprobeError, match="may not set reading, base, name or run.output_dir"):
+        load_recipe(hostile, ["reading=x"])

@@ -104,3 +104,19 @@ def test_existing_paths_are_never_names(caches):
     torch.save({"x": torch.zeros(1)}, caches / "dinov2_vitb14_pretrain.pth")
     with pytest.raises(maeprobe.MaeprobeError, match="not a ViT"):
         maeprobe.load("dinov2_vitb14_pretrain.pth")
+
+
+def test_ref_dino_prefers_dino_v1_over_dinov2(caches):
+    """LC-MAE Eq. 8 and CutLER use DINO (v1): with both in the caches, --ref dino takes DINO and says so."""
+    import timm
+
+    _tiny_dinov2(_snapshot(caches, "facebook/dinov2-base"))
+    assert maeprobe.load_reference("dino").checkpoint.family_label == "DINOv2"
+    checkpoints = caches / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    net = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=40,
+                            depth=1, num_heads=5, num_classes=0)
+    torch.save(net.state_dict(), checkpoints / "dino_vitbase16_pretrain.pth")
+    reference = maeprobe.load_reference("dino", num_heads=5)
+    assert reference.checkpoint.name == "dino_vitbase16_pretrain.pth"
+    assert reference.checkpoint.family_label != "DINOv2"

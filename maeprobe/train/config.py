@@ -12,6 +12,9 @@ from ..errors import MaeprobeError
 
 DEFAULTS: dict = {
     "name": "run",
+    # reading: the name of one of the recipe file's ``readings:`` (alternative readings of the paper, e.g.
+    # lcmae_b's reading=plain_mae), merged over the recipe before the command line's other overrides.
+    "reading": None,
     "task": "pretrain",  # pretrain | finetune | linprobe | knn
     "method": "mae",  # mae | lcmae | ae | umae   (pretraining)
     "model": {"preset": "mae_vit_base_patch16", "decoder_depth": None, "decoder_embed_dim": None,
@@ -155,7 +158,40 @@ def load_recipe(path: str | Path, overrides=()) -> dict:
 
     ``overrides``: ``key.sub=value`` strings (values read as YAML scalars), or ``(dotted key, value)`` pairs whose
     values are used as they are (for programs: a path holding ``" #"`` is not cut as a YAML comment)."""
-    config = _merge(DEFAULTS, _read(Path(path).resolve()))
+    data = _read(Path(path).resolve())
+    readings = _readings(data.pop("readings", None), path)
+    recipe = _merge(DEFAULTS, data)
+    config = _apply_overrides(copy.deepcopy(recipe), overrides)
+    chosen = config.get("reading")
+    if chosen is not None:
+        if not isinstance(chosen, str) or chosen not in readings:
+            names = ", ".join(sorted(readings)) or "none"
+            raise MaeprobeError(f"reading={_shown(chosen)!r}: this recipe's readings are: {names}")
+        config = _apply_overrides(_merge(recipe, readings[chosen]), overrides)  # recipe <- reading <- command line
+        config["name"] = f"{config['name']}-{chosen}"  # its own run folder and checkpoint names
+    _check(config, DEFAULTS, "")
+    check_recipe(config)
+    config["run"]["output_dir"] = config["run"]["output_dir"].replace("{name}", config["name"])
+    return config
+
+
+def _readings(value, path) -> dict:
+    """A recipe's ``readings:``: names -> sections of ordinary recipe keys (checked like the recipe itself once
+    merged); a reading cannot choose another reading, a base or an output folder."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 16:
+        raise MaeprobeError(f"{_shown(path)}: 'readings:' must map at most 16 names to sections of recipe keys")
+    for name, block in value.items():
+        if not isinstance(name, str) or not isinstance(block, dict):
+            raise MaeprobeError(f"{_shown(path)}: reading {_shown(name)!r} must be a name with a section of recipe keys")
+        if {"reading", "readings", "base", "name"} & set(block) or "output_dir" in (block.get("run") or {}):
+            raise MaeprobeError(f"{_shown(path)}: reading {_shown(name)!r} may not set reading, base, name or "
+                                "run.output_dir")
+    return value
+
+
+def _apply_overrides(config: dict, overrides) -> dict:
     for item in overrides:
         if isinstance(item, tuple) and len(item) == 2:
             keys, value, text = str(item[0]).split("."), item[1], f"{item[0]}=..."
@@ -170,9 +206,6 @@ def load_recipe(path: str | Path, overrides=()) -> dict:
         if keys[-1] not in node:
             raise MaeprobeError(f"override {text!r}: unknown key {'.'.join(keys)!r}")
         node[keys[-1]] = value
-    _check(config, DEFAULTS, "")
-    check_recipe(config)
-    config["run"]["output_dir"] = config["run"]["output_dir"].replace("{name}", config["name"])
     return config
 
 
@@ -307,7 +340,7 @@ def _run_name(name, value):
 
 
 SCHEMA = {
-    "name": _run_name, "task": _choice("pretrain", "finetune", "linprobe", "knn"),
+    "name": _run_name, "reading": _text(none=True, max_len=100), "task": _choice("pretrain", "finetune", "linprobe", "knn"),
     "method": _choice("mae", "lcmae", "ae", "umae"),
     "model.preset": _preset, "model.decoder_depth": _number(1, 64, whole=True, none=True),
     "model.decoder_embed_dim": _number(1, 8192, whole=True, none=True),
@@ -407,6 +440,8 @@ def used_settings(config: dict) -> dict:
     ``eval`` section and only its own method's loss section; an evaluation run has no pretraining method or
     masking settings."""
     config = copy.deepcopy(config)
+    if config.get("reading") is None:
+        config.pop("reading", None)
     if config["task"] == "pretrain":
         config.pop("eval", None)
         for key in FINETUNE_ONLY:
