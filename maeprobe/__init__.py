@@ -14,11 +14,11 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "attention_distance": "api", "decoder_attention_similarity": "api", "decoder_semantic_similarity": "api",
+    "attention_distance": "api", "attention_entropy": "api", "decoder_attention_similarity": "api", "decoder_semantic_similarity": "api",
     "feature_spectrum": "api", "run": "api", "load_reference": "api", "render_attention": "api",
     "make_figures": "plots",
     "reproduce": "findings", "list_findings": "findings",
-    "ActivationCache": "capture", "CaptureRequest": "capture", "capture": "capture",
+    "ActivationCache": "capture", "AttentionRows": "capture", "CaptureRequest": "capture", "capture": "capture",
     "load": "checkpoints", "read_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
     "CheckpointError": "errors", "MaeprobeError": "errors",
     "mask_noise": "masking", "random_masking": "masking",

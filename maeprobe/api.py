@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 from .errors import MaeprobeError
-from .metrics import (AttentionDistance, DecoderAttentionSimilarity, DecoderSemanticSimilarity,
+from .metrics import (AttentionDistance, AttentionEntropy, DecoderAttentionSimilarity, DecoderSemanticSimilarity,
                       FeatureSpectrum)
 from .probe import resolve_model, run_probe
 from .results import to_frame
 
-METRICS = ("attn-distance", "decoder-attn-sim", "decoder-semantics", "spectrum")
+METRICS = ("attn-distance", "attn-entropy", "decoder-attn-sim", "decoder-semantics", "spectrum")
 
 
 def run_context(model, *, mask_ratio: float, seed: int, shared_mask: bool, dtype: str | None) -> dict:
@@ -29,7 +29,7 @@ def attention_distance(model, images=None, *, layers=None, module: str = "encode
                        seed: int = 0, shared_mask: bool = True, units: str = "px", renormalize: bool = False,
                        bootstrap: int = 0, batch_size: int = 16, device: str | None = None,
                        dtype: str | None = None, progress: bool = False, num_workers: int | None = None,
-                       **load_kwargs) -> pd.DataFrame:
+                       block_queries: int | None = None, **load_kwargs) -> pd.DataFrame:
     """Mean attention distance per (layer, head).
 
     Args:
@@ -44,6 +44,8 @@ def attention_distance(model, images=None, *, layers=None, module: str = "encode
         batch_size, device, dtype, progress: how to run (dtype ``'bf16'`` for autocast).
         num_workers: DataLoader processes decoding a folder of images (None: on CUDA CPU cores - 1, at most 8;
             on CPU 0, i.e. in this process). Results do not depend on it.
+        block_queries: compute the statistics from q and k in blocks of this many query rows while the model
+            keeps its fused attention (None: ``probe.DEFAULT_BLOCK_QUERIES``); 0: full [B, H, N, N] maps.
 
     Returns:
         DataFrame with one row per (layer, head): metric, module, layer, head, value, n_images, std,
@@ -52,16 +54,33 @@ def attention_distance(model, images=None, *, layers=None, module: str = "encode
     model = resolve_model(model, **load_kwargs)
     reducer = AttentionDistance(model, module=module, layers=layers, units=units, renormalize=renormalize,
                                 bootstrap=bootstrap, bootstrap_seed=seed)
-    run_probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
-              batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers)
-    return to_frame([reducer], run_context(model, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
-                                           dtype=dtype))
+    return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
+                  batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers,
+                  block_queries=block_queries)
+
+
+def attention_entropy(model, images=None, *, layers=None, module: str = "encoder", patch_keys_only: bool = False,
+                      mask_ratio: float = 0.0, seed: int = 0, shared_mask: bool = True, bootstrap: int = 0,
+                      batch_size: int = 16, device: str | None = None, dtype: str | None = None,
+                      progress: bool = False, num_workers: int | None = None, block_queries: int | None = None,
+                      **load_kwargs) -> pd.DataFrame:
+    """Mean attention entropy (nats) per (layer, head): each patch query's row entropy -sum_j a_ij ln a_ij,
+    averaged over patch queries and images. ``patch_keys_only`` renormalises the rows over patch keys first.
+    ``uniform_level`` is ln(number of keys), the value of uniform attention. Other arguments as
+    ``attention_distance``."""
+    model = resolve_model(model, **load_kwargs)
+    reducer = AttentionEntropy(model, module=module, layers=layers, patch_keys_only=patch_keys_only,
+                               bootstrap=bootstrap, bootstrap_seed=seed)
+    return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
+                  batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers,
+                  block_queries=block_queries)
 
 
 def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size, device, dtype, progress,
-           num_workers=None):
+           num_workers=None, block_queries=None):
     run_probe(model, reducers, images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
-              batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers)
+              batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers,
+              block_queries=block_queries)
     return to_frame(reducers, run_context(model, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
                                           dtype=dtype))
 
@@ -70,7 +89,8 @@ def decoder_attention_similarity(model, images=None, *, layers=None, per_head: b
                                  include_cls_key: bool = False, mask_ratio: float = 0.75, seed: int = 0,
                                  bootstrap: int = 0, groups: int = 16, batch_size: int = 16,
                                  device: str | None = None, dtype: str | None = None, progress: bool = False,
-                                 num_workers: int | None = None, **load_kwargs) -> pd.DataFrame:
+                                 num_workers: int | None = None, block_queries: int | None = None,
+                                 **load_kwargs) -> pd.DataFrame:
     """LC-MAE Eq. 7: mean pairwise cosine of the masked queries' decoder attention across images.
 
     All images share one seeded mask. A_{l,i} holds the masked queries' attention over the n patch keys
@@ -84,7 +104,7 @@ def decoder_attention_similarity(model, images=None, *, layers=None, per_head: b
                                          bootstrap_seed=seed, groups=groups)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
                   batch_size=batch_size, device=device, dtype=dtype, progress=progress,
-                  num_workers=num_workers)
+                  num_workers=num_workers, block_queries=block_queries)
 
 
 def decoder_semantic_similarity(model, reference, images=None, *, layers=None, ref_features: str = "keys",
@@ -184,7 +204,7 @@ def load_reference(reference, *, num_heads: int | None = None):
     return load(reference, num_heads=num_heads)
 
 
-DEFAULT_MASK_RATIOS = {"attn-distance": 0.0, "spectrum": 0.0, "decoder-attn-sim": 0.75, "decoder-semantics": 0.75}
+DEFAULT_MASK_RATIOS = {"attn-distance": 0.0, "attn-entropy": 0.0, "spectrum": 0.0, "decoder-attn-sim": 0.75, "decoder-semantics": 0.75}
 
 
 def _mask_ratios(metrics, mask_ratio, mask_ratios) -> dict[str, float]:
@@ -207,7 +227,8 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
         decoder_features: str | None = None, tau: float | None = 0.15, units: str = "px", batch_size: int = 16,
         device: str | None = None, dtype: str | None = None, progress: bool = False,
         num_workers: int | None = None, num_heads=None,
-        decoder_num_heads=None, ref_num_heads=None, img_size: int | None = None) -> pd.DataFrame:
+        decoder_num_heads=None, ref_num_heads=None, img_size: int | None = None,
+        block_queries: int | None = None) -> pd.DataFrame:
     """Several metrics for each checkpoint, one table for all; metrics with the same mask share one hooked pass.
 
     Each metric keeps its own probe mask (one seeded mask shared by all images): by default attention
@@ -215,7 +236,8 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
     decoder metrics a 0.75 mask (Section 4.1). ``mask_ratio`` sets one ratio for every metric; ``mask_ratios``
     (e.g. ``{"attn-distance": 0.75}``) sets single metrics. Metrics whose ratios agree run in one pass per
     batch; the ``mask_ratio`` column of every row says which mask it was measured under. Metrics:
-    ``attn-distance``, ``decoder-attn-sim``, ``decoder-semantics`` (needs ``reference``), ``spectrum``.
+    ``attn-distance``, ``attn-entropy``, ``decoder-attn-sim``, ``decoder-semantics`` (needs ``reference``),
+    ``spectrum``.
     Other arguments as the single-metric functions.
     """
     metrics = list(dict.fromkeys(metrics))
@@ -244,6 +266,8 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
             if "attn-distance" in group:
                 reducers.append(AttentionDistance(model, layers=layers, units=units, bootstrap=bootstrap,
                                                   bootstrap_seed=seed))
+            if "attn-entropy" in group:
+                reducers.append(AttentionEntropy(model, layers=layers, bootstrap=bootstrap, bootstrap_seed=seed))
             if "decoder-attn-sim" in group:
                 reducers.append(DecoderAttentionSimilarity(model, layers=decoder_layers, per_head=per_head,
                                                            include_cls_key=include_cls_key, bootstrap=bootstrap,
@@ -256,7 +280,7 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
                 reducers.append(FeatureSpectrum(model, bootstrap=bootstrap, bootstrap_seed=seed))
             tables.append(_probe(model, reducers, images, mask_ratio=ratio, seed=seed, shared_mask=True,
                                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
-                                 num_workers=num_workers))
+                                 num_workers=num_workers, block_queries=block_queries))
     return pd.concat(tables, ignore_index=True)
 
 

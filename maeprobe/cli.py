@@ -264,6 +264,10 @@ def attn_distance(
     num_heads: Optional[int] = NUM_HEADS,
     decoder_num_heads: Optional[int] = DEC_HEADS,
     img_size: Optional[int] = IMG_SIZE,
+    block_queries: Optional[int] = typer.Option(None, "--block-queries", min=0, max=1 << 20,
+                                                help="Statistics from q and k in blocks of this many query rows; "
+                                                     "the model keeps its fused attention (default 128); 0: full "
+                                                     "N x N maps."),
 ):
     """Mean attention distance per layer and head (ViT authors' convention), in pixels by default."""
     _check_table_out(out)
@@ -275,7 +279,8 @@ def attn_distance(
     table = attention_distance(model, images, layers=_parse_layers(layers), module=module.value,
                                mask_ratio=mask_ratio, seed=seed, shared_mask=not per_image_mask, units=units.value,
                                renormalize=renormalize, bootstrap=bootstrap, batch_size=batch_size, device=device,
-                               dtype=dtype.value, progress=True, num_workers=num_workers)
+                               dtype=dtype.value, progress=True, num_workers=num_workers,
+                               block_queries=block_queries)
     summary = layer_summary(table)
     if bootstrap:
         ci = table.groupby("layer")[["ci_low", "ci_high"]].mean().reset_index()
@@ -297,6 +302,9 @@ BATCH = typer.Option(16, "--batch-size", min=1, max=1 << 20)
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 DTYPE = typer.Option(DType.fp32, "--dtype", help="fp32 or bf16 (autocast).")
 DEC_LAYERS = typer.Option(None, "--layers", help="0-based decoder layers, e.g. 0,7 or 0-3 (default all).")
+BLOCK_QUERIES = typer.Option(None, "--block-queries", min=0, max=1 << 20,
+                             help="Attention statistics from q and k in blocks of this many query rows; the "
+                                  "model keeps its fused attention (default 128); 0: full N x N maps.")
 
 
 def _check_table_out(out) -> None:
@@ -321,6 +329,41 @@ def _write(table, out) -> None:
         _echo(f"wrote {write_table(table, out)}")
 
 
+@app.command("attn-entropy")
+@_friendly
+def attn_entropy(
+    ckpt: Path = CKPT, images: Optional[Path] = IMAGES, out: Optional[Path] = OUT_TABLE,
+    mask_ratio: float = typer.Option(0.0, "--mask-ratio", help="Fraction of patches masked."), seed: int = SEED,
+    layers: Optional[str] = typer.Option(None, "--layers", help="0-based layers, e.g. 0,5,11 or 0-3 (default all)."),
+    module: Module = typer.Option(Module.encoder, "--module", help="encoder or decoder."),
+    patch_keys_only: bool = typer.Option(False, "--patch-keys-only",
+                                         help="Renormalise each row over patch keys (drop CLS/registers) first."),
+    bootstrap: int = BOOTSTRAP, batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    num_workers: Optional[int] = NUM_WORKERS, num_heads: Optional[int] = NUM_HEADS,
+    decoder_num_heads: Optional[int] = DEC_HEADS, img_size: Optional[int] = IMG_SIZE,
+    block_queries: Optional[int] = BLOCK_QUERIES,
+):
+    """Mean attention entropy per layer and head, in nats: each patch query's row entropy, averaged over
+    queries and images; uniform attention gives ln(number of keys), printed beside it."""
+    _check_table_out(out)
+    from .api import attention_entropy
+    from .checkpoints import load
+    from .results import layer_summary
+
+    model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
+    table = attention_entropy(model, images, layers=_parse_layers(layers), module=module.value,
+                              patch_keys_only=patch_keys_only, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
+                              batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
+                              num_workers=num_workers, block_queries=block_queries)
+    _echo(f"{model.checkpoint.name}: mean attention entropy (nats) of the {module.value}, "
+          f"{int(table['n_images'].iloc[0])} images, mask ratio {mask_ratio:g}; uniform attention: "
+          f"{table['uniform_level'].iloc[0]:.3f}")
+    _echo(layer_summary(table).drop(columns=["metric", "module"]).rename(
+        columns={"mean": "mean(heads)", "min": "min head", "max": "max head"}).to_string(index=False,
+                                                                                        float_format="%.3f"))
+    _write(table, out)
+
+
 @app.command("decoder-attn-sim")
 @_friendly
 def decoder_attn_sim(
@@ -333,7 +376,7 @@ def decoder_attn_sim(
     bootstrap: int = BOOTSTRAP, batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
     num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
-    img_size: Optional[int] = IMG_SIZE,
+    img_size: Optional[int] = IMG_SIZE, block_queries: Optional[int] = BLOCK_QUERIES,
 ):
     """LC-MAE Eq. 7: similarity of the masked queries' decoder attention (k x heads x n patch keys) across
     images, all images under one shared seeded mask."""
@@ -345,7 +388,7 @@ def decoder_attn_sim(
     table = decoder_attention_similarity(model, images, layers=_parse_layers(layers), per_head=per_head,
                                          include_cls_key=cls_key, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
                                          batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
-                                         num_workers=num_workers)
+                                         num_workers=num_workers, block_queries=block_queries)
     _print_per_layer(table, f"{model.checkpoint.name}: S_attn per decoder layer ({int(table['n_images'].iloc[0])} "
                             f"images, mask ratio {mask_ratio:g}, seed {seed}, "
                             f"{'CLS key included' if cls_key else 'patch keys only'})")
@@ -441,7 +484,8 @@ def spectrum(
 def run_cmd(
     ckpts: list[Path] = typer.Argument(..., help="One or more checkpoints."),
     metrics: str = typer.Option("attn-distance", "--metrics",
-                                help="Comma list of attn-distance, decoder-attn-sim, decoder-semantics, spectrum."),
+                                help="Comma list of attn-distance, attn-entropy, decoder-attn-sim, decoder-semantics, "
+                                     "spectrum."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference for decoder-semantics (checkpoint or 'dino')."),
     images: Optional[Path] = IMAGES, out: Optional[Path] = OUT_TABLE,
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio",
@@ -461,6 +505,7 @@ def run_cmd(
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
     img_size: Optional[int] = IMG_SIZE,
     ref_num_heads: Optional[int] = typer.Option(None, "--ref-num-heads", min=1, max=1024),
+    block_queries: Optional[int] = BLOCK_QUERIES,
 ):
     """Several metrics for every checkpoint, one table; metrics under the same mask share one hooked pass."""
     _check_table_out(out)
@@ -470,14 +515,15 @@ def run_cmd(
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
-        raise MaeprobeError("--metrics: no metric named; choose from attn-distance, decoder-attn-sim, "
+        raise MaeprobeError("--metrics: no metric named; choose from attn-distance, attn-entropy, decoder-attn-sim, "
                             "decoder-semantics, spectrum")
     table = run([str(c) for c in ckpts], images, metrics=names, reference=ref, mask_ratio=mask_ratio,
                 mask_ratios=_parse_mask_ratios(mask_ratios), seed=seed, bootstrap=bootstrap, per_head=per_head,
                 include_cls_key=cls_key, tau=_parse_tau(tau), ref_features=ref_features,
                 decoder_features=decoder_features, batch_size=batch_size,
                 device=device, dtype=dtype.value, progress=True, num_workers=num_workers, num_heads=num_heads,
-                decoder_num_heads=decoder_num_heads, ref_num_heads=ref_num_heads, img_size=img_size)
+                decoder_num_heads=decoder_num_heads, ref_num_heads=ref_num_heads, img_size=img_size,
+                block_queries=block_queries)
     shown = table[table["metric"] != "feature_spectrum"]
     summary = shown.groupby(["checkpoint", "metric", "module", "mask_ratio", "layer"],
                             dropna=False)["value"].mean().unstack("layer")

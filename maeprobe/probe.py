@@ -22,6 +22,10 @@ from .masking import MaskInfo, mask_noise
 from .metrics.base import Reducer
 from .reference import Reference
 
+# Attention statistics are computed from q and k in blocks of this many query rows (the model keeps its fused
+# attention); 0 materialises full [B, H, N, N] maps. Chosen with benchmarks/block_queries.py (README there).
+DEFAULT_BLOCK_QUERIES = 128
+
 DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 
@@ -96,7 +100,8 @@ def _check_attention_size(model, request) -> None:
 
 def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: float = 0.0, seed: int = 0,
               shared_mask: bool = True, batch_size: int = 16, device: str | None = None,
-              dtype: str | None = None, num_workers: int | None = None, progress: bool = False) -> None:
+              dtype: str | None = None, num_workers: int | None = None, progress: bool = False,
+              block_queries: int | None = None) -> None:
     """Run hooked forward passes over ``images`` and update every reducer.
 
     Args:
@@ -112,6 +117,9 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
             0 for images already in memory). Batches keep their order, so results do not depend on it.
         progress: show a progress bar (only on runs that last more than two seconds; under
             torch.distributed only on the main process).
+        block_queries: attention statistics from q and k in blocks of this many query rows, the model keeping
+            its fused attention (None: ``DEFAULT_BLOCK_QUERIES``); 0: full [B, H, N, N] maps (the reference
+            path). Results agree to float tolerance.
     """
     from . import validate
 
@@ -119,6 +127,8 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
     validate.integer("--batch-size", batch_size, 1, 1 << 20)
     validate.integer("--num-workers", num_workers, 0, 1024, allow_none=True)
     validate.integer("--seed", seed, 0, 2**63 - 1)
+    block_queries = DEFAULT_BLOCK_QUERIES if block_queries is None else block_queries
+    validate.integer("--block-queries", block_queries, 0, 1 << 20)
     validate.mask_ratio(mask_ratio, model.config.num_patches, "--mask-ratio")
     if dtype not in DTYPES and dtype is not None:
         raise MaeprobeError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -165,7 +175,8 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
     # the last block, later blocks and the final norm are never computed).
     stop_after = None if run_decoder else last_event(request, "encoder")
     with contextlib.ExitStack() as stack, torch.inference_mode(), autocast:
-        cache = stack.enter_context(capture(model, request, consumers, stop_after=stop_after))
+        cache = stack.enter_context(capture(model, request, consumers, stop_after=stop_after,
+                                            block_queries=block_queries))
         for name, ref in references.items():
             cache.references[name] = stack.enter_context(capture(ref.model, ref.request))
         for x, indices in batches:

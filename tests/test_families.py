@@ -76,20 +76,49 @@ def _expected(hf, x, num_prefix, grid, **kwargs):
     return torch.stack([brute_force_distance(a, num_prefix, grid, 8) for a in out.attentions])  # [layers, H]
 
 
-def _ours(model, x):
-    table = maeprobe.attention_distance(model, x, batch_size=3, device="cpu")
+def _ours(model, x, block_queries=None, metric=maeprobe.attention_distance, **kwargs):
+    table = metric(model, x, batch_size=3, device="cpu", block_queries=block_queries, **kwargs)
     return torch.tensor(table.sort_values(["layer", "head"])["value"].to_numpy()).reshape(2, 2)
 
 
+# block_queries: 0 = full maps from timm's explicit attention; 3 = q/k rows in blocks of 3 (17-21 tokens: uneven
+# blocks); None = the default block size (one block here). All against transformers' eager attentions.
+@pytest.mark.parametrize("block_queries", [0, 3, None], ids=["full-maps", "blocks-of-3", "default-blocks"])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_attention_distance_matches_transformers(saved, name):
+def test_attention_distance_matches_transformers(saved, name, block_queries):
     hf, folder = saved[name]
     num_prefix, label = FAMILIES[name][3], FAMILIES[name][4]
     model = maeprobe.load(folder)
     assert model.checkpoint.family_label == label
     assert model.num_prefix_tokens == num_prefix
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(_ours(model, x), _expected(hf, x, num_prefix, 4), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_ours(model, x, block_queries), _expected(hf, x, num_prefix, 4), atol=1e-4, rtol=1e-4)
+
+
+def _entropy_by_hand(attentions, num_prefix, patch_keys_only):
+    """[layers, H]: mean over images and patch queries of -sum_k a ln a, rows from transformers' eager maps."""
+    out = []
+    for attn in attentions:
+        rows = attn[:, :, num_prefix:].double()  # patch queries
+        if patch_keys_only:
+            rows = rows[..., num_prefix:] / rows[..., num_prefix:].sum(-1, keepdim=True)
+        terms = torch.where(rows > 0, -rows * rows.log(), torch.zeros_like(rows))
+        out.append(terms.sum(-1).mean(dim=(0, 2)))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("block_queries", [0, 3], ids=["full-maps", "blocks-of-3"])
+@pytest.mark.parametrize("name", ["vit", "dinov2-registers", "beit", "siglip"])
+def test_attention_entropy_matches_transformers(saved, name, block_queries):
+    hf, folder = saved[name]
+    num_prefix = FAMILIES[name][3]
+    model = maeprobe.load(folder)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        attentions = hf(pixel_values=x, output_attentions=True).attentions
+    for only in (False, True):
+        got = _ours(model, x, block_queries, maeprobe.attention_entropy, patch_keys_only=only)
+        torch.testing.assert_close(got, _entropy_by_hand(attentions, num_prefix, only), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("size", [48, 24])  # up (4 -> 6 patches a side) and down (4 -> 3): antialias matters

@@ -279,9 +279,11 @@ def test_timm_eva_files_match_timm(tmp_path, style):
     assert model.checkpoint.family_label == "EVA"
     x = torch.randn(2, 3, 56, 56)
     torch.testing.assert_close(_tokens(model, x), net.forward_features(x), atol=1e-5, rtol=1e-4)
-    table = maeprobe.attention_distance(model, x, device="cpu")
-    got = torch.tensor(table.sort_values(["layer", "head"])["value"].to_numpy()).reshape(DEPTH, HEADS)
-    torch.testing.assert_close(got, _eva_distance_brute_force(net, x, 1, 4, 14), atol=1e-4, rtol=1e-4)
+    expected = _eva_distance_brute_force(net, x, 1, 4, 14)
+    for block_queries in (0, 5, None):  # full maps, rotary q/k rows in blocks of 5, the default blocks
+        table = maeprobe.attention_distance(model, x, device="cpu", block_queries=block_queries)
+        got = torch.tensor(table.sort_values(["layer", "head"])["value"].to_numpy()).reshape(DEPTH, HEADS)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_timm_eva_snapshot_builds_timm_own_definition(tmp_path):

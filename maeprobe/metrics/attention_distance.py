@@ -6,12 +6,15 @@ patches, then over images. Prefix tokens (CLS, distillation, registers) are drop
 keys, and rows are not renormalised, so attention spent on prefix tokens counts as distance 0 (the ViT
 authors' convention). ``renormalize=True`` divides each row by its mass on patch keys instead. With a
 mask, visible tokens keep their original grid positions.
+
+The sums run over blocks of query rows (``AttentionRows``): from the model's q and k in the block path, or
+slices of a full map; either way no [B, H, N, N] temporary beyond what the rows themselves hold.
 """
 from __future__ import annotations
 
 import torch
 
-from ..capture import ActivationCache, CaptureRequest, blocks_of, resolve_layers
+from ..capture import ActivationCache, AttentionRows, CaptureRequest, attention_rows, blocks_of, resolve_layers
 from ..errors import MaeprobeError
 from .base import ImageMean
 
@@ -63,35 +66,35 @@ class AttentionDistance(ImageMean):
         return torch.arange(L).expand(batch_size, L)
 
     def _prepare(self, cache: ActivationCache, batch_size: int, device) -> None:
-        """Distance matrices for this batch's token positions (once per batch)."""
+        """Distances from every patch query to every key of this batch's sequence (zero for prefix keys), once
+        per batch: [K, N] when all images share the token positions, else [B, K, N]."""
         P = self.num_prefix
         positions = self._token_positions(cache, batch_size).to(device)  # [B, K]
         distances = self.distances.to(device)
-        K = positions.shape[1]
         self._shared = bool((positions == positions[:1]).all())
         if self._shared:
             pos = positions[0]
-            self._token_dist = distances[pos][:, pos]  # [K, K]
-            full = torch.zeros(P + K, P + K, device=device)  # whole sequence, zero on prefix rows/cols
-            full[P:, P:] = self._token_dist
-            self._full_flat = full.flatten() / K
+            self._query_dist = torch.nn.functional.pad(distances[pos][:, pos], (P, 0))  # [K, P + K]
         else:
-            self._token_dist = distances[positions.unsqueeze(-1), positions.unsqueeze(-2)]  # [B, K, K]
+            d = distances[positions.unsqueeze(-1), positions.unsqueeze(-2)]  # [B, K, K]
+            self._query_dist = torch.nn.functional.pad(d, (P, 0))  # [B, K, P + K]
         self._prepared_for = cache.mask
 
-    def _layer_values(self, attn: torch.Tensor) -> torch.Tensor:
-        """Per-image mean distance of one layer: attention [B, H, N, N] -> [B, H]."""
-        attn = attn.float()
-        if self._shared and not self.renormalize:
-            # sum_{q,k} a_qk d_qk / K as one matrix-vector product, no [B, H, N, N] temporary
-            return attn.flatten(2) @ self._full_flat
+    def _layer_values(self, attn) -> torch.Tensor:
+        """Per-image mean distance of one layer: attention (a [B, H, N, N] map or ``AttentionRows``) -> [B, H]."""
+        rows: AttentionRows = attention_rows(attn)
         P = self.num_prefix
-        patch_attn = attn[:, :, P:, P:]  # [B, H, K, K]
-        d = self._token_dist if self._token_dist.ndim == 2 else self._token_dist[:, None]
-        per_query = (patch_attn * d).sum(-1)  # [B, H, K]
-        if self.renormalize:
-            per_query = per_query / patch_attn.sum(-1).clamp_min(1e-12)
-        return per_query.mean(-1)
+        B, H, N, _ = rows.shape
+        total = torch.zeros(B, H, device=self._query_dist.device)
+        queries = torch.arange(P, N, device=self._query_dist.device)  # patch queries only
+        for start, index, probs in rows.blocks(queries):  # probs [B, H, n, N]
+            d = self._query_dist[start:start + len(index)] if self._shared \
+                else self._query_dist[:, start:start + len(index)]
+            per_query = torch.einsum("bhqk,qk->bhq" if self._shared else "bhqk,bqk->bhq", probs, d)
+            if self.renormalize:  # divide by the mass on patch keys
+                per_query = per_query / (1.0 - probs[..., :P].sum(-1)).clamp_min(1e-12) if P else per_query
+            total += per_query.sum(-1)
+        return total / (N - P)
 
     def consumes(self) -> set[tuple[str, str, int]]:
         return {("attention", self.module, layer) for layer in self.layers}

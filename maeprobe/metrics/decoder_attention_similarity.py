@@ -15,6 +15,10 @@ Confidence interval: a pairwise statistic has no per-image value to resample, so
 G fixed groups (from seed and image index) whose unit-vector sums are kept; a bootstrap replicate draws
 groups with replacement (counts m) and evaluates (m' Gram m - sum_g m_g N_g) / (N_b (N_b - 1)) from the
 G x G Gram matrix of the group sums. Memory is G x layers x k x h x n, independent of N.
+
+Query blocks: the rows come in blocks (``AttentionRows``), so the per-image normalisation takes two passes
+over the blocks, one for each image's norm (and each head's) and one for the normalised sums; no batch-sized
+[B, H, k, n] copy is made (in the block path the rows are computed twice, from q and k).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..capture import ActivationCache, CaptureRequest, blocks_of, resolve_layers
+from ..capture import ActivationCache, CaptureRequest, attention_rows, blocks_of, resolve_layers
 from ..errors import MaeprobeError
 from .base import Reducer, group_bootstrap_weights, image_groups, percentile_interval
 
@@ -79,22 +83,45 @@ class DecoderAttentionSimilarity(Reducer):
         self._pending[layer] = self._reduce_layer(tensor, self._rows_of(cache), cache)
 
     def _reduce_layer(self, attn, rows, cache) -> dict[str, torch.Tensor]:
-        """Sums of unit vectors of one batch and layer: overall [d], per head [H, d_h], and per group."""
+        """Sums of unit vectors of one batch and layer: overall [H*k*n], per head [H, k*n], and per group, with
+        A_i laid out as [H, k, n] (heads, masked queries, keys) and flattened."""
+        source = attention_rows(attn)
         first_key = 0 if self.include_cls_key else self.num_prefix
-        a = attn[:, :, rows, first_key:].double()  # [B, H, k, n] (n = patches, + prefix keys if included)
-        flat = a.flatten(1)
-        unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)  # [B, H*k*n]
-        out = {"whole": unit.sum(0)}
-        if self.per_head:
-            heads = a.flatten(2)
-            heads = heads / heads.norm(dim=2, keepdim=True).clamp_min(1e-300)  # [B, H, k*n]
-            out["heads"] = heads.sum(0)
+        B, H = source.shape[:2]
+        k, n = len(rows), source.shape[3] - first_key
+        device = rows.device
+        squares = torch.zeros(B, H, dtype=torch.float64, device=device)
+        for _, _, probs in source.blocks(rows):  # pass 1: |A_i|^2 per image and head
+            squares += probs[..., first_key:].double().pow(2).sum((-1, -2))
+        norm_whole = squares.sum(1).sqrt().clamp_min(1e-300)  # [B]
+        norm_heads = squares.sqrt().clamp_min(1e-300)  # [B, H]
+        onehot = None
         if self.groups:
-            groups = image_groups(cache.image_indices, self.groups, self.bootstrap_seed).to(unit.device)
+            groups = image_groups(cache.image_indices, self.groups, self.bootstrap_seed).to(device)
             onehot = torch.nn.functional.one_hot(groups, self.groups).double().T  # [G, B]
-            out["group_whole"] = (onehot @ unit).float()
+        whole = torch.zeros(H, k, n, dtype=torch.float64, device=device)
+        heads = torch.zeros_like(whole) if self.per_head else None
+        group_whole = torch.zeros(self.groups, H, k, n, dtype=torch.float64, device=device) if self.groups else None
+        group_heads = torch.zeros_like(group_whole) if self.groups and self.per_head else None
+        for start, index, probs in source.blocks(rows):  # pass 2: sums of the unit vectors
+            stop = start + len(index)
+            a = probs[..., first_key:].double()  # [B, H, q, n]
+            unit = a / norm_whole[:, None, None, None]
+            whole[:, start:stop] += unit.sum(0)
+            if onehot is not None:
+                group_whole[:, :, start:stop] += torch.einsum("gb,bhqn->ghqn", onehot, unit)
             if self.per_head:
-                out["group_heads"] = torch.einsum("gb,bhd->ghd", onehot, heads).float()
+                unit_heads = a / norm_heads[:, :, None, None]
+                heads[:, start:stop] += unit_heads.sum(0)
+                if onehot is not None:
+                    group_heads[:, :, start:stop] += torch.einsum("gb,bhqn->ghqn", onehot, unit_heads)
+        out = {"whole": whole.flatten()}
+        if self.per_head:
+            out["heads"] = heads.flatten(1)
+        if onehot is not None:
+            out["group_whole"] = group_whole.flatten(1).float()
+            if self.per_head:
+                out["group_heads"] = group_heads.flatten(2).float()
             out["group_count"] = onehot.sum(1)
         return out
 

@@ -1,0 +1,89 @@
+"""Attention entropy per (layer, head): the mean over patch queries of each attention row's Shannon entropy.
+
+For query patch i with attention row a_i over the N keys of its sequence, H_i = -sum_j a_ij ln a_ij (nats,
+0 ln 0 = 0). Per head: H_i averaged over the K patch queries (prefix tokens such as CLS, registers and
+distillation tokens are not queries, as in the attention distance), then over images. ``patch_keys_only``
+renormalises each row over the patch keys first (the entropy of where a query looks among the patches).
+Uniform attention gives ln N (ln K with ``patch_keys_only``), one-hot attention 0: each row reports the
+uniform level of its sequence, the upper bound. With a mask, N and K count the tokens the layer sees.
+
+The rows come in query blocks (``AttentionRows``), so no [B, H, N, N] map is needed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..capture import ActivationCache, CaptureRequest, attention_rows, blocks_of, resolve_layers
+from ..errors import MaeprobeError
+from .base import ImageMean
+
+
+class AttentionEntropy(ImageMean):
+    """Streaming mean attention entropy (nats) of every (layer, head) of the encoder or decoder."""
+
+    metric = "attention_entropy"
+
+    def __init__(self, model, *, module: str = "encoder", layers=None, patch_keys_only: bool = False,
+                 bootstrap: int = 0, bootstrap_seed: int = 0) -> None:
+        if module not in ("encoder", "decoder"):
+            raise MaeprobeError(f"module must be 'encoder' or 'decoder', got {module!r}")
+        self.module, self.patch_keys_only = module, bool(patch_keys_only)
+        self.layers = resolve_layers(model, module, layers)
+        from ..limits import check_attention
+
+        check_attention(model, module)
+        self.num_heads = blocks_of(model, module)[0].attn.num_heads
+        self.num_prefix = model.num_prefix_tokens
+        self.uniform_level = float("nan")  # ln of the number of keys, known at the first batch
+        self._pending: dict[int, torch.Tensor] = {}
+        super().__init__((len(self.layers), self.num_heads), bootstrap, bootstrap_seed)
+
+    def request(self) -> CaptureRequest:
+        return CaptureRequest.of(attention={self.module: self.layers})
+
+    def settings(self) -> dict:
+        return {"patch_keys_only": self.patch_keys_only}
+
+    def consumes(self) -> set[tuple[str, str, int]]:
+        return {("attention", self.module, layer) for layer in self.layers}
+
+    def consume(self, kind, module, layer, tensor, cache) -> None:
+        self._pending[layer] = self._layer_values(tensor)
+
+    def _layer_values(self, attn) -> torch.Tensor:
+        """Attention (a [B, H, N, N] map or ``AttentionRows``) -> mean row entropy per image and head [B, H]."""
+        rows = attention_rows(attn)
+        P = self.num_prefix
+        B, H, N, _ = rows.shape
+        queries = torch.arange(P, N)
+        total = torch.zeros(B, H, dtype=torch.float64)
+        for _, _, probs in rows.blocks(queries):
+            if self.patch_keys_only:
+                probs = probs[..., P:]
+                probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
+            total += (-torch.special.xlogy(probs, probs).sum(-1)).double().sum(-1).cpu()
+        keys = N - P if self.patch_keys_only else N
+        self.uniform_level = math.log(keys)
+        return total / (N - P)
+
+    def update(self, cache: ActivationCache) -> None:
+        pending, self._pending = self._pending, {}
+        for layer in self.layers:
+            if layer not in pending:
+                pending[layer] = self._layer_values(cache.attention[(self.module, layer)])
+        values = torch.stack([pending[layer] for layer in self.layers], dim=1)  # [B, layers, H]
+        B = values.shape[0]
+        self.add(values, cache.image_indices if cache.image_indices is not None else torch.arange(B))
+
+    def rows(self) -> list[dict]:
+        s = self.summary()
+        n = self.count
+        return [
+            {"metric": self.metric, "module": self.module, "layer": layer, "head": head,
+             "value": float(s["value"][i, head]), "std": float(s["std"][i, head]),
+             "ci_low": float(s["ci_low"][i, head]), "ci_high": float(s["ci_high"][i, head]), "n_images": n,
+             "uniform_level": self.uniform_level}
+            for i, layer in enumerate(self.layers) for head in range(self.num_heads)
+        ]

@@ -1,0 +1,155 @@
+"""Attention statistics without N x N maps: the probed model keeps its fused attention and the statistics come
+from q and k in blocks of query rows (``capture(..., block_queries=n)``). Checked against transformers' eager
+attentions (an independent implementation), against the full-map path, and by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import maeprobe
+from maeprobe.capture import AttentionMap, CaptureRequest, capture
+from maeprobe.metrics import AttentionEntropy
+
+
+def _hf_attentions(hf, x, noise):
+    decoder = {}
+    hooks = [layer.attention.register_forward_hook(lambda m, i, o, k=k: decoder.__setitem__(k, o[1]))
+             for k, layer in enumerate(hf.decoder.decoder_layers)]
+    try:
+        with torch.no_grad():
+            out = hf(pixel_values=x, noise=noise, output_attentions=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(out.attentions) + [decoder[k] for k in sorted(decoder)], out.logits
+
+
+def _block_rows(model, x, noise, mask_ratio, block):
+    """Every encoder and decoder layer's probabilities assembled from the blocks a consumer receives."""
+    got, blocks_seen = {}, []
+
+    def consumer(kind, module, layer, rows, cache):
+        assert not isinstance(rows, torch.Tensor)  # q/k rows, not a map
+        parts = list(rows.blocks())
+        blocks_seen.append(len(parts))
+        got[(module, layer)] = torch.cat([probs for _, _, probs in parts], dim=2)
+
+    layers = {"encoder": range(model.config.depth), "decoder": range(model.config.decoder_depth)}
+    consumers = {("attention", m, i): [consumer] for m, ls in layers.items() for i in ls}
+    with capture(model, CaptureRequest.of(attention=layers), consumers, block_queries=block), torch.no_grad():
+        latent, _, ids_restore = model.forward_encoder(x, mask_ratio, noise)
+        pred = model.forward_decoder(latent, ids_restore)
+    order = [("encoder", i) for i in layers["encoder"]] + [("decoder", i) for i in layers["decoder"]]
+    return [got[k] for k in order], pred, blocks_seen
+
+
+@pytest.mark.parametrize("block", [1, 3, 64])
+def test_block_rows_equal_transformers_attentions(hf_mae, images32, block):
+    """Masked encoder (5 tokens: CLS + 4 visible) and decoder (17 tokens), blocks that divide and that do not."""
+    hf, folder = hf_mae
+    model = maeprobe.load(folder)
+    noise = torch.rand(images32.shape[0], 16, generator=torch.Generator().manual_seed(3))
+    theirs, logits = _hf_attentions(hf, images32, noise)
+    ours, pred, blocks_seen = _block_rows(model, images32, noise, 0.75, block)
+    assert len(ours) == len(theirs) == 5
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
+    torch.testing.assert_close(pred, logits, atol=1e-5, rtol=1e-4)  # the output still comes from the fused kernel
+    assert blocks_seen == [math.ceil(5 / block)] * 3 + [math.ceil(17 / block)] * 2
+
+
+def test_block_path_keeps_the_fused_kernel_and_restores_the_model(hf_mae, images32):
+    _, folder = hf_mae
+    model = maeprobe.load(folder)
+    for block in model.blocks:
+        block.attn.fused_attn = False  # whatever the model had is restored afterwards
+    seen, explicit = [], []
+    pre = model.blocks[0].attn.register_forward_pre_hook(lambda m, i: seen.append(m.fused_attn))
+    drop = model.blocks[0].attn.attn_drop.register_forward_pre_hook(lambda m, i: explicit.append(1))
+    sdpa_before = torch.nn.functional.scaled_dot_product_attention
+    try:
+        maeprobe.attention_distance(model, images32, layers=[0], device="cpu", block_queries=4)
+        assert seen == [True] and explicit == []  # fused SDPA ran; no explicit softmax map was made
+        seen.clear()
+        maeprobe.attention_distance(model, images32, layers=[0], device="cpu", block_queries=0)
+        assert seen == [False] and explicit == [1]  # the reference path: timm's explicit attention
+    finally:
+        pre.remove()
+        drop.remove()
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa_before
+    assert all(block.attn.fused_attn is False for block in model.blocks)
+
+
+@pytest.mark.parametrize("mask_ratio, shared", [(0.0, True), (0.5, True), (0.5, False)])
+def test_every_attention_metric_agrees_across_block_sizes(hf_mae, images32, mask_ratio, shared):
+    _, folder = hf_mae
+    model = maeprobe.load(folder)
+    common = dict(mask_ratio=mask_ratio, shared_mask=shared, device="cpu", bootstrap=30, batch_size=4)
+    for metric, kwargs in ((maeprobe.attention_distance, {"renormalize": True}),
+                           (maeprobe.attention_distance, {"module": "decoder"}),
+                           (maeprobe.attention_entropy, {"patch_keys_only": True}),
+                           (maeprobe.attention_entropy, {"module": "decoder"})):
+        full = metric(model, images32, block_queries=0, **common, **kwargs)
+        for block in (1, 2, 7):
+            blocked = metric(model, images32, block_queries=block, **common, **kwargs)
+            for column in ("value", "ci_low", "ci_high"):
+                torch.testing.assert_close(torch.tensor(blocked[column].to_numpy()),
+                                           torch.tensor(full[column].to_numpy()), atol=2e-5, rtol=1e-5)
+    eq7 = dict(device="cpu", bootstrap=30, per_head=True, batch_size=4)
+    full = maeprobe.decoder_attention_similarity(model, images32, block_queries=0, **eq7)
+    for block in (1, 5):
+        blocked = maeprobe.decoder_attention_similarity(model, images32, block_queries=block, **eq7)
+        for column in ("value", "ci_low", "ci_high"):
+            torch.testing.assert_close(torch.tensor(blocked[column].to_numpy()),
+                                       torch.tensor(full[column].to_numpy()), atol=1e-6, rtol=1e-6)
+
+
+def test_entropy_of_hand_made_rows():
+    """Grid 2 x 2 with CLS (N = 5): uniform rows give ln 5, one-hot rows 0, a half/half row ln 2."""
+    model = maeprobe.build_mae(img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2, decoder_depth=1,
+                               decoder_embed_dim=8, decoder_num_heads=1)
+    metric = AttentionEntropy(model)
+    attn = torch.zeros(1, 2, 5, 5)
+    attn[0, 0] = 0.2  # head 0 uniform over all 5 keys
+    attn[0, 1, :, 0] = 1.0  # head 1: CLS row ignored; patch rows: two one-hot, two half/half
+    attn[0, 1, 3] = torch.tensor([0.5, 0.5, 0, 0, 0])
+    attn[0, 1, 4] = torch.tensor([0, 0, 0.5, 0, 0.5])
+    got = metric._layer_values(AttentionMap(attn))
+    torch.testing.assert_close(got, torch.tensor([[math.log(5), (0 + 0 + math.log(2) + math.log(2)) / 4]],
+                                                 dtype=torch.float64))
+    assert metric.uniform_level == pytest.approx(math.log(5))
+    only = AttentionEntropy(model, patch_keys_only=True)
+    attn[0, 1, 1] = torch.tensor([0.5, 0.25, 0.25, 0, 0])  # patch keys only: (0.5, 0.5) after renormalising
+    got = only._layer_values(AttentionMap(attn))
+    # head 0: uniform over 4 patch keys; head 1: rows 1..4 -> ln 2, 0 (CLS only: 0/0 -> all zero), 0 (one key), ln 2
+    torch.testing.assert_close(got, torch.tensor([[math.log(4), (math.log(2) + 0 + 0 + math.log(2)) / 4]],
+                                                 dtype=torch.float64), atol=1e-6, rtol=0)
+    assert only.uniform_level == pytest.approx(math.log(4))
+
+
+def test_block_path_under_bf16_autocast(hf_mae, images32):
+    _, folder = hf_mae
+    model = maeprobe.load(folder)
+    fp32 = maeprobe.attention_distance(model, images32, device="cpu", block_queries=3)
+    bf16 = maeprobe.attention_distance(model, images32, device="cpu", block_queries=3, dtype="bf16")
+    torch.testing.assert_close(torch.tensor(bf16["value"].to_numpy()), torch.tensor(fp32["value"].to_numpy()),
+                               rtol=2e-2, atol=0)  # q and k in bf16, the softmax in float32
+
+
+def test_cli_attn_entropy_and_block_queries(hf_mae, tmp_path):
+    from maeprobe.cli import app
+
+    _, folder = hf_mae
+    out = tmp_path / "entropy.csv"
+    result = CliRunner().invoke(app, ["attn-entropy", str(folder), "--bootstrap", "0", "--block-queries", "2",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "mean attention entropy (nats)" in result.output and "uniform attention: 2.833" in result.output  # ln 17
+    table = maeprobe.read_table(out)
+    assert set(table["metric"]) == {"attention_entropy"} and (table["value"] <= table["uniform_level"] + 1e-6).all()
+    bad = CliRunner().invoke(app, ["attn-distance", str(folder), "--block-queries", "-1"])
+    assert bad.exit_code == 2 and "--block-queries" in bad.output
