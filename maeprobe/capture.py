@@ -16,7 +16,9 @@ Two ways to get attention probabilities:
   scaled_dot_product_attention`` and hands q and k exactly as the model passes them (after q/k norms and
   rotary embeddings; the family's scale and its additive bias, e.g. BEiT's relative position bias, are the
   call's own arguments) to the consumers as ``AttentionRows``, which compute ``softmax(q k^T * scale + bias)``
-  for n query rows at a time. Memory grows with n x N, not N^2.
+  for n query rows at a time. Memory grows with n x N, not N^2. When all N queries fit in one block, the
+  probabilities the statistics need are computed once and also give the output (p @ v) instead of the fused
+  kernel computing them again (the same memory bound, half the attention work).
 """
 from __future__ import annotations
 
@@ -236,14 +238,23 @@ def capture(model: nn.Module, request: CaptureRequest,
             raise StopForward
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        probed = active["key"]
+        if probed is None or is_causal or dropout_p or kwargs or key.shape[1] != query.shape[1]:
+            return original_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                 scale=scale, **kwargs)
+        active["key"] = None
+        rows = AttentionRows(query.detach(), key.detach(), None if attn_mask is None else attn_mask.detach(), scale,
+                             block_queries)
+        if query.shape[2] <= block_queries:
+            # every query fits in one block: its probabilities, which the statistics need anyway, also give the
+            # output (p @ v), instead of the fused kernel computing them a second time; memory stays within
+            # the block bound (block x tokens per head and image)
+            probs = rows.rows(torch.arange(query.shape[2], device=query.device))
+            store("attention", probed, AttentionMap(probs))
+            return (probs @ value.float()).to(value.dtype)
         out = original_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                             scale=scale, **kwargs)
-        probed = active["key"]
-        if probed is not None and not is_causal and key.shape[1] == query.shape[1]:
-            active["key"] = None
-            store("attention", probed, AttentionRows(query.detach(), key.detach(),
-                                                     None if attn_mask is None else attn_mask.detach(), scale,
-                                                     block_queries))
+        store("attention", probed, rows)
         return out
 
     def attention_hook(key):

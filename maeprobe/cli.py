@@ -266,7 +266,7 @@ def attn_distance(
     img_size: Optional[int] = IMG_SIZE,
     block_queries: Optional[int] = typer.Option(None, "--block-queries", min=0, max=1 << 20,
                                                 help="Statistics from q and k in blocks of this many query rows; "
-                                                     "the model keeps its fused attention (default 128); 0: full "
+                                                     "the model keeps its fused attention (default 256); 0: full "
                                                      "N x N maps."),
 ):
     """Mean attention distance per layer and head (ViT authors' convention), in pixels by default."""
@@ -304,7 +304,7 @@ DTYPE = typer.Option(DType.fp32, "--dtype", help="fp32 or bf16 (autocast).")
 DEC_LAYERS = typer.Option(None, "--layers", help="0-based decoder layers, e.g. 0,7 or 0-3 (default all).")
 BLOCK_QUERIES = typer.Option(None, "--block-queries", min=0, max=1 << 20,
                              help="Attention statistics from q and k in blocks of this many query rows; the "
-                                  "model keeps its fused attention (default 128); 0: full N x N maps.")
+                                  "model keeps its fused attention (default 256); 0: full N x N maps.")
 
 
 def _check_table_out(out) -> None:
