@@ -45,12 +45,23 @@ def _check_launch_env() -> None:
                             f"{values['LOCAL_RANK']}: expected 0 <= RANK < WORLD_SIZE (as torchrun sets them)")
 
 
+def backend() -> str:
+    """The process group's backend: with CUDA, NCCL for CUDA tensors and gloo for CPU tensors (the probe's reducers
+    keep their sums in float64 on the CPU, which NCCL cannot reduce: a plain 'nccl' group fails on them); gloo
+    alone without CUDA."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
 def init_from_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); joins the process group when launched by torchrun (RANK and
-    WORLD_SIZE set): NCCL with CUDA, gloo otherwise. Does nothing when already joined or not launched so."""
+    WORLD_SIZE set): ``backend()``. With CUDA, each process first makes GPU number LOCAL_RANK its current device
+    (one process per GPU; 'cuda' then means that GPU). Does nothing when already joined or not launched so."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and dist.is_available() and not dist.is_initialized():
         _check_launch_env()
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend())
     if is_distributed():
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
     return 0, 1, 0

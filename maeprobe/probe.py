@@ -84,7 +84,7 @@ def _batches(model, images, batch_size: int, num_workers: int | None, device="cp
     shard = Subset(dataset, list(range(rank, len(dataset), world)))
     num_workers = min(num_workers, max(1, -(-len(shard) // batch_size))) if num_workers else 0
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_skip_none, pin_memory=torch.cuda.is_available(),
+                        collate_fn=collate_skip_none, pin_memory=torch.device(device).type == "cuda",
                         prefetch_factor=4 if num_workers else None)
     return (b for b in loader if b is not None), len(shard)
 

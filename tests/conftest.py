@@ -16,6 +16,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def ieee_convolutions():
+    """IEEE float32 cuDNN convolutions for the test (torch's default on Ampere and later is TF32)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        before = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        yield
+        conv.fp32_precision = before
+    else:
+        before = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        yield
+        torch.backends.cudnn.allow_tf32 = before
+
+
 @pytest.fixture(scope="session")
 def hf_config_kwargs():
     """A tiny ViTMAE: 32 px, patch 8 (4x4 grid), width 64 / 4 heads, decoder 48 wide / 3 heads."""

@@ -67,7 +67,7 @@ def test_bf16_autocast_on_cpu_agrees_with_fp32(model):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_cuda_matches_cpu(model, dtype):
+def test_cuda_matches_cpu(model, dtype, ieee_convolutions):
     x = torch.randn(4, 3, 32, 32)
     cpu = maeprobe.attention_distance(model, x, device="cpu", mask_ratio=0.5)["value"].to_numpy()
     gpu = maeprobe.attention_distance(model, x, device="cuda", mask_ratio=0.5, dtype=dtype)["value"].to_numpy()

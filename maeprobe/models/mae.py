@@ -337,9 +337,10 @@ class MaskedAutoencoderViT(nn.Module):
         """Mean squared error on masked patches (Eq. 1 of the MAE paper), optional norm-pix targets."""
         target = self.loss_targets(imgs)  # [B, L, k*k*C]
         loss = ((pred - target) ** 2).mean(dim=-1)  # [B, L]
-        if mask.sum() == 0:  # no masking (ratio 0): reconstruct every patch
-            return loss.mean()
-        return (loss * mask).sum() / mask.sum()
+        masked = mask.sum()
+        # no masking (ratio 0, AE): every patch. Branch-free (torch.where, no Python `if` on a tensor), so that
+        # torch.compile keeps the step in one graph and a GPU never waits for this value
+        return torch.where(masked > 0, (loss * mask).sum() / masked.clamp_min(1), loss.mean())
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
         """Official MAE forward: (loss, pred, mask)."""

@@ -53,6 +53,9 @@ DEFAULTS: dict = {
               # 0 bits, which current Pillow rejects (a rare, random crash)
               "auto_augment": "rand-m9-mstd0.5-inc1-mmax9"},
     "eval": {"checkpoint": None, "knn_k": 20, "knn_temperature": 0.07},
+    # bf16: true = bf16 autocast on CUDA (float32 on other devices), always = on every device (CPU autocast
+    # included: the GPU run's mixed-precision code on a CPU), false = float32. compile: torch.compile of the
+    # pretraining step (evaluation recipes run eager).
     "run": {"output_dir": "runs/{name}", "seed": 0, "checkpoint_every": 1000, "log_every": 20, "bf16": True,
             "compile": False, "device": None, "resume": True, "max_minutes": None,
             "checkpoint_name": "checkpoint-last.pth"},
@@ -273,6 +276,14 @@ def _flag(name, value):
     return value
 
 
+def _bf16(name, value):
+    """true (bf16 autocast on CUDA), false or 'always' (on every device, CPU autocast included)."""
+    if isinstance(value, bool) or value == "always":
+        return value
+    raise MaeprobeError(f"recipe key {name}: expected true (bf16 on CUDA), false or always (any device, CPU "
+                        f"autocast included), got {_shown(value)!r}")
+
+
 def _text(none=False, max_len=4096):
     def check(name, value):
         if value is None and none:
@@ -369,7 +380,7 @@ SCHEMA = {
     "eval.knn_temperature": _number(0, 1e3, lo_open=True),
     "run.output_dir": _text(), "run.seed": _number(0, 2**63 - 1, whole=True),
     "run.checkpoint_every": _number(1, 1e12, whole=True), "run.log_every": _number(1, 1e12, whole=True),
-    "run.bf16": _flag, "run.compile": _flag, "run.device": _device, "run.resume": _flag,
+    "run.bf16": _bf16, "run.compile": _flag, "run.device": _device, "run.resume": _flag,
     "run.max_minutes": _number(0, 1e9, lo_open=True, none=True), "run.checkpoint_name": _file_name,
 }
 

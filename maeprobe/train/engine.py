@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, Sampler
 
 from ..checkpoints import read_pickle, save_checkpoint
 from ..data import ImageItem, image_items, open_image, to_rgb
@@ -30,6 +30,7 @@ from ..errors import MaeprobeError
 from ..validate import first_line
 from ..io import write_text
 from ..models import IMAGENET_MEAN, IMAGENET_STD, build_mae
+from .accel import adamw, autocast, bf16_enabled, make_loader
 from .config import batch_plan, check_recipe
 from .losses import cross_view_loss, gather_rows, in_view_loss, uniformity, uniformity_loss
 
@@ -89,14 +90,38 @@ class PretrainImages(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index) -> tuple[torch.Tensor, int]:
+        """``index``: an image index (of ``self.epoch``), or an (epoch, index) pair from ``EpochSampler``."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         source = index % len(self.items)
         img = self.cache.get(source)
         if img is None:
             img = open_image(self.items[source].path)
         with torch.random.fork_rng(devices=[]):  # per-sample augmentation RNG: (seed, epoch, index)
-            torch.manual_seed(_sample_seed(self.seed, self.epoch, index))
+            torch.manual_seed(_sample_seed(self.seed, epoch, index))
             return self.transform(img), index
+
+
+class EpochSampler(Sampler):
+    """(epoch, image index) pairs of this process's order for ``epoch`` (``epoch_order``, the first ``usable``),
+    from position ``start`` on. The DataLoader is built once and keeps its worker processes across epochs
+    (persistent workers hold their own copy of the dataset, so an epoch set on the main process's copy would not
+    reach them: each sample carries its epoch instead). ``set`` before each pass over the loader."""
+
+    def __init__(self, n: int, seed: int, rank: int, world: int, usable: int):
+        self.n, self.seed, self.rank, self.world, self.usable = n, seed, rank, world, usable
+        self.epoch, self.start = 0, 0
+
+    def set(self, epoch: int, start: int) -> "EpochSampler":
+        self.epoch, self.start = epoch, start
+        return self
+
+    def __iter__(self):
+        order = epoch_order(self.n, self.seed, self.epoch, self.rank, self.world)[:self.usable]
+        return iter([(self.epoch, i) for i in order[self.start:]])
+
+    def __len__(self) -> int:
+        return max(self.usable - self.start, 0)
 
 
 def mask_noises(num_patches: int, seed: int, epoch: int, sample_ids: torch.Tensor, view: int) -> torch.Tensor:
@@ -301,9 +326,9 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
         raise MaeprobeError(f"pretraining uses AdamW (LC-MAE Section 5); optim.optimizer={optim_cfg['optimizer']!r}")
     from timm.optim import param_groups_weight_decay
 
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(objective, optim_cfg["weight_decay"]), lr=peak_lr,
-                                  betas=tuple(optim_cfg["betas"]))
-    use_bf16 = bool(run["bf16"]) and device.type == "cuda"
+    optimizer = adamw(param_groups_weight_decay(objective, optim_cfg["weight_decay"]), lr=peak_lr,
+                      betas=optim_cfg["betas"], device=device)  # fused on CUDA (accel)
+    use_bf16 = bf16_enabled(run["bf16"], device)
     step, epoch, position = 0, 0, 0
     last = out_dir / run["checkpoint_name"]
     resumed = bool(run["resume"] and last.is_file())
@@ -351,18 +376,18 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
 
         bar = tqdm(total=total_steps, initial=step, unit="step", desc=config["name"],
                    mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a short log when not a terminal
-        bar.write(f"[{config['name']}] {plan.describe()}")
+        bar.write(f"[{config['name']}] {plan.describe()}; {run_description(device, use_bf16, run['compile'])}")
     steps_this_call, tic = 0, time.monotonic()
     model.train()
+    # one loader for the whole run: workers (image folders only; decoded photos are in memory) persist across
+    # epochs, batches are pinned on CUDA (accel.loader_options)
+    sampler = EpochSampler(len(data), run["seed"], rank, world, steps_per_epoch * batch * accum)
+    loader = make_loader(data, device=device, num_workers=config["data"]["num_workers"] if config["data"]["path"]
+                         else 0, batch_size=batch, sampler=sampler, drop_last=True)
     try:
         while step < total_steps and not stop["flag"]:
             data.epoch = epoch
-            order = epoch_order(len(data), run["seed"], epoch, rank, world)
-            usable = steps_per_epoch * batch * accum
-            indices = order[:usable][position * batch * accum:]
-            loader = DataLoader(torch.utils.data.Subset(data, indices), batch_size=batch, shuffle=False,
-                                num_workers=config["data"]["num_workers"] if config["data"]["path"] else 0,
-                                pin_memory=device.type == "cuda", drop_last=True)
+            sampler.set(epoch, position * batch * accum)
             for group in _grouped(loader, accum):  # the micro-batches of one optimiser step
                 lr = lr_at(step, total_steps, warmup_steps, peak_lr, optim_cfg["min_lr"])  # one lr per optimiser
                 for g in optimizer.param_groups:  # step, as MAE's lr_sched with accum_iter
@@ -376,13 +401,13 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
 
                 extras = [{} for _ in group]
                 if base.needs_full_batch(accum):
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    with autocast(device, use_bf16):
                         extras = base.uniformity_targets([lambda b=b: on_device(*b) for b in group], accum)
                 for micro, (batch_cpu, extra) in enumerate(zip(group, extras)):
                     imgs, noises = on_device(*batch_cpu)
                     sync = (micro + 1) == accum
                     context = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-                    with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    with context, autocast(device, use_bf16):
                         loss, parts = ddp(imgs, noises, **extra)
                     if not math.isfinite(loss.item()):
                         raise FloatingPointError(f"loss is {loss.item()} at step {step}")
@@ -421,6 +446,7 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
             stem = Path(run["checkpoint_name"]).stem.replace("checkpoint-last", "model")
             save_checkpoint(model, out_dir / f"{stem}.safetensors")
     finally:
+        del loader  # ends its worker processes
         if bar:
             bar.close()
         if log_file:
@@ -430,6 +456,16 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     return last
+
+
+def run_description(device: torch.device, bf16: bool, compiled: bool) -> str:
+    """How a run runs, for its first log line: device, precision, compilation, process group backend."""
+    import torch.distributed as dist
+
+    parts = [str(device), "bf16 autocast" if bf16 else "float32"] + (["compiled"] if compiled else [])
+    if dist.is_available() and dist.is_initialized():
+        parts.append(f"{dist.get_backend()} x {dist.get_world_size()}")
+    return ", ".join(parts)
 
 
 # Settings a resumed run may change: how it runs, not what it computes.

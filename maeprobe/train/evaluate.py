@@ -21,13 +21,14 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 from ..checkpoints import load
 from ..data import open_image
 from ..errors import MaeprobeError
 from ..io import write_text
 from ..models import ArchConfig, MaskedAutoencoderViT
+from .accel import adamw, autocast, bf16_enabled, make_loader
 from .config import batch_plan
 from .engine import init_distributed, lr_at
 
@@ -78,25 +79,30 @@ class _Logits(nn.Module):
         return self.model.forward_features_logits(x)
 
 
-def _loaders(dataset_train, dataset_val, batch_size, workers, world, rank, seed):
+def _loaders(dataset_train, dataset_val, batch_size, workers, world, rank, seed, device):
+    """Training and validation loaders (pinned memory on CUDA, workers kept across epochs: accel.loader_options);
+    the samplers live in the main process, so their per-epoch order reaches persistent workers."""
     if world > 1:
         train_sampler = DistributedSampler(dataset_train, world, rank, shuffle=True, seed=seed)
         val_sampler = DistributedSampler(dataset_val, world, rank, shuffle=False)
     else:
         train_sampler = torch.utils.data.RandomSampler(dataset_train, generator=torch.Generator().manual_seed(seed))
         val_sampler = None
-    train = DataLoader(dataset_train, batch_size=batch_size, sampler=train_sampler, num_workers=workers,
-                       drop_last=len(dataset_train) >= batch_size * world)
-    val = DataLoader(dataset_val, batch_size=batch_size, sampler=val_sampler, shuffle=False, num_workers=workers)
+    train = make_loader(dataset_train, device=device, num_workers=workers, batch_size=batch_size,
+                        sampler=train_sampler, drop_last=len(dataset_train) >= batch_size * world)
+    val = make_loader(dataset_val, device=device, num_workers=workers, batch_size=batch_size, sampler=val_sampler,
+                      shuffle=False)
     return train, val, train_sampler
 
 
 @torch.no_grad()
-def _top1(predict, loader, device) -> float:
+def _top1(predict, loader, device, bf16: bool = False) -> float:
     correct = torch.zeros(2, device=device)
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        correct += torch.stack([(predict(x).argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=device)])
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, bf16):
+            logits = predict(x)
+        correct += torch.stack([(logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=device)])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(correct)
     return float(100 * correct[0] / correct[1].clamp_min(1))
@@ -109,10 +115,14 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     from .config import check_recipe
 
     check_recipe(config)
-    rank, world, local_rank = init_distributed()
     run, optim_cfg, task = config["run"], config["optim"], config["task"]
+    if run["compile"]:
+        raise MaeprobeError(f"run.compile=true: torch.compile applies to pretraining; task {task!r} runs eager "
+                            "(set run.compile=false)")
+    rank, world, local_rank = init_distributed()
     device = validate.device(run["device"]) or torch.device(f"cuda:{local_rank}" if torch.cuda.is_available()
                                                              else "cpu")
+    bf16 = bf16_enabled(run["bf16"], device)  # bf16 autocast of forward passes; losses in float32
     check_output_folder(run["output_dir"])
     for name in ("config.yaml", "results.json"):
         check_output_file(Path(run["output_dir"]) / name)
@@ -132,7 +142,8 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     workers = config["data"]["num_workers"]
     plan = batch_plan(config, world)
     batch, accum = (plan.micro, plan.accum) if task != "knn" else (plan.per_process, 1)
-    train_loader, val_loader, sampler = _loaders(dataset_train, dataset_val, batch, workers, world, rank, run["seed"])
+    train_loader, val_loader, sampler = _loaders(dataset_train, dataset_val, batch, workers, world, rank, run["seed"],
+                                                 device)
     out_dir = Path(run["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -140,7 +151,7 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
 
     if task == "knn":
         result = {"task": task, "top1": _knn(encoder.to(device).eval(), train_loader, val_loader, device,
-                                             config["eval"]["knn_k"], config["eval"]["knn_temperature"])}
+                                             config["eval"]["knn_k"], config["eval"]["knn_temperature"], bf16)}
     else:
         if task == "finetune":
             model = _classifier(encoder, num_classes, optim_cfg["drop_path"]).to(device)
@@ -159,7 +170,7 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
 
             def predict(x):
                 with torch.no_grad():
-                    feats = encoder.forward_encoder(x, 0.0)[0][:, 0]  # CLS after the final norm
+                    feats = encoder.forward_encoder(x, 0.0)[0][:, 0].float()  # CLS after the final norm
                 return ddp_model(feats)  # DDP-wrapped head: gradients are averaged across processes
         else:
             raise MaeprobeError(f"unknown task {task!r}; choose pretrain, finetune, linprobe or knn")
@@ -174,9 +185,12 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
         total = steps_per_epoch * optim_cfg["epochs"]
         warmup = int(optim_cfg["warmup_epochs"] * steps_per_epoch)
         peak = plan.lr
-        optimizer = _optimizer(optim_cfg, groups, peak, task)
+        optimizer = _optimizer(optim_cfg, groups, peak, task, device)
         if progress and rank == 0:
-            print(f"[{config['name']}] {plan.describe()}, {type(optimizer).__name__}")
+            from .engine import run_description
+
+            print(f"[{config['name']}] {plan.describe()}, {type(optimizer).__name__}; "
+                  f"{run_description(device, bf16, False)}")
         mixup = None
         if task == "finetune" and (optim_cfg["mixup"] > 0 or optim_cfg["cutmix"] > 0):
             from timm.data import Mixup
@@ -196,7 +210,7 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
                 encoder.eval()
             running, micro = 0.0, 0
             for x, y in itertools.islice(train_loader, steps_per_epoch * accum):
-                x, y = x.to(device), y.to(device)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if mixup is not None and len(x) % 2 == 0:
                     x, y_soft = mixup(x, y)
                 else:
@@ -208,7 +222,9 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
                 sync = micro + 1 == accum
                 context = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
                 with context:
-                    loss = criterion(predict(x), y_soft)
+                    with autocast(device, bf16):
+                        logits = predict(x)
+                    loss = criterion(logits.float(), y_soft)  # float32 loss under bf16 autocast
                     if not math.isfinite(loss.item()):
                         raise FloatingPointError(f"loss is {loss.item()} at step {step}")
                     (loss / accum).backward()
@@ -220,7 +236,7 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 micro, step = 0, step + 1
             trainable.eval()
-            top1 = _top1(predict, val_loader, device)
+            top1 = _top1(predict, val_loader, device, bf16)
             history.append({"epoch": epoch, "loss": running / steps_per_epoch, "top1": top1})
             if progress and rank == 0:
                 print(f"[{config['name']}] epoch {epoch}: loss {running / steps_per_epoch:.4f}, val top-1 {top1:.2f}%")
@@ -236,12 +252,13 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     return result
 
 
-def _optimizer(optim_cfg: dict, groups: list[dict], lr: float, task: str) -> torch.optim.Optimizer:
-    """AdamW (fine-tuning, LC-MAE Section 5 / MAE), LARS (MAE's linear probe; timm's ``Lars`` with the
-    trust ratio on weight matrices only, as MAE's ``util/lars.py``) or SGD with momentum."""
+def _optimizer(optim_cfg: dict, groups: list[dict], lr: float, task: str,
+               device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+    """AdamW (fine-tuning, LC-MAE Section 5 / MAE; fused on CUDA: ``accel.adamw``), LARS (MAE's linear probe;
+    timm's ``Lars`` with the trust ratio on weight matrices only, as MAE's ``util/lars.py``) or SGD with momentum."""
     name = optim_cfg["optimizer"]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))  # MAE fine-tuning: torch's default betas
+        return adamw(groups, lr=lr, betas=(0.9, 0.999), device=device)  # MAE fine-tuning: torch's default betas
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     if name == "lars":
@@ -258,18 +275,20 @@ def _optimizer(optim_cfg: dict, groups: list[dict], lr: float, task: str) -> tor
 
 
 @torch.no_grad()
-def _features(encoder, loader, device):
+def _features(encoder, loader, device, bf16: bool = False):
     feats, labels = [], []
     for x, y in loader:
-        feats.append(nn.functional.normalize(encoder.forward_encoder(x.to(device), 0.0)[0][:, 0].float(), dim=1))
+        with autocast(device, bf16):
+            cls = encoder.forward_encoder(x.to(device, non_blocking=True), 0.0)[0][:, 0]
+        feats.append(nn.functional.normalize(cls.float(), dim=1))
         labels.append(y.to(device))
     return torch.cat(feats), torch.cat(labels)
 
 
 @torch.no_grad()
-def _knn(encoder, train_loader, val_loader, device, k: int, temperature: float) -> float:
-    train_x, train_y = _features(encoder, train_loader, device)
-    val_x, val_y = _features(encoder, val_loader, device)
+def _knn(encoder, train_loader, val_loader, device, k: int, temperature: float, bf16: bool = False) -> float:
+    train_x, train_y = _features(encoder, train_loader, device, bf16)
+    val_x, val_y = _features(encoder, val_loader, device, bf16)
     num_classes = int(train_y.max()) + 1
     k = min(k, len(train_x))
     sims, idx = (val_x @ train_x.T).topk(k, dim=1)  # [V, k]

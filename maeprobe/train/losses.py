@@ -100,7 +100,7 @@ def gather_with_grad(features: torch.Tensor, mode: str = "exact") -> torch.Tenso
 def uniformity(features: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
     """mean over all pairs (i, j) of ``features`` [N, D], the diagonal included, of (cos(f_i, f_j) / tau)^2."""
     with torch.autocast(features.device.type, enabled=False):  # float32 also under bf16 autocast
-        f = F.normalize(features.float(), dim=-1)
+        f = F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=-1)  # float64 stays
         return ((f @ f.T) / tau).pow(2).mean()
 
 
