@@ -164,7 +164,7 @@ def test_recipe_show_prints_the_resolved_yaml(tmp_path, monkeypatch):
     expected["model"].pop("pred_size")  # AE(k) only
     # what the run uses: the resolved recipe without the other methods' and fine-tuning's settings
     assert shown["optim"]["epochs"] == 3 and shown["lcmae"] == expected["lcmae"] and shown["model"] == expected["model"]
-    assert {k: v for k, v in expected.items() if k not in ("umae", "eval", "optim")} == \
+    assert {k: v for k, v in expected.items() if k not in ("umae", "eval", "optim", "reading")} == \
         {k: v for k, v in shown.items() if k != "optim"}
     assert {k: v for k, v in expected["optim"].items() if k in shown["optim"]} == shown["optim"]
     assert "# derived for 8 process(es): global batch 1024 = 8 process(es) x 2 accumulation step(s) x 64 images; " \
