@@ -63,8 +63,9 @@ def peak_memory_mb(args, mode) -> float:
         torch.cuda.reset_peak_memory_stats()
         (bare_pass if mode == "bare" else probe_pass)(model, images, args)
         return torch.cuda.max_memory_allocated() / 2**20
+    skip = ("child", "repeats", "json", "no_memory")
     cmd = [sys.executable, __file__, "--child", mode] + [f"--{k.replace('_', '-')}={v}" for k, v in
-                                                        vars(args).items() if k not in ("child", "repeats", "json")]
+                                                        vars(args).items() if k not in skip]
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
 
 
@@ -77,6 +78,8 @@ def main():
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the peak-memory passes (on CPU two fresh processes; on CUDA one pass each)")
     parser.add_argument("--child", choices=["bare", "probe"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -96,7 +99,7 @@ def main():
             fn(model, images, args)
             times[mode].append(time.perf_counter() - start)
     bare, probe = statistics.median(times["bare"]), statistics.median(times["probe"])
-    memory = {mode: peak_memory_mb(args, mode) for mode in ("bare", "probe")}
+    memory = {mode: float("nan") if args.no_memory else peak_memory_mb(args, mode) for mode in ("bare", "probe")}
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
         f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     result = {"device": device, "preset": args.preset, "images": args.images, "batch_size": args.batch_size,

@@ -3,15 +3,13 @@ temporary hub caches (an MAE file with its decoder in the torch hub cache, DINO'
 hub snapshot): random weights must give inconclusive verdicts; a missing file is one line naming every file."""
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 import maeprobe
 from maeprobe.findings import reproduce
-from maeprobe.models import build_mae
 
 timm = pytest.importorskip("timm")
 
@@ -25,31 +23,18 @@ def caches(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _vit(arch: str, seed: int):
-    torch.manual_seed(seed)
-    return timm.create_model(arch, pretrained=False, img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3,
-                             num_classes=0)
+def _load_stand_ins():
+    """``place_stand_ins`` of benchmarks/gpu_check.py (the GPU check runs the same stand-ins)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.place_stand_ins
 
 
-def _place_stand_ins(root, *, deit: bool = True) -> None:
-    from safetensors.torch import save_file
-
-    checkpoints = root / "torch" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.manual_seed(1)  # not the seed of the random-weights control
-    mae = build_mae(img_size=32, patch_size=8, embed_dim=192, depth=2, num_heads=3, decoder_embed_dim=32,
-                    decoder_depth=3, decoder_num_heads=4)
-    maeprobe.save_checkpoint(mae, checkpoints / "mae_pretrain_vit_base_full.pth")  # official {'model': ...} format
-    torch.save(_vit("vit_base_patch16_224", 2).state_dict(), checkpoints / "dino_vitbase16_pretrain.pth")
-    if deit:
-        repo = root / "hf" / "models--timm--deit_base_patch16_224.fb_in1k"
-        (repo / "refs").mkdir(parents=True)
-        (repo / "refs" / "main").write_text("0123abcd")
-        snapshot = repo / "snapshots" / "0123abcd"
-        snapshot.mkdir(parents=True)
-        save_file(_vit("deit_base_patch16_224", 3).state_dict(), str(snapshot / "model.safetensors"))
-        (snapshot / "config.json").write_text(json.dumps({"architecture": "deit_base_patch16_224",
-                                                          "model_args": {"num_heads": 3}}))
+_place_stand_ins = _load_stand_ins()
 
 
 def test_released_scale_on_random_stand_ins_is_inconclusive(caches):

@@ -20,7 +20,7 @@ Where CUDA behaves differently from the CPU path (what a CPU test cannot show):
   differ by device: on Ampere and later GPUs cuDNN convolutions (the patch embedding) take float32 inputs in TF32
   (``torch.backends.cudnn.conv.fp32_precision == 'tf32'``), while matmuls stay IEEE float32 unless
   ``torch.set_float32_matmul_precision('high')`` was called; the CPU computes IEEE float32 throughout. A float32 probe
-  on CUDA therefore differs from the CPU by about 1e-4 relative (tested under both settings in the cuda tests);
+  on CUDA may therefore differ from the CPU's in the fourth digit (the cuda tests bound it under both settings);
   set ``torch.backends.cudnn.conv.fp32_precision = 'ieee'`` for IEEE convolutions.
 * **Pinned memory.** ``pin_memory`` takes effect only with an accelerator: on a CPU-only machine torch's DataLoader
   ignores it (with a warning), so the copy ``tensor.to('cuda', non_blocking=True)`` from pinned pages is exercised
