@@ -56,8 +56,9 @@ def place_stand_ins(root, *, deit: bool = True) -> None:
                                                           "model_args": {"num_heads": 3}}))
 
 
-def make_images(folder, per_class: int = 16) -> None:
-    """DIR/train/<class>/*.png and DIR/val/<class>/*.png: two colour classes of 72 x 72 noisy images."""
+def make_images(folder, per_class: int = 16, size: int = 72) -> None:
+    """DIR/train/<class>/*.png and DIR/val/<class>/*.png: two colour classes of ``size`` x ``size`` noisy images
+    (``per_class`` in train, half as many in val). The tests' image folders come from here too."""
     import numpy as np
     from PIL import Image
 
@@ -67,7 +68,7 @@ def make_images(folder, per_class: int = 16) -> None:
             target = Path(folder) / split / name
             target.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (72, 72, 3)), 0, 255).astype(np.uint8)
+                pixels = np.clip(np.array(colour) + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(target / f"{i}.png")
 
 

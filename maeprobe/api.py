@@ -44,8 +44,8 @@ def attention_distance(model, images=None, *, layers=None, module: str = "encode
         batch_size, device, dtype, progress: how to run (dtype ``'bf16'`` for autocast).
         num_workers: DataLoader processes decoding a folder of images (None: on CUDA CPU cores - 1, at most 8;
             on CPU 0, i.e. in this process). Results do not depend on it.
-        block_queries: compute the statistics from q and k in blocks of this many query rows while the model
-            keeps its fused attention (None: ``probe.DEFAULT_BLOCK_QUERIES``); 0: full [B, H, N, N] maps.
+        block_queries: compute the statistics from q and k in blocks of this many query rows, no N x N map
+            kept (None: ``probe.DEFAULT_BLOCK_QUERIES``); 0: full [B, H, N, N] maps.
 
     Returns:
         DataFrame with one row per (layer, head): metric, module, layer, head, value, n_images, std,

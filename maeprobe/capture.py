@@ -11,14 +11,14 @@ Two ways to get attention probabilities:
   probed blocks only and reads the *input* of ``attn_drop`` (the probabilities before dropout, also in
   training mode): one [B, heads, N, N] tensor per layer.
 * **Query blocks** (``block_queries=n > 0``, for consumers that accept ``AttentionRows``). The probed blocks
-  keep (or get) timm's fused path, so the model's output comes from ``scaled_dot_product_attention`` as in a
-  bare forward. While a probed attention module runs, ``capture`` wraps ``torch.nn.functional.
-  scaled_dot_product_attention`` and hands q and k exactly as the model passes them (after q/k norms and
-  rotary embeddings; the family's scale and its additive bias, e.g. BEiT's relative position bias, are the
-  call's own arguments) to the consumers as ``AttentionRows``, which compute ``softmax(q k^T * scale + bias)``
-  for n query rows at a time. Memory grows with n x N, not N^2. When all N queries fit in one block, the
-  probabilities the statistics need are computed once and also give the output (p @ v) instead of the fused
-  kernel computing them again (the same memory bound, half the attention work).
+  keep (or get) timm's fused branch, which calls ``scaled_dot_product_attention``. While a probed attention
+  module runs, ``capture`` wraps ``torch.nn.functional.scaled_dot_product_attention`` and hands q and k
+  exactly as the model passes them (after q/k norms and rotary embeddings; the family's scale and its
+  additive bias, e.g. BEiT's relative position bias, are the call's own arguments) to the consumers as
+  ``AttentionRows``, which compute ``softmax(q k^T * scale + bias)`` for n query rows at a time in float32.
+  Memory grows with n x N, not N^2. The layer's output is p @ v from those same probabilities (on CPU, and
+  whenever all N queries fit in one block: half the attention work of running the fused kernel beside
+  them) or, on GPUs, the fused kernel's (``block_output``); both equal a bare forward to float tolerance.
 """
 from __future__ import annotations
 
@@ -129,31 +129,100 @@ class AttentionRows:
     """
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
-                 scale: float | None = None, block: int = 128) -> None:
-        self.q, self.k_t = q, k.float().transpose(-2, -1)
-        self.bias = bias
+                 scale: float | None = None, block: int = 128, value: torch.Tensor | None = None) -> None:
         self.scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        # one contiguous float32 copy of each (the model's q and k are usually strided views of its qkv
+        # projection, which every block's matmul would otherwise copy again); q carries the scale
+        self.q = (q.float() * self.scale).contiguous()
+        self.k_t = k.float().contiguous().transpose(-2, -1)
+        self.bias = bias
         self.block = max(1, int(block))
         self.shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         self.device = q.device
+        # with ``value``: the first pass over the blocks also writes the attention output p @ v of its rows
+        # (``output()`` adds the rows no consumer asked for), so the fused kernel need not run at all
+        self.value = None if value is None else value.float().contiguous()
+        self._out: torch.Tensor | None = None
+        self._covered: torch.Tensor | None = None
+        self._passes = 0
 
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        """Probabilities of the query rows ``index`` [n]: [B, H, n, Nk] float32."""
-        logits = (self.q[:, :, index].float() * self.scale) @ self.k_t
+    def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two [B, H, rows, Nk] float32 views (logits, probabilities) of buffers kept across blocks: a fresh
+        block-sized tensor per block costs page faults (large allocations are mapped and unmapped each time)
+        that on CPU took as long as the block's matrix product."""
+        B, H, _, Nk = self.shape
+        need = B * H * rows * Nk
+        if getattr(self, "_flat", None) is None or self._flat[0].numel() < need:
+            self._flat = tuple(torch.empty(need, device=self.device) for _ in range(2))
+        return tuple(flat[:need].view(B, H, rows, Nk) for flat in self._flat)
+
+    def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Probabilities of the query rows ``index`` ([n] indices or a slice): [B, H, n, Nk] float32, in a buffer
+        that the next call overwrites (reduce a block before asking for the next)."""
+        q = self.q[:, :, index]
+        logits, probs = self._buffers(q.shape[2])
+        with torch.autocast(self.device.type, enabled=False):  # float32 logits under a bf16 forward too
+            torch.matmul(q, self.k_t, out=logits)
         if self.bias is not None:
             bias = self.bias if self.bias.shape[-2] == 1 else self.bias[..., index, :]
-            logits = logits.masked_fill(~bias, float("-inf")) if bias.dtype == torch.bool else logits + bias.float()
-        return logits.softmax(-1)
+            if bias.dtype == torch.bool:
+                logits.masked_fill_(~bias, float("-inf"))
+            else:
+                logits.add_(bias.float())
+        return torch.softmax(logits, -1, out=probs)
 
     def blocks(self, queries: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(position of the block's first query in ``queries``, the query rows, their probabilities) for
-        ``queries`` (default: all rows) in blocks of ``block`` rows."""
+        ``queries`` (default: all rows) in blocks of ``block`` rows. Each block's probabilities are overwritten
+        by the next block's: reduce them (or copy what must be kept) before the loop goes on."""
         if queries is None:
-            queries = torch.arange(self.shape[2], device=self.q.device)
-        queries = queries.to(self.q.device)
+            queries = torch.arange(self.shape[2], device=self.device)
+        queries = queries.to(self.device)
+        writing = self.value is not None and self._passes == 0
+        self._passes += 1
+        run = _as_run(queries)  # consecutive rows (every caller's case) are sliced, not gathered: no copy of q
         for start in range(0, len(queries), self.block):
             index = queries[start:start + self.block]
-            yield start, index, self.rows(index)
+            which = slice(run.start + start, run.start + start + len(index)) if run is not None else index
+            probs = self.rows(which)
+            if writing:
+                self._write(which, probs)
+            yield start, index, probs
+
+    def _allocate_output(self) -> None:
+        if self._out is None:
+            B, H, Nq, _ = self.shape
+            self._out = torch.empty(B, H, Nq, self.value.shape[-1], device=self.device)
+            self._covered = torch.zeros(Nq, dtype=torch.bool, device=self.device)  # rows written so far
+
+    def _write(self, which: torch.Tensor | slice, probs: torch.Tensor) -> None:
+        self._allocate_output()
+        with torch.autocast(self.device.type, enabled=False):
+            self._out[:, :, which] = probs @ self.value
+        self._covered[which] = True
+
+    def output(self) -> torch.Tensor:
+        """The attention output [B, H, Nq, dv] (float32) from the same probabilities: the rows written while a
+        consumer went over the blocks, and the others (prefix tokens, unmasked decoder rows, or all rows when no
+        consumer asked) computed now, in blocks."""
+        self._allocate_output()
+        rest = (~self._covered).nonzero().squeeze(1)
+        run = _as_run(rest)
+        for start in range(0, len(rest), self.block):
+            index = rest[start:start + self.block]
+            which = slice(run.start + start, run.start + start + len(index)) if run is not None else index
+            self._write(which, self.rows(which))
+        return self._out
+
+
+def _as_run(index: torch.Tensor) -> range | None:
+    """``index`` as a range when it holds consecutive integers (slicing then replaces gathering), else None."""
+    if len(index) == 0:
+        return range(0, 0)
+    first = int(index[0])
+    if bool((index == torch.arange(first, first + len(index), device=index.device)).all()):
+        return range(first, first + len(index))
+    return None
 
 
 class AttentionMap(AttentionRows):
@@ -161,6 +230,7 @@ class AttentionMap(AttentionRows):
 
     def __init__(self, attn: torch.Tensor) -> None:
         self.attn, self.shape, self.block = attn, tuple(attn.shape), attn.shape[2]
+        self.value, self._passes = None, 0
         self.q, self.device = attn, attn.device  # (``blocks`` moves the queries to it)
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
@@ -196,7 +266,8 @@ def last_event(request: CaptureRequest, module: str = "encoder") -> tuple[str, s
 @contextmanager
 def capture(model: nn.Module, request: CaptureRequest,
             consumers: dict[tuple[str, str, int], list[Consumer]] | None = None,
-            stop_after: tuple[str, str, int] | None = None, block_queries: int = 0) -> Iterator[ActivationCache]:
+            stop_after: tuple[str, str, int] | None = None, block_queries: int = 0,
+            block_output: str = "auto") -> Iterator[ActivationCache]:
     """Record the requested attention maps and block outputs during forward passes inside the block.
 
     Args:
@@ -209,9 +280,14 @@ def capture(model: nn.Module, request: CaptureRequest,
         stop_after: ``(kind, module, layer)`` (see ``last_event``): once that tensor is recorded, raise
             ``StopForward`` so that the caller skips the rest of the forward pass, which nothing needs.
         block_queries: > 0: attention that goes to consumers is handed over as ``AttentionRows`` computed in
-            blocks of this many query rows from q and k, and the model keeps its fused attention (module
+            blocks of this many query rows from q and k, and the model takes its fused branch (module
             docstring); 0: full [B, H, N, N] maps from timm's explicit path. Attention stored in the cache is
             always a full map.
+        block_output: where a layer's output comes from on the block path when its queries need several
+            blocks: ``"blocks"``: p @ v from the same float32 probabilities, row block by row block (the
+            statistics compute them anyway); ``"fused"``: the model's fused kernel, the probabilities computed
+            beside it; ``"auto"`` (default): blocks on CPU (cheaper there), fused on other devices. Either way
+            memory stays within the block bound; a layer whose queries fit in one block always uses p @ v.
 
     Example:
         >>> with capture(model, CaptureRequest.of(attention={"encoder": [0, 11]})) as cache:
@@ -220,6 +296,8 @@ def capture(model: nn.Module, request: CaptureRequest,
     """
     import torch.nn.functional as F
 
+    if block_output not in ("auto", "blocks", "fused"):
+        raise ValueError(f"block_output must be 'auto', 'blocks' or 'fused', got {block_output!r}")
     cache = ActivationCache()
     consumers = consumers or {}
     handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -249,9 +327,15 @@ def capture(model: nn.Module, request: CaptureRequest,
             # every query fits in one block: its probabilities, which the statistics need anyway, also give the
             # output (p @ v), instead of the fused kernel computing them a second time; memory stays within
             # the block bound (block x tokens per head and image)
-            probs = rows.rows(torch.arange(query.shape[2], device=query.device))
+            probs = rows.rows(slice(None))
             store("attention", probed, AttentionMap(probs))
             return (probs @ value.float()).to(value.dtype)
+        if block_output == "blocks" or (block_output == "auto" and query.device.type == "cpu"):
+            # the statistics' probabilities also give the output (p @ v, block by block): on CPU cheaper than
+            # the fused kernel computing them a second time (benchmarks/README.md); memory stays in the bound
+            rows.value = value.detach().float().contiguous()  # (rows is this call's own object)
+            store("attention", probed, rows)
+            return rows.output().to(value.dtype)
         out = original_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                             scale=scale, **kwargs)
         store("attention", probed, rows)
@@ -308,7 +392,7 @@ def capture(model: nn.Module, request: CaptureRequest,
                 by_rows = block_queries > 0 and bool(consumers.get(("attention", module, layer)))
                 if hasattr(attn, "fused_attn"):
                     fused_before.append((attn, attn.fused_attn))
-                    attn.fused_attn = by_rows  # block path: the fused kernel gives the output
+                    attn.fused_attn = by_rows  # block path: the fused branch, its SDPA call served above
                 elif by_rows:
                     raise MaeprobeError(f"{module} layer {layer}: {type(attn).__name__} has no fused attention "
                                         "path; use --block-queries 0 (full maps)")

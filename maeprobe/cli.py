@@ -242,6 +242,11 @@ def info(ckpt: Path = CKPT, num_heads: Optional[int] = NUM_HEADS, decoder_num_he
         _echo(f"{key:>14}: {value}")
 
 
+BLOCK_QUERIES = typer.Option(None, "--block-queries", min=0, max=1 << 20,
+                             help="Attention statistics from q and k in blocks of this many query rows, no N x N "
+                                  "map kept (default 256); 0: full N x N maps (the reference path).")
+
+
 @app.command("attn-distance")
 @_friendly
 def attn_distance(
@@ -264,10 +269,7 @@ def attn_distance(
     num_heads: Optional[int] = NUM_HEADS,
     decoder_num_heads: Optional[int] = DEC_HEADS,
     img_size: Optional[int] = IMG_SIZE,
-    block_queries: Optional[int] = typer.Option(None, "--block-queries", min=0, max=1 << 20,
-                                                help="Statistics from q and k in blocks of this many query rows; "
-                                                     "the model keeps its fused attention (default 256); 0: full "
-                                                     "N x N maps."),
+    block_queries: Optional[int] = BLOCK_QUERIES,
 ):
     """Mean attention distance per layer and head (ViT authors' convention), in pixels by default."""
     _check_table_out(out)
@@ -302,9 +304,6 @@ BATCH = typer.Option(16, "--batch-size", min=1, max=1 << 20)
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 DTYPE = typer.Option(DType.fp32, "--dtype", help="fp32 or bf16 (autocast).")
 DEC_LAYERS = typer.Option(None, "--layers", help="0-based decoder layers, e.g. 0,7 or 0-3 (default all).")
-BLOCK_QUERIES = typer.Option(None, "--block-queries", min=0, max=1 << 20,
-                             help="Attention statistics from q and k in blocks of this many query rows; the "
-                                  "model keeps its fused attention (default 256); 0: full N x N maps.")
 
 
 def _check_table_out(out) -> None:
@@ -568,7 +567,7 @@ def figures_cmd(
     results: list[Path] = typer.Argument(..., help="Result tables (.csv/.json/.parquet) written by maeprobe."),
     out: Path = typer.Option(Path("figures/out"), "--out", help="Output folder."),
     figure: Optional[str] = typer.Option(None, "--figure",
-                                         help="Comma list of fig2, fig3, fig5, fig6, figA1, spectrum "
+                                         help="Comma list of fig2, fig3, fig5, fig6, figA1, spectrum, entropy "
                                               "(default: every figure the tables have data for)."),
     label_by: str = typer.Option("checkpoint", "--label-by", help="Column that names the lines."),
     mix_mask_settings: bool = typer.Option(False, "--mix-mask-settings",

@@ -22,8 +22,8 @@ from .masking import MaskInfo, mask_noise
 from .metrics.base import Reducer
 from .reference import Reference
 
-# Attention statistics are computed from q and k in blocks of this many query rows (the model keeps its fused
-# attention); 0 materialises full [B, H, N, N] maps. Chosen with benchmarks/block_queries.py (README there).
+# Attention statistics are computed from q and k in blocks of this many query rows (no N x N map is kept);
+# 0 materialises full [B, H, N, N] maps. Chosen with benchmarks/block_queries.py (README there).
 DEFAULT_BLOCK_QUERIES = 256
 
 DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -117,8 +117,8 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
             0 for images already in memory). Batches keep their order, so results do not depend on it.
         progress: show a progress bar (only on runs that last more than two seconds; under
             torch.distributed only on the main process).
-        block_queries: attention statistics from q and k in blocks of this many query rows, the model keeping
-            its fused attention (None: ``DEFAULT_BLOCK_QUERIES``); 0: full [B, H, N, N] maps (the reference
+        block_queries: attention statistics from q and k in blocks of this many query rows, no N x N map kept
+            (None: ``DEFAULT_BLOCK_QUERIES``); 0: full [B, H, N, N] maps (the reference
             path). Results agree to float tolerance.
     """
     from . import validate

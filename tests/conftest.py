@@ -59,6 +59,26 @@ def hf_mae(tmp_path_factory, hf_config_kwargs):
     return model, folder
 
 
+def load_benchmark(name: str):
+    """A module of benchmarks/ (the GPU check's stand-in builders are shared with the tests)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """train/ and val/ with two colour classes (red, blue) of 40 x 40 noisy PNGs (8 + 4 per class)."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    load_benchmark("gpu_check").make_images(root, per_class=8, size=40)
+    return root
+
+
 @pytest.fixture(scope="session")
 def images32():
     """Six smooth random images [6, 3, 32, 32] (already normalised)."""

@@ -12,19 +12,7 @@ from typer.testing import CliRunner
 import maeprobe
 from maeprobe.capture import AttentionMap, CaptureRequest, capture
 from maeprobe.metrics import AttentionEntropy
-
-
-def _hf_attentions(hf, x, noise):
-    decoder = {}
-    hooks = [layer.attention.register_forward_hook(lambda m, i, o, k=k: decoder.__setitem__(k, o[1]))
-             for k, layer in enumerate(hf.decoder.decoder_layers)]
-    try:
-        with torch.no_grad():
-            out = hf(pixel_values=x, noise=noise, output_attentions=True)
-    finally:
-        for h in hooks:
-            h.remove()
-    return list(out.attentions) + [decoder[k] for k in sorted(decoder)], out.logits
+from test_hf_reference import hf_forward
 
 
 def _block_rows(model, x, noise, mask_ratio, block):
@@ -33,9 +21,9 @@ def _block_rows(model, x, noise, mask_ratio, block):
 
     def consumer(kind, module, layer, rows, cache):
         assert not isinstance(rows, torch.Tensor)  # q/k rows, not a map
-        parts = list(rows.blocks())
+        parts = [probs.clone() for _, _, probs in rows.blocks()]  # a block's buffer is reused by the next
         blocks_seen.append(len(parts))
-        got[(module, layer)] = torch.cat([probs for _, _, probs in parts], dim=2)
+        got[(module, layer)] = torch.cat(parts, dim=2)
 
     layers = {"encoder": range(model.config.depth), "decoder": range(model.config.decoder_depth)}
     consumers = {("attention", m, i): [consumer] for m, ls in layers.items() for i in ls}
@@ -52,7 +40,8 @@ def test_block_rows_equal_transformers_attentions(hf_mae, images32, block):
     hf, folder = hf_mae
     model = maeprobe.load(folder)
     noise = torch.rand(images32.shape[0], 16, generator=torch.Generator().manual_seed(3))
-    theirs, logits = _hf_attentions(hf, images32, noise)
+    out, hf_enc, hf_dec = hf_forward(hf, images32, noise)
+    theirs, logits = hf_enc + hf_dec, out.logits
     ours, pred, blocks_seen = _block_rows(model, images32, noise, 0.75, block)
     assert len(ours) == len(theirs) == 5
     for a, b in zip(ours, theirs):
@@ -62,7 +51,36 @@ def test_block_rows_equal_transformers_attentions(hf_mae, images32, block):
     assert blocks_seen == [math.ceil(5 / block)] * 3 + [math.ceil(17 / block)] * 2
 
 
-def test_block_path_keeps_the_fused_kernel_and_restores_the_model(hf_mae, images32):
+@pytest.mark.parametrize("reads", ["none", "odd rows", "all rows twice"])
+@pytest.mark.parametrize("block_output", ["blocks", "fused"])
+def test_the_output_is_right_whatever_rows_the_consumers_read(hf_mae, images32, reads, block_output):
+    """On the block path the layer output comes from the statistics' own probabilities (``blocks``: rows the
+    consumers read are written as they go, the others afterwards) or from the fused kernel: either way the
+    model's prediction equals transformers'."""
+    hf, folder = hf_mae
+    model = maeprobe.load(folder)
+    noise = torch.rand(images32.shape[0], 16, generator=torch.Generator().manual_seed(5))
+    out, _, _ = hf_forward(hf, images32, noise)
+
+    def consumer(kind, module, layer, rows, cache):
+        if reads == "odd rows":
+            for _ in rows.blocks(torch.arange(1, rows.shape[2], 2)):
+                pass
+        elif reads == "all rows twice":
+            for _ in range(2):
+                for _ in rows.blocks():
+                    pass
+
+    layers = {"encoder": range(3), "decoder": range(2)}
+    consumers = {("attention", m, i): [consumer] for m, ls in layers.items() for i in ls}
+    with capture(model, CaptureRequest.of(attention=layers), consumers, block_queries=2,
+                 block_output=block_output), torch.no_grad():
+        latent, _, ids_restore = model.forward_encoder(images32, 0.75, noise)
+        pred = model.forward_decoder(latent, ids_restore)
+    torch.testing.assert_close(pred, out.logits, atol=1e-5, rtol=1e-4)
+
+
+def test_block_path_takes_the_fused_branch_and_restores_the_model(hf_mae, images32):
     _, folder = hf_mae
     model = maeprobe.load(folder)
     for block in model.blocks:
@@ -73,7 +91,7 @@ def test_block_path_keeps_the_fused_kernel_and_restores_the_model(hf_mae, images
     sdpa_before = torch.nn.functional.scaled_dot_product_attention
     try:
         maeprobe.attention_distance(model, images32, layers=[0], device="cpu", block_queries=4)
-        assert seen == [True] and explicit == []  # fused SDPA ran; no explicit softmax map was made
+        assert seen == [True] and explicit == []  # the fused branch ran (its SDPA call served by blocks); no map
         seen.clear()
         maeprobe.attention_distance(model, images32, layers=[0], device="cpu", block_queries=0)
         assert seen == [False] and explicit == [1]  # the reference path: timm's explicit attention
@@ -153,3 +171,26 @@ def test_cli_attn_entropy_and_block_queries(hf_mae, tmp_path):
     assert set(table["metric"]) == {"attention_entropy"} and (table["value"] <= table["uniform_level"] + 1e-6).all()
     bad = CliRunner().invoke(app, ["attn-distance", str(folder), "--block-queries", "-1"])
     assert bad.exit_code == 2 and "--block-queries" in bad.output
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_cuda_block_path_equals_the_cpu_full_maps(hf_mae, images32, dtype):
+    """On a GPU the blocks run on the device (fused SDPA for the output, float32 rows for the statistics): every
+    attention metric equals the CPU full-map path (fp32 within 1e-4, TF32 matmuls off; bf16 within 2%)."""
+    _, folder = hf_mae
+    model = maeprobe.load(folder)
+    tol = dict(rtol=2e-2, atol=0) if dtype == "bf16" else dict(rtol=1e-4, atol=1e-5)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for metric, kwargs in ((maeprobe.attention_distance, {"mask_ratio": 0.75}),
+                               (maeprobe.attention_entropy, {"module": "decoder"}),
+                               (maeprobe.decoder_attention_similarity, {"per_head": True})):
+            cpu = metric(model, images32, device="cpu", block_queries=0, batch_size=4, **kwargs)
+            for block in (3, 256):
+                gpu = metric(model, images32, device="cuda", dtype=dtype, block_queries=block, batch_size=4, **kwargs)
+                torch.testing.assert_close(torch.tensor(gpu["value"].to_numpy()),
+                                           torch.tensor(cpu["value"].to_numpy()), **tol)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

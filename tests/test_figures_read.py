@@ -99,6 +99,24 @@ def test_attention_distance_figures(tmp_path, captured):
     _check(fig6, legend_names=["mask ratio 0.75", "b.pth"], uniform=32.58)
 
 
+def test_entropy_figure(tmp_path, captured):
+    rows = []
+    for c, name in enumerate(("mae.pth", "dino.pth")):
+        for layer in range(3):
+            for head in range(2):
+                v = 2.0 + 0.3 * layer - 0.2 * c
+                rows.append({"metric": "attention_entropy", "module": "encoder", "layer": layer, "head": head,
+                             "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n_images": 8, "checkpoint": name,
+                             "patch_keys_only": False, "mask_ratio": 0.0, "shared_mask": True,
+                             "uniform_level": float(np.log(65))})
+    table = pd.DataFrame(rows)
+    figmod.make_figures(table, tmp_path)  # chosen by default when the table has entropy rows
+    (fig,) = captured
+    _check(fig, legend_names=["mae.pth", "dino.pth", "single heads"], uniform=float(np.log(65)))
+    assert "nats" in fig.axes[0].get_ylabel() and "entropy" in fig.axes[0].get_ylabel()
+    assert any("4.17 nats" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
 def test_findings_figures_show_their_controls(tmp_path, captured):
     from maeprobe.findings import rules
     from maeprobe.findings.figures import finding_figure

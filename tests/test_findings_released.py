@@ -3,12 +3,12 @@ temporary hub caches (an MAE file with its decoder in the torch hub cache, DINO'
 hub snapshot): random weights must give inconclusive verdicts; a missing file is one line naming every file."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import maeprobe
+from conftest import load_benchmark
 from maeprobe.findings import reproduce
 
 timm = pytest.importorskip("timm")
@@ -23,18 +23,7 @@ def caches(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _load_stand_ins():
-    """``place_stand_ins`` of benchmarks/gpu_check.py (the GPU check runs the same stand-ins)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.place_stand_ins
-
-
-_place_stand_ins = _load_stand_ins()
+_place_stand_ins = load_benchmark("gpu_check").place_stand_ins  # the GPU check runs the same stand-ins
 
 
 def test_released_scale_on_random_stand_ins_is_inconclusive(caches):

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 import maeprobe
 from maeprobe.checkpoints import read_pickle
@@ -42,21 +41,6 @@ BF16_TOL = {
     "loss": 0.02,                          # |bf16 - fp32| / |fp32| of every loss part
     "gradient_cosine": 0.99,               # cos(bf16 gradient, fp32 gradient) at least
 }
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """train/ and val/ with two colour classes of 40 x 40 PNGs (8 + 4 per class)."""
-    root = tmp_path_factory.mktemp("gpu_paths_images")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 4)):
-        for name, colour in (("red", (210, 50, 40)), ("blue", (40, 60, 210))):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(np.array(colour) + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(folder / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

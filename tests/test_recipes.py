@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from typer.testing import CliRunner
 
 import maeprobe
@@ -96,20 +95,6 @@ def test_gaussian_decoder_averages_visible_neighbours():
 
 
 # --------------------------------------------------------------------------- every tiny recipe
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagefolder")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 4)):
-        for name, colour in (("red", (210, 50, 40)), ("blue", (40, 60, 210))):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(np.array(colour) + rng.normal(0, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(folder / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def single_image(tmp_path_factory):
     from matplotlib.cbook import get_sample_data

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ..capture import ActivationCache, AttentionRows, CaptureRequest, attention_rows, blocks_of, resolve_layers
+from ..capture import ActivationCache, AttentionRows, attention_rows, blocks_of, resolve_layers
 from ..errors import MaeprobeError
-from .base import ImageMean
+from .base import LayerHeadMean
 
 
 def patch_distances(grid_size: int, patch_size: int = 1) -> torch.Tensor:
@@ -26,7 +26,7 @@ def patch_distances(grid_size: int, patch_size: int = 1) -> torch.Tensor:
     return torch.cdist(centres, centres)
 
 
-class AttentionDistance(ImageMean):
+class AttentionDistance(LayerHeadMean):
     """Streaming mean attention distance of every (layer, head) of the encoder or decoder."""
 
     metric = "attention_distance"
@@ -52,9 +52,6 @@ class AttentionDistance(ImageMean):
         self.uniform_level = mean if renormalize else mean * L / (L + self.num_prefix)
         super().__init__((len(self.layers), self.num_heads), bootstrap, bootstrap_seed)
 
-    def request(self) -> CaptureRequest:
-        return CaptureRequest.of(attention={self.module: self.layers})
-
     def settings(self) -> dict:
         return {"units": self.units, "renormalize": self.renormalize}
 
@@ -78,7 +75,6 @@ class AttentionDistance(ImageMean):
         else:
             d = distances[positions.unsqueeze(-1), positions.unsqueeze(-2)]  # [B, K, K]
             self._query_dist = torch.nn.functional.pad(d, (P, 0))  # [B, K, P + K]
-        self._prepared_for = cache.mask
 
     def _layer_values(self, attn) -> torch.Tensor:
         """Per-image mean distance of one layer: attention (a [B, H, N, N] map or ``AttentionRows``) -> [B, H]."""
@@ -90,42 +86,11 @@ class AttentionDistance(ImageMean):
         for start, index, probs in rows.blocks(queries):  # probs [B, H, n, N]
             d = self._query_dist[start:start + len(index)] if self._shared \
                 else self._query_dist[:, start:start + len(index)]
-            per_query = torch.einsum("bhqk,qk->bhq" if self._shared else "bhqk,bqk->bhq", probs, d)
-            if self.renormalize:  # divide by the mass on patch keys
-                per_query = per_query / (1.0 - probs[..., :P].sum(-1)).clamp_min(1e-12) if P else per_query
-            total += per_query.sum(-1)
+            if self.renormalize and P:  # each row divided by its mass on patch keys
+                per_query = torch.linalg.vecdot(probs, d if self._shared else d.unsqueeze(1))
+                total += (per_query / (1.0 - probs[..., :P].sum(-1)).clamp_min(1e-12)).sum(-1)
+            elif self._shared:  # sum over queries and keys of p * d: one matrix-vector product, no temporary
+                total += (probs.reshape(B * H, -1) @ d.reshape(-1)).reshape(B, H)
+            else:
+                total += (probs.reshape(B, H, -1) @ d.reshape(B, -1, 1)).reshape(B, H)
         return total / (N - P)
-
-    def consumes(self) -> set[tuple[str, str, int]]:
-        return {("attention", self.module, layer) for layer in self.layers}
-
-    def consume(self, kind, module, layer, tensor, cache) -> None:
-        if getattr(self, "_prepared_for", None) is not cache.mask or not hasattr(self, "_pending"):
-            self._prepare(cache, tensor.shape[0], tensor.device)
-            self._pending = {}
-        self._pending[layer] = self._layer_values(tensor)  # the attention tensor itself is not kept
-
-    def update(self, cache: ActivationCache) -> None:
-        pending = getattr(self, "_pending", {})
-        self._pending = {}
-        missing = [layer for layer in self.layers if layer not in pending]
-        if missing:
-            first = cache.attention[(self.module, missing[0])]
-            self._prepare(cache, first.shape[0], first.device)
-            for layer in missing:
-                pending[layer] = self._layer_values(cache.attention[(self.module, layer)])
-        values = torch.stack([pending[layer] for layer in self.layers], dim=1)  # [B, layers, H]
-        B = values.shape[0]
-        self.add(values, cache.image_indices if cache.image_indices is not None else torch.arange(B))
-        self._prepared_for = None
-
-    def rows(self) -> list[dict]:
-        s = self.summary()
-        n = self.count
-        return [
-            {"metric": self.metric, "module": self.module, "layer": layer, "head": head,
-             "value": float(s["value"][i, head]), "std": float(s["std"][i, head]),
-             "ci_low": float(s["ci_low"][i, head]), "ci_high": float(s["ci_high"][i, head]), "n_images": n,
-             "uniform_level": self.uniform_level}
-            for i, layer in enumerate(self.layers) for head in range(self.num_heads)
-        ]

@@ -15,12 +15,12 @@ import math
 
 import torch
 
-from ..capture import ActivationCache, CaptureRequest, attention_rows, blocks_of, resolve_layers
+from ..capture import attention_rows, blocks_of, resolve_layers
 from ..errors import MaeprobeError
-from .base import ImageMean
+from .base import LayerHeadMean
 
 
-class AttentionEntropy(ImageMean):
+class AttentionEntropy(LayerHeadMean):
     """Streaming mean attention entropy (nats) of every (layer, head) of the encoder or decoder."""
 
     metric = "attention_entropy"
@@ -37,20 +37,10 @@ class AttentionEntropy(ImageMean):
         self.num_heads = blocks_of(model, module)[0].attn.num_heads
         self.num_prefix = model.num_prefix_tokens
         self.uniform_level = float("nan")  # ln of the number of keys, known at the first batch
-        self._pending: dict[int, torch.Tensor] = {}
         super().__init__((len(self.layers), self.num_heads), bootstrap, bootstrap_seed)
-
-    def request(self) -> CaptureRequest:
-        return CaptureRequest.of(attention={self.module: self.layers})
 
     def settings(self) -> dict:
         return {"patch_keys_only": self.patch_keys_only}
-
-    def consumes(self) -> set[tuple[str, str, int]]:
-        return {("attention", self.module, layer) for layer in self.layers}
-
-    def consume(self, kind, module, layer, tensor, cache) -> None:
-        self._pending[layer] = self._layer_values(tensor)
 
     def _layer_values(self, attn) -> torch.Tensor:
         """Attention (a [B, H, N, N] map or ``AttentionRows``) -> mean row entropy per image and head [B, H]."""
@@ -67,23 +57,3 @@ class AttentionEntropy(ImageMean):
         keys = N - P if self.patch_keys_only else N
         self.uniform_level = math.log(keys)
         return total / (N - P)
-
-    def update(self, cache: ActivationCache) -> None:
-        pending, self._pending = self._pending, {}
-        for layer in self.layers:
-            if layer not in pending:
-                pending[layer] = self._layer_values(cache.attention[(self.module, layer)])
-        values = torch.stack([pending[layer] for layer in self.layers], dim=1)  # [B, layers, H]
-        B = values.shape[0]
-        self.add(values, cache.image_indices if cache.image_indices is not None else torch.arange(B))
-
-    def rows(self) -> list[dict]:
-        s = self.summary()
-        n = self.count
-        return [
-            {"metric": self.metric, "module": self.module, "layer": layer, "head": head,
-             "value": float(s["value"][i, head]), "std": float(s["std"][i, head]),
-             "ci_low": float(s["ci_low"][i, head]), "ci_high": float(s["ci_high"][i, head]), "n_images": n,
-             "uniform_level": self.uniform_level}
-            for i, layer in enumerate(self.layers) for head in range(self.num_heads)
-        ]

@@ -131,6 +131,63 @@ class ImageMean(Reducer):
         return out
 
 
+class LayerHeadMean(ImageMean):
+    """An ``ImageMean`` of one value per image and (layer, head) of the encoder or decoder, digested from each
+    layer's attention as the forward pass produces it (``consume``) or from the cache (``update``).
+
+    Subclasses set ``module``, ``layers``, ``num_heads`` and ``uniform_level`` (the value of uniform attention,
+    drawn in the figures and used as a control) and implement ``_layer_values(attention) -> [B, H]``;
+    ``_prepare(cache, batch_size, device)`` runs before a batch's first layer.
+    """
+
+    layers: list[int]
+    num_heads: int
+    uniform_level: float
+
+    def request(self) -> CaptureRequest:
+        return CaptureRequest.of(attention={self.module: self.layers})
+
+    def consumes(self) -> set[tuple[str, str, int]]:
+        return {("attention", self.module, layer) for layer in self.layers}
+
+    def _prepare(self, cache: ActivationCache, batch_size: int, device) -> None:
+        """Per-batch set-up shared by the batch's layers (default: none)."""
+
+    def _layer_values(self, attention) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def consume(self, kind, module, layer, tensor, cache) -> None:
+        batch = (cache.mask, tensor.shape[0])  # a new batch brings a new mask (or another size)
+        prepared = getattr(self, "_prepared_for", None)
+        if not getattr(self, "_pending", None) or prepared is None or prepared[0] is not batch[0] \
+                or prepared[1] != batch[1]:  # the batch's first layer (``update`` ends each batch)
+            self._prepare(cache, tensor.shape[0], tensor.device)
+            self._prepared_for, self._pending = batch, {}
+        self._pending[layer] = self._layer_values(tensor)  # the attention tensor itself is not kept
+
+    def update(self, cache: ActivationCache) -> None:
+        pending, self._pending = getattr(self, "_pending", None) or {}, {}
+        missing = [layer for layer in self.layers if layer not in pending]
+        if missing:
+            first = cache.attention[(self.module, missing[0])]
+            self._prepare(cache, first.shape[0], first.device)
+            for layer in missing:
+                pending[layer] = self._layer_values(cache.attention[(self.module, layer)])
+        values = torch.stack([pending[layer] for layer in self.layers], dim=1)  # [B, layers, H]
+        self.add(values, cache.image_indices if cache.image_indices is not None else torch.arange(values.shape[0]))
+
+    def rows(self) -> list[dict]:
+        s = self.summary()
+        n = self.count
+        return [
+            {"metric": self.metric, "module": self.module, "layer": layer, "head": head,
+             "value": float(s["value"][i, head]), "std": float(s["std"][i, head]),
+             "ci_low": float(s["ci_low"][i, head]), "ci_high": float(s["ci_high"][i, head]), "n_images": n,
+             "uniform_level": self.uniform_level}
+            for i, layer in enumerate(self.layers) for head in range(self.num_heads)
+        ]
+
+
 def image_groups(image_indices: torch.Tensor, num_groups: int, seed: int) -> torch.Tensor:
     """Random but fixed group of every image, a pure function of (seed, image index). Returns [B]."""
     groups = [np.random.default_rng([int(seed), int(i), 0x51ED]).integers(num_groups) for i in image_indices.tolist()]

@@ -6,6 +6,8 @@
   MAE vs DINO vs DeiT; Fig. 6: pretraining mask ratios; Fig. A.1: autoencoders of different prediction
   sizes). Same plot, different checkpoint sets and labels.
 * ``spectrum``: normalised singular values of encoder features (U-MAE), effective rank in the legend.
+* ``entropy``: mean attention entropy per encoder layer (nats; not a figure of the paper), drawn like ``fig5``
+  with the uniform-attention level ln N.
 
 Error bars are the ``ci_low``/``ci_high`` bootstrap intervals stored in the tables.
 """
@@ -23,6 +25,7 @@ FIGURES = {
     "fig6": ("attention_distance", "Attention distance vs pretraining mask ratio", None),
     "figA1": ("attention_distance", "Attention distance of autoencoders AE(k)", None),
     "spectrum": ("feature_spectrum", "Feature spectrum (U-MAE)", None),
+    "entropy": ("attention_entropy", "Mean attention entropy per layer", None),
 }
 
 
@@ -143,13 +146,20 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
     return paths
 
 
-def _attention_distance(frame, title, out_dir, name, label_by, module="encoder"):
+def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="encoder"):
+    """Attention distance (fig5/fig6/figA1) or entropy: heads as dots, their mean per layer as a line with its
+    band, and the uniform-attention level."""
     plt, sns = _style()
-    rows = frame[(frame["metric"] == "attention_distance") & (frame["module"] == module)].copy()
+    rows = frame[(frame["metric"] == metric) & (frame["module"] == module)].copy()
     if rows.empty:
         return []
     rows["label"] = _labels(rows, label_by)
-    units = rows["units"].iloc[0] if "units" in rows else "px"
+    if metric == "attention_entropy":
+        units, quantity = "nats", "mean attention entropy"
+        if "patch_keys_only" in rows and rows["patch_keys_only"].fillna(False).astype(bool).any():
+            quantity += " over patch keys"
+    else:
+        units, quantity = (rows["units"].iloc[0] if "units" in rows else "px"), "mean attention distance"
     labels = list(dict.fromkeys(rows["label"]))
     fig, ax = plt.subplots(figsize=(4.4, 2.8))  # single-column width with the legend beside the axes
     for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
@@ -168,10 +178,11 @@ def _attention_distance(frame, title, out_dir, name, label_by, module="encoder")
         levels = sorted(set(np.round(rows["uniform_level"].dropna().astype(float), 3)))
         for level in levels:
             ax.axhline(level, color="0.3", lw=0.8, ls=":",
-                       label=f"uniform attention ({level:.1f} {units})" if level == levels[0] else None)
-    ax.set_ylim(bottom=0)  # distances from 0: differences of a tenth of a pixel are not magnified
+                       label=f"uniform attention ({level:.{1 if units != 'nats' else 2}f} {units})"
+                       if level == levels[0] else None)
+    ax.set_ylim(bottom=0)  # from 0: differences of a tenth of a pixel (or nat) are not magnified
     ax.set_xlabel(f"{module} layer (1 = first; tables count from 0)")
-    ax.set_ylabel(f"mean attention distance ({units})")
+    ax.set_ylabel(f"{quantity} ({units})")
     _title(ax, title, _caption(rows, name) + "; line: mean over heads, band: 95% CI over images")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -215,7 +226,7 @@ def _spectrum(frame, out_dir, name, label_by):
 def _rows_of(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     metric = FIGURES[name][0]
     rows = frame[frame["metric"] == metric]
-    if metric == "attention_distance":
+    if metric in ("attention_distance", "attention_entropy"):
         rows = rows[rows["module"] == "encoder"]
     return rows
 
@@ -250,7 +261,7 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, labe
     out_dir = Path(out_dir)
     metrics = set(frame["metric"])
     if figures is None:
-        figures = [f for f in ("fig2", "fig3", "fig5", "spectrum") if FIGURES[f][0] in metrics]
+        figures = [f for f in ("fig2", "fig3", "fig5", "entropy", "spectrum") if FIGURES[f][0] in metrics]
     paths: list[Path] = []
     for name in figures:
         if name not in FIGURES:
@@ -275,5 +286,5 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, labe
             paths += _spectrum(frame_used, out_dir, name, label_by)
         else:
             by = "pretrain_mask_ratio" if name == "fig6" and label_by == "checkpoint" else label_by
-            paths += _attention_distance(frame_used, title, out_dir, name, by)
+            paths += _per_head_layers(frame_used, metric, title, out_dir, name, by)
     return paths

@@ -11,8 +11,9 @@ Where CUDA behaves differently from the CPU path (what a CPU test cannot show):
   (U-MAE's uniformity term, the classification loss) leave autocast explicitly on both devices.
 * **Attention (SDPA).** timm's fused attention calls ``scaled_dot_product_attention``: on CUDA in bf16 the flash or
   memory-efficient kernel (float32 accumulation, another summation order), on CPU the CPU flash kernel or the math
-  path. The probe keeps it for a layer it reads whose queries need several blocks and computes the statistics from
-  q and k beside it (``maeprobe.capture``, ``block_queries``); ``block_queries=0`` uses the explicit softmax.
+  path. For a layer it reads, the probe computes the statistics from q and k in query blocks; on CUDA the fused
+  kernel still gives the output when the queries need several blocks, on CPU (and for one block) p @ v from the
+  same probabilities does (``maeprobe.capture``, ``block_output``); ``block_queries=0`` uses the explicit softmax.
 * **Fused AdamW.** On CUDA the optimiser is ``AdamW(fused=True)``: one kernel for all parameters instead of torch's
   per-device default (``foreach``). The CPU path keeps the default (so CPU runs and their checkpoints are as they
   were); ``adamw(..., fused=True)`` runs the fused implementation on the CPU for the tests. A resumed run keeps the
