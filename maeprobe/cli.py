@@ -244,7 +244,7 @@ def info(ckpt: Path = CKPT, num_heads: Optional[int] = NUM_HEADS, decoder_num_he
 
 BLOCK_QUERIES = typer.Option(None, "--block-queries", min=0, max=1 << 20,
                              help="Attention statistics from q and k in blocks of this many query rows, no N x N "
-                                  "map kept (default 256); 0: full N x N maps (the reference path).")
+                                  "map kept (default 64); 0: full N x N maps (the reference path).")
 
 
 @app.command("attn-distance")

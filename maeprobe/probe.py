@@ -24,7 +24,7 @@ from .reference import Reference
 
 # Attention statistics are computed from q and k in blocks of this many query rows (no N x N map is kept);
 # 0 materialises full [B, H, N, N] maps. Chosen with benchmarks/block_queries.py (README there).
-DEFAULT_BLOCK_QUERIES = 256
+DEFAULT_BLOCK_QUERIES = 64
 
 DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
