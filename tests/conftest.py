@@ -71,6 +71,17 @@ def load_benchmark(name: str):
     return module
 
 
+@pytest.fixture
+def caches(tmp_path, monkeypatch):
+    """Empty HuggingFace and torch hub caches in tmp_path, offline, no DINO override; tmp_path is the cwd."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("MAEPROBE_DINO", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory):
     """train/ and val/ with two colour classes (red, blue) of 40 x 40 noisy PNGs (8 + 4 per class)."""

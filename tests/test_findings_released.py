@@ -14,15 +14,6 @@ from maeprobe.findings import reproduce
 timm = pytest.importorskip("timm")
 
 
-@pytest.fixture
-def caches(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MAEPROBE_DINO", raising=False)
-    return tmp_path
-
-
 _place_stand_ins = load_benchmark("gpu_check").place_stand_ins  # the GPU check runs the same stand-ins
 
 

@@ -12,16 +12,6 @@ from maeprobe.models import build_mae
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture
-def caches(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MAEPROBE_DINO", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _snapshot(root, repo, commit="0123abcd"):
     folder = root / "hf" / ("models--" + repo.replace("/", "--"))
     (folder / "refs").mkdir(parents=True)
