@@ -323,6 +323,13 @@ def capture(model: nn.Module, request: CaptureRequest,
         active["key"] = None
         rows = AttentionRows(query.detach(), key.detach(), None if attn_mask is None else attn_mask.detach(), scale,
                              block_queries)
+        if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
+            # a forward that trains: the statistics' rows are detached, so the differentiable fused kernel
+            # gives the output
+            out = original_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                scale=scale, **kwargs)
+            store("attention", probed, rows)
+            return out
         if query.shape[2] <= block_queries:
             # every query fits in one block: its probabilities, which the statistics need anyway, also give the
             # output (p @ v), instead of the fused kernel computing them a second time; memory stays within

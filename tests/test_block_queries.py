@@ -80,6 +80,25 @@ def test_the_output_is_right_whatever_rows_the_consumers_read(hf_mae, images32, 
     torch.testing.assert_close(pred, out.logits, atol=1e-5, rtol=1e-4)
 
 
+def test_block_path_keeps_gradients_when_the_forward_trains(hf_mae, images32):
+    """Under autograd the output still comes from the differentiable kernel: gradients equal a plain forward's."""
+    _, folder = hf_mae
+    model = maeprobe.load(folder)
+    noise = torch.rand(images32.shape[0], 16, generator=torch.Generator().manual_seed(2))
+
+    def loss():
+        latent, _, ids_restore = model.forward_encoder(images32, 0.75, noise)
+        return model.forward_decoder(latent, ids_restore).square().mean()
+
+    plain = torch.autograd.grad(loss(), model.blocks[0].attn.qkv.weight)[0]
+    seen = []
+    consumers = {("attention", "encoder", i): [lambda *a: seen.append(1)] for i in range(3)}
+    with capture(model, CaptureRequest.of(attention={"encoder": range(3)}), consumers, block_queries=2):
+        probed = torch.autograd.grad(loss(), model.blocks[0].attn.qkv.weight)[0]
+    assert seen == [1, 1, 1]
+    torch.testing.assert_close(probed, plain, atol=1e-6, rtol=1e-5)
+
+
 def test_block_path_takes_the_fused_branch_and_restores_the_model(hf_mae, images32):
     _, folder = hf_mae
     model = maeprobe.load(folder)
