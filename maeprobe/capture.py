@@ -180,7 +180,7 @@ class AttentionRows:
         queries = queries.to(self.device)
         writing = self.value is not None and self._passes == 0
         self._passes += 1
-        run = _as_run(queries)  # consecutive rows (every caller's case) are sliced, not gathered: no copy of q
+        run = _as_run(queries)  # consecutive rows (all but Eq. 7's masked rows) are sliced, not gathered
         for start in range(0, len(queries), self.block):
             index = queries[start:start + self.block]
             which = slice(run.start + start, run.start + start + len(index)) if run is not None else index
@@ -287,7 +287,8 @@ def capture(model: nn.Module, request: CaptureRequest,
             blocks: ``"blocks"``: p @ v from the same float32 probabilities, row block by row block (the
             statistics compute them anyway); ``"fused"``: the model's fused kernel, the probabilities computed
             beside it; ``"auto"`` (default): blocks on CPU (cheaper there), fused on other devices. Either way
-            memory stays within the block bound; a layer whose queries fit in one block always uses p @ v.
+            memory stays within the block bound; a layer whose queries fit in one block uses p @ v. A forward
+            that trains (autograd on, or attention dropout) always takes the kernel's output.
 
     Example:
         >>> with capture(model, CaptureRequest.of(attention={"encoder": [0, 11]})) as cache:
@@ -317,36 +318,38 @@ def capture(model: nn.Module, request: CaptureRequest,
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
         probed = active["key"]
-        if probed is None or is_causal or dropout_p or kwargs or key.shape[1] != query.shape[1]:
+        if probed is None:
             return original_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                  scale=scale, **kwargs)
         active["key"] = None
+        if is_causal or kwargs or key.shape[1] != query.shape[1]:
+            raise MaeprobeError(f"{probed[0]} layer {probed[1]}: its attention call (causal, grouped heads or extra "
+                                "arguments) cannot be computed in query blocks; use --block-queries 0 (full maps)")
         rows = AttentionRows(query.detach(), key.detach(), None if attn_mask is None else attn_mask.detach(), scale,
                              block_queries)
-        if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
-            # a forward that trains: the statistics' rows are detached, so the differentiable fused kernel
-            # gives the output
-            out = original_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                                scale=scale, **kwargs)
+        trains = bool(dropout_p) or (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (query, key, value, attn_mask)))
+        several = query.shape[2] > block_queries
+        if trains or (several and (block_output == "fused" or (block_output == "auto"
+                                                                and query.device.type != "cpu"))):
+            # the model's kernel gives the output: a forward that trains (the statistics' rows are detached and
+            # dropout-free, as the full maps are read before dropout), or by choice; the statistics beside it
             store("attention", probed, rows)
-            return out
-        if query.shape[2] <= block_queries:
+            return original_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                 scale=scale, **kwargs)
+        if not several:
             # every query fits in one block: its probabilities, which the statistics need anyway, also give the
             # output (p @ v), instead of the fused kernel computing them a second time; memory stays within
             # the block bound (block x tokens per head and image)
             probs = rows.rows(slice(None))
             store("attention", probed, AttentionMap(probs))
-            return (probs @ value.float()).to(value.dtype)
-        if block_output == "blocks" or (block_output == "auto" and query.device.type == "cpu"):
-            # the statistics' probabilities also give the output (p @ v, block by block): on CPU cheaper than
-            # the fused kernel computing them a second time (benchmarks/README.md); memory stays in the bound
-            rows.value = value.detach().float().contiguous()  # (rows is this call's own object)
-            store("attention", probed, rows)
-            return rows.output().to(value.dtype)
-        out = original_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                            scale=scale, **kwargs)
+            with torch.autocast(query.device.type, enabled=False):  # float32, as the multi-block output
+                return (probs @ value.float()).to(value.dtype)
+        # the statistics' probabilities also give the output (p @ v, block by block): on CPU cheaper than the
+        # fused kernel computing them a second time (benchmarks/README.md); memory stays in the bound
+        rows.value = value.detach().float().contiguous()  # (rows is this call's own object)
         store("attention", probed, rows)
-        return out
+        return rows.output().to(value.dtype)
 
     def attention_hook(key):
         def hook(_module, inputs):

@@ -1,5 +1,6 @@
-"""Attention statistics without N x N maps: the probed model keeps its fused attention and the statistics come
-from q and k in blocks of query rows (``capture(..., block_queries=n)``). Checked against transformers' eager
+"""Attention statistics without N x N maps: the probed model takes its fused branch and the statistics come
+from q and k in blocks of query rows (``capture(..., block_queries=n)``); the layer output is p @ v of the same
+blocks (CPU) or the fused kernel's. Checked against transformers' eager
 attentions (an independent implementation), against the full-map path, and by hand."""
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_block_rows_equal_transformers_attentions(hf_mae, images32, block):
     for a, b in zip(ours, theirs):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
-    torch.testing.assert_close(pred, logits, atol=1e-5, rtol=1e-4)  # the output still comes from the fused kernel
+    torch.testing.assert_close(pred, logits, atol=1e-5, rtol=1e-4)  # the output (p @ v of the blocks) is right
     assert blocks_seen == [math.ceil(5 / block)] * 3 + [math.ceil(17 / block)] * 2
 
 
@@ -97,6 +98,23 @@ def test_block_path_keeps_gradients_when_the_forward_trains(hf_mae, images32):
         probed = torch.autograd.grad(loss(), model.blocks[0].attn.qkv.weight)[0]
     assert seen == [1, 1, 1]
     torch.testing.assert_close(probed, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_block_path_under_attention_dropout_reads_the_probabilities_before_dropout(hf_mae, images32):
+    """A training-mode forward with attention dropout: the kernel (with its dropout) gives the output, the
+    statistics see the probabilities before dropout, as the full-map path reads them."""
+    _, folder = hf_mae
+    model = maeprobe.load(folder)
+    noise = torch.rand(images32.shape[0], 16, generator=torch.Generator().manual_seed(4))
+    eval_rows, _, _ = _block_rows(model, images32, noise, 0.75, 2)
+    model.train()
+    for block in model.blocks:
+        block.attn.attn_drop.p = 0.5
+    try:
+        train_rows, _, _ = _block_rows(model, images32, noise, 0.75, 2)
+    finally:
+        model.eval()
+    torch.testing.assert_close(train_rows[0], eval_rows[0])  # layer 0: same input, no dropout in the rows
 
 
 def test_block_path_takes_the_fused_branch_and_restores_the_model(hf_mae, images32):

@@ -115,6 +115,12 @@ def test_entropy_figure(tmp_path, captured):
     _check(fig, legend_names=["mae.pth", "dino.pth", "single heads"], uniform=float(np.log(65)))
     assert "nats" in fig.axes[0].get_ylabel() and "entropy" in fig.axes[0].get_ylabel()
     assert any("4.17 nats" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    mixed = table.copy()
+    mixed.loc[mixed["checkpoint"] == "dino.pth", ["patch_keys_only", "uniform_level"]] = [True, float(np.log(64))]
+    figmod.make_figures(mixed, tmp_path, figures=["entropy"])
+    texts = [t.get_text() for t in captured[-1].axes[0].get_legend().get_texts()]
+    assert "mae.pth (all keys)" in texts and "dino.pth (patch keys)" in texts
+    assert any("4.17 nats" in t for t in texts) and any("4.16 nats" in t for t in texts)  # ln 65 and ln 64
 
 
 def test_findings_figures_show_their_controls(tmp_path, captured):

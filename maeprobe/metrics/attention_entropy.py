@@ -48,12 +48,12 @@ class AttentionEntropy(LayerHeadMean):
         P = self.num_prefix
         B, H, N, _ = rows.shape
         queries = torch.arange(P, N)
-        total = torch.zeros(B, H, dtype=torch.float64)
+        total = torch.zeros(B, H, dtype=torch.float64, device=rows.device)
         for _, _, probs in rows.blocks(queries):
             if self.patch_keys_only:
                 probs = probs[..., P:]
                 probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
-            total += (-torch.special.xlogy(probs, probs).sum(-1)).double().sum(-1).cpu()
+            total += (-torch.special.xlogy(probs, probs).sum(-1)).double().sum(-1)  # on the device: no sync
         keys = N - P if self.patch_keys_only else N
         self.uniform_level = math.log(keys)
-        return total / (N - P)
+        return (total / (N - P)).cpu()

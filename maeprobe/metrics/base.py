@@ -167,6 +167,9 @@ class LayerHeadMean(ImageMean):
 
     def update(self, cache: ActivationCache) -> None:
         pending, self._pending = getattr(self, "_pending", None) or {}, {}
+        prepared = getattr(self, "_prepared_for", None)
+        if pending and (prepared is None or prepared[0] is not cache.mask):
+            pending = {}  # left by an aborted batch, not this one: recompute from the cache
         missing = [layer for layer in self.layers if layer not in pending]
         if missing:
             first = cache.attention[(self.module, missing[0])]

@@ -156,8 +156,12 @@ def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="enco
     rows["label"] = _labels(rows, label_by)
     if metric == "attention_entropy":
         units, quantity = "nats", "mean attention entropy"
-        if "patch_keys_only" in rows and rows["patch_keys_only"].fillna(False).astype(bool).any():
+        patch_only = rows["patch_keys_only"].fillna(False).astype(bool) if "patch_keys_only" in rows \
+            else pd.Series(False, index=rows.index)
+        if patch_only.all():
             quantity += " over patch keys"
+        elif patch_only.any():  # both kinds on one plot: each line says which (their uniform levels differ)
+            rows["label"] = rows["label"] + np.where(patch_only, " (patch keys)", " (all keys)")
     else:
         units, quantity = (rows["units"].iloc[0] if "units" in rows else "px"), "mean attention distance"
     labels = list(dict.fromkeys(rows["label"]))
@@ -179,7 +183,7 @@ def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="enco
         for level in levels:
             ax.axhline(level, color="0.3", lw=0.8, ls=":",
                        label=f"uniform attention ({level:.{1 if units != 'nats' else 2}f} {units})"
-                       if level == levels[0] else None)
+                       if level == levels[0] or metric == "attention_entropy" else None)
     ax.set_ylim(bottom=0)  # from 0: differences of a tenth of a pixel (or nat) are not magnified
     ax.set_xlabel(f"{module} layer (1 = first; tables count from 0)")
     ax.set_ylabel(f"{quantity} ({units})")
