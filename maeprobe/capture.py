@@ -139,12 +139,11 @@ class AttentionRows:
         self.block = max(1, int(block))
         self.shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         self.device = q.device
-        # with ``value``: the first pass over the blocks also writes the attention output p @ v of its rows
-        # (``output()`` adds the rows no consumer asked for), so the fused kernel need not run at all
+        # with ``value``: a pass over the blocks also writes the attention output p @ v of the rows not written
+        # yet (``output()`` adds the rows no consumer asked for), so the fused kernel need not run at all
         self.value = None if value is None else value.float().contiguous()
         self._out: torch.Tensor | None = None
         self._covered: torch.Tensor | None = None
-        self._passes = 0
 
     def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Two [B, H, rows, Nk] float32 views (logits, probabilities) of buffers kept across blocks: a fresh
@@ -178,14 +177,15 @@ class AttentionRows:
         if queries is None:
             queries = torch.arange(self.shape[2], device=self.device)
         queries = queries.to(self.device)
-        writing = self.value is not None and self._passes == 0
-        self._passes += 1
+        writing = self.value is not None  # output rows not written yet are written from these blocks
+        if writing:
+            self._allocate_output()
         run = _as_run(queries)  # consecutive rows (all but Eq. 7's masked rows) are sliced, not gathered
         for start in range(0, len(queries), self.block):
             index = queries[start:start + self.block]
             which = slice(run.start + start, run.start + start + len(index)) if run is not None else index
             probs = self.rows(which)
-            if writing:
+            if writing and not bool(self._covered[which].all()):
                 self._write(which, probs)
             yield start, index, probs
 
@@ -226,11 +226,12 @@ def _as_run(index: torch.Tensor) -> range | None:
 
 
 class AttentionMap(AttentionRows):
-    """The same interface over a materialised [B, H, N, N] map (the full-map path): one block of all rows."""
+    """The same interface over a materialised [B, H, N, N] map (the full-map path): slices of at most 256 rows,
+    so that a reduction's temporary (e.g. a contiguous copy of a slice) stays block-sized next to the map."""
 
     def __init__(self, attn: torch.Tensor) -> None:
-        self.attn, self.shape, self.block = attn, tuple(attn.shape), attn.shape[2]
-        self.value, self._passes = None, 0
+        self.attn, self.shape, self.block = attn, tuple(attn.shape), min(attn.shape[2], 256)
+        self.value = None
         self.q, self.device = attn, attn.device  # (``blocks`` moves the queries to it)
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:

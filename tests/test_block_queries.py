@@ -52,7 +52,7 @@ def test_block_rows_equal_transformers_attentions(hf_mae, images32, block):
     assert blocks_seen == [math.ceil(5 / block)] * 3 + [math.ceil(17 / block)] * 2
 
 
-@pytest.mark.parametrize("reads", ["none", "odd rows", "all rows twice"])
+@pytest.mark.parametrize("reads", ["none", "odd rows", "all rows twice", "odd rows, then all"])
 @pytest.mark.parametrize("block_output", ["blocks", "fused"])
 def test_the_output_is_right_whatever_rows_the_consumers_read(hf_mae, images32, reads, block_output):
     """On the block path the layer output comes from the statistics' own probabilities (``blocks``: rows the
@@ -64,8 +64,11 @@ def test_the_output_is_right_whatever_rows_the_consumers_read(hf_mae, images32, 
     out, _, _ = hf_forward(hf, images32, noise)
 
     def consumer(kind, module, layer, rows, cache):
-        if reads == "odd rows":
+        if reads.startswith("odd rows"):
             for _ in rows.blocks(torch.arange(1, rows.shape[2], 2)):
+                pass
+        if reads.endswith("then all"):
+            for _ in rows.blocks():
                 pass
         elif reads == "all rows twice":
             for _ in range(2):
@@ -231,3 +234,22 @@ def test_cuda_block_path_equals_the_cpu_full_maps(hf_mae, images32, dtype):
                                            torch.tensor(cpu["value"].to_numpy()), **tol)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_more_than_256_tokens_full_maps_in_slices_equal_the_blocks():
+    """290 tokens (17 x 17 patches + CLS): the full-map path is read in slices of 256 rows, the block path in
+    blocks of 64 and 300; all agree, and the entropy of the map matches a direct computation over all rows."""
+    torch.manual_seed(0)
+    model = maeprobe.build_mae(img_size=136, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_depth=1,
+                               decoder_embed_dim=16, decoder_num_heads=1).eval()
+    images = torch.randn(2, 3, 136, 136, generator=torch.Generator().manual_seed(0))
+    for metric in (maeprobe.attention_distance, maeprobe.attention_entropy):
+        full = metric(model, images, device="cpu", block_queries=0, bootstrap=0)
+        for block in (64, 300):
+            blocked = metric(model, images, device="cpu", block_queries=block, bootstrap=0)
+            torch.testing.assert_close(torch.tensor(blocked["value"].to_numpy()), torch.tensor(full["value"].to_numpy()),
+                                       atol=1e-5, rtol=1e-5)
+    attn = torch.randn(2, 2, 290, 290).softmax(-1)
+    got = AttentionEntropy(model)._layer_values(AttentionMap(attn))
+    direct = -torch.special.xlogy(attn[:, :, 1:], attn[:, :, 1:]).sum(-1).double().mean(-1)
+    torch.testing.assert_close(got, direct, atol=1e-6, rtol=1e-6)
