@@ -180,10 +180,7 @@ class AttentionRows:
         writing = self.value is not None  # output rows not written yet are written from these blocks
         if writing:
             self._allocate_output()
-        run = _as_run(queries)  # consecutive rows (all but Eq. 7's masked rows) are sliced, not gathered
-        for start in range(0, len(queries), self.block):
-            index = queries[start:start + self.block]
-            which = slice(run.start + start, run.start + start + len(index)) if run is not None else index
+        for start, index, which in self._chunks(queries):
             probs = self.rows(which)
             if writing and not bool(self._covered[which].all()):
                 self._write(which, probs)
@@ -196,7 +193,6 @@ class AttentionRows:
             self._covered = torch.zeros(Nq, dtype=torch.bool, device=self.device)  # rows written so far
 
     def _write(self, which: torch.Tensor | slice, probs: torch.Tensor) -> None:
-        self._allocate_output()
         with torch.autocast(self.device.type, enabled=False):
             self._out[:, :, which] = probs @ self.value
         self._covered[which] = True
@@ -206,23 +202,18 @@ class AttentionRows:
         consumer went over the blocks, and the others (prefix tokens, unmasked decoder rows, or all rows when no
         consumer asked) computed now, in blocks."""
         self._allocate_output()
-        rest = (~self._covered).nonzero().squeeze(1)
-        run = _as_run(rest)
-        for start in range(0, len(rest), self.block):
-            index = rest[start:start + self.block]
-            which = slice(run.start + start, run.start + start + len(index)) if run is not None else index
+        for _, _, which in self._chunks((~self._covered).nonzero().squeeze(1)):
             self._write(which, self.rows(which))
         return self._out
 
-
-def _as_run(index: torch.Tensor) -> range | None:
-    """``index`` as a range when it holds consecutive integers (slicing then replaces gathering), else None."""
-    if len(index) == 0:
-        return range(0, 0)
-    first = int(index[0])
-    if bool((index == torch.arange(first, first + len(index), device=index.device)).all()):
-        return range(first, first + len(index))
-    return None
+    def _chunks(self, queries: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | slice]]:
+        """(start, query rows, what to index q with) per block of ``queries``: a slice when the rows are
+        consecutive (all but Eq. 7's masked rows), which avoids gathering q, else the rows themselves."""
+        first = int(queries[0]) if len(queries) else 0
+        run = bool((queries == torch.arange(first, first + len(queries), device=queries.device)).all())
+        for start in range(0, len(queries), self.block):
+            index = queries[start:start + self.block]
+            yield start, index, slice(first + start, first + start + len(index)) if run else index
 
 
 class AttentionMap(AttentionRows):
@@ -326,13 +317,14 @@ def capture(model: nn.Module, request: CaptureRequest,
         if is_causal or kwargs or key.shape[1] != query.shape[1]:
             raise MaeprobeError(f"{probed[0]} layer {probed[1]}: its attention call (causal, grouped heads or extra "
                                 "arguments) cannot be computed in query blocks; use --block-queries 0 (full maps)")
-        rows = AttentionRows(query.detach(), key.detach(), None if attn_mask is None else attn_mask.detach(), scale,
-                             block_queries)
         trains = bool(dropout_p) or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (query, key, value, attn_mask)))
         several = query.shape[2] > block_queries
-        if trains or (several and (block_output == "fused" or (block_output == "auto"
-                                                                and query.device.type != "cpu"))):
+        kernel_output = trains or (several and (block_output == "fused" or (block_output == "auto"
+                                                                             and query.device.type != "cpu")))
+        rows = AttentionRows(query.detach(), key.detach(), None if attn_mask is None else attn_mask.detach(), scale,
+                             block_queries, value=value.detach() if several and not kernel_output else None)
+        if kernel_output:
             # the model's kernel gives the output: a forward that trains (the statistics' rows are detached and
             # dropout-free, as the full maps are read before dropout), or by choice; the statistics beside it
             store("attention", probed, rows)
@@ -348,7 +340,6 @@ def capture(model: nn.Module, request: CaptureRequest,
                 return (probs @ value.float()).to(value.dtype)
         # the statistics' probabilities also give the output (p @ v, block by block): on CPU cheaper than the
         # fused kernel computing them a second time (benchmarks/README.md); memory stays in the bound
-        rows.value = value.detach().float().contiguous()  # (rows is this call's own object)
         store("attention", probed, rows)
         return rows.output().to(value.dtype)
 

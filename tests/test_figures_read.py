@@ -121,6 +121,10 @@ def test_entropy_figure(tmp_path, captured):
     texts = [t.get_text() for t in captured[-1].axes[0].get_legend().get_texts()]
     assert "mae.pth (all keys)" in texts and "dino.pth (patch keys)" in texts
     assert any("4.17 nats" in t for t in texts) and any("4.16 nats" in t for t in texts)  # ln 65 and ln 64
+    mixed["patch_keys_only"] = mixed["patch_keys_only"].map({True: "True", False: "no"})  # text from a file
+    figmod.make_figures(mixed, tmp_path, figures=["entropy"])
+    texts = [t.get_text() for t in captured[-1].axes[0].get_legend().get_texts()]
+    assert "mae.pth (all keys)" in texts and "dino.pth (patch keys)" in texts  # "no" is not true
 
 
 def test_findings_figures_show_their_controls(tmp_path, captured):

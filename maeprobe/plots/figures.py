@@ -156,8 +156,9 @@ def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="enco
     rows["label"] = _labels(rows, label_by)
     if metric == "attention_entropy":
         units, quantity = "nats", "mean attention entropy"
-        patch_only = rows["patch_keys_only"].fillna(False).astype(bool) if "patch_keys_only" in rows \
-            else pd.Series(False, index=rows.index)
+        # a stored table is data: only a true boolean (True, "True", 1) counts, not any non-empty text
+        patch_only = rows["patch_keys_only"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")) \
+            if "patch_keys_only" in rows else pd.Series(False, index=rows.index)
         if patch_only.all():
             quantity += " over patch keys"
         elif patch_only.any():  # both kinds on one plot: each line says which (their uniform levels differ)
