@@ -12,6 +12,9 @@ from .metrics import (AttentionDistance, AttentionEntropy, DecoderAttentionSimil
 from .probe import resolve_model, run_probe
 from .results import to_frame
 
+# Bootstrap replicates for ci_low/ci_high by default, as the CLI (0 turns intervals off).
+BOOTSTRAP = 200
+
 METRICS = ("attn-distance", "attn-entropy", "decoder-attn-sim", "decoder-semantics", "spectrum")
 
 
@@ -27,9 +30,9 @@ def run_context(model, *, mask_ratio: float, seed: int, shared_mask: bool, dtype
 
 def attention_distance(model, images=None, *, layers=None, module: str = "encoder", mask_ratio: float = 0.0,
                        seed: int = 0, shared_mask: bool = True, units: str = "px", renormalize: bool = False,
-                       bootstrap: int = 0, batch_size: int = 16, device: str | None = None,
+                       bootstrap: int = BOOTSTRAP, batch_size: int = 16, device: str | None = None,
                        dtype: str | None = None, progress: bool = False, num_workers: int | None = None,
-                       block_queries: int | None = None, **load_kwargs) -> pd.DataFrame:
+                       block_queries: int | None = None, resample_by="image", **load_kwargs) -> pd.DataFrame:
     """Mean attention distance per (layer, head).
 
     Args:
@@ -40,12 +43,16 @@ def attention_distance(model, images=None, *, layers=None, module: str = "encode
         mask_ratio, seed, shared_mask: the seeded mask; visible tokens keep their grid positions.
         units: ``'px'`` (default) or ``'patches'``.
         renormalize: divide each query row by its attention mass on patch keys.
-        bootstrap: number of Poisson-bootstrap replicates for ``ci_low``/``ci_high`` (0: none).
+        bootstrap: number of bootstrap replicates for ``ci_low``/``ci_high`` (default 200, as the CLI; 0: none).
+            Replicates resample independent units (``resample_by``), never copies of one photo as if independent.
         batch_size, device, dtype, progress: how to run (dtype ``'bf16'`` for autocast).
         num_workers: DataLoader processes decoding a folder of images (None: on CUDA CPU cores - 1, at most 8;
             on CPU 0, i.e. in this process). Results do not depend on it.
         block_queries: compute the statistics from q and k in blocks of this many query rows, no N x N map
             kept (None: ``probe.DEFAULT_BLOCK_QUERIES``); 0: full [B, H, N, N] maps.
+        resample_by: what the intervals resample: ``'image'`` (each image or file; the built-in stereo pair is
+            one photo), ``'folder'`` (each image's parent folder is one unit), or one label per image (e.g. the
+            photo each crop was cut from). Rows say how many units they rest on (``n_units``).
 
     Returns:
         DataFrame with one row per (layer, head): metric, module, layer, head, value, n_images, std,
@@ -56,14 +63,14 @@ def attention_distance(model, images=None, *, layers=None, module: str = "encode
                                 bootstrap=bootstrap, bootstrap_seed=seed)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
                   batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers,
-                  block_queries=block_queries)
+                  block_queries=block_queries, resample_by=resample_by)
 
 
 def attention_entropy(model, images=None, *, layers=None, module: str = "encoder", patch_keys_only: bool = False,
-                      mask_ratio: float = 0.0, seed: int = 0, shared_mask: bool = True, bootstrap: int = 0,
+                      mask_ratio: float = 0.0, seed: int = 0, shared_mask: bool = True, bootstrap: int = BOOTSTRAP,
                       batch_size: int = 16, device: str | None = None, dtype: str | None = None,
                       progress: bool = False, num_workers: int | None = None, block_queries: int | None = None,
-                      **load_kwargs) -> pd.DataFrame:
+                      resample_by="image", **load_kwargs) -> pd.DataFrame:
     """Mean attention entropy (nats) per (layer, head): each patch query's row entropy -sum_j a_ij ln a_ij,
     averaged over patch queries and images. ``patch_keys_only`` renormalises the rows over patch keys first.
     ``uniform_level`` is ln(number of keys), the value of uniform attention. Other arguments as
@@ -73,24 +80,24 @@ def attention_entropy(model, images=None, *, layers=None, module: str = "encoder
                                bootstrap=bootstrap, bootstrap_seed=seed)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
                   batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers,
-                  block_queries=block_queries)
+                  block_queries=block_queries, resample_by=resample_by)
 
 
 def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size, device, dtype, progress,
-           num_workers=None, block_queries=None):
+           num_workers=None, block_queries=None, resample_by="image"):
     run_probe(model, reducers, images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
               batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers,
-              block_queries=block_queries)
+              block_queries=block_queries, resample_by=resample_by)
     return to_frame(reducers, run_context(model, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
                                           dtype=dtype))
 
 
 def decoder_attention_similarity(model, images=None, *, layers=None, per_head: bool = False,
                                  include_cls_key: bool = False, mask_ratio: float = 0.75, seed: int = 0,
-                                 bootstrap: int = 0, groups: int = 16, batch_size: int = 16,
+                                 bootstrap: int = BOOTSTRAP, groups: int = 16, batch_size: int = 16,
                                  device: str | None = None, dtype: str | None = None, progress: bool = False,
                                  num_workers: int | None = None, block_queries: int | None = None,
-                                 **load_kwargs) -> pd.DataFrame:
+                                 resample_by="image", **load_kwargs) -> pd.DataFrame:
     """LC-MAE Eq. 7: mean pairwise cosine of the masked queries' decoder attention across images.
 
     All images share one seeded mask. A_{l,i} holds the masked queries' attention over the n patch keys
@@ -104,15 +111,15 @@ def decoder_attention_similarity(model, images=None, *, layers=None, per_head: b
                                          bootstrap_seed=seed, groups=groups)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
                   batch_size=batch_size, device=device, dtype=dtype, progress=progress,
-                  num_workers=num_workers, block_queries=block_queries)
+                  num_workers=num_workers, block_queries=block_queries, resample_by=resample_by)
 
 
 def decoder_semantic_similarity(model, reference, images=None, *, layers=None, ref_features: str = "keys",
                                 decoder_features: str | None = None, tau: float | None = 0.15, eps: float = 1e-5,
-                                mask_ratio: float = 0.75, seed: int = 0, bootstrap: int = 0, batch_size: int = 16, device: str | None = None,
+                                mask_ratio: float = 0.75, seed: int = 0, bootstrap: int = BOOTSTRAP, batch_size: int = 16, device: str | None = None,
                                 dtype: str | None = None, progress: bool = False, num_workers: int | None = None,
                                 ref_num_heads: int | None = None, center: bool = False,
-                                tau_quantile: float | None = None, **load_kwargs) -> pd.DataFrame:
+                                tau_quantile: float | None = None, resample_by="image", **load_kwargs) -> pd.DataFrame:
     """LC-MAE Eq. 8: similarity of each decoder layer's patch affinities to a reference model's.
 
     Args:
@@ -138,12 +145,12 @@ def decoder_semantic_similarity(model, reference, images=None, *, layers=None, r
                                         tau_quantile=tau_quantile, eps=eps, bootstrap=bootstrap, bootstrap_seed=seed)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
                   batch_size=batch_size, device=device, dtype=dtype, progress=progress,
-                  num_workers=num_workers)
+                  num_workers=num_workers, resample_by=resample_by)
 
 
-def feature_spectrum(model, images=None, *, layers=None, mask_ratio: float = 0.0, seed: int = 0, bootstrap: int = 0,
+def feature_spectrum(model, images=None, *, layers=None, mask_ratio: float = 0.0, seed: int = 0, bootstrap: int = BOOTSTRAP,
                      groups: int = 16, batch_size: int = 16, device: str | None = None, dtype: str | None = None,
-                     progress: bool = False, num_workers: int | None = None, **load_kwargs) -> pd.DataFrame:
+                     progress: bool = False, num_workers: int | None = None, resample_by="image", **load_kwargs) -> pd.DataFrame:
     """U-MAE feature-collapse spectrum: singular values (``feature_spectrum`` rows, one per component) and
     effective rank (``effective_rank`` rows) of CLS and mean-pooled patch features of encoder layers
     (default: the last block)."""
@@ -151,7 +158,7 @@ def feature_spectrum(model, images=None, *, layers=None, mask_ratio: float = 0.0
     reducer = FeatureSpectrum(model, layers=layers, bootstrap=bootstrap, bootstrap_seed=seed, groups=groups)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
                   batch_size=batch_size, device=device, dtype=dtype, progress=progress,
-                  num_workers=num_workers)
+                  num_workers=num_workers, resample_by=resample_by)
 
 
 DINO_REFERENCES = (  # what --ref dino looks for, in order: (hub repository or release file, label)
@@ -223,12 +230,12 @@ def _mask_ratios(metrics, mask_ratio, mask_ratios) -> dict[str, float]:
 
 def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None, layers=None,
         decoder_layers=None, mask_ratio: float | None = None, mask_ratios: dict | None = None, seed: int = 0,
-        bootstrap: int = 0, per_head: bool = False, include_cls_key: bool = False, ref_features: str = "keys",
+        bootstrap: int = BOOTSTRAP, per_head: bool = False, include_cls_key: bool = False, ref_features: str = "keys",
         decoder_features: str | None = None, tau: float | None = 0.15, units: str = "px", batch_size: int = 16,
         device: str | None = None, dtype: str | None = None, progress: bool = False,
         num_workers: int | None = None, num_heads=None,
         decoder_num_heads=None, ref_num_heads=None, img_size: int | None = None,
-        block_queries: int | None = None) -> pd.DataFrame:
+        block_queries: int | None = None, resample_by="image") -> pd.DataFrame:
     """Several metrics for each checkpoint, one table for all; metrics with the same mask share one hooked pass.
 
     Each metric keeps its own probe mask (one seeded mask shared by all images): by default attention
@@ -280,7 +287,7 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
                 reducers.append(FeatureSpectrum(model, bootstrap=bootstrap, bootstrap_seed=seed))
             tables.append(_probe(model, reducers, images, mask_ratio=ratio, seed=seed, shared_mask=True,
                                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
-                                 num_workers=num_workers, block_queries=block_queries))
+                                 num_workers=num_workers, block_queries=block_queries, resample_by=resample_by))
     return pd.concat(tables, ignore_index=True)
 
 

@@ -71,6 +71,8 @@ class ActivationCache:
     ``attention[(m, l)]``: [B, heads, N, N] probabilities; ``features[(m, l)]``: [B, N, D] block outputs;
     ``keys[(m, l)]``: [B, N, D] attention keys, all heads concatenated (CutLER / MaskCut features).
     ``mask``: the MaskInfo of the batch; ``image_indices``: global index of every image of the batch;
+    ``unit_indices``: the independent unit of every image (its source photo or file; see
+    ``data.resample_units``), which bootstrap intervals resample (None: each image is its own unit);
     ``references``: caches of reference models run on the same images (by reference name).
     """
 
@@ -79,6 +81,7 @@ class ActivationCache:
     keys: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     mask: MaskInfo | None = None
     image_indices: torch.Tensor | None = None
+    unit_indices: torch.Tensor | None = None
     references: dict[str, "ActivationCache"] = field(default_factory=dict)
 
     def clear(self) -> None:
@@ -87,6 +90,7 @@ class ActivationCache:
         self.keys.clear()
         self.mask = None
         self.image_indices = None
+        self.unit_indices = None
         for ref in self.references.values():
             ref.clear()
 

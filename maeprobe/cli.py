@@ -81,6 +81,15 @@ class Module(str, Enum):
     decoder = "decoder"
 
 
+class ResampleBy(str, Enum):
+    image = "image"
+    folder = "folder"
+
+
+RESAMPLE_HELP = ("What the 95% intervals resample, the independent unit: image (each file; default) or folder (all "
+                 "images of one sub-folder are one unit, e.g. crops or frames of one scene).")
+
+
 class Units(str, Enum):
     px = "px"
     patches = "patches"
@@ -262,6 +271,7 @@ def attn_distance(
     renormalize: bool = typer.Option(False, "--renormalize", help="Renormalise rows over patch keys."),
     bootstrap: int = typer.Option(200, "--bootstrap", min=0, max=100_000,
                                   help="Bootstrap replicates for ci_low/ci_high (0: off)."),
+    resample_by: ResampleBy = typer.Option("image", "--resample-by", help=RESAMPLE_HELP),
     batch_size: int = typer.Option(16, "--batch-size", min=1, max=1 << 20),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: DType = typer.Option(DType.fp32, "--dtype", help="fp32 or bf16 (autocast)."),
@@ -280,7 +290,7 @@ def attn_distance(
     model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
     table = attention_distance(model, images, layers=_parse_layers(layers), module=module.value,
                                mask_ratio=mask_ratio, seed=seed, shared_mask=not per_image_mask, units=units.value,
-                               renormalize=renormalize, bootstrap=bootstrap, batch_size=batch_size, device=device,
+                               renormalize=renormalize, bootstrap=bootstrap, resample_by=resample_by.value, batch_size=batch_size, device=device,
                                dtype=dtype.value, progress=True, num_workers=num_workers,
                                block_queries=block_queries)
     summary = layer_summary(table)
@@ -299,6 +309,7 @@ def attn_distance(
 IMAGES = typer.Option(None, "--images", help="Folder of images (recursive). Default: built-in photos.")
 OUT_TABLE = typer.Option(None, "--out", help="Write the table: .csv, .json or .parquet.")
 SEED = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Mask seed (and bootstrap seed).")
+RESAMPLE = typer.Option("image", "--resample-by", help=RESAMPLE_HELP)
 BOOTSTRAP = typer.Option(200, "--bootstrap", min=0, max=100_000, help="Bootstrap replicates for ci_low/ci_high (0: off).")
 BATCH = typer.Option(16, "--batch-size", min=1, max=1 << 20)
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
@@ -337,7 +348,7 @@ def attn_entropy(
     module: Module = typer.Option(Module.encoder, "--module", help="encoder or decoder."),
     patch_keys_only: bool = typer.Option(False, "--patch-keys-only",
                                          help="Renormalise each row over patch keys (drop CLS/registers) first."),
-    bootstrap: int = BOOTSTRAP, batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    bootstrap: int = BOOTSTRAP, resample_by: ResampleBy = RESAMPLE, batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
     num_workers: Optional[int] = NUM_WORKERS, num_heads: Optional[int] = NUM_HEADS,
     decoder_num_heads: Optional[int] = DEC_HEADS, img_size: Optional[int] = IMG_SIZE,
     block_queries: Optional[int] = BLOCK_QUERIES,
@@ -351,7 +362,7 @@ def attn_entropy(
 
     model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
     table = attention_entropy(model, images, layers=_parse_layers(layers), module=module.value,
-                              patch_keys_only=patch_keys_only, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
+                              patch_keys_only=patch_keys_only, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap, resample_by=resample_by.value,
                               batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
                               num_workers=num_workers, block_queries=block_queries)
     _echo(f"{model.checkpoint.name}: mean attention entropy (nats) of the {module.value}, "
@@ -372,7 +383,7 @@ def decoder_attn_sim(
     per_head: bool = typer.Option(False, "--per-head", help="Also one row per head."),
     cls_key: bool = typer.Option(False, "--cls-key", help="Keep the CLS key column in A_{l,i} (Eq. 7 as written "
                                                           "has the n patch keys only)."),
-    bootstrap: int = BOOTSTRAP, batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
+    bootstrap: int = BOOTSTRAP, resample_by: ResampleBy = RESAMPLE, batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
     num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
     img_size: Optional[int] = IMG_SIZE, block_queries: Optional[int] = BLOCK_QUERIES,
@@ -385,7 +396,7 @@ def decoder_attn_sim(
 
     model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
     table = decoder_attention_similarity(model, images, layers=_parse_layers(layers), per_head=per_head,
-                                         include_cls_key=cls_key, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap,
+                                         include_cls_key=cls_key, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap, resample_by=resample_by.value,
                                          batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
                                          num_workers=num_workers, block_queries=block_queries)
     _print_per_layer(table, f"{model.checkpoint.name}: S_attn per decoder layer ({int(table['n_images'].iloc[0])} "
@@ -411,7 +422,7 @@ def decoder_semantics(
     tau: str = typer.Option("0.15", "--tau", help=TAU_HELP),
     eps: float = typer.Option(1e-5, "--eps", min=0.0, max=1.0, help="Value replacing zeros after --tau."),
     mask_ratio: float = typer.Option(0.75, "--mask-ratio", help="Shared mask ratio."), seed: int = SEED,
-    layers: Optional[str] = DEC_LAYERS, bootstrap: int = BOOTSTRAP, batch_size: int = BATCH,
+    layers: Optional[str] = DEC_LAYERS, bootstrap: int = BOOTSTRAP, resample_by: ResampleBy = RESAMPLE, batch_size: int = BATCH,
     device: Optional[str] = DEVICE, dtype: DType = DTYPE, num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
     img_size: Optional[int] = IMG_SIZE,
@@ -434,7 +445,7 @@ def decoder_semantics(
     model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
     table = decoder_semantic_similarity(model, ref, images, layers=_parse_layers(layers), ref_features=ref_features,
                                         decoder_features=decoder_features, tau=_parse_tau(tau), eps=eps,
-                                        mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap, batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
+                                        mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap, resample_by=resample_by.value, batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
                                         ref_num_heads=ref_num_heads, num_workers=num_workers,
                                         center=center_keys, tau_quantile=tau_quantile)
     first = table.iloc[0]
@@ -457,7 +468,7 @@ def decoder_semantics(
 def spectrum(
     ckpt: Path = CKPT, images: Optional[Path] = IMAGES, out: Optional[Path] = OUT_TABLE,
     layers: Optional[str] = typer.Option(None, "--layers", help="0-based encoder layers (default: the last)."),
-    mask_ratio: float = typer.Option(0.0, "--mask-ratio"), seed: int = SEED, bootstrap: int = BOOTSTRAP,
+    mask_ratio: float = typer.Option(0.0, "--mask-ratio"), seed: int = SEED, bootstrap: int = BOOTSTRAP, resample_by: ResampleBy = RESAMPLE,
     batch_size: int = BATCH, device: Optional[str] = DEVICE, dtype: DType = DTYPE,
     num_workers: Optional[int] = NUM_WORKERS,
     num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
@@ -470,7 +481,7 @@ def spectrum(
 
     model = load(ckpt, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size)
     table = feature_spectrum(model, images, layers=_parse_layers(layers), mask_ratio=mask_ratio, seed=seed,
-                             bootstrap=bootstrap, batch_size=batch_size, device=device, dtype=dtype.value,
+                             bootstrap=bootstrap, resample_by=resample_by.value, batch_size=batch_size, device=device, dtype=dtype.value,
                              progress=True, num_workers=num_workers)
     ranks = table[table["metric"] == "effective_rank"]
     _echo(f"{model.checkpoint.name}: effective rank of encoder features ({int(ranks['n_images'].iloc[0])} images)")
@@ -492,7 +503,7 @@ def run_cmd(
                                                     "own: 0 for attn-distance and spectrum, 0.75 for decoder metrics)."),
     mask_ratios: Optional[str] = typer.Option(None, "--mask-ratios",
                                               help="Per-metric ratios, e.g. attn-distance=0.75,spectrum=0."),
-    seed: int = SEED, bootstrap: int = BOOTSTRAP,
+    seed: int = SEED, bootstrap: int = BOOTSTRAP, resample_by: ResampleBy = RESAMPLE,
     per_head: bool = typer.Option(False, "--per-head", help="Per-head rows for decoder-attn-sim."),
     cls_key: bool = typer.Option(False, "--cls-key", help="decoder-attn-sim: keep the CLS key column."),
     tau: str = typer.Option("0.15", "--tau", help=TAU_HELP),
@@ -517,7 +528,7 @@ def run_cmd(
         raise MaeprobeError("--metrics: no metric named; choose from attn-distance, attn-entropy, decoder-attn-sim, "
                             "decoder-semantics, spectrum")
     table = run([str(c) for c in ckpts], images, metrics=names, reference=ref, mask_ratio=mask_ratio,
-                mask_ratios=_parse_mask_ratios(mask_ratios), seed=seed, bootstrap=bootstrap, per_head=per_head,
+                mask_ratios=_parse_mask_ratios(mask_ratios), seed=seed, bootstrap=bootstrap, resample_by=resample_by.value, per_head=per_head,
                 include_cls_key=cls_key, tau=_parse_tau(tau), ref_features=ref_features,
                 decoder_features=decoder_features, batch_size=batch_size,
                 device=device, dtype=dtype.value, progress=True, num_workers=num_workers, num_heads=num_heads,

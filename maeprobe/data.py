@@ -128,7 +128,7 @@ def builtin_images() -> list[tuple[str, Image.Image]]:
                 images.append((f"skimage:{name}", to_rgb(Image.fromarray(getattr(skimage.data, name)()))))
             except Exception:  # a future scikit-image may move a photo to its download set
                 continue
-        try:
+        try:  # two views of one scene: one independent unit (``BUILTIN_SOURCES``)
             left, right, _ = skimage.data.stereo_motorcycle()
             images += [("skimage:motorcycle_left", Image.fromarray(left)),
                        ("skimage:motorcycle_right", Image.fromarray(right))]
@@ -153,6 +153,15 @@ def builtin_images() -> list[tuple[str, Image.Image]]:
         raise MaeprobeError("no built-in sample images found (scikit-image, scikit-learn or matplotlib missing); "
                             "pass --images DIR")
     return images
+
+
+# Built-in photos that are not independent of each other: name -> the unit they share.
+BUILTIN_SOURCES = {"skimage:motorcycle_left": "skimage:motorcycle", "skimage:motorcycle_right": "skimage:motorcycle"}
+
+
+def builtin_source(name: str) -> str:
+    """The independent unit of a built-in photo (its own name, but for the stereo pair)."""
+    return BUILTIN_SOURCES.get(name, name)
 
 
 def _image_extensions() -> set[str]:
@@ -206,9 +215,56 @@ def make_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -
 
 @dataclass
 class ImageItem:
+    """One image: a file (``path``) or a decoded image. ``source`` names its independent unit when several
+    items come from one photograph (e.g. the two views of scikit-image's stereo motorcycle); None: the item
+    is its own unit."""
+
     name: str
     path: Path | None = None
     image: Image.Image | None = None
+    source: str | None = None
+
+
+# What a bootstrap interval resamples (``resample_units``): each image, or each image's parent folder.
+RESAMPLE_BY = ("image", "folder")
+
+
+def resample_units(items: Sequence[ImageItem], resample_by="image") -> torch.Tensor:
+    """The independent unit of every item as integers 0, 1, ... in order of first appearance ([N] long).
+
+    Args:
+        items: the images.
+        resample_by: ``'image'`` (default): each image is a unit, except items that name a shared ``source``
+            (the built-in stereo pair); ``'folder'``: all images of one folder form a unit (e.g. one folder
+            per scene, patient or video); or a sequence of one label per image naming the grouping.
+    """
+    if isinstance(resample_by, str):
+        if resample_by not in RESAMPLE_BY:
+            raise MaeprobeError(f"--resample-by must be one of {', '.join(RESAMPLE_BY)} (or, in Python, one "
+                                f"label per image), got {resample_by!r}")
+        if resample_by == "folder":
+            labels = [str(item.path.parent) if item.path is not None else (item.source or item.name)
+                      for item in items]
+        else:
+            labels = [item.source or item.name for item in items]
+    else:
+        labels = list(resample_by)
+        if len(labels) != len(items):
+            raise MaeprobeError(f"resample_by gives {len(labels)} labels for {len(items)} images; "
+                                "expected one label per image")
+    return unit_indices(labels)
+
+
+def unit_indices(labels: Sequence) -> torch.Tensor:
+    """Labels -> integers 0, 1, ... in order of first appearance ([N] long)."""
+    numbers: dict = {}
+    out = []
+    for label in labels:
+        if not isinstance(label, (str, int, np.integer)):
+            raise MaeprobeError(f"a unit label must be a string or an integer, got {type(label).__name__}")
+        key = label.item() if isinstance(label, np.integer) else label
+        out.append(numbers.setdefault(key, len(numbers)))
+    return torch.as_tensor(out, dtype=torch.long)
 
 
 class ImageDataset(Dataset):
@@ -252,5 +308,5 @@ def collate_skip_none(batch):
 def image_items(images: str | os.PathLike | None) -> list[ImageItem]:
     """A folder (recursive, sorted) or, with None, the built-in photographs."""
     if images is None:
-        return [ImageItem(name, image=img) for name, img in builtin_images()]
+        return [ImageItem(name, image=img, source=builtin_source(name)) for name, img in builtin_images()]
     return [ImageItem(str(p), path=p) for p in find_images(images)]

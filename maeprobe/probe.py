@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from .capture import CaptureRequest, StopForward, capture, last_event
-from .data import ImageDataset, ImageItem, collate_skip_none, image_items, make_transform
+from .data import ImageDataset, ImageItem, collate_skip_none, image_items, make_transform, resample_units
 from .errors import MaeprobeError
 from .masking import MaskInfo, mask_noise
 from .metrics.base import Reducer
@@ -53,12 +53,18 @@ def default_workers(device: str | torch.device = "cpu") -> int:
     return 0
 
 
-def _batches(model, images, batch_size: int, num_workers: int | None, device="cpu") -> tuple[Iterable, int]:
-    """Yield (images [B, 3, H, W], global indices [B]) for this process's shard."""
+def _batches(model, images, batch_size: int, num_workers: int | None, device="cpu",
+             resample_by="image") -> tuple[Iterable, int, torch.Tensor]:
+    """Yield (images [B, 3, H, W], global indices [B]) for this process's shard; also returns the shard's size
+    and the independent unit of every image ([N], ``data.resample_units``)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
             raise MaeprobeError(f"an image tensor must be [N, 3, H, W], got shape {tuple(images.shape)}")
+        if isinstance(resample_by, str) and resample_by != "image":
+            raise MaeprobeError(f"resample_by={resample_by!r} needs image files; for a tensor of images give one "
+                                "unit label per image")
+        units = resample_units([ImageItem(f"image{i}") for i in range(images.shape[0])], resample_by)
         indices = torch.arange(images.shape[0])[rank::world]
 
         def tensor_batches():
@@ -66,7 +72,7 @@ def _batches(model, images, batch_size: int, num_workers: int | None, device="cp
                 idx = indices[start:start + batch_size]
                 yield images[idx], idx
 
-        return tensor_batches(), len(indices)
+        return tensor_batches(), len(indices), units
     from .checkpoints import normalization
 
     mean, std = normalization(model)
@@ -78,6 +84,7 @@ def _batches(model, images, batch_size: int, num_workers: int | None, device="cp
         dataset = ImageDataset(items, make_transform(size, mean, std))
     else:
         dataset = ImageDataset(image_items(images), make_transform(size, mean, std), min_side=size)
+    units = resample_units(dataset.items, resample_by)
     from_files = any(item.path is not None for item in dataset.items[:1])
     if num_workers is None:  # decode files in worker processes; images already in memory need none
         num_workers = default_workers(device) if from_files else 0
@@ -86,7 +93,7 @@ def _batches(model, images, batch_size: int, num_workers: int | None, device="cp
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skip_none, pin_memory=torch.device(device).type == "cuda",
                         prefetch_factor=4 if num_workers else None)
-    return (b for b in loader if b is not None), len(shard)
+    return (b for b in loader if b is not None), len(shard), units
 
 
 def _check_attention_size(model, request) -> None:
@@ -101,7 +108,7 @@ def _check_attention_size(model, request) -> None:
 def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: float = 0.0, seed: int = 0,
               shared_mask: bool = True, batch_size: int = 16, device: str | None = None,
               dtype: str | None = None, num_workers: int | None = None, progress: bool = False,
-              block_queries: int | None = None) -> None:
+              block_queries: int | None = None, resample_by="image") -> None:
     """Run hooked forward passes over ``images`` and update every reducer.
 
     Args:
@@ -120,6 +127,9 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
         block_queries: attention statistics from q and k in blocks of this many query rows, no N x N map kept
             (None: ``DEFAULT_BLOCK_QUERIES``); 0: full [B, H, N, N] maps (the reference
             path). Results agree to float tolerance.
+        resample_by: the independent unit that bootstrap intervals resample (``data.resample_units``):
+            ``'image'`` (default; the built-in stereo pair counts as one photo), ``'folder'`` (every image's
+            parent folder), or one label per image (e.g. the source photo of each crop).
     """
     from . import validate
 
@@ -151,7 +161,7 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
     if run_decoder and not getattr(model, "has_decoder", False):
         raise MaeprobeError("this model has no decoder; decoder metrics need a full MAE checkpoint at its own input size (no --img-size)")
     model = model.to(device).eval()
-    batches, total = _batches(model, images, batch_size, num_workers, device)
+    batches, total, units = _batches(model, images, batch_size, num_workers, device, resample_by)
     L = model.config.num_patches
     from .distributed import is_main
 
@@ -185,6 +195,7 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
             cache.mask = MaskInfo(mask.ids_keep.to(device), mask.mask.to(device), mask.ids_restore.to(device),
                                   shared_mask)  # known before the forward pass, for in-hook consumers
             cache.image_indices = indices
+            cache.unit_indices = units[indices]
             x = x.to(device, non_blocking=True)
             try:
                 latent, _, ids_restore = model.forward_encoder(x, mask_ratio, noise.to(device))

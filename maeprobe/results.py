@@ -10,7 +10,8 @@ import pandas as pd
 from .errors import MaeprobeError
 from .metrics.base import Reducer
 
-KEY_COLUMNS = ["metric", "module", "layer", "head", "value", "n_images"]
+# n_units: the independent units (source photos, files, or the user's groups) that the intervals resample
+KEY_COLUMNS = ["metric", "module", "layer", "head", "value", "n_images", "n_units"]
 STAT_COLUMNS = ["std", "ci_low", "ci_high"]
 FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -20,13 +21,15 @@ def to_frame(reducers: Sequence[Reducer], context: dict | None = None) -> pd.Dat
     records = []
     for reducer in reducers:
         extra = {**(context or {}), **reducer.settings()}
-        records += [{**row, **extra} for row in reducer.rows()]
+        units = reducer.n_units
+        records += [{**row, "n_units": row.get("n_units", units), **extra} for row in reducer.rows()]
     frame = pd.DataFrame.from_records(records)
     if frame.empty:
         return pd.DataFrame(columns=KEY_COLUMNS + STAT_COLUMNS)
     frame["layer"] = frame["layer"].astype("Int64")
     frame["head"] = frame["head"].astype("Int64") if "head" in frame else pd.array([pd.NA] * len(frame), "Int64")
     frame["n_images"] = frame["n_images"].astype("int64")
+    frame["n_units"] = frame["n_units"].astype("Int64")
     ordered = KEY_COLUMNS + [c for c in STAT_COLUMNS if c in frame] + \
         [c for c in frame.columns if c not in KEY_COLUMNS + STAT_COLUMNS]
     return frame[ordered]

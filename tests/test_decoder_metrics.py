@@ -230,28 +230,39 @@ def test_eq7_under_torch_distributed_with_an_idle_process(tmp_path):
 
 
 def test_effective_rank_interval_is_a_group_jackknife(hf_mae, images32):
-    """ci of the effective rank = r -+ t(0.975, k-1) x jackknife se over the non-empty image groups, computed
-    here with numpy SVDs of HF's own hidden states with each group's images left out."""
+    """ci of the effective rank and of every singular value = estimate -+ t(0.975, k-1) x jackknife se over the
+    k source units (images 0-1, 2-3 and 4, 5 here: every unit is left out whole), computed here with numpy SVDs of
+    HF's own hidden states with each unit's images left out. (Before intervals resampled units, the groups were
+    hashed from image indices and the singular values had no interval.)"""
     from scipy.stats import t as student_t
-
-    from maeprobe.metrics.base import image_groups
 
     hf, folder = hf_mae
     model = maeprobe.load(folder)
     X = hf_last_hidden_state(hf, images32)[:, 0].double().numpy()  # CLS feature of the last block
-    table = maeprobe.feature_spectrum(model, images32, device="cpu", bootstrap=1, seed=3)
+    units = np.array([0, 0, 1, 1, 2, 3])
+    table = maeprobe.feature_spectrum(model, images32, device="cpu", bootstrap=1, seed=3, resample_by=list(units))
     row = table[(table["metric"] == "effective_rank") & (table["feature"] == "cls")].iloc[0]
+    spectrum = table[(table["metric"] == "feature_spectrum") & (table["feature"] == "cls")].sort_values("component")
+
+    def svals(feats):
+        return np.linalg.svd(feats - feats.mean(0), compute_uv=False) / np.sqrt(len(feats) - 1)
 
     def erank(feats):
-        sv = np.linalg.svd(feats - feats.mean(0), compute_uv=False)
+        sv = svals(feats)
         p = sv / sv.sum()
         p = p[p > 1e-12]
         return np.exp(-(p * np.log(p)).sum())
 
-    groups = image_groups(torch.arange(6), 16, 3).numpy()
-    reps = np.array([erank(X[groups != g]) for g in np.unique(groups)])
-    k = len(reps)
-    half = student_t.ppf(0.975, k - 1) * np.sqrt((k - 1) / k * ((reps - reps.mean()) ** 2).sum())
+    def jackknife(stat):
+        reps = np.array([stat(X[units != u]) for u in np.unique(units)])
+        k = len(reps)
+        return student_t.ppf(0.975, k - 1) * np.sqrt((k - 1) / k * ((reps - reps.mean(0)) ** 2).sum(0))
+
+    half = jackknife(erank)
     assert row["value"] == pytest.approx(erank(X), rel=1e-4)
     assert row["ci_low"] == pytest.approx(erank(X) - half, rel=1e-3, abs=1e-3)
     assert row["ci_high"] == pytest.approx(erank(X) + half, rel=1e-3, abs=1e-3)
+    assert row["n_units"] == 4 and row["n_images"] == 6
+    first = lambda feats: svals(feats)[:3]  # the three largest singular values (n - 1 = 3 left out of 4 images)
+    np.testing.assert_allclose(spectrum["ci_low"].to_numpy()[:3], svals(X)[:3] - jackknife(first), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(spectrum["ci_high"].to_numpy()[:3], svals(X)[:3] + jackknife(first), rtol=1e-3, atol=1e-4)

@@ -4,10 +4,15 @@ A reducer keeps only sums (never per-image lists), so a pass over 50,000 images 
 memory, and the states of several processes simply add up (``merge`` in one process,
 ``all_reduce`` under torch.distributed).
 
-Confidence intervals come from the Poisson bootstrap (Hanley & MacGibbon 2006; Chamandy et al. 2012):
-replicate b gives image i the weight w_ib ~ Poisson(1), drawn from a generator seeded by
-(bootstrap seed, image index), so the weights, and thus the intervals, do not depend on batch size,
-image order or the number of processes. Each replicate is a weighted sum, so it streams like the mean.
+Confidence intervals resample independent units, not images: a unit is what was sampled independently (a
+source photograph, whose several crops are not independent; an image file of a user's folder; or a grouping
+the user names). Every image carries its unit's index (``ActivationCache.unit_indices``; by default each
+image is its own unit). For means, the Poisson bootstrap (Hanley & MacGibbon 2006; Chamandy et al. 2012):
+replicate b gives unit u the weight w_ub ~ Poisson(1), drawn from a generator seeded by (bootstrap seed, unit
+index), and every image of the unit takes that weight (a cluster bootstrap), so the weights, and thus the
+intervals, do not depend on batch size, image order or the number of processes. Each replicate is a weighted
+sum, so it streams like the mean. Pairwise and covariance statistics keep per-group sums over G groups of
+whole units (``unit_groups``) and resample or delete groups.
 """
 from __future__ import annotations
 
@@ -28,14 +33,37 @@ def poisson_weights(image_indices: torch.Tensor, num_replicates: int, seed: int)
     return torch.as_tensor(np.stack(rows), dtype=torch.float64)
 
 
+def units_of(cache: ActivationCache) -> torch.Tensor:
+    """The independent unit of every image of the batch ([B]; each image its own unit when none are given)."""
+    units = cache.unit_indices if cache.unit_indices is not None else cache.image_indices
+    if units is None:
+        raise MaeprobeError("image indices missing from the cache")
+    return torch.as_tensor(units).cpu()
+
+
 class Reducer:
-    """Base class: subclasses register additive state tensors and implement request/update/rows."""
+    """Base class: subclasses register additive state tensors and implement request/update/rows.
+
+    Every reducer also records which independent units (``units_of``) it saw, so that its rows can say how
+    many units their intervals rest on (``n_units``); subclasses call ``note_units(cache)`` once per batch.
+    """
 
     metric: str = ""
     module: str = "encoder"
 
     def __init__(self) -> None:
         self._state: dict[str, torch.Tensor] = {}
+        self._units: set[int] = set()
+
+    def note_units(self, cache: ActivationCache) -> torch.Tensor:
+        units = units_of(cache)
+        self._units.update(int(u) for u in units.tolist())
+        return units
+
+    @property
+    def n_units(self) -> int | None:
+        """Number of distinct independent units seen (None when the reducer does not track them)."""
+        return len(self._units) if self._units else None
 
     # --- state -------------------------------------------------------------------------------
     def add_state(self, name: str, value: torch.Tensor) -> None:
@@ -48,6 +76,7 @@ class Reducer:
         """Add another reducer's state (same settings, other images) into this one."""
         for name, value in other._state.items():
             self._state[name] = self._state[name] + value.to(self._state[name].device)
+        self._units |= other._units
         return self
 
     def all_reduce(self, group=None) -> None:
@@ -56,6 +85,13 @@ class Reducer:
             return
         for name, value in self._state.items():
             dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
+        self._gather_units(group)
+
+    def _gather_units(self, group=None) -> None:
+        """Union of the units every process saw (a unit's images may be split across processes)."""
+        seen = [None] * dist.get_world_size(group)
+        dist.all_gather_object(seen, sorted(self._units), group=group)
+        self._units = {int(u) for part in seen for u in part}
 
     # --- interface -----------------------------------------------------------------------------
     def request(self) -> CaptureRequest:  # pragma: no cover - interface
@@ -99,13 +135,17 @@ class ImageMean(Reducer):
             self.add_state("boot_weight", torch.zeros(bootstrap))
             self.add_state("boot_sum", torch.zeros(bootstrap, *shape))
 
-    def add(self, values: torch.Tensor, image_indices: torch.Tensor) -> None:
+    def add(self, values: torch.Tensor, units: torch.Tensor) -> None:
+        """Add per-image values [B, *shape]; ``units`` [B] is each image's independent unit (``units_of``):
+        images of one unit share every replicate's weight."""
         values = values.detach().to(torch.float64).cpu()  # [B, *shape]
+        units = torch.as_tensor(units).cpu()
+        self._units.update(int(u) for u in units.tolist())
         self._state["count"] += values.shape[0]
         self._state["sum"] += values.sum(0)
         self._state["sum_sq"] += (values**2).sum(0)
         if self.bootstrap:
-            weights = poisson_weights(image_indices, self.bootstrap, self.bootstrap_seed)  # [B, R]
+            weights = poisson_weights(units, self.bootstrap, self.bootstrap_seed)  # [B, R], one row per unit
             self._state["boot_weight"] += weights.sum(0)
             self._state["boot_sum"] += torch.einsum("br,b...->r...", weights, values)
 
@@ -120,7 +160,7 @@ class ImageMean(Reducer):
         mean = self._state["sum"] / n
         var = (self._state["sum_sq"] / n - mean**2).clamp_min(0) * (n / max(n - 1, 1))
         out = {"value": mean.numpy(), "std": var.sqrt().numpy()}
-        if self.bootstrap:
+        if self.bootstrap and len(self._units) >= 2:  # one unit has no spread to resample: no interval
             weight = self._state["boot_weight"].clamp_min(1e-12).reshape(-1, *[1] * len(self.shape))
             replicates = (self._state["boot_sum"] / weight).numpy()  # [R, *shape]
             alpha = (1 - self.confidence) / 2
@@ -177,7 +217,7 @@ class LayerHeadMean(ImageMean):
             for layer in missing:
                 pending[layer] = self._layer_values(cache.attention[(self.module, layer)])
         values = torch.stack([pending[layer] for layer in self.layers], dim=1)  # [B, layers, H]
-        self.add(values, cache.image_indices if cache.image_indices is not None else torch.arange(values.shape[0]))
+        self.add(values, units_of(cache) if cache.image_indices is not None else torch.arange(values.shape[0]))
 
     def rows(self) -> list[dict]:
         s = self.summary()
@@ -191,16 +231,49 @@ class LayerHeadMean(ImageMean):
         ]
 
 
-def image_groups(image_indices: torch.Tensor, num_groups: int, seed: int) -> torch.Tensor:
-    """Random but fixed group of every image, a pure function of (seed, image index). Returns [B]."""
-    groups = [np.random.default_rng([int(seed), int(i), 0x51ED]).integers(num_groups) for i in image_indices.tolist()]
-    return torch.as_tensor(groups, dtype=torch.long)
+def unit_groups(units: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Fixed group of every image: its unit index modulo ``num_groups`` ([B]). All images of a unit share a
+    group, so resampling or deleting groups resamples whole units; units are numbered 0, 1, ... in the order
+    the data gives them, so with at most ``num_groups`` units every group is exactly one unit (an exact cluster
+    bootstrap), and with more, groups hold equally many units."""
+    return torch.as_tensor(units).long() % num_groups
 
 
 def group_bootstrap_weights(num_groups: int, num_replicates: int, seed: int) -> np.ndarray:
-    """Multinomial resampling of groups with replacement: counts [num_replicates, num_groups]."""
+    """Multinomial resampling of ``num_groups`` (non-empty) groups with replacement: counts
+    [num_replicates, num_groups]."""
     rng = np.random.default_rng([int(seed), 0xB007])
     return rng.multinomial(num_groups, np.full(num_groups, 1.0 / num_groups), size=num_replicates).astype(float)
+
+
+def pairwise_bootstrap_replicates(gram: np.ndarray, counts: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Bootstrap replicates of a mean cosine over pairs of distinct images, from group sums of unit vectors.
+
+    Args:
+        gram: [S, G, G] inner products <S_g, S_h> of the groups' sums of unit vectors (S statistics at once).
+        counts: [G] images per group (every group non-empty). A group holds whole independent units.
+        draws: [R, G] how often each group is drawn (``group_bootstrap_weights``).
+
+    A replicate is a sample of m_g draws of each group g, each draw a copy of its images. It is paired as the
+    original sample is: two images of one draw (i != j), and any two images of draws of different groups. Two
+    draws of the same group are never paired with each other: the original sample never holds two
+    independent copies of one photo, and such pairs (cosine 1 for an image and its copy; crops of one photo
+    for a unit of several) would bias every replicate upwards (by m_g (m_g - 1) pairs per image when only the
+    draw's own diagonal is removed). Sum of cosines: m' Gram m - sum_g (m_g^2 - m_g) Gram_gg - sum_g m_g N_g;
+    number of pairs: n^2 - sum_g (m_g^2 - m_g) N_g^2 - sum_g m_g N_g, n = sum_g m_g N_g. With every m_g = 1
+    this is the estimate itself, (|sum a|^2 - N) / (N (N - 1)).
+    Returns [R, S]; NaN where a replicate has no pair.
+    """
+    n = draws @ counts  # [R]
+    repeats = draws**2 - draws  # [R, G] ordered pairs of two different draws of one group
+    quad = np.einsum("rg,sgh,rh->rs", draws, gram, draws)  # [R, S] every ordered pair of image slots
+    diagonal = np.einsum("sgg->sg", gram)  # [S, G]
+    total = quad - repeats @ diagonal.T - (draws @ counts)[:, None]
+    pairs = n * n - repeats @ counts**2 - draws @ counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = total / pairs[:, None]
+    reps[pairs <= 0] = np.nan
+    return reps
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

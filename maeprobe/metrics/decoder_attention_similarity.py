@@ -11,10 +11,13 @@ Streaming and exact: with unit vectors a_i, sum_{i != j} cos = |sum_i a_i|^2 - N
 vectors (one vector per layer) replaces the N x N matrix. ``per_head`` also reports each head alone
 (its k x n block normalised on its own).
 
-Confidence interval: a pairwise statistic has no per-image value to resample, so images are hashed into
-G fixed groups (from seed and image index) whose unit-vector sums are kept; a bootstrap replicate draws
-groups with replacement (counts m) and evaluates (m' Gram m - sum_g m_g N_g) / (N_b (N_b - 1)) from the
-G x G Gram matrix of the group sums. Memory is G x layers x k x h x n, independent of N.
+Confidence interval: a pairwise statistic has no per-image value to resample, so the images' independent
+units (source photos or files, ``metrics.base``) are put in G fixed groups (unit index mod G: with at most G
+units each group is one unit) whose unit-vector sums are kept; a bootstrap replicate draws the non-empty
+groups with replacement (counts m) and evaluates the mean cosine over the pairs the original sample could
+hold (two images of one draw, or of draws of different groups; two draws of one group, copies of the same
+photos, are never paired) from the G x G Gram matrix of the group sums (``base.pairwise_bootstrap_replicates``).
+Memory is G x layers x k x h x n, independent of N.
 
 Query blocks: the rows come in blocks (``AttentionRows``), so the per-image normalisation takes two passes
 over the blocks, one for each image's norm (and each head's) and one for the normalised sums; no batch-sized
@@ -28,7 +31,8 @@ import torch
 
 from ..capture import ActivationCache, CaptureRequest, attention_rows, blocks_of, resolve_layers
 from ..errors import MaeprobeError
-from .base import Reducer, group_bootstrap_weights, image_groups, percentile_interval
+from .base import (Reducer, group_bootstrap_weights, pairwise_bootstrap_replicates, percentile_interval,
+                   unit_groups)
 
 
 def pairwise_cosine_mean(unit_sum: torch.Tensor, count: float) -> torch.Tensor:
@@ -96,8 +100,9 @@ class DecoderAttentionSimilarity(Reducer):
         norm_whole = squares.sum(1).sqrt().clamp_min(1e-300)  # [B]
         norm_heads = squares.sqrt().clamp_min(1e-300)  # [B, H]
         onehot = None
+        units = self.note_units(cache)
         if self.groups:
-            groups = image_groups(cache.image_indices, self.groups, self.bootstrap_seed).to(device)
+            groups = unit_groups(units, self.groups).to(device)
             onehot = torch.nn.functional.one_hot(groups, self.groups).double().T  # [G, B]
         whole = torch.zeros(H, k, n, dtype=torch.float64, device=device)
         heads = torch.zeros_like(whole) if self.per_head else None
@@ -148,6 +153,7 @@ class DecoderAttentionSimilarity(Reducer):
         for name, value in other._state.items():
             self._state[name] = self._state[name] + value.to(self._state[name].device) if name in self._state \
                 else value.clone()
+        self._units |= other._units
         return self
 
     def all_reduce(self, group=None) -> None:
@@ -172,6 +178,7 @@ class DecoderAttentionSimilarity(Reducer):
                     raise MaeprobeError("decoder attention similarity (Eq. 7): processes used different masks")
         for key in sorted(self._state):
             dist.all_reduce(self._state[key], op=dist.ReduceOp.SUM, group=group)
+        self._gather_units(group)
 
     @property
     def count(self) -> int:
@@ -182,14 +189,14 @@ class DecoderAttentionSimilarity(Reducer):
         g = group_sums.double().flatten(1, -2) if group_sums.ndim > 2 else group_sums.double().unsqueeze(1)
         gram = torch.einsum("gsd,hsd->sgh", g, g).cpu().numpy()  # [S, G, G]
         counts = group_counts.double().cpu().numpy()  # [G]
-        draws = group_bootstrap_weights(self.groups, self.bootstrap, self.bootstrap_seed)  # [R, G]
-        n = draws @ counts  # [R]
-        quad = np.einsum("rg,sgh,rh->rs", draws, gram, draws)  # [R, S]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            reps = (quad - (draws @ counts)[:, None]) / (n * (n - 1))[:, None]
-        reps[n < 2] = np.nan
-        low, high = percentile_interval(reps)
+        filled = counts > 0  # groups with images: the units actually seen
+        gram, counts = gram[:, filled][:, :, filled], counts[filled]
         shape = group_sums.shape[1:-1]
+        if len(counts) < 2:  # one unit (or group) has no spread to resample: no interval
+            return np.full(shape, np.nan), np.full(shape, np.nan)
+        draws = group_bootstrap_weights(len(counts), self.bootstrap, self.bootstrap_seed)  # [R, G']
+        reps = pairwise_bootstrap_replicates(gram, counts, draws)  # [R, S]
+        low, high = percentile_interval(reps)
         return low.reshape(shape), high.reshape(shape)
 
     def rows(self) -> list[dict]:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..capture import ActivationCache, CaptureRequest, resolve_layers
 from ..errors import MaeprobeError
 from ..reference import Reference
-from .base import ImageMean
+from .base import ImageMean, units_of
 
 
 SATURATED_ABOVE, EMPTY_BELOW = 0.95, 0.05
@@ -120,7 +120,7 @@ class DecoderSemanticSimilarity(ImageMean):
             W = affinity(tokens, self.tau, self.eps, **options)
             values.append(torch.stack([F.cosine_similarity(W.flatten(1), W_ref, dim=1), density(W, binarised),
                                        ref_density], dim=1))  # [B, 3]
-        self.add(torch.stack(values, dim=1), cache.image_indices)
+        self.add(torch.stack(values, dim=1), units_of(cache))
 
     def rows(self) -> list[dict]:
         s = self.summary()

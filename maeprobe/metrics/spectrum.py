@@ -7,12 +7,14 @@ sum x x^T give the covariance C exactly; its eigenvalues l_k give the singular v
 s_k = sqrt(l_k) of the centred feature matrix divided by sqrt(N - 1). Effective rank (Roy & Vetterli
 2007): exp(-sum p_k log p_k) with p_k = s_k / sum s.
 
-Confidence interval of the effective rank: a delete-a-group jackknife over G fixed image groups (their sums
-are kept; memory G x D x D): the effective rank without group g, for each g, gives the standard error
-sqrt((G - 1) / G * sum_g (r_g - mean r)^2), and the interval is r +- t_{0.975, G-1} se. A bootstrap that
+Confidence intervals of the effective rank and of every singular value: a delete-a-group jackknife over G
+fixed groups of whole independent units (source photos or files, ``metrics.base.unit_groups``; their sums
+are kept; memory G x D x D): the statistic without group g, for each non-empty g, gives the standard error
+sqrt((G' - 1) / G' * sum_g (r_g - mean r)^2), and the interval is r +- t_{0.975, G'-1} se. A bootstrap that
 resamples images (or groups) with replacement repeats images, which lowers the rank of every replicate: on
-128 images of width 192 its interval lay entirely below the estimate. The jackknife leaves 15/16 of the
-distinct images in every replicate.
+128 images of width 192 its interval lay entirely below the estimate. The jackknife leaves (G'-1)/G' of the
+distinct images in every replicate. N images give at most N - 1 nonzero singular values (the centred
+feature matrix has rank <= N - 1), so with few images the spectrum is capped by N, not by the model.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 
 from ..capture import ActivationCache, CaptureRequest, resolve_layers
 from ..errors import MaeprobeError
-from .base import Reducer, image_groups
+from .base import Reducer, unit_groups
 
 
 def effective_rank(singular_values: np.ndarray) -> float:
@@ -71,8 +73,9 @@ class FeatureSpectrum(Reducer):
 
     def update(self, cache: ActivationCache) -> None:
         onehot = None
+        units = self.note_units(cache)
         if self.groups:
-            groups = image_groups(cache.image_indices, self.groups, self.bootstrap_seed)
+            groups = unit_groups(units, self.groups)
             onehot = torch.nn.functional.one_hot(groups, self.groups).double().T  # [G, B]
             self._state["gcount"] += onehot.sum(1)
         for layer in self.layers:
@@ -89,22 +92,25 @@ class FeatureSpectrum(Reducer):
                     self._state[f"gouter_{layer}_{kind}"] += torch.einsum("gb,bi,bj->gij", onehot, x, x)
         self._state["count"] += len(cache.image_indices)
 
-    def _jackknife_interval(self, rank, total, outer, n, layer, kind) -> tuple[float, float]:
-        """Delete-a-group jackknife t interval of the effective rank (groups with images only)."""
+    def _jackknife_interval(self, estimate: np.ndarray, total, outer, n, layer, kind) -> tuple[np.ndarray, np.ndarray]:
+        """Delete-a-group jackknife t intervals of [singular values..., effective rank] (non-empty groups only)."""
         from scipy.stats import t as student_t
 
         gsum = self._state[f"gsum_{layer}_{kind}"].numpy()
         gouter = self._state[f"gouter_{layer}_{kind}"].numpy()
         gcount = self._state["gcount"].numpy()
-        reps = [effective_rank(_singular_values(total - gsum[g], outer - gouter[g], n - gcount[g]))
-                for g in range(self.groups) if gcount[g] > 0 and n - gcount[g] >= 2]
+        reps = []
+        for g in range(self.groups):
+            if gcount[g] > 0 and n - gcount[g] >= 2:
+                sv = _singular_values(total - gsum[g], outer - gouter[g], n - gcount[g])
+                reps.append(np.append(sv, effective_rank(sv)))
         if len(reps) < 2:
-            return float("nan"), float("nan")
-        reps = np.asarray(reps)
+            return np.full(estimate.shape, np.nan), np.full(estimate.shape, np.nan)
+        reps = np.asarray(reps)  # [G', D + 1]
         k = len(reps)
-        se = float(np.sqrt((k - 1) / k * ((reps - reps.mean()) ** 2).sum()))
+        se = np.sqrt((k - 1) / k * ((reps - reps.mean(0)) ** 2).sum(0))
         half = float(student_t.ppf(0.975, k - 1)) * se
-        return rank - half, rank + half
+        return estimate - half, estimate + half
 
     def rows(self) -> list[dict]:
         n = self._state["count"].item()
@@ -116,13 +122,13 @@ class FeatureSpectrum(Reducer):
                 total = self._state[f"sum_{layer}_{kind}"].numpy()
                 outer = self._state[f"outer_{layer}_{kind}"].numpy()
                 sv = _singular_values(total, outer, n)
+                estimate = np.append(sv, effective_rank(sv))  # [D + 1]: singular values, then effective rank
+                low = high = np.full(estimate.shape, np.nan)
+                if self.groups:
+                    low, high = self._jackknife_interval(estimate, total, outer, n, layer, kind)
                 base = {"module": "encoder", "layer": layer, "head": None, "n_images": int(n), "feature": kind}
                 out += [{**base, "metric": "feature_spectrum", "component": k, "value": float(v), "std": np.nan,
-                         "ci_low": np.nan, "ci_high": np.nan} for k, v in enumerate(sv)]
-                rank = effective_rank(sv)
-                low = high = np.nan
-                if self.groups:
-                    low, high = self._jackknife_interval(rank, total, outer, n, layer, kind)
-                out.append({**base, "metric": "effective_rank", "component": None, "value": rank,
-                            "std": np.nan, "ci_low": low, "ci_high": high})
+                         "ci_low": float(low[k]), "ci_high": float(high[k])} for k, v in enumerate(sv)]
+                out.append({**base, "metric": "effective_rank", "component": None, "value": float(estimate[-1]),
+                            "std": np.nan, "ci_low": float(low[-1]), "ci_high": float(high[-1])})
         return out
