@@ -24,7 +24,7 @@ def _combined(table: pd.DataFrame, by: str) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(by)
 
 
-def _caption(labels: dict, seeds: int) -> str:
+def _caption(labels: dict, seeds: int, evidence: pd.DataFrame | None = None) -> str:
     if labels.get("checkpoints"):
         what = "; ".join(labels["checkpoints"].values())
     else:
@@ -32,7 +32,11 @@ def _caption(labels: dict, seeds: int) -> str:
         what = "runs " + ", ".join(f"{name} ({len(folders)} seed{'s' if len(folders) != 1 else ''})"
                                    for name, folders in runs.items()) + f", scale {labels.get('scale')}"
     data = f"Labelled set: {labels['evalset']}" if labels.get("evalset") else f"Probe images: {labels.get('data')}"
-    text = f"{what}. {data}. Bands/bars: 95% CI over images and {seeds} seed(s)."
+    units = pd.to_numeric(evidence["n_units"], errors="coerce").dropna() \
+        if evidence is not None and "n_units" in evidence else pd.Series(dtype=float)
+    over = "images" if units.empty else (f"{int(units.min())} source images" if units.min() == units.max()
+                                         else f"{int(units.min())}-{int(units.max())} source images")
+    text = f"{what}. {data}. Bands/bars: 95% CI over {over} and {seeds} seed(s)."
     if labels.get("reference"):
         text += f" Reference: {labels['reference']}."
     return text
@@ -77,7 +81,7 @@ def finding_figure(finding_id: str, measured, labels: dict, folder: Path) -> lis
     plt, sns = _style()
     colors = sns.color_palette("colorblind", 8)
     seeds = max(int(verdict.seeds), 1)
-    caption = _caption(labels, seeds)
+    caption = _caption(labels, seeds, evidence)
     kind = spec["kind"]
     fig, ax = plt.subplots(figsize=(6.4, 3.5))
     if kind == "profile":  # Eq. 7 / Eq. 8 per decoder layer: trained vs initial weights (+ uniform for Eq. 7)

@@ -4,12 +4,15 @@
 * ``fig3`` LC-MAE Fig. 3: decoder semantic similarity S_sim (Eq. 8) per decoder layer.
 * ``fig5`` / ``fig6`` / ``figA1``: mean attention distance per encoder layer for several checkpoints (Fig. 5:
   MAE vs DINO vs DeiT; Fig. 6: pretraining mask ratios; Fig. A.1: autoencoders of different prediction
-  sizes). Same plot, different checkpoint sets and labels.
+  sizes; a table does not record what a checkpoint predicts, so Fig. A.1 is titled by its checkpoints and its
+  caption says they are not known to be AE(k)). Same plot, different checkpoint sets and labels.
 * ``spectrum``: normalised singular values of encoder features (U-MAE), effective rank in the legend.
 * ``entropy``: mean attention entropy per encoder layer (nats; not a figure of the paper), drawn like ``fig5``
   with the uniform-attention level ln N.
 
-Error bars are the ``ci_low``/``ci_high`` bootstrap intervals stored in the tables.
+Bands are the ``ci_low``/``ci_high`` intervals stored in the tables; the caption below the axes says over how many
+independent units (``n_units``: source images, else ``n_images``) or "no interval" where the table has none.
+Titles stay one or two short lines; conventions and warnings go in that caption.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ FIGURES = {
     "fig3": ("decoder_semantic_similarity", "Decoder semantic similarity (Eq. 8)", "$S_{sim}$"),
     "fig5": ("attention_distance", "Mean attention distance per layer", None),
     "fig6": ("attention_distance", "Attention distance vs pretraining mask ratio", None),
-    "figA1": ("attention_distance", "Attention distance of autoencoders AE(k)", None),
+    "figA1": ("attention_distance", "Attention distance per layer (Fig. A.1 layout)", None),
     "spectrum": ("feature_spectrum", "Feature spectrum (U-MAE)", None),
     "entropy": ("attention_entropy", "Mean attention entropy per layer", None),
 }
@@ -44,7 +47,8 @@ def _labels(frame: pd.DataFrame, label_by: str) -> pd.Series:
     if label_by not in frame or frame[label_by].isna().all():
         labels = frame["checkpoint"].astype(str)
     elif label_by == "pretrain_mask_ratio":
-        labels = pd.Series([f"mask ratio {v:g}" if pd.notna(v) else f"{c} (pretraining mask ratio not stored)"
+        # the checkpoint named too: two checkpoints of one ratio stay two lines, and a reader knows which file
+        labels = pd.Series([f"mask ratio {v:g}: {c}" if pd.notna(v) else f"{c} (pretraining mask ratio not stored)"
                             for v, c in zip(frame[label_by], frame["checkpoint"].astype(str))], index=frame.index)
     else:
         labels = frame[label_by].astype(str)
@@ -100,14 +104,74 @@ def save_figure(fig, paths: list[Path], dpi: int) -> list[Path]:
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
-    fig.tight_layout()
     return save_figure(fig, [out_dir / f"{name}.png", out_dir / f"{name}.pdf"], dpi=200)
 
 
-def _title(ax, title: str, caption: str) -> None:
+TITLE_CHARS = 60  # a title line; titles stay at most two lines (warnings and conventions go in the caption)
+CAPTION_FONT = 5.5  # points
+CAPTION_CHARS_PER_INCH = 23  # conservative for DejaVu Sans at CAPTION_FONT: the caption stays inside the canvas
+LEGEND_CHARS = 30  # a legend line: a long checkpoint name wraps instead of squeezing the axes off the canvas
+
+
+def _title(ax, title: str, subtitle: str = "") -> None:
+    """One or two short lines: the figure's name and, when it fits, what it compares against (a reference)."""
+    second = subtitle if subtitle and len(subtitle) <= TITLE_CHARS else ""
+    ax.set_title(f"{title}\n{second}" if second else title, fontsize=6.5)
+
+
+def _legend_label(label: str) -> str:
     import textwrap
 
-    ax.set_title(f"{title}\n" + "\n".join(textwrap.wrap(caption, 52)) if caption else title, fontsize=6.5)
+    return "\n".join(textwrap.wrap(str(label), LEGEND_CHARS)) or str(label)
+
+
+def _count(rows: pd.DataFrame, column: str) -> str | None:
+    """The number in ``column`` as text ("12", or "8-12" when the rows differ); None when absent."""
+    if column not in rows:
+        return None
+    values = pd.to_numeric(rows[column], errors="coerce").dropna()
+    if values.empty:
+        return None
+    low, high = int(values.min()), int(values.max())
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
+def _interval_text(rows: pd.DataFrame, what: str = "bands", method: str | None = "bootstrap",
+                   labels: pd.Series | None = None) -> str:
+    """What the drawn intervals are, or "no interval" where the table has none (NaN ``ci_low``/``ci_high``).
+
+    The count is the number of independent units the interval resamples: ``n_units`` (source photos or files)
+    when the table has it, else ``n_images`` (tables written before units were recorded resampled images)."""
+    if "ci_low" in rows and "ci_high" in rows:
+        finite = rows["ci_low"].notna() & rows["ci_high"].notna()
+    else:
+        finite = pd.Series(False, index=rows.index)
+    if not finite.any():
+        return "no interval (the table has no ci_low/ci_high: intervals were not computed)"
+    n_units, n_images = _count(rows[finite], "n_units"), _count(rows[finite], "n_images")
+    over = (f" over {n_units} source images" if n_units else f" over {n_images} images" if n_images else "")
+    text = f"{what}: 95% CI{over}" + (f" ({method})" if method else "")
+    if not finite.all() and labels is not None:
+        missing = [str(lab) for lab in dict.fromkeys(labels[~finite]) if not finite[labels == lab].any()]
+        if missing:
+            text += f"; no interval for {', '.join(missing)}"
+    return text
+
+
+def _finish(fig, caption: str) -> None:
+    """Lay out ``fig`` with ``caption`` (conventions, intervals, warnings) in small type below the axes: the
+    figure grows by the caption's height, so the axes keep their size."""
+    import textwrap
+
+    width, height = fig.get_size_inches()
+    lines = textwrap.wrap(caption, max(int(width * CAPTION_CHARS_PER_INCH), 40), break_on_hyphens=False) \
+        if caption else []
+    extra = (len(lines) * CAPTION_FONT * 1.35 + 6) / 72 if lines else 0.0  # inches
+    fig.set_size_inches(width, height + extra)
+    if lines:
+        fig.text(0.01, 3 / 72 / (height + extra), "\n".join(lines), fontsize=CAPTION_FONT, va="bottom",
+                 ha="left", color="0.25", linespacing=1.2)
+    fig.tight_layout(rect=(0, extra / (height + extra), 1, 1))
 
 
 def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
@@ -122,25 +186,29 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
         part = rows[rows["label"] == label].sort_values("layer")
         x = part["layer"].astype(int).to_numpy() + 1  # the paper numbers layers from 1
         y = part["value"].to_numpy()
-        ax.plot(x, y, marker="o", ms=3, lw=1.4, color=colour, label=label)
+        ax.plot(x, y, marker="o", ms=3, lw=1.4, color=colour, label=_legend_label(label))
         if part["ci_low"].notna().any():
             ax.fill_between(x, part["ci_low"], part["ci_high"], color=colour, alpha=0.2, lw=0)
     if name == "fig2":
         ax.axhline(1.0, color="0.3", lw=0.8, ls=":", label="uniform attention (= 1)")
     ax.set_xlabel("decoder layer (1 = first; tables count from 0)")
     ax.set_ylabel(f"{ylabel} (unitless)")
-    caption = _caption(rows, name)
+    parts, subtitle = [_caption(rows, name)], ""
     if name == "fig3" and "reference" in rows:
-        caption += f"; reference: {', '.join(dict.fromkeys(rows['reference'].astype(str)))}"
+        references = ", ".join(dict.fromkeys(rows["reference"].astype(str)))
+        subtitle = f"reference: {references}"
+        parts.append(subtitle)
+    parts.append(_interval_text(rows, labels=rows["label"]))
+    caption = "; ".join(part for part in parts if part)
     if name == "fig3" and "w_flag" in rows and (rows["w_flag"].fillna("") != "").any():
         flagged = rows[rows["w_flag"].fillna("") != ""]
-        caption += (f"; WARNING: W {flagged['w_flag'].iloc[0]} for {', '.join(dict.fromkeys(flagged['label']))} "
+        caption += (f". WARNING: W {flagged['w_flag'].iloc[0]} for {', '.join(dict.fromkeys(flagged['label']))} "
                     "(density outside 0.05-0.95): S measures only a density there")
-    caption += "; bands: 95% CI over images"
-    _title(ax, title, caption)
+    _title(ax, title, subtitle)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     sns.despine(fig)
+    _finish(fig, caption)
     paths = _save(fig, out_dir, name)
     plt.close(fig)
     return paths
@@ -175,7 +243,7 @@ def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="enco
         # per layer: the mean over heads, its interval the mean of the heads' bounds (conservative)
         means = part.groupby("layer")[["value", "ci_low", "ci_high"]].mean()
         x = means.index.astype(int) + 1
-        ax.plot(x, means["value"], color=colour, lw=1.4, marker="o", ms=2.5, label=label)
+        ax.plot(x, means["value"], color=colour, lw=1.4, marker="o", ms=2.5, label=_legend_label(label))
         if means["ci_low"].notna().any():
             ax.fill_between(x, means["ci_low"], means["ci_high"], color=colour, alpha=0.2, lw=0)
     ax.scatter([], [], s=4, color="0.4", label="dots: single heads")
@@ -188,16 +256,35 @@ def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="enco
     ax.set_ylim(bottom=0)  # from 0: differences of a tenth of a pixel (or nat) are not magnified
     ax.set_xlabel(f"{module} layer (1 = first; tables count from 0)")
     ax.set_ylabel(f"{quantity} ({units})")
-    _title(ax, title, _caption(rows, name) + "; line: mean over heads, band: 95% CI over images")
+    interval = _interval_text(rows, labels=rows["label"])
+    if not interval.startswith("no interval"):
+        interval += ", per layer the mean of the heads' bounds"
+    parts = [_caption(rows, name), "line: mean over heads", interval]
+    if name == "figA1":
+        parts.append("Fig. A.1 compares autoencoders AE(k) that predict a k x k pixel block per patch; the table "
+                     "does not record what a checkpoint predicts, so these lines are not known to be AE(k) models")
+    names = ", ".join(labels)
+    _title(ax, title, (names if len(names) <= TITLE_CHARS else f"{len(labels)} checkpoints (see legend)")
+           if name == "figA1" else "")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     sns.despine(fig)
+    _finish(fig, "; ".join(part for part in parts if part))
     paths = _save(fig, out_dir, name)
     plt.close(fig)
     return paths
 
 
+def _layer_text(layers: list[int]) -> str:
+    """Encoder layers as the paper numbers them (from 1), with the table's 0-based index."""
+    if len(layers) == 1:
+        return f"encoder layer {layers[0] + 1} (1 = first; table layer {layers[0]})"
+    return f"encoder layers {', '.join(str(layer + 1) for layer in layers)} (1 = first; see legend)"
+
+
 def _spectrum(frame, out_dir, name, label_by):
+    """Normalised singular values per component, one panel per feature kind (CLS, patch mean), with the
+    per-component interval where the table has one; the encoder layer in the title; the n - 1 cap stated."""
     plt, sns = _style()
     rows = frame[frame["metric"] == "feature_spectrum"].copy()
     if rows.empty:
@@ -205,24 +292,59 @@ def _spectrum(frame, out_dir, name, label_by):
     rows["label"] = _labels(rows, label_by)
     ranks = frame[frame["metric"] == "effective_rank"].copy()
     ranks["label"] = _labels(ranks, label_by)
+    layers = sorted({int(v) for v in rows["layer"].dropna()}) if "layer" in rows else []
+    if len(layers) > 1:  # several layers of one checkpoint: one line each
+        for table in (rows, ranks):
+            table["label"] = table["label"] + table["layer"].map(
+                lambda v: f", layer {int(v) + 1}" if pd.notna(v) else "")
     kinds = list(dict.fromkeys(rows["feature"]))
     labels = list(dict.fromkeys(rows["label"]))
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.4 * len(kinds), 2.5), squeeze=False)
+    drawn = []
     for ax, kind in zip(axes[0], kinds):
         for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
             part = rows[(rows["label"] == label) & (rows["feature"] == kind)].sort_values("component")
-            values = part["value"].to_numpy()[: max(int(part["n_images"].iloc[0]) - 1, 1)]  # rank <= N - 1
+            if part.empty:
+                continue
+            part = part.iloc[: max(int(part["n_images"].iloc[0]) - 1, 1)]  # rank of n centred features <= n - 1
+            values = part["value"].to_numpy(dtype=float)
             if len(values) == 0 or values[0] <= 0:
                 continue
-            rank = ranks[(ranks["label"] == label) & (ranks["feature"] == kind)]["value"]
-            legend = f"{label} (eff. rank {rank.iloc[0]:.1f})" if len(rank) else label
-            ax.semilogy(np.arange(1, len(values) + 1), np.clip(values / values[0], 1e-8, None), color=colour,
-                        lw=1.2, label=legend)
-        ax.set_xlabel("component")
-        ax.set_ylabel("singular value / largest")
-        _title(ax, f"Feature spectrum: {kind.replace('_', ' ')}", _caption(rows, name))
-        ax.legend(fontsize=6, frameon=False)
+            drawn.append(part)
+            x = np.arange(1, len(values) + 1)
+            rank = ranks[(ranks["label"] == label) & (ranks["feature"] == kind)]
+            legend = label
+            if len(rank):
+                r = rank.iloc[0]
+                legend += f" (eff. rank {r['value']:.1f}"
+                if pd.notna(r.get("ci_low")) and pd.notna(r.get("ci_high")):
+                    legend += f" [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
+                legend += ")"
+            ax.semilogy(x, np.clip(values / values[0], 1e-8, None), color=colour, lw=1.2,
+                        label=_legend_label(legend))
+            low, high = part["ci_low"].to_numpy(dtype=float), part["ci_high"].to_numpy(dtype=float)
+            finite = np.isfinite(low) & np.isfinite(high)
+            if finite.any():
+                ax.fill_between(x, np.clip(low / values[0], 1e-8, None), np.clip(high / values[0], 1e-8, None),
+                                where=finite, color=colour, alpha=0.2, lw=0)
+        ax.set_xlabel("component (1 = largest)")
+        ax.set_ylabel("singular value / largest (unitless)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        feature = {"cls": "CLS token", "patch_mean": "mean of patch tokens"}.get(kind, str(kind).replace("_", " "))
+        _title(ax, f"Feature spectrum: {feature}", _layer_text(layers) if layers else "")
+        ax.legend(fontsize=5.5, frameon=True, framealpha=0.85, edgecolor="none")  # readable over the bands
+    shown = pd.concat(drawn) if drawn else rows
+    n = _count(shown, "n_images")
+    cap = (f"n = {n} images: n centred features have rank at most n-1, so at most n-1 = "
+           f"{_count(shown.assign(n_images=shown['n_images'] - 1), 'n_images')} nonzero components; "
+           "components beyond n-1 are not drawn") if n else ""
+    interval = _interval_text(shown, "band", method=None, labels=shown["label"])
+    if not interval.startswith("no interval"):
+        interval += " per component, divided by the largest singular value"
+    parts = [_caption(rows, name), _layer_text(layers) if layers else "", cap, interval,
+             "eff. rank (legend): exp of the entropy of the normalised singular values, [95% CI] where stored"]
     sns.despine(fig)
+    _finish(fig, "; ".join(part for part in parts if part))
     paths = _save(fig, out_dir, name)
     plt.close(fig)
     return paths
@@ -248,8 +370,9 @@ def bar_figure(labels: list[str], rows: pd.DataFrame, title: str, ylabel: str, o
     for y in lines:
         ax.axhline(y, color="0.4", lw=0.8, ls="--")
     ax.set_ylabel(ylabel)
-    _title(ax, title, "")
+    _title(ax, title)
     sns.despine(fig)
+    _finish(fig, _interval_text(rows, "bars", labels=pd.Series(labels, index=rows.index)))
     paths = _save(fig, Path(out_dir), name)
     plt.close(fig)
     return paths
