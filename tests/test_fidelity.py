@@ -48,11 +48,12 @@ PAPER: dict[str, tuple[dict, str]] = {
     **{f"lcmae_{s}": ({**S5, **E100, "method": "lcmae", "decoder_depth": 2, "base_lr": 6e-4, "proj_dim": 1024,
                        "w_mae": w[0], "w_cross": w[1], "w_in": w[2]}, f"Table 1 setting ({s})")
        for s, w in TABLE1.items()},
-    # U-MAE pretrain.sh: 8 GPUs x 128, 200 epochs, 40 warmup, blr 1.5e-4, beta 1e-4 through a GatherLayer that
-    # keeps 1/8 of the gradient -> an effective full-batch weight of 1e-4 / 8
+    # U-MAE pretrain.sh at commit 3dde63e: 8 GPUs (line 1) x 128 (line 2), 200 epochs (line 6), 40 warmup (line 7),
+    # blr 1.5e-4 (line 8), lamb 1e-4 (line 10), tau 0.1 (line 14; HEAD 6a5b6dc has no tau) through a GatherLayer
+    # that keeps 1/8 of the gradient -> an effective full-batch weight of 1e-4 / 8
     "umae_vit_b16": ({"task": "pretrain", "method": "umae", "optimizer": "adamw", "global_batch": 1024,
                       "base_lr": 1.5e-4, "epochs": 200, "warmup_epochs": 40, "mask_ratio": 0.75, "tau": 0.1,
-                      "effective_uniformity_weight": 1e-4 / 8}, "pretrain.sh"),
+                      "effective_uniformity_weight": 1e-4 / 8}, "pretrain.sh at commit 3dde63e"),
     # LC-MAE Section 5, fine-tuning
     "finetune_vit_b16": ({"task": "finetune", "optimizer": "adamw", "epochs": 100, "global_batch": 1024,
                           "base_lr": 1.0e-3, "warmup_epochs": 5}, "Section 5"),
@@ -72,7 +73,7 @@ def _resolved(config: dict, key: str):
              "pred_size": ("model", "pred_size"), "proj_dim": ("lcmae", "proj_dim"),
              "projector_input": ("lcmae", "projector_input"), "in_view_target": ("lcmae", "in_view_target"),
              "w_mae": ("lcmae", "mae"), "w_cross": ("lcmae", "cross"), "w_in": ("lcmae", "in_view"),
-             "tau": ("umae", "tau"), "knn_k": ("eval", "knn_k"), "knn_temperature": ("eval", "knn_temperature")}
+             "tau": ("umae", "tau"), "feature": ("umae", "feature"), "knn_k": ("eval", "knn_k"), "knn_temperature": ("eval", "knn_temperature")}
     node = config
     for part in where.get(key, ("optim", key)):
         node = node[part]
@@ -86,7 +87,17 @@ CHOICES: dict[str, tuple[dict, str]] = {
        for s in TABLE1},
     **{name: ({"epochs": 100}, "Pretraining length where not stated")
        for name in ("mae_vit_b16_dec8", "ae16", "ae48", "ae80", "ae112")},
+    # U-MAE's models_mae.py applies the final norm twice (line 173, then lines 230-231); maeprobe once
+    "umae_vit_b16": ({"feature": "cls"}, "U-MAE feature and warmup"),
 }
+
+# Where the paper gives each pretraining length (typed in from the text): Section 3.3 "for 100 epochs" (Table 1),
+# Section 4.1 "for 100 epochs using the same training strategy" (Table 2), Section 4.2 "for 100 epochs with mask
+# ratios ..." (Fig. 6). Section 5 gives none; the runs of CHOICES state none (maeprobe's choice).
+LENGTH_SOURCE = {"mae_vit_b16_dec2": "Section 3.3", **{f"lcmae_{s}": "Section 3.3" for s in TABLE1},
+                 "mae_vit_b16_decoder_gaussian": "Section 4.1", "mae_vit_b16_decoder_conv": "Section 4.1",
+                 **{f"mae_vit_b16_mask{r}": "Section 4.2" for r in (30, 45, 60, 75, 90)},
+                 **{name: "maeprobe's choice" for name, (choice, _) in CHOICES.items() if "epochs" in choice}}
 
 
 @pytest.mark.parametrize("name", sorted(CHOICES))
@@ -103,6 +114,39 @@ def test_recipe_choices_are_documented(name):
 def test_every_bundled_recipe_is_in_the_paper_table():
     bundled = {p.stem for p in RECIPES.glob("*.yaml") if not p.stem.startswith(("_", "tiny-"))}
     assert bundled == set(PAPER)
+
+
+def _header(path: Path) -> str:
+    return " ".join(line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#"))
+
+
+@pytest.mark.parametrize("name", ["_imagenet_vit_b16"] + sorted(n for n in PAPER if PAPER[n][0]["task"] == "pretrain"))
+def test_headers_credit_the_pretraining_length_to_where_it_is_stated(name):
+    """Every "100 epochs" in a pretraining recipe's header is followed by its source in parentheses: a section that
+    states it, or maeprobe's choice; never Section 5, which gives no pretraining length."""
+    import re
+
+    header = _header(RECIPES / f"{name}.yaml")
+    for match in re.finditer(r"100 epochs", header):
+        assert re.match(r" \((Section 3\.3|Section 4\.[12]|maeprobe's choice)", header[match.end():]), \
+            f"{name}: '{header[max(match.start() - 40, 0):match.end() + 40]}'"
+    if name in LENGTH_SOURCE:
+        assert f"100 epochs ({LENGTH_SOURCE[name]}" in header
+        assert load_recipe(RECIPES / f"{name}.yaml")["optim"]["epochs"] == 100
+
+
+def test_umae_header_cites_lines_commits_and_choices():
+    """The U-MAE recipe names the commit and line of each value it takes from zhangq327/U-MAE, that tau exists only
+    at the older commit, PRETRAIN.md's own setting, and its choices beside U-MAE's values."""
+    header = _header(RECIPES / "umae_vit_b16.yaml")
+    for text in ("pretrain.sh at commit 3dde63e", "--tau 0.1 (line 14)", "--lamb 0.0001 (line 10)",
+                 "HEAD 6a5b6dc", "--lamb 0.01 (line 10) and no --tau", "PRETRAIN.md", "64 processes",
+                 "GatherLayer (loss_func.py lines 15-30", "models_mae.py", "line 173", "lines 230-231",
+                 "umae.feature=double_norm", "umae.batch=micro"):
+        assert text in header, text
+    # PRETRAIN.md: --lamb 0.01 on 8 nodes x 8 GPUs, each process keeping 1/64 of the gradient; in maeprobe's units
+    # (exact gather, mean((cos / 0.1)^2) = 100 mean(cos^2)) that is 0.01 / 64 / 100
+    assert 0.01 / 64 / 100 == pytest.approx(1.5625e-6) and "umae.weight=1.5625e-6" in header
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
@@ -375,7 +419,7 @@ def test_figure_captions_state_the_conventions():
 
 def test_finetune_augmentation_follows_mae():
     """MAE's main_finetune.py: timm create_transform with RandAugment and random erasing in 'pixel' mode
-    (--remode pixel, --recount 1); the RandAugment string keeps mmax9 (README, fidelity table)."""
+    (--remode pixel, --recount 1); MAE's RandAugment string itself (tests/test_fidelity_augment.py)."""
     from timm.data.random_erasing import RandomErasing
 
     from maeprobe.train.config import DEFAULTS

@@ -56,6 +56,25 @@ def test_official_release_name_resolves_from_the_torch_hub_cache(caches):
     assert maeprobe.load("mae_pretrain_vit_base.pth").config.embed_dim == 192
 
 
+def test_deit_release_name_resolves_from_the_torch_hub_cache(caches):
+    """facebookresearch/deit models.py: torch.hub.load_state_dict_from_url(url=".../deit/deit_base_patch16_224-
+    b5f2ef4d.pth") keeps the file under that name in the torch hub cache; its container is {'model': state dict}."""
+    import timm
+
+    from maeprobe.checkpoints.hub import release_url
+
+    assert release_url("deit_base_patch16_224-b5f2ef4d.pth") == \
+        "https://dl.fbaipublicfiles.com/deit/deit_base_patch16_224-b5f2ef4d.pth"  # README_deit.md
+    assert release_url("deit_base_patch16_224.pth") is None  # no hash: not a release name
+    target = caches / "torch" / "hub" / "checkpoints" / "deit_base_patch16_224-b5f2ef4d.pth"
+    target.parent.mkdir(parents=True)
+    net = timm.create_model("deit_base_patch16_224", pretrained=False, img_size=32, patch_size=16, embed_dim=192,
+                            depth=1, num_heads=3)
+    torch.save({"model": net.state_dict()}, target)
+    model = maeprobe.load("deit_base_patch16_224-b5f2ef4d.pth")
+    assert (model.config.embed_dim, model.config.img_size) == (192, 32)
+
+
 def test_missing_name_offline_gives_one_line(caches):
     with pytest.raises(maeprobe.MaeprobeError, match="offline mode is on"):
         maeprobe.load("hf-hub:facebook/dinov2-large")

@@ -4,8 +4,9 @@
   (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``). A transformers repository is
   returned as its snapshot folder; a timm repository as its weights file.
 * official release file names (``mae_pretrain_vit_base.pth``, ``dino_vitbase16_pretrain.pth``,
-  ``dinov2_vits14_pretrain.pth``, ``dinov2_vits14_reg4_pretrain.pth``, ...): the torch hub cache
-  (``$TORCH_HOME/hub/checkpoints``, else ``~/.cache/torch/hub/checkpoints``), where ``torch.hub`` keeps them.
+  ``dinov2_vits14_pretrain.pth``, ``dinov2_vits14_reg4_pretrain.pth``, ``deit_base_patch16_224-b5f2ef4d.pth``,
+  ...): the torch hub cache (``$TORCH_HOME/hub/checkpoints``, else ``~/.cache/torch/hub/checkpoints``), where
+  ``torch.hub`` keeps them (DINO's ``hubconf.py`` and DeiT's ``models.py`` download them there).
 
 A name that is not in the cache is downloaded only when offline mode is off (``HF_HUB_OFFLINE``,
 ``TRANSFORMERS_OFFLINE`` or ``MAEPROBE_OFFLINE`` unset) and the network answers; otherwise one line says
@@ -22,14 +23,30 @@ from ..validate import first_line, one_line
 
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
-# Official releases outside the HuggingFace hub: file name -> URL (facebookresearch/mae, dino, dinov2 READMEs).
+# Official releases outside the HuggingFace hub: file name -> URL (facebookresearch/mae, dino, dinov2 READMEs;
+# facebookresearch/deit README_deit.md and models.py: the file name carries the first 8 hex digits of its SHA-256,
+# which torch.hub checks).
 _MAE = "https://dl.fbaipublicfiles.com/mae/{kind}/{name}"
 _DINO = "https://dl.fbaipublicfiles.com/dino/{stem}/{name}"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/{stem}/{name}"
+_DEIT = "https://dl.fbaipublicfiles.com/deit/{name}"
+_HF = "https://huggingface.co/{repo}"
+
+# timm hub repositories that hold an official release file's weights (converted to timm's names): repository ->
+# that release file. Either copy serves.
+SAME_WEIGHTS = {
+    "timm/deit_base_patch16_224.fb_in1k": "deit_base_patch16_224-b5f2ef4d.pth",
+    "timm/deit_small_patch16_224.fb_in1k": "deit_small_patch16_224-cd65a155.pth",
+    "timm/deit_tiny_patch16_224.fb_in1k": "deit_tiny_patch16_224-a1311bcf.pth",
+    "timm/vit_base_patch16_224.dino": "dino_vitbase16_pretrain.pth",
+    "timm/vit_small_patch16_224.dino": "dino_deitsmall16_pretrain.pth",
+    "timm/vit_base_patch8_224.dino": "dino_vitbase8_pretrain.pth",
+    "timm/vit_small_patch8_224.dino": "dino_deitsmall8_pretrain.pth",
+}
 
 
 def release_url(name: str) -> str | None:
-    """Download address of an official MAE / DINO / DINOv2 release file name, or None."""
+    """Download address of an official MAE / DINO / DINOv2 / DeiT release file name, or None."""
     if m := re.fullmatch(r"mae_(pretrain|visualize|finetuned)_vit_(base|large|huge)(?:_full)?\.pth", name):
         return _MAE.format(kind={"pretrain": "pretrain", "visualize": "visualize", "finetuned": "finetune"}[m.group(1)],
                            name=name)
@@ -37,7 +54,27 @@ def release_url(name: str) -> str | None:
         return _DINO.format(stem=f"{m.group(1)}_pretrain", name=name)
     if m := re.fullmatch(r"(dinov2_vit[sblg]14)(_reg4)?_pretrain\.pth", name):
         return _DINOV2.format(stem=m.group(1), name=name)
+    if re.fullmatch(r"deit_(?:tiny|small|base)(?:_distilled)?_patch16_(?:224|384)-[0-9a-f]{8}\.pth", name):
+        return _DEIT.format(name=name)
     return None
+
+
+def equivalents(name: str) -> tuple[str, ...]:
+    """``name`` and the other names of the same weights (``SAME_WEIGHTS``, both ways), ``name`` first."""
+    others = [f for r, f in SAME_WEIGHTS.items() if r == name] + [r for r, f in SAME_WEIGHTS.items() if f == name]
+    return (name, *others)
+
+
+def placement(name: str) -> str:
+    """Where to put the file(s) of ``name`` by hand and where to get them, as one line: a release file name ->
+    its path in the torch hub cache and its download URL; a hub repository -> the HuggingFace cache layout."""
+    if (url := release_url(name)) is not None:
+        return f"{torch_cache() / name} (from {url})"
+    repo = name[len("hf-hub:"):] if name.startswith("hf-hub:") else name
+    folder = hf_cache() / ("models--" + repo.replace("/", "--"))
+    files = "model.safetensors and config.json" if repo.startswith("timm/") else "the repository's files"
+    return (f"{repo} as {files} in {folder / 'snapshots' / '<commit>'}/ with the text <commit> in "
+            f"{folder / 'refs' / 'main'} (from {_HF.format(repo=repo)}, e.g. huggingface-cli download {repo})")
 
 
 def hf_cache() -> Path:

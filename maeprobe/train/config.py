@@ -49,9 +49,10 @@ DEFAULTS: dict = {
               "base_lr": 1.5e-4, "weight_decay": 0.05, "warmup_epochs": 20, "min_lr": 0.0, "betas": [0.9, 0.95],
               "layer_decay": 0.75, "label_smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.25,
               "drop_path": 0.1,
-              # MAE's RandAugment, magnitude capped at 9: at 10 timm's increasing posterize asks Pillow for
-              # 0 bits, which current Pillow rejects (a rare, random crash)
-              "auto_augment": "rand-m9-mstd0.5-inc1-mmax9"},
+              # MAE's RandAugment (main_finetune.py --aa): magnitudes from N(9, 0.5), clipped to [0, 10] by timm;
+              # the 0-bit posterize of a magnitude-10 draw, which current Pillow refuses, is computed by
+              # evaluate._posterize as older Pillow did (a black image)
+              "auto_augment": "rand-m9-mstd0.5-inc1"},
     "eval": {"checkpoint": None, "knn_k": 20, "knn_temperature": 0.07},
     # bf16: true = bf16 autocast on CUDA (float32 on other devices), always = on every device (CPU autocast
     # included: the GPU run's mixed-precision code on a CPU), false = float32. compile: torch.compile of the

@@ -473,16 +473,33 @@ RESUMABLE_CHANGES = ("run_resume", "run_max_minutes", "run_device", "run_log_eve
                      "run_compile", "data_num_workers", "run_output_dir", "optim_batch_per_process", "name")
 
 
-def changed_settings(saved: dict, now: dict) -> list[str]:
-    """Flat settings that differ between a saved run and this one, ``RESUMABLE_CHANGES`` excepted. A setting
-    added to maeprobe after the run was saved (absent there) counts as unchanged when this run keeps its
-    default, which by convention reproduces the earlier behaviour."""
+# Settings added after runs were saved whose default is NOT the earlier behaviour: flat key -> (the value that
+# reproduces what a run saved without the key did, the methods it applies to). umae.batch: before it existed
+# U-MAE's term was one per accumulation micro-step ('micro'); new runs default to the global-batch term.
+EARLIER_BEHAVIOUR = {"umae_batch": ("micro", ("umae",))}
+
+
+def saved_setting(saved: dict, key: str):
+    """The value of flat setting ``key`` that a saved run trained with: the saved value; for a setting added
+    after the run was saved, the value that reproduces its behaviour then (``EARLIER_BEHAVIOUR``, else today's
+    default, which by convention reproduces it); '<absent>' for a key maeprobe does not know."""
     from .config import DEFAULTS
 
-    defaults = _flat(DEFAULTS)
+    if key in saved:
+        return saved[key]
+    earlier = EARLIER_BEHAVIOUR.get(key)
+    if earlier is not None and saved.get("method") in earlier[1]:
+        return earlier[0]
+    return _flat(DEFAULTS).get(key, "<absent>")
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """Flat settings that differ between a saved run and this one, ``RESUMABLE_CHANGES`` excepted. A setting
+    added to maeprobe after the run was saved (absent there) is read as the behaviour the run had then
+    (``saved_setting``): today's default unless ``EARLIER_BEHAVIOUR`` says otherwise (an absent ``umae_batch``
+    of a U-MAE run is 'micro')."""
     return sorted(k for k in set(saved) | set(now)
-                  if k not in RESUMABLE_CHANGES and saved.get(k, "<absent>") != now.get(k, "<absent>")
-                  and not (k not in saved and k in defaults and now.get(k) == defaults[k]))
+                  if k not in RESUMABLE_CHANGES and saved_setting(saved, k) != now.get(k, "<absent>"))
 
 
 def _resume(last: Path, config: dict, model, objective, optimizer, steps_per_epoch: int) -> tuple[int, int, int]:
@@ -499,7 +516,7 @@ def _resume(last: Path, config: dict, model, objective, optimizer, steps_per_epo
         changed = changed_settings(saved, now)
         if changed:
             key = changed[0]
-            raise MaeprobeError(f"{where}: it was trained with {key}={saved.get(key, '<absent>')!r}, this run has "
+            raise MaeprobeError(f"{where}: it was trained with {key}={saved_setting(saved, key)!r}, this run has "
                                 f"{now.get(key, '<absent>')!r} ({len(changed)} setting(s) differ); use another "
                                 "run.output_dir or the original settings")
     counters = {k: state.get(k) for k in ("step", "epoch", "position")}

@@ -5,7 +5,8 @@ the MAE paper, and a k-NN probe on frozen features. Each reports top-1 on ``val/
   decay (timm ``param_groups_layer_decay``), warmup + cosine, RandAugment / random erasing
   (timm ``create_transform``), mixup / cutmix (timm ``Mixup``) or label smoothing.
 * linear probe: frozen encoder, CLS feature, BatchNorm without affine + linear head (MAE's linprobe head),
-  LARS as MAE's ``main_linprobe.py`` (``optim.optimizer=sgd``: SGD with momentum).
+  LARS as MAE's ``main_linprobe.py`` at its weight decay 0 (``_optimizer``; ``optim.optimizer=sgd``: SGD with
+  momentum).
 * k-NN: cosine similarity of L2-normalised CLS features, k nearest training images, votes weighted by
   exp(sim / T) (DINO's protocol).
 """
@@ -43,14 +44,54 @@ def _folders(config: dict):
 
 
 def _transforms(img_size: int, mean, std, strong: bool, optim_cfg: dict):
+    """Fine-tuning / linear-probe training transform and the evaluation transform, as MAE's (``util/datasets.py``
+    ``build_transform`` at facebookresearch/mae efb2a80):
+
+    * fine-tuning: timm ``create_transform`` with MAE's ``--aa rand-m9-mstd0.5-inc1`` (magnitudes drawn from
+      N(9, 0.5), clipped by timm to [0, 10] only), ``--color_jitter None`` (no jitter, whether or not RandAugment
+      is on), random erasing ``--reprob 0.25 --remode pixel --recount 1``. At a magnitude of 10 timm's increasing
+      posterize keeps 0 bits, which Pillow releases of MAE's time turned into a black image and current Pillow
+      refuses (``bits must be between 1 and 8``): the posterize ops here compute the 0-bit result themselves
+      (``_posterize``), so every magnitude draw stays what it is in MAE's run.
+    * linear probe: RandomResizedCrop (scale 0.08-1, bicubic) + flip. maeprobe's choice: timm's crop (10 tries, then
+      a centre crop); MAE's ``main_linprobe.py`` uses its ``util/crop.py`` crop (one draw, sides clipped to the
+      image, as BYOL's TF code).
+    * evaluation: resize to size / crop_pct, centre crop, crop_pct 224/256 up to 224 px and 1.0 above (MAE's rule).
+    """
     from timm.data import create_transform
 
     train = create_transform(img_size, is_training=True, interpolation="bicubic", mean=mean, std=std,
                              auto_augment=optim_cfg["auto_augment"] if strong else None,
                              re_prob=optim_cfg["reprob"] if strong else 0.0, re_mode="pixel", re_count=1,
-                             color_jitter=None if not strong else 0.4, scale=(0.08, 1.0))  # MAE: --remode pixel
-    val = create_transform(img_size, is_training=False, interpolation="bicubic", mean=mean, std=std, crop_pct=0.875)
+                             color_jitter=None, scale=(0.08, 1.0))  # MAE: --color_jitter None, --remode pixel
+    _posterize_any_bits(train)
+    crop_pct = 224 / 256 if img_size <= 224 else 1.0  # MAE's util/datasets.py build_transform
+    val = create_transform(img_size, is_training=False, interpolation="bicubic", mean=mean, std=std,
+                           crop_pct=crop_pct)
     return train, val
+
+
+def _posterize(img, bits_to_keep, **_):
+    """Posterize keeping ``bits_to_keep`` (0-8) high bits of each channel: Pillow's ``ImageOps.posterize``, whose
+    current releases refuse 0 bits; 0 bits clears every bit (a black image), as Pillow computed it before."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _posterize_any_bits(transform) -> None:
+    """Give every posterize op of the RandAugment inside ``transform`` (a torchvision Compose) ``_posterize``."""
+    from timm.data.auto_augment import RandAugment
+
+    for step in getattr(transform, "transforms", ()):
+        if isinstance(step, RandAugment):
+            for op in step.ops:
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = _posterize
 
 
 def _classifier(encoder: MaskedAutoencoderViT, num_classes: int, drop_path: float = 0.0) -> MaskedAutoencoderViT:
@@ -254,8 +295,13 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
 
 def _optimizer(optim_cfg: dict, groups: list[dict], lr: float, task: str,
                device: torch.device | str = "cpu") -> torch.optim.Optimizer:
-    """AdamW (fine-tuning, LC-MAE Section 5 / MAE; fused on CUDA: ``accel.adamw``), LARS (MAE's linear probe;
-    timm's ``Lars`` with the trust ratio on weight matrices only, as MAE's ``util/lars.py``) or SGD with momentum."""
+    """AdamW (fine-tuning, LC-MAE Section 5 / MAE; fused on CUDA: ``accel.adamw``), LARS (MAE's linear probe:
+    timm's ``Lars`` with the trust ratio on weight matrices only) or SGD with momentum.
+
+    LARS equals MAE's ``util/lars.py`` only at weight decay 0 (the linear-probe recipe's value and
+    ``main_linprobe.py``'s default): with a weight decay wd > 0, timm's ``Lars`` also decays (and trust-scales)
+    biases and other vectors, which MAE's leaves alone, and its trust ratio is ||w|| / (||g|| + wd ||w||) where
+    MAE's is ||w|| / ||g + wd w||."""
     name = optim_cfg["optimizer"]
     if name == "adamw":
         return adamw(groups, lr=lr, betas=(0.9, 0.999), device=device)  # MAE fine-tuning: torch's default betas
