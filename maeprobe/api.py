@@ -129,7 +129,8 @@ def decoder_semantic_similarity(model, reference, images=None, *, layers=None, r
         ref_features: ``'keys'`` (last block's attention keys, CutLER's MaskCut) or ``'tokens'`` (last block
             output) of the reference.
         decoder_features: the same choice for each decoder layer (None: as ``ref_features``).
-        tau, eps: binarise affinities as CutLER's MaskCut does (W > tau -> 1, else eps; default 0.15 and 1e-5).
+        tau, eps: binarise affinities as CutLER's MaskCut does (W > tau -> 1, else eps; default 0.15, CutLER's
+            README/demo value (``maskcut.py``'s own default is 0.2), and 1e-5; eps in [0, 1)).
             None: the continuous cosine matrix.
         center: subtract each image's mean feature before the cosines (for references whose keys share a
             large common component, e.g. DINOv2; off = the paper's setting).

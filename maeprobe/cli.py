@@ -206,7 +206,8 @@ def _parse_mask_ratios(text: Optional[str]) -> Optional[dict]:
     return out
 
 
-TAU_HELP = ("Binarise affinities as CutLER's MaskCut: W > tau -> 1, else --eps (default 0.15, CutLER's); "
+TAU_HELP = ("Binarise affinities as CutLER's MaskCut: W > tau -> 1, else --eps (default 0.15, CutLER's README and "
+            "demo value; maskcut.py's own default is 0.2); "
             "'none' keeps the continuous cosine matrix.")
 NUM_WORKERS = typer.Option(None, "--num-workers", min=0, max=1024, help="Processes decoding image files (default: on CUDA CPU "
                                                          "cores - 1, at most 8; on CPU 0, i.e. in this process).")
@@ -436,7 +437,7 @@ def decoder_semantics(
                                                       "--tau; off = the paper's setting)."),
 ):
     """LC-MAE Eq. 8: semantic similarity of each decoder layer to a reference model (e.g. DINO). --ref dino uses
-    DINO ViT-B/16 (the paper's and CutLER's reference) when a local copy exists, else DINOv2, and names it. The
+    DINO ViT-B/16 (LC-MAE says only "DINO"; CutLER's own reference is DINO ViT-B/8) when a local copy exists, else DINOv2, and names it. The
     density of W is reported: above 0.95 (saturated) S measures only a density, and a warning says so."""
     _check_table_out(out)
     from .api import decoder_semantic_similarity
@@ -457,9 +458,15 @@ def decoder_semantics(
         float(first["ref_w_density"]), ", ".join(f"{d:.3f}" for d in table["w_density"])))
     flagged = table[table["w_flag"] != ""]
     if len(flagged):
-        _echo(f"warning: W is {flagged['w_flag'].iloc[0]} (density outside [0.05, 0.95]) for "
-              f"{'the reference' if not 0.05 <= float(first['ref_w_density']) <= 0.95 else 'decoder layers ' + ', '.join(str(int(l)) for l in flagged['layer'])}"
-              ": S then measures only a density; try --center-keys or --tau-quantile (README, Eq. 8)")
+        sides = [f"the reference's W is {flagged['w_flag'].iloc[0].split(';')[0].split()[1]}"] \
+            if "reference" in flagged["w_flag"].iloc[0] else []
+        decoder = flagged[flagged["w_flag"].str.contains("decoder")]
+        for state in ("saturated", "empty"):
+            layers = [str(int(l)) for l, f in zip(decoder["layer"], decoder["w_flag"]) if f"decoder {state}" in f]
+            if layers:
+                sides.append(f"W is {state} in decoder layer(s) {', '.join(layers)}")
+        _echo(f"warning: {'; '.join(sides)} (density outside [0.05, 0.95]): S then measures only a density; try "
+              "--center-keys or --tau-quantile (README, Eq. 8)")
     _write(table, out)
 
 

@@ -44,11 +44,22 @@ def test_lcmae_collapse_at_tiny_scale_writes_the_report_and_is_reused(tiny_colla
     assert all(c in table.columns for c in NEW_COLUMNS)
     saved = pd.read_csv(out / "findings.csv")
     assert saved["verdict"].tolist() == table["verdict"].tolist()
-    # version 2 is judged; version 1 is reported beside it, marked superseded and amended-after-results is honest
-    assert saved["finding"].tolist() == ["lcmae-collapse", "lcmae-collapse-v1"]
-    assert saved["verdict"].iloc[1] == "superseded" and "superseded by version 2" in saved["detail"].iloc[1]
-    assert saved["rule_version"].tolist() == [2, 1] and saved["amended_after_results"].tolist() == [True, False]
+    # version 3 is judged; versions 2 and 1 are reported beside it on the same evidence, marked superseded
+    assert saved["finding"].tolist() == ["lcmae-collapse", "lcmae-collapse-v2", "lcmae-collapse-v1"]
+    assert saved["verdict"].iloc[1:].tolist() == ["superseded"] * 2
+    assert "superseded by version 3" in saved["detail"].iloc[1] and "superseded by version 2" in saved["detail"].iloc[2]
+    assert saved["rule_version"].tolist() == [3, 2, 1] and saved["amended_after_results"].tolist() == [True, True, False]
     assert saved["seeds"].iloc[0] == 3 and saved["control"].iloc[0] == 1.0
+    # the report: a smoke test, its deviations from what ran (30 steps, not the scale's 240), its code version,
+    # the amendments, intervals over the 13 source photographs (12 units: the stereo pair is one photograph)
+    report = (out / "findings.md").read_text()
+    title = report.splitlines()[0]
+    assert "pipeline smoke test" in title
+    assert "30 steps per run (30 for LC-MAE)" in report and "240 steps" not in report
+    assert "Code: maeprobe" in report and "source sha256:" in report and "[0, 100]" in report
+    assert "independent source photos" in report
+    evidence_units = pd.read_csv(out / "findings.csv")
+    assert evidence_units["rule_version"].iloc[0] == 3
     report = (out / "findings.md").read_text()
     assert "`lcmae-collapse`" in report and "figures/lcmae-collapse.png" in report and "final L_cross" in report
     assert (out / "figures" / "lcmae-collapse.png").is_file()
@@ -63,6 +74,22 @@ def test_lcmae_collapse_at_tiny_scale_writes_the_report_and_is_reused(tiny_colla
     assert time.monotonic() - tic < 30
     assert sum("reused" in line for line in lines) == 10  # nine runs and the finding
     assert again["verdict"].tolist() == table["verdict"].tolist()
+
+
+@pytest.mark.slow
+def test_a_replaced_checkpoint_is_measured_again(tiny_collapse):
+    """Stored verdicts are keyed on the checkpoints' content: a run folder whose weights were replaced (same path,
+    same config) gives a new measurement, never the old verdict marked '(reused)'."""
+    from safetensors.torch import load_file, save_file
+
+    out, table, _ = tiny_collapse
+    folder = next((out / "runs" / "tiny").glob("lcmae-c-*-seed0"))
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, folder / "model.safetensors")
+    lines = []
+    reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=30, seeds=3, probe_images=32, echo=lines.append)
+    finding = [line for line in lines if "[finding" in line]
+    assert len(finding) == 1 and "(reused)" not in finding[0]
 
 
 def test_encoder_spread_ratio_matches_a_direct_computation():
@@ -201,9 +228,14 @@ def test_base_scale_writes_the_papers_commands(tmp_path):
     assert table["finding"].tolist() == IDS and set(table["verdict"]) == {"inconclusive"}
     commands = (tmp_path / "commands.sh").read_text()
     for recipe in ("lcmae_c", "lcmae_e", "lcmae_g", "mae_vit_b16_dec8", "mae_vit_b16_mask30", "ae112", "umae_vit_b16",
-                   "mae_vit_b16_decoder_conv", "linprobe_vit_b16"):
+                   "mae_vit_b16_decoder_conv"):
         assert f"recipes/{recipe}.yaml" in commands
     assert "torchrun --nproc-per-node 8" in commands and (tmp_path / "findings.md").is_file()
+    # three seeds per run (rules v3 need them), then one command that measures them with their controls under v3;
+    # no mention of the superseded v1 collapse rule
+    assert all(f"run.seed={seed}" in commands for seed in range(3))
+    assert "maeprobe reproduce --scale base" in commands and "rules version 3" in commands
+    assert "collapse_rule" not in commands and "output_spread" not in commands
 
 
 def test_unknown_finding_and_scale_are_one_line_errors(tmp_path):

@@ -1,11 +1,14 @@
 """``maeprobe reproduce --scale released`` offline, on stand-in checkpoints in the official formats placed in
 temporary hub caches (an MAE file with its decoder in the torch hub cache, DINO's release file, DeiT as a timm
-hub snapshot): random weights must give inconclusive verdicts; a missing file is one line naming every file."""
+hub snapshot), and on stand-ins in the release files' own containers and key names (``_place_official``):
+random weights must give inconclusive verdicts; a missing file is one line naming, per role, where to place each
+file and its download URL."""
 from __future__ import annotations
 
 
 import pandas as pd
 import pytest
+import torch
 
 import maeprobe
 from conftest import load_benchmark
@@ -20,10 +23,12 @@ _place_stand_ins = load_benchmark("gpu_check").place_stand_ins  # the GPU check 
 def test_released_scale_on_random_stand_ins_is_inconclusive(caches):
     _place_stand_ins(caches)
     out, lines = caches / "out", []
-    table = reproduce(None, scale="released", out=out, probe_images=8, device="cpu", echo=lines.append)
+    full = reproduce(None, scale="released", out=out, probe_images=8, device="cpu", echo=lines.append)
+    table = full[full["verdict"] != "superseded"]  # version 3; version 2 on the same evidence follows each
     assert table["finding"].tolist() == ["decoder-positional", "decoder-semantic", "mae-local-attention"]
-    assert set(table["verdict"]) == {"inconclusive"}
-    assert all(str(d).startswith("no power at this scale") for d in table["detail"])
+    assert full["finding"].tolist()[1::2] == [f"{f}-v2" for f in table["finding"]]
+    assert set(table["verdict"]) == {"inconclusive"} and set(table["rule_version"]) == {3}
+    assert all(str(d).startswith(("no power at this scale", "W carries no semantics")) for d in table["detail"])
     assert set(table["seeds"]) == {1}
     report = (out / "findings.md").read_text()
     # the report names the checkpoints it used and says the released models trained far longer than the paper's
@@ -38,7 +43,7 @@ def test_released_scale_on_random_stand_ins_is_inconclusive(caches):
         assert (out / "figures" / f"{name}.png").is_file()
     lines.clear()
     again = reproduce(None, scale="released", out=out, probe_images=8, device="cpu", echo=lines.append)
-    assert sum("(reused)" in line for line in lines) == 3 and again["verdict"].tolist() == table["verdict"].tolist()
+    assert sum("(reused)" in line for line in lines) == 3 and again["verdict"].tolist() == full["verdict"].tolist()
 
 
 def test_released_scale_names_every_missing_file_in_one_line(caches):
@@ -53,3 +58,123 @@ def test_released_scale_names_every_missing_file_in_one_line(caches):
 def test_released_scale_refuses_findings_that_need_training(caches):
     with pytest.raises(maeprobe.MaeprobeError, match="not measured at --scale released"):
         reproduce(["umae-rank"], scale="released", out=caches / "out")
+
+
+# --------------------------------------------------------------------------- the official containers
+# Key names and containers typed in from the release code, not from maeprobe: facebookresearch/mae models_mae.py
+# (MaskedAutoencoderViT; the demo and main_finetune.py read checkpoint['model']), facebookresearch/dino hubconf.py
+# (load_state_dict(state_dict, strict=True) on a num_classes=0 ViT: a plain state dict, no head) and
+# facebookresearch/deit models.py (deit_base_patch16_224 loads checkpoint["model"] into timm's VisionTransformer,
+# 1000-class head). Width 192 (3 heads, as DeiT-Ti) and MAE's 512-wide decoder (16 heads): widths of real releases
+# that maeprobe knows the heads of, as it must for a release file, which stores none.
+W, DEPTH, P, GRID, DEC_W = 192, 2, 16, 4, 512
+
+
+def _block(prefix: str, d: int, g) -> dict:
+    shapes = {"norm1.weight": (d,), "norm1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
+              "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "norm2.weight": (d,), "norm2.bias": (d,),
+              "mlp.fc1.weight": (4 * d, d), "mlp.fc1.bias": (4 * d,), "mlp.fc2.weight": (d, 4 * d),
+              "mlp.fc2.bias": (d,)}
+    return {f"{prefix}.{k}": 0.02 * torch.randn(s, generator=g) for k, s in shapes.items()}
+
+
+def _encoder(g) -> dict:
+    sd = {"cls_token": 0.02 * torch.randn(1, 1, W, generator=g),
+          "pos_embed": 0.02 * torch.randn(1, GRID * GRID + 1, W, generator=g),
+          "patch_embed.proj.weight": 0.02 * torch.randn(W, 3, P, P, generator=g),
+          "patch_embed.proj.bias": torch.zeros(W)}
+    for i in range(DEPTH):
+        sd.update(_block(f"blocks.{i}", W, g))
+    sd.update({"norm.weight": torch.ones(W), "norm.bias": torch.zeros(W)})
+    return sd
+
+
+def _mae_full(g) -> dict:
+    sd = _encoder(g)
+    sd.update({"mask_token": 0.02 * torch.randn(1, 1, DEC_W, generator=g),
+               "decoder_embed.weight": 0.02 * torch.randn(DEC_W, W, generator=g), "decoder_embed.bias": torch.zeros(DEC_W),
+               "decoder_pos_embed": 0.02 * torch.randn(1, GRID * GRID + 1, DEC_W, generator=g)})
+    sd.update(_block("decoder_blocks.0", DEC_W, g))
+    sd.update({"decoder_norm.weight": torch.ones(DEC_W), "decoder_norm.bias": torch.zeros(DEC_W),
+               "decoder_pred.weight": 0.02 * torch.randn(P * P * 3, DEC_W, generator=g),
+               "decoder_pred.bias": torch.zeros(P * P * 3)})
+    return sd
+
+
+def _place_official(root, *, deit: bool = True) -> dict:
+    """The three release files in the torch hub cache, in their own containers, under their release names."""
+    g = torch.Generator().manual_seed(3)
+    folder = root / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    files = {"mae": ("mae_pretrain_vit_base_full.pth", {"model": _mae_full(g)}),
+             "dino": ("dino_vitbase16_pretrain.pth", _encoder(g))}
+    if deit:
+        files["deit"] = ("deit_base_patch16_224-b5f2ef4d.pth",
+                         {"model": {**_encoder(g), "head.weight": 0.02 * torch.randn(1000, W, generator=g),
+                                    "head.bias": torch.zeros(1000)}})
+    for name, obj in files.values():
+        torch.save(obj, folder / name)
+    return files
+
+
+def test_official_release_containers_are_found_and_load(caches):
+    """DeiT's own file in the torch hub cache is found (it used to be reported missing: only timm's hub snapshot
+    was looked for), and the three official containers load with their own key names, nothing added."""
+    from maeprobe.findings.runner import released_checkpoints
+
+    files = _place_official(caches)
+    found, missing = released_checkpoints()
+    assert missing == []
+    assert {role: path.name for role, (path, _) in found.items()} == {r: n for r, (n, _) in files.items()}
+    for role, (path, label) in found.items():
+        assert label.endswith(files[role][0])
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        assert "maeprobe" not in raw and set(raw) == ({"model"} if role != "dino" else set(files["dino"][1]))
+        sd = raw["model"] if role != "dino" else raw
+        model = maeprobe.load(path)
+        cfg = model.config
+        assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.img_size) == (W, DEPTH, 3, P, GRID * P)
+        assert cfg.decoder_depth == (1 if role == "mae" else 0)
+        mine = model.state_dict()
+        for key in ("patch_embed.proj.weight", "blocks.1.attn.qkv.weight", "blocks.0.mlp.fc2.bias", "norm.weight"):
+            torch.testing.assert_close(mine[key], sd[key], rtol=0, atol=0)
+        if role == "mae":
+            assert cfg.decoder_num_heads == 16 and cfg.decoder_embed_dim == DEC_W
+            torch.testing.assert_close(mine["decoder_blocks.0.attn.qkv.weight"], sd["decoder_blocks.0.attn.qkv.weight"],
+                                        rtol=0, atol=0)
+    # by its release name too, as DeiT's models.py finds it through torch.hub
+    assert maeprobe.load("deit_base_patch16_224-b5f2ef4d.pth").config.embed_dim == W
+
+
+def test_released_scale_runs_on_the_official_containers(caches):
+    _place_official(caches)
+    table = reproduce(["mae-local-attention"], scale="released", out=caches / "out", probe_images=4, device="cpu")
+    assert table["verdict"].tolist() == ["inconclusive", "superseded"]
+    report = (caches / "out" / "findings.md").read_text()
+    assert "deit_base_patch16_224-b5f2ef4d.pth" in report
+
+
+def test_missing_line_says_where_to_place_each_file_and_its_url(caches):
+    """Per role: the torch hub checkpoints folder with the exact file names and their download URLs (typed in from
+    the releases' READMEs / hubconf.py / models.py), and the HuggingFace cache layout for hub repositories."""
+    from maeprobe.findings.runner import released_checkpoints
+
+    _place_official(caches, deit=False)
+    found, missing = released_checkpoints()
+    assert set(found) == {"mae", "dino"} and len(missing) == 1
+    line = missing[0]
+    assert "\n" not in line
+    checkpoints = caches / "torch" / "hub" / "checkpoints"
+    assert f"{checkpoints / 'deit_base_patch16_224-b5f2ef4d.pth'} (from " \
+           "https://dl.fbaipublicfiles.com/deit/deit_base_patch16_224-b5f2ef4d.pth)" in line
+    repo = caches / "hf" / "models--timm--deit_base_patch16_224.fb_in1k"
+    assert str(repo / "snapshots") in line and str(repo / "refs" / "main") in line and "model.safetensors" in line
+    assert "https://huggingface.co/timm/deit_base_patch16_224.fb_in1k" in line
+    (checkpoints / "dino_vitbase16_pretrain.pth").unlink()
+    line = next(m for m in released_checkpoints()[1] if m.startswith("DINO"))
+    assert f"{checkpoints / 'dino_vitbase16_pretrain.pth'} (from " \
+           "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth)" in line
+    (checkpoints / "mae_pretrain_vit_base_full.pth").unlink()
+    line = next(m for m in released_checkpoints()[1] if m.startswith("MAE"))
+    assert "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base_full.pth" in line
+    assert "https://dl.fbaipublicfiles.com/mae/visualize/mae_visualize_vit_base.pth" in line

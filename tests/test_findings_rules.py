@@ -1,4 +1,6 @@
-"""Every verdict rule on hand-made evidence tables: holds, fails (only with separated intervals), inconclusive,
+"""Version 2 of every verdict rule (kept unchanged in ``rules_v2.py``, reported as superseded) and the helpers
+that version 3 shares, on hand-made evidence tables (version 3: ``test_findings_v3.py``). Every verdict rule on
+hand-made evidence tables: holds, fails (only with separated intervals), inconclusive,
 and the controls: a trained model equal to its initial weights, uniform attention and baselines that the
 model does not beat all give inconclusive."""
 from __future__ import annotations
@@ -9,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maeprobe.findings import rules
+from maeprobe.findings import rules, rules_v2
 
 SEEDS = (0, 1, 2)
 
@@ -85,7 +87,7 @@ def ratios(c, e, g, cls=None, width=0.05, seeds=SEEDS, jitter=0.01):
     (ratios(0.1, 3.0, 2.0, seeds=(0, 1)), "inconclusive"),  # version 2 needs 3 seeds
 ])
 def test_collapse_rule_version_2(table, expected):
-    verdict = rules.collapse_rule_v2(table)
+    verdict = rules_v2.collapse_rule_v2(table)
     assert verdict.verdict == expected
     assert verdict.rule_version == 2 and verdict.amended_after_results and verdict.control == 1.0
 
@@ -115,20 +117,20 @@ POSITIONAL = [0.9, 0.85, 0.5, 0.55, 0.5, 0.45, 0.5, 0.4]
 ])
 def test_positional_rule(trained, init, width, expected):
     table = pd.concat([profile("trained", trained, width), profile("init", init, width)])
-    verdict = rules.positional_rule(table)
+    verdict = rules_v2.positional_rule(table)
     assert verdict.verdict == expected
     if trained == init:
         assert verdict.detail.startswith(rules.NO_POWER)
 
 
 def test_positional_rule_needs_its_control():
-    assert rules.positional_rule(profile("trained", POSITIONAL, 0.02)).verdict == "inconclusive"
+    assert rules_v2.positional_rule(profile("trained", POSITIONAL, 0.02)).verdict == "inconclusive"
 
 
 def test_seed_variance_widens_the_interval():
     """The same means, but seeds that disagree: the interval across seeds no longer separates the layers."""
     table = pd.concat([profile("trained", POSITIONAL, 0.02, jitter=0.25), profile("init", FLAT, 0.02)])
-    assert rules.positional_rule(table).verdict == "inconclusive"
+    assert rules_v2.positional_rule(table).verdict == "inconclusive"
 
 
 # --------------------------------------------------------------------------- decoder-semantic
@@ -143,11 +145,11 @@ RISING = [0.2, 0.3, 0.35, 0.4, 0.5, 0.55, 0.6, 0.65]
 ])
 def test_semantic_rule(trained, init, width, expected):
     table = pd.concat([profile("trained", trained, width), profile("init", init, width)])
-    assert rules.semantic_rule(table).verdict == expected
+    assert rules_v2.semantic_rule(table).verdict == expected
 
 
 def test_semantic_rule_without_reference_is_inconclusive():
-    verdict = rules.semantic_rule(None)
+    verdict = rules_v2.semantic_rule(None)
     assert verdict.verdict == "inconclusive" and "reference" in verdict.detail
 
 
@@ -176,7 +178,7 @@ def distances(shallow, deep, width, init=20.0, seeds=SEEDS):
     ([10, 13, 16, 19, 22], [10, 11, 12, 13, 14], 0.5, "inconclusive"),  # grows more in shallow layers: no fail
 ])
 def test_mask_ratio_rule(shallow, deep, width, expected):
-    assert rules.mask_ratio_rule(distances(shallow, deep, width), UNIFORM).verdict == expected
+    assert rules_v2.mask_ratio_rule(distances(shallow, deep, width), UNIFORM).verdict == expected
 
 
 def test_mask_ratio_rule_on_uniform_attention_is_inconclusive():
@@ -184,14 +186,14 @@ def test_mask_ratio_rule_on_uniform_attention_is_inconclusive():
     u = UNIFORM
     table = distances([u - 0.02, u - 0.01, u, u + 0.01, u + 0.02], [u - 0.02, u - 0.01, u, u + 0.01, u + 0.02],
                       0.005, init=u)
-    verdict = rules.mask_ratio_rule(table, u)
+    verdict = rules_v2.mask_ratio_rule(table, u)
     assert verdict.verdict == "inconclusive" and verdict.detail.startswith(rules.NO_POWER)
 
 
 def test_mask_ratio_rule_trained_equal_to_init_is_inconclusive():
     table = distances([14, 13, 12, 11, 10], [22, 19, 16, 13, 10], 0.5)
     table.loc[table["condition"] == "trained", ["value", "ci_low", "ci_high"]] = [20.0, 19.5, 20.5]
-    assert rules.mask_ratio_rule(table, UNIFORM).verdict == "inconclusive"
+    assert rules_v2.mask_ratio_rule(table, UNIFORM).verdict == "inconclusive"
 
 
 # --------------------------------------------------------------------------- ae-block-distance
@@ -213,12 +215,12 @@ def ae(values, width, init=25.0, seeds=SEEDS):
     ([15, 14.8, 16, 18], 0.5, "inconclusive"),  # AE(patch) not the smallest, but not separated: no fail
 ])
 def test_ae_distance_rule(values, width, expected):
-    assert rules.ae_distance_rule(ae(values, width), UNIFORM).verdict == expected
+    assert rules_v2.ae_distance_rule(ae(values, width), UNIFORM).verdict == expected
 
 
 def test_ae_distance_rule_on_uniform_attention_is_inconclusive():
     u = UNIFORM
-    verdict = rules.ae_distance_rule(ae([u + 0.3, u - 0.3, u, u], 0.5, init=u), u)
+    verdict = rules_v2.ae_distance_rule(ae([u + 0.3, u - 0.3, u, u], 0.5, init=u), u)
     assert verdict.verdict == "inconclusive" and verdict.detail.startswith(rules.NO_POWER)
 
 
@@ -235,12 +237,12 @@ def models(mae, dino, deit, init, width=0.5):
     (models(109.9, 90, 95, 110), "inconclusive"),   # MAE like random weights: no power
 ])
 def test_local_attention_rule(table, expected):
-    verdict = rules.local_attention_rule(table, 105.0)
+    verdict = rules_v2.local_attention_rule(table, 105.0)
     assert verdict.verdict == expected and verdict.rule_version == 1 and not verdict.amended_after_results
 
 
 def test_local_attention_rule_on_uniform_attention_is_inconclusive():
-    verdict = rules.local_attention_rule(models(105, 105, 105, 105, width=0.1), 105.0)
+    verdict = rules_v2.local_attention_rule(models(105, 105, 105, 105, width=0.1), 105.0)
     assert verdict.verdict == "inconclusive" and verdict.detail.startswith(rules.NO_POWER)
 
 
@@ -261,7 +263,7 @@ AE_MODELS = ["mae", "ae8", "ae24", "ae40", "ae56", "pixels", "random"]
     ([60.0, 61, 15, 11, 13, 30, 60], "inconclusive"),   # the random encoder is as good as MAE: no power
 ])
 def test_linear_probe_rule(top1, expected):
-    verdict = rules.linear_probe_rule(accuracies(AE_MODELS, top1))
+    verdict = rules_v2.linear_probe_rule(accuracies(AE_MODELS, top1))
     assert verdict.verdict == expected
     if expected == "inconclusive" and max(top1[5:]) >= top1[0]:
         assert verdict.detail.startswith(rules.NO_POWER)
@@ -275,11 +277,11 @@ def test_linear_probe_rule(top1, expected):
 ])
 def test_local_decoders_rule(top1, expected):
     table = accuracies(["transformer", "gaussian", "conv", "pixels", "random"], top1)
-    assert rules.local_decoders_rule(table).verdict == expected
+    assert rules_v2.local_decoders_rule(table).verdict == expected
 
 
 def test_probe_rules_without_baselines_are_inconclusive():
-    assert rules.local_decoders_rule(accuracies(["transformer", "gaussian", "conv"], [70, 67, 69])).verdict \
+    assert rules_v2.local_decoders_rule(accuracies(["transformer", "gaussian", "conv"], [70, 67, 69])).verdict \
         == "inconclusive"
 
 
@@ -296,7 +298,7 @@ def ranks(umae, mae, init, width=1.0):
     (ranks(20.0, 12.0, 16.0, width=5.0), "inconclusive"),  # neither separated from initial weights
 ])
 def test_umae_rank_rule(table, expected):
-    assert rules.umae_rank_rule(table).verdict == expected
+    assert rules_v2.umae_rank_rule(table).verdict == expected
 
 
 def test_wilson_interval_by_hand():

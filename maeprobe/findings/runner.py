@@ -24,8 +24,8 @@ from ..io import write_text
 from . import rules
 from .suite import AE_BLOCKS, BASE_RECIPES, FINDINGS, RELEASED, RELEASED_FINDINGS, RUNS, SCALES, Scale
 
-COLUMNS = ["finding", "claim", "paper", "measured", "ci_low", "ci_high", "unit", "control", "verdict", "seeds",
-           "rule_version", "amended_after_results", "scale", "detail", "measure"]
+COLUMNS = ["finding", "claim", "paper", "measured", "ci_low", "ci_high", "unit", "control", "control_low",
+           "control_high", "verdict", "seeds", "rule_version", "amended_after_results", "scale", "detail", "measure"]
 STEPS_PER_EPOCH = 10
 BOOTSTRAP = 200
 
@@ -121,7 +121,7 @@ def _check_reusable(folder: Path, config: dict) -> None:
     import yaml
 
     from ..errors import MaeprobeError
-    from ..train.engine import _flat, changed_settings
+    from ..train.engine import _flat, changed_settings, saved_setting
 
     try:
         saved = yaml.safe_load((folder / "config.yaml").read_text())
@@ -133,7 +133,7 @@ def _check_reusable(folder: Path, config: dict) -> None:
     now = _flat(config)
     changed = changed_settings(saved, now)
     if changed:
-        raise MaeprobeError(f"{folder}: holds a run trained with {changed[0]}={saved.get(changed[0])!r}, not "
+        raise MaeprobeError(f"{folder}: holds a run trained with {changed[0]}={saved_setting(saved, changed[0])!r}, not "
                             f"{now.get(changed[0])!r}; use another --out or move the folder away")
 
 
@@ -160,11 +160,12 @@ def _spread(unit_sum: torch.Tensor, count) -> torch.Tensor:
 
 @torch.no_grad()
 def output_spread(folder: Path, images: torch.Tensor, *, mask_ratio: float = 0.75, seed: int = 0,
-                  bootstrap: int = BOOTSTRAP, device: str = "cpu") -> dict:
+                  bootstrap: int = BOOTSTRAP, device: str = "cpu", units=None) -> dict:
     """LC-MAE collapse measure: at each masked position i (one shared seeded mask), the across-image spread
     1 - |mean_n v_hat[n, i]|^2 of the unit-normalised projected outputs v = p(h(x, m)); averaged over i.
     0 when every image gives the same output (collapse to a constant point); about 1 - 1/N for unrelated
-    outputs. Interval: Poisson bootstrap over images. The same spread of the model's own output h(x, m) (the
+    outputs. Interval: Poisson bootstrap over independent units (``units``: the source photo of every image;
+    None: each image its own). The same spread of the model's own output h(x, m) (the
     pixel prediction, before the projector) is returned as ``h_value`` for the report; the verdict uses v."""
     from ..checkpoints import read_pickle
     from ..masking import mask_noise
@@ -179,6 +180,7 @@ def output_spread(folder: Path, images: torch.Tensor, *, mask_ratio: float = 0.7
     model = _load(folder).to(device).eval()
     projector = projector.to(device)
     L = model.config.num_patches
+    units = _units(images, units)
     sums: dict[str, torch.Tensor] = {}
     boot_weight, count = torch.zeros(bootstrap, dtype=torch.float64), 0
     for start in range(0, len(images), 64):
@@ -186,7 +188,7 @@ def output_spread(folder: Path, images: torch.Tensor, *, mask_ratio: float = 0.7
         noise = mask_noise(L, seed, batch_size=len(x)).to(device)
         latent, mask, ids_restore = model.forward_encoder(x, mask_ratio, noise)
         h = model.forward_decoder(latent, ids_restore)  # [B, L, p*p*3]
-        weights = poisson_weights(torch.arange(start, start + len(x)), bootstrap, seed)  # [B, R]
+        weights = poisson_weights(units[start:start + len(x)], bootstrap, seed)  # [B, R], one draw per unit
         for name, out in (("v", projector(h)), ("h", h)):
             unit = F.normalize(out[:, mask[0] > 0.5].double(), dim=-1).cpu()  # [B, k, E]
             for key, part in ((name, unit.sum(0)), (f"boot_{name}", torch.einsum("br,bke->rke", weights, unit))):
@@ -205,19 +207,21 @@ def output_spread(folder: Path, images: torch.Tensor, *, mask_ratio: float = 0.7
 
 @torch.no_grad()
 def encoder_spread_ratio(trained, init, images: torch.Tensor, *, seed: int = 0, bootstrap: int = BOOTSTRAP,
-                         device: str = "cpu") -> list[dict]:
+                         device: str = "cpu", units=None) -> list[dict]:
     """lcmae-collapse, version 2: the across-image spread of the encoder's output on unmasked images,
     1 - |mean_n z_hat[n, i]|^2 at each position i (z_hat = z / |z|), averaged over positions, for the patch
     tokens and for the CLS token, as a ratio trained / ``init`` (the same seed's initial weights). Interval:
-    paired Poisson bootstrap over images (the same replicate weights for both models)."""
+    paired Poisson bootstrap over independent units (the same replicate weights for both models; ``units``: the
+    source photo of every image, None: each image its own)."""
     from ..metrics.base import percentile_interval, poisson_weights
 
     models = {"trained": trained.to(device).eval(), "init": init.to(device).eval()}
+    units = _units(images, units)
     sums: dict = {}
     boot_weight, count = torch.zeros(bootstrap, dtype=torch.float64), 0
     for start in range(0, len(images), 64):
         x = images[start:start + 64].to(device)
-        weights = poisson_weights(torch.arange(start, start + len(x)), bootstrap, seed)  # [B, R]
+        weights = poisson_weights(units[start:start + len(x)], bootstrap, seed)  # [B, R], one draw per unit
         for condition, model in models.items():
             z = model.forward_encoder(x, 0.0)[0]  # [B, prefix + L, E], after the final norm
             p = model.num_prefix_tokens
@@ -255,17 +259,6 @@ def _eval_set(evalset, size: int):
     from .toydata import EvalSet
 
     return evalset if isinstance(evalset, EvalSet) else EvalSet(None, size)
-
-
-_PROBES: dict = {}  # (run folder, condition, labelled set) -> probe result: one fit per model and set
-
-
-def _cached_probe(folder: Path, condition: str, evalset, device) -> dict:
-    key = (str(folder), condition, evalset.name, evalset.size)
-    if key not in _PROBES:
-        model = _load(folder) if condition == "trained" else initial_weights(folder).model
-        _PROBES[key] = linear_probe(model, evalset, device=device)
-    return _PROBES[key]
 
 
 @torch.no_grad()
@@ -325,9 +318,9 @@ class Measured:
     superseded: list = field(default_factory=list)  # [(id, Verdict, measure)]
 
 
-def _rows(table: pd.DataFrame, keys=("layer",), **labels) -> list[dict]:
+def _rows(table: pd.DataFrame, keys=("layer",), extra=(), **labels) -> list[dict]:
     return [{**labels, **{k: r[k] for k in keys}, "value": r["value"], "ci_low": r["ci_low"],
-             "ci_high": r["ci_high"]} for r in table.to_dict("records")]
+             "ci_high": r["ci_high"], **{k: r[k] for k in extra if k in r}} for r in table.to_dict("records")]
 
 
 def _uniform_of(model) -> float:
@@ -339,23 +332,82 @@ def _by_seed(runs: dict, name: str) -> list[tuple[int, Path]]:
     return list(enumerate(runs[name]))
 
 
+def _superseded_v2(finding_id: str, old: rules.Verdict) -> tuple[str, rules.Verdict, str]:
+    """Version 2's verdict on the same evidence, reported as superseded (``rules_v2.py``, unchanged)."""
+    row = replace(old, verdict=rules.SUPERSEDED, detail=(
+        f"version 2 (rules_v2.py), superseded by version 3 after the version-2 tiny report had been read; on this "
+        f"evidence version 2 gives: {old.verdict}. {old.detail}"))
+    return f"{finding_id}-v2", row, FINDINGS[finding_id].measure
+
+
+def _v2(finding_id: str, evidence: pd.DataFrame, *args) -> list:
+    """Version 2's rule of a finding on version 3's evidence (the extra rows and columns of version 3, e.g.
+    ``init:<model>`` probes, are ignored by version 2 or mean the same to it)."""
+    from . import rules_v2
+
+    rule = {"lcmae-collapse": rules_v2.collapse_rule_v2, "decoder-positional": rules_v2.positional_rule,
+            "decoder-semantic": rules_v2.semantic_rule, "mask-ratio-distance": rules_v2.mask_ratio_rule,
+            "ae-block-distance": rules_v2.ae_distance_rule, "ae-linear-probe": rules_v2.linear_probe_rule,
+            "local-decoders": rules_v2.local_decoders_rule, "umae-rank": rules_v2.umae_rank_rule,
+            "mae-local-attention": rules_v2.local_attention_rule}[finding_id]
+    if finding_id in ("mask-ratio-distance", "ae-block-distance"):  # v2 read one init per seed
+        key = "mask_ratio" if finding_id == "mask-ratio-distance" else "k"
+        init = evidence[evidence["condition"] == "init"]
+        first = init[init[key] == init[key].min()] if key in init else init
+        evidence = pd.concat([evidence[evidence["condition"] == "trained"], first.drop(columns=[key])])
+    if finding_id in ("ae-linear-probe", "local-decoders", "umae-rank"):
+        evidence = evidence[~evidence["model"].astype(str).str.startswith("init:")]
+    verdict = rule(evidence, *args)
+    return [_superseded_v2(finding_id, verdict)]
+
+
+_PROBES: dict = {}  # (encoder content, labelled set) -> probe result: one fit per distinct encoder and set
+
+
+def _encoder_digest(model) -> str:
+    """Content hash of a model's encoder (its parameters and buffers outside the decoder)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("decoder") or name == "mask_token":
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cached_probe(folder: Path, condition: str, evalset, device) -> dict:
+    model = _load(folder) if condition == "trained" else initial_weights(folder).model
+    key = (_encoder_digest(model), evalset.name, evalset.size)
+    if key not in _PROBES:  # an AE(k)'s initial encoder is MAE's at the same seed: probed once
+        _PROBES[key] = linear_probe(model, evalset, device=device)
+    return _PROBES[key]
+
+
 def measure(finding_id: str, runs: dict[str, list[Path]], images: torch.Tensor, *, reference=None,
-            evalset=None, device: str = "cpu") -> Measured:
-    """Measure one finding on trained runs (``runs[name][seed]``) and their controls; apply its rule."""
+            evalset=None, device: str = "cpu", units=None) -> Measured:
+    """Measure one finding on trained runs (``runs[name][seed]``) and each run's own same-seed initial weights;
+    apply its rule (version 3) and, on the same evidence, version 2's (reported as superseded).
+
+    ``units``: the independent unit (source photo) of every probe image, which the intervals resample (None:
+    each image its own unit)."""
     import maeprobe
 
-    common = dict(bootstrap=BOOTSTRAP, device=device)
+    units = _units(images, units)
+    common = dict(bootstrap=BOOTSTRAP, device=device, resample_by=units.tolist())
     if finding_id == "lcmae-collapse":
         ratios, v1, notes = [], [], {}
         for setting in "ceg":
             for seed, folder in _by_seed(runs, f"lcmae-{setting}"):
                 trained, init = _load(folder), initial_weights(folder).model
                 ratios += [{"setting": setting, "seed": seed, **r}
-                           for r in encoder_spread_ratio(trained, init, images, device=device)]
-                v1.append({"setting": setting, "seed": seed, **output_spread(folder, images, device=device)})
+                           for r in encoder_spread_ratio(trained, init, images, device=device, units=units)]
+                v1.append({"setting": setting, "seed": seed,
+                           **output_spread(folder, images, device=device, units=units)})
                 notes.setdefault(setting, []).append(final_loss_parts(folder).get("loss_cross", float("nan")))
         evidence, old = pd.DataFrame(ratios), pd.DataFrame(v1)
-        verdict = rules.collapse_rule_v2(evidence)
+        verdict = rules.collapse_rule_v3(evidence)
         beside = "; ".join(
             f"({s}) spread of v {old[old.setting == s]['value'].mean():.3f}, of h {old[old.setting == s]['h_value'].mean():.3f}, "
             f"final L_cross {np.nanmean(notes[s]):.4f}" for s in "ceg")
@@ -368,6 +420,7 @@ def measure(finding_id: str, runs: dict[str, list[Path]], images: torch.Tensor, 
             f"L_cross trains the projector, while Table 1 is about the encoder's features. The v1 rule on this "
             f"run gives: {old_verdict.verdict}. {old_verdict.detail}"))
         return Measured(evidence, verdict, {"kind": "collapse"},
+                        _v2(finding_id, evidence) +
                         [("lcmae-collapse-v1", superseded, "across-image spread of the projected outputs v at "
                           "masked positions (unitless), settings (c), (e), (g)")])
     if finding_id in ("decoder-positional", "decoder-semantic"):
@@ -380,40 +433,32 @@ def measure(finding_id: str, runs: dict[str, list[Path]], images: torch.Tensor, 
                     table = maeprobe.decoder_attention_similarity(model, images, **common)
                 else:
                     table = maeprobe.decoder_semantic_similarity(model, reference, images, **common)
-                rows += _rows(table, condition=condition, seed=seed)
+                rows += _rows(table, extra=("w_density", "ref_w_density", "n_units"), condition=condition, seed=seed)
         evidence = pd.DataFrame(rows)
         if finding_id == "decoder-positional":
-            return Measured(evidence, rules.positional_rule(evidence), {"kind": "profile", "uniform": rules.EQ7_UNIFORM})
+            return Measured(evidence, rules.positional_rule(evidence),
+                            {"kind": "profile", "uniform": rules.EQ7_UNIFORM}, _v2(finding_id, evidence))
         evidence["reference"] = _reference_name(reference)
-        return Measured(evidence, rules.semantic_rule(evidence), {"kind": "profile"})
-    if finding_id == "mask-ratio-distance":
-        rows, uniform = [], None
-        for name in FINDINGS[finding_id].runs:
-            ratio = 0.75 if name == "mae" else int(name.removeprefix("mae-mask")) / 100
-            for seed, folder in _by_seed(runs, name):
-                model = _load(folder)
-                uniform = _uniform_of(model)
-                rows += _rows(_mean_over_heads(maeprobe.attention_distance(model, images, **common)),
-                              condition="trained", mask_ratio=ratio, seed=seed)
-        for seed, folder in _by_seed(runs, "mae"):
-            rows += _rows(_mean_over_heads(maeprobe.attention_distance(initial_weights(folder).model, images,
-                                                                       **common)), condition="init", seed=seed)
-        evidence = pd.DataFrame(rows)
-        return Measured(evidence, rules.mask_ratio_rule(evidence, uniform), {"kind": "distance", "uniform": uniform})
-    if finding_id == "ae-block-distance":
+        return Measured(evidence, rules.semantic_rule(evidence), {"kind": "profile"}, _v2(finding_id, evidence))
+    if finding_id in ("mask-ratio-distance", "ae-block-distance"):
         rows, uniform = [], None
         for name in FINDINGS[finding_id].runs:
             for seed, folder in _by_seed(runs, name):
                 model = _load(folder)
                 uniform = _uniform_of(model)
-                k = model.config.pred_size or model.config.patch_size
-                rows += _rows(_mean_over_heads(maeprobe.attention_distance(model, images, **common)),
-                              condition="trained", k=k, seed=seed)
-        for seed, folder in _by_seed(runs, "ae1"):
-            rows += _rows(_mean_over_heads(maeprobe.attention_distance(initial_weights(folder).model, images,
-                                                                       **common)), condition="init", seed=seed)
+                if finding_id == "mask-ratio-distance":
+                    label = {"mask_ratio": 0.75 if name == "mae" else int(name.removeprefix("mae-mask")) / 100}
+                else:
+                    label = {"k": model.config.pred_size or model.config.patch_size}
+                for condition, probed in (("trained", model), ("init", initial_weights(folder).model)):
+                    table = maeprobe.attention_distance(probed, images, **common)
+                    rows += _rows(_mean_over_heads(table), condition=condition, seed=seed, **label)
         evidence = pd.DataFrame(rows)
-        return Measured(evidence, rules.ae_distance_rule(evidence, uniform), {"kind": "ae", "uniform": uniform})
+        if finding_id == "mask-ratio-distance":
+            return Measured(evidence, rules.mask_ratio_rule(evidence, uniform), {"kind": "distance", "uniform": uniform},
+                            _v2(finding_id, evidence, uniform))
+        return Measured(evidence, rules.ae_distance_rule(evidence, uniform), {"kind": "ae", "uniform": uniform},
+                        _v2(finding_id, evidence, uniform))
     if finding_id in ("ae-linear-probe", "local-decoders"):
         labels = ({name: name for name in FINDINGS[finding_id].runs} if finding_id == "ae-linear-probe" else
                   {"mae": "transformer", "mae-gaussian": "gaussian", "mae-conv": "conv"})
@@ -423,6 +468,9 @@ def measure(finding_id: str, runs: dict[str, list[Path]], images: torch.Tensor, 
                 if name in AE_BLOCKS:  # named by the block side in pixels, as AE(k) in the paper
                     label = f"ae{_load(folder).config.pred_size or _load(folder).config.patch_size}"
                 rows.append({"model": label, "seed": seed, **_cached_probe(folder, "trained", evalset, device)})
+                if name != "mae":  # each run's own initial weights (MAE's are the 'random' rows below)
+                    rows.append({"model": f"init:{label}", "seed": seed,
+                                 **_cached_probe(folder, "init", evalset, device)})
         for seed, folder in _by_seed(runs, "mae"):
             rows.append({"model": "random", "seed": seed, **_cached_probe(folder, "init", evalset, device)})
         key = ("pixels", evalset.name, evalset.size)
@@ -430,22 +478,34 @@ def measure(finding_id: str, runs: dict[str, list[Path]], images: torch.Tensor, 
         rows.append({"model": "pixels", "seed": 0, **_PROBES[key]})
         evidence = pd.DataFrame(rows)
         rule = rules.linear_probe_rule if finding_id == "ae-linear-probe" else rules.local_decoders_rule
-        return Measured(evidence, rule(evidence), {"kind": "accuracy"})
+        return Measured(evidence, rule(evidence), {"kind": "accuracy"}, _v2(finding_id, evidence))
     if finding_id == "umae-rank":
         rows = []
         for name in ("umae", "mae"):
             for seed, folder in _by_seed(runs, name):
                 rows.append({"model": name, "seed": seed, **_cls_rank(_load(folder), images, common)})
-        for seed, folder in _by_seed(runs, "mae"):
-            rows.append({"model": "init", "seed": seed, **_cls_rank(initial_weights(folder).model, images, common)})
+                rows.append({"model": "init" if name == "mae" else "init:umae", "seed": seed,
+                             **_cls_rank(initial_weights(folder).model, images, common)})
         evidence = pd.DataFrame(rows)
-        return Measured(evidence, rules.umae_rank_rule(evidence), {"kind": "rank"})
+        return Measured(evidence, rules.umae_rank_rule(evidence), {"kind": "rank"}, _v2(finding_id, evidence))
     if finding_id == "mae-local-attention":
         unit = "attention distance (px), D(MAE) - min(D(DINO), D(DeiT))"
         return Measured(pd.DataFrame(), rules.Verdict(
             np.nan, np.nan, np.nan, rules.INCONCLUSIVE, "measured at --scale released only: it compares the released "
-            "MAE with DINO and DeiT, whose recipes are not part of the pretraining suite", np.nan, unit, 0, 1, False))
+            "MAE with DINO and DeiT, whose recipes are not part of the pretraining suite", np.nan, unit, 0))
     raise MaeprobeError(f"unknown finding {finding_id!r}")
+
+
+def _units(images: torch.Tensor, units) -> torch.Tensor:
+    """The probe images' units as integers ([N]; each image its own unit when None)."""
+    from ..data import unit_indices
+
+    if units is None:
+        return torch.arange(len(images))
+    units = unit_indices(list(units.tolist() if isinstance(units, torch.Tensor) else units))
+    if len(units) != len(images):
+        raise MaeprobeError(f"{len(units)} unit labels for {len(images)} probe images")
+    return units
 
 
 def _cls_rank(model, images, common) -> dict:
@@ -462,12 +522,15 @@ def _reference_name(reference) -> str:
 
 
 def measure_released(finding_id: str, models: dict, images: torch.Tensor, *, reference=None,
-                     device: str = "cpu") -> Measured:
+                     device: str = "cpu", units=None) -> Measured:
     """A finding on the released checkpoints (``models[role] = (model, label)``), with random initial weights
-    of MAE's architecture (seed 0) and uniform attention as the controls; one "seed" (intervals over images)."""
+    of MAE's architecture (seed 0) and uniform attention as the controls; one training run per model, so the
+    intervals are over the probe set's independent units (``units``) only, and the rules ask for one seed: the
+    claim is about these published models."""
     import maeprobe
 
-    common = dict(bootstrap=BOOTSTRAP, device=device)
+    units = _units(images, units)
+    common = dict(bootstrap=BOOTSTRAP, device=device, resample_by=units.tolist())
     mae = models["mae"][0]
     init = random_like(mae)
     if finding_id in ("decoder-positional", "decoder-semantic"):
@@ -477,49 +540,54 @@ def measure_released(finding_id: str, models: dict, images: torch.Tensor, *, ref
                 table = maeprobe.decoder_attention_similarity(model, images, **common)
             else:
                 table = maeprobe.decoder_semantic_similarity(model, reference, images, **common)
-            rows += _rows(table, condition=condition, seed=0)
+            rows += _rows(table, extra=("w_density", "ref_w_density", "n_units"), condition=condition, seed=0)
         evidence = pd.DataFrame(rows)
         if finding_id == "decoder-positional":
-            return Measured(evidence, rules.positional_rule(evidence), {"kind": "profile", "uniform": rules.EQ7_UNIFORM})
+            return Measured(evidence, rules.positional_rule(evidence, min_seeds=1),
+                            {"kind": "profile", "uniform": rules.EQ7_UNIFORM}, _v2(finding_id, evidence))
         evidence["reference"] = _reference_name(reference)
-        return Measured(evidence, rules.semantic_rule(evidence), {"kind": "profile"})
+        return Measured(evidence, rules.semantic_rule(evidence, min_seeds=1), {"kind": "profile"},
+                        _v2(finding_id, evidence))
     if finding_id == "mae-local-attention":
         rows = []
         for role, model in (("mae", mae), ("dino", models["dino"][0]), ("deit", models["deit"][0]), ("init", init)):
             rows += _rows(_mean_over_heads(maeprobe.attention_distance(model, images, **common)), model=role, seed=0)
         evidence = pd.DataFrame(rows)
         uniform = _uniform_of(mae)
-        return Measured(evidence, rules.local_attention_rule(evidence, uniform), {"kind": "models", "uniform": uniform})
+        return Measured(evidence, rules.local_attention_rule(evidence, uniform), {"kind": "models", "uniform": uniform},
+                        _v2(finding_id, evidence, uniform))
     raise MaeprobeError(f"{finding_id}: not measured at --scale released (it needs pretraining runs); choose from "
                         f"{', '.join(RELEASED_FINDINGS)}")
 
 
 # ----------------------------------------------------------------------------- the suite
-def _base_commands(ids: list[str]) -> list[str]:
-    """The paper's runs (8 GPUs each) and the maeprobe commands that measure them, for ``--scale base``."""
+def _base_folder(root: Path, name: str, seed: int) -> Path:
+    return root / "runs" / "base" / f"{BASE_RECIPES[name]}-seed{seed}"
+
+
+def _base_runs(root: Path, needed: list[str], seeds: int) -> dict[str, list[Path]] | None:
+    """The finished base runs (``model.safetensors`` and ``config.yaml`` in every folder), or None."""
+    runs = {name: [_base_folder(root, name, seed) for seed in range(seeds)] for name in needed}
+    done = all((f / "model.safetensors").is_file() and (f / "config.yaml").is_file()
+               for folders in runs.values() for f in folders)
+    return runs if done else None
+
+
+def _base_commands(ids: list[str], root: Path = Path("outputs/reproduce-base"), seeds: int = 3) -> list[str]:
+    """The paper's runs (8 GPUs each, ``seeds`` seeds each: rules version 3 needs 3 for a verdict) and the one
+    command that then measures them with their controls (each run's same-seed initial weights, rebuilt from its
+    saved config.yaml) and applies the version-3 rules: ``reproduce --scale base`` again, once every run is
+    finished."""
     runs = list(dict.fromkeys(r for i in ids for r in FINDINGS[i].runs))
-    ckpt = {r: f"runs/{BASE_RECIPES[r]}/checkpoint-last.pth" for r in runs}
     lines = [f"torchrun --nproc-per-node 8 -m maeprobe recipe run recipes/{BASE_RECIPES[r]}.yaml "
-             f"data.path=$IMAGENET run.output_dir=runs/{BASE_RECIPES[r]}" for r in runs]
-    probed = list(dict.fromkeys(r for i in ids if i in ("ae-linear-probe", "local-decoders") for r in FINDINGS[i].runs))
-    lines += [f"torchrun --nproc-per-node 8 -m maeprobe recipe run recipes/linprobe_vit_b16.yaml data.path=$IMAGENET "
-              f"eval.checkpoint={ckpt[r]} run.output_dir=runs/linprobe-{BASE_RECIPES[r]}" for r in probed]
-    val = "--images $IMAGENET/val"
-    measures = {
-        "lcmae-collapse": "# lcmae-collapse, in Python: maeprobe.findings.runner.output_spread(Path('runs/lcmae_c'), "
-                          "images) and the same for lcmae_e, lcmae_g; then maeprobe.findings.rules.collapse_rule",
-        "decoder-positional": f"maeprobe decoder-attn-sim {ckpt.get('mae')} {val} --out findings/eq7.parquet",
-        "decoder-semantic": f"maeprobe decoder-semantics {ckpt.get('mae')} --ref dino {val} --out findings/eq8.parquet",
-        "mask-ratio-distance": "maeprobe run " + " ".join(ckpt[r] for r in FINDINGS["mask-ratio-distance"].runs
-                                                          if r in ckpt)
-                               + f" --metrics attn-distance {val} --out findings/mask_ratio.parquet",
-        "ae-block-distance": "maeprobe run " + " ".join(ckpt[r] for r in FINDINGS["ae-block-distance"].runs
-                                                        if r in ckpt)
-                             + f" --metrics attn-distance {val} --out findings/ae.parquet",
-        "umae-rank": f"maeprobe spectrum {ckpt.get('umae')} {val} --out findings/umae.parquet && maeprobe spectrum "
-                     f"{ckpt.get('mae')} {val} --out findings/mae.parquet",
-    }
-    return lines + [measures[i] for i in ids if i in measures]
+             f"data.path=$IMAGENET run.seed={seed} run.output_dir={_base_folder(root, r, seed)}"
+             for seed in range(seeds) for r in runs]
+    only = " ".join(f"--finding {i}" for i in ids) if len(ids) < len(FINDINGS) else ""
+    lines.append(f"maeprobe reproduce --scale base --out {root} --seeds {seeds} --data $IMAGENET/val "
+                 f"--eval-data $LABELLED --ref dino {only}".rstrip()
+                 + "  # measures every run and its same-seed initial weights, rules version "
+                 f"{rules.RULE_VERSION}")
+    return lines
 
 
 def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=None, eval_data=None, ref=None,
@@ -566,8 +634,12 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
 
     root = Path(out)
     device = device or default_device()
+    base_runs = None
     if scale == "base":
-        return _write_base(ids, root, say)
+        needed = list(dict.fromkeys(r for i in ids for r in FINDINGS[i].runs))
+        base_runs = _base_runs(root, needed, seeds)
+        if base_runs is None:  # not trained yet: the commands that train them and then measure them
+            return _write_base(ids, root, say, seeds)
     reference = None
     if ref is not None and "decoder-semantic" in ids:
         from ..api import load_reference
@@ -579,35 +651,45 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
         settings.pop("seeds")
         return _reproduce_released(ids, root, data, reference, ref, n_probe, device, say, settings)
     needed = list(dict.fromkeys(r for i in ids for r in FINDINGS[i].runs))
-    say(f"reproduce: {len(ids)} finding(s), {len(needed)} run(s) x {seeds} seed(s) at scale {scale} -> {root}")
+    smoke = " (a pipeline smoke test: models this small and short test the pipeline, not the papers)" \
+        if scale == "tiny" else ""
+    say(f"reproduce: {len(ids)} finding(s), {len(needed)} run(s) x {seeds} seed(s) at scale {scale}{smoke} -> {root}")
     tic_all = time.monotonic()
-    runs: dict[str, list[Path]] = {name: [] for name in needed}
+    runs: dict[str, list[Path]] = base_runs or {name: [] for name in needed}
     total = len(needed) * seeds
-    for seed in range(seeds):
+    for seed in range(seeds if base_runs is None else 0):
         for n, name in enumerate(needed, 1):
             count = seed * len(needed) + n
             runs[name].append(train(name, spec, root, seed=seed, data=data, steps=steps, device=device,
                                     echo=lambda line, c=count: say(f"[run {c}/{total}] {line}")))
-    images, evalset = None, None
+    images, evalset, units = None, None, None
     results = []
+    version = code_version()
+    inputs = {"data": _folder_fingerprint(data), "eval_data": _folder_fingerprint(eval_data)}
     for n, finding_id in enumerate(ids, 1):
         finding = FINDINGS[finding_id]
-        key = {"scale": scale, "runs": {r: [str(f) for f in runs[r]] for r in finding.runs}, "data": str(data),
-               "eval_data": str(eval_data), "reference": str(ref) if finding_id == "decoder-semantic" else None,
-               "probe_images": n_probe, "rule_version": rules.RULE_VERSION}
+        # reused only when the inputs' content and the code are the same: checkpoints by size + sha256, folders by
+        # every file's path, size and modification time, and the source digest of maeprobe itself
+        key = {"scale": scale, "runs": {r: [[str(f), _file_digest(f / "model.safetensors")] for f in runs[r]]
+                                        for r in finding.runs},
+               "data": [str(data), inputs["data"]], "eval_data": [str(eval_data), inputs["eval_data"]],
+               "reference": ([str(ref), _reference_fingerprint(ref)] if finding_id == "decoder-semantic" else None),
+               "probe_images": n_probe, "rule_version": rules.RULE_VERSION, "code": version.split(" (git")[0]}
         stored = _stored(root, finding_id, key)
         if stored is not None:
             say(f"[finding {n}/{len(ids)}] {finding_id}: {stored[0]['verdict']} (reused)")
             results += stored
             continue
         if images is None and finding.runs:
-            from .toydata import EvalSet, probe_images as make_probe_images
+            from .toydata import EvalSet, probe_images as make_probe_images, probe_units
 
             size = _load(runs[finding.runs[0]][0]).config.img_size
             images = make_probe_images(n_probe, size, seed=0, folder=data)
+            units = probe_units(n_probe, data)
             evalset = EvalSet(eval_data, size)
         tic = time.monotonic()
-        measured = measure(finding_id, runs, images, reference=reference, evalset=evalset, device=device)
+        measured = measure(finding_id, runs, images, reference=reference, evalset=evalset, device=device,
+                           units=units)
         labels = {"runs": {r: [f.name for f in runs[r]] for r in finding.runs}, "scale": scale,
                   "data": str(data or "built-in photographs"),
                   "evalset": evalset.name if finding_id in ("ae-linear-probe", "local-decoders") else None,
@@ -617,7 +699,81 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
             f"in {time.monotonic() - tic:.0f} s")
     settings["runtime"] = f"{(time.monotonic() - tic_all) / 60:.1f} min"
     settings["evalset"] = evalset.name if evalset is not None else None
+    settings["code"] = version
+    settings["units"] = len(set(units)) if units is not None else None
     return _write_report(results, root, scale, say, settings)
+
+
+def code_version() -> str:
+    """The code that measured: maeprobe's version, a digest of its source files (what a stored verdict is keyed
+    on) and, when the package sits in a git checkout, the commit (and whether the tree had uncommitted
+    changes)."""
+    import hashlib
+    import subprocess
+
+    from .. import __version__
+
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    text = f"maeprobe {__version__}, source sha256:{digest.hexdigest()[:12]}"
+    try:
+        run = dict(cwd=package, capture_output=True, text=True, timeout=5)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run)
+        if commit.returncode == 0 and commit.stdout.strip():
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", str(package)], **run).stdout.strip()
+            text += f" (git {commit.stdout.strip()}{', uncommitted changes' if dirty else ''})"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return text
+
+
+def _file_digest(path) -> str | None:
+    """size + sha256 of a file (None when it does not exist): a replaced checkpoint changes the key."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{path.stat().st_size}:{digest.hexdigest()}"
+
+
+def _folder_fingerprint(folder) -> str | None:
+    """Every file's relative path, size and modification time under a folder, hashed (image folders can be
+    large, so their bytes are not read); a file path gets its content digest. None for None."""
+    import hashlib
+
+    if folder is None:
+        return None
+    folder = Path(folder)
+    if folder.is_file():
+        return _file_digest(folder)
+    if not folder.is_dir():
+        return f"missing:{folder}"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _reference_fingerprint(ref) -> str | None:
+    if ref is None:
+        return None
+    if isinstance(ref, (str, Path)) and str(ref).lower() != "dino":
+        return _folder_fingerprint(ref)
+    if str(ref).lower() == "dino":
+        from ..api import dino_candidates
+
+        found = next((p for p in dino_candidates() if p.is_dir() or p.is_file()), None)
+        return f"dino:{_folder_fingerprint(found)}" if found is not None else "dino:none"
+    return str(ref)
 
 
 def _stored(root: Path, finding_id: str, key: dict) -> list[dict] | None:
@@ -633,9 +789,11 @@ def _stored(root: Path, finding_id: str, key: dict) -> list[dict] | None:
 
 
 def _result_row(finding_id: str, verdict: rules.Verdict, scale: str, measure_text: str, figures=()) -> dict:
-    finding = FINDINGS.get(finding_id.removesuffix("-v1"))
+    finding = FINDINGS.get(finding_id.removesuffix("-v1").removesuffix("-v2"))
     return {"finding": finding_id, "claim": finding.claim, "paper": finding.paper, "measured": verdict.measured,
             "ci_low": verdict.ci_low, "ci_high": verdict.ci_high, "unit": verdict.unit, "control": verdict.control,
+            "control_low": getattr(verdict, "control_low", np.nan),  # versions 1 and 2 kept no control interval
+            "control_high": getattr(verdict, "control_high", np.nan),
             "verdict": verdict.verdict, "seeds": verdict.seeds, "rule_version": verdict.rule_version,
             "amended_after_results": bool(verdict.amended_after_results), "scale": scale, "detail": verdict.detail,
             "measure": measure_text, "figures": list(figures)}
@@ -662,22 +820,26 @@ def _record(root: Path, finding_id: str, key: dict, measured: Measured, labels: 
 # ----------------------------------------------------------------------------- released checkpoints
 def released_checkpoints() -> tuple[dict[str, tuple[Path, str]], list[str]]:
     """The released checkpoints found locally (or downloaded when online): role -> (path, label), and one
-    text per missing role naming the files to fetch and where."""
-    from ..checkpoints.hub import hf_cache, offline, resolve, torch_cache
+    text per missing role naming, for each file that serves, where to place it by hand and its download URL.
+
+    A role's candidates (``suite.RELEASED``) are widened with the other names of the same weights
+    (``hub.SAME_WEIGHTS``): DeiT's own ``deit_base_patch16_224-b5f2ef4d.pth`` in the torch hub cache serves as
+    well as timm's ``timm/deit_base_patch16_224.fb_in1k`` snapshot."""
+    from ..checkpoints.hub import equivalents, offline, placement, resolve
 
     found, missing = {}, []
-    for role, label, candidates in RELEASED:
-        path = next((p for p in map(_cached, candidates) if p is not None), None)
+    for role, label, listed in RELEASED:
+        candidates = tuple(dict.fromkeys(name for c in listed for name in equivalents(c)))
+        name, path = next(((c, p) for c in candidates if (p := _cached(c)) is not None), (None, None))
         if path is None and not offline():
             try:
-                path = Path(resolve(candidates[0]))
+                name, path = candidates[0], Path(resolve(candidates[0]))
             except MaeprobeError:
-                path = None
+                name, path = None, None
         if path is not None:
-            found[role] = (path, f"{label}: {path.name if path.suffix == '.pth' else candidates[-1]}")
+            found[role] = (path, f"{label}: {name}")
             continue
-        where = [f"{c} in {torch_cache()}" if c.endswith(".pth") else f"{c} in {hf_cache()}" for c in candidates]
-        missing.append(f"{label}: {' or '.join(where)}")
+        missing.append(f"{label}: {' or '.join(placement(c) for c in candidates)}")
     return found, missing
 
 
@@ -693,7 +855,7 @@ def _cached(name: str) -> Path | None:
 
 def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, device, say, settings) -> pd.DataFrame:
     from ..checkpoints import load
-    from .toydata import probe_images as make_probe_images
+    from .toydata import probe_images as make_probe_images, probe_units
 
     found, missing = released_checkpoints()
     if missing:
@@ -707,17 +869,23 @@ def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, dev
     say(f"reproduce: {len(ids)} finding(s) on the released checkpoints -> {root}; "
         + "; ".join(label for _, label in models.values()))
     images = make_probe_images(n_probe, models["mae"][0].config.img_size, seed=0, folder=data)
+    units = probe_units(n_probe, data)
     results = []
+    version = code_version()
+    checkpoints = {r: [str(p), _file_digest(p) if Path(p).is_file() else _folder_fingerprint(p)]
+                   for r, (p, _) in found.items()}
+    data_key = [str(data), _folder_fingerprint(data)]
     for n, finding_id in enumerate(ids, 1):
-        key = {"scale": "released", "checkpoints": {r: str(p) for r, (p, _) in found.items()}, "data": str(data),
-               "reference": str(ref), "probe_images": n_probe, "rule_version": rules.RULE_VERSION}
+        key = {"scale": "released", "checkpoints": checkpoints, "data": data_key,
+               "reference": [str(ref), _reference_fingerprint(ref)], "probe_images": n_probe,
+               "rule_version": rules.RULE_VERSION, "code": version.split(" (git")[0]}
         stored = _stored(root, finding_id, key)
         if stored is not None:
             say(f"[finding {n}/{len(ids)}] {finding_id}: {stored[0]['verdict']} (reused)")
             results += stored
             continue
         tic = time.monotonic()
-        measured = measure_released(finding_id, models, images, reference=reference, device=device)
+        measured = measure_released(finding_id, models, images, reference=reference, device=device, units=units)
         labels = {"checkpoints": {r: label for r, (_, label) in models.items()}, "scale": "released",
                   "data": str(data or "built-in photographs"),
                   "reference": _reference_name(reference) if reference is not None else None}
@@ -728,6 +896,8 @@ def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, dev
         _released_renders(models["mae"][0], data, root / "figures", say)
     settings["runtime"] = f"{(time.monotonic() - tic_all) / 60:.1f} min"
     settings["checkpoints"] = "; ".join(label for _, label in models.values())
+    settings["code"] = version
+    settings["units"] = len(set(units))
     return _write_report(results, root, "released", say, settings)
 
 
@@ -764,25 +934,53 @@ STRENGTHS = (
     "Loss weights at this scale: MAE, AE(k), Gaussian and conv decoders as the paper (L_MAE alone); LC-MAE (c), (e), "
     "(g) with the paper's Table 1 weights (1 or 0 per loss); U-MAE with the paper-equivalent uniformity weight "
     "1.25e-5 (U-MAE's 1e-4 on 8 processes, recipes/umae_vit_b16.yaml; the tiny-umae recipe's own 0.01 is 800x "
-    "stronger and is not used here). Deviations from the paper's recipes, all of scale: 64 px inputs, patch 8, "
-    "width 192, 6 encoder blocks, batch 32, base lr 1.5e-3, 240 steps (160 for LC-MAE), LC-MAE projector 64 wide "
-    "(the paper's 1024), built-in photographs instead of ImageNet, linear probes on the labelled set below instead "
-    "of ImageNet fine-tuning (Table 2) or linear probing (Table 3).")
+    "stronger and is not used here).")
+
+
+def deviations(scale: str, settings: dict) -> str:
+    """The deviations from the paper's ViT-B/16 ImageNet recipes, read from what this scale and these settings
+    actually train (the recipes resolved as ``train`` resolves them), not from fixed text."""
+    from ..models.registry import PRESETS
+
+    spec = SCALES[scale]
+    mae = run_config("mae", spec, Path("."), steps=settings.get("steps"))
+    lcmae = run_config("lcmae-c", spec, Path("."), steps=settings.get("steps"))
+    arch = PRESETS[mae["model"]["preset"]]
+    steps = [c["optim"]["epochs"] * STEPS_PER_EPOCH for c in (mae, lcmae)]
+    data = settings.get("data") or "the built-in photographs"
+    evalset = settings.get("evalset") or "the labelled set"
+    return (f"Deviations from the paper's recipes, all of scale: {arch['img_size']} px inputs, patch "
+            f"{arch['patch_size']}, width {arch['embed_dim']}, {arch['depth']} encoder blocks, global batch "
+            f"{mae['optim']['global_batch']}, base lr {mae['optim']['base_lr']:g}, {steps[0]} steps per run "
+            f"({steps[1]} for LC-MAE), LC-MAE projector {lcmae['lcmae']['proj_dim']} wide (the paper's 1024), {data} "
+            f"instead of ImageNet, linear probes on {evalset} instead of ImageNet fine-tuning (Table 2: the paper "
+            f"fine-tunes, a linear probe is a different, stricter protocol) or ImageNet linear probing (Table 3).")
 
 
 def report_markdown(table: pd.DataFrame, scale: str, settings: dict) -> str:
     """The findings report: the table, each finding's measured quantity, controls, evidence and figures."""
     spec = SCALES[scale]
-    shown = {k: v for k, v in settings.items() if v is not None and k not in ("runtime", "evalset", "checkpoints")}
+    shown = {k: v for k, v in settings.items()
+             if v is not None and k not in ("runtime", "evalset", "checkpoints", "code", "units")}
     command = f"maeprobe reproduce --scale {scale}" + "".join(f" --{k} {v}" for k, v in shown.items())
-    lines = [f"# Findings of the LC-MAE and U-MAE papers, scale `{scale}`", "", f"Generated by `{command}`"
-             + (f" in {settings['runtime']}" if settings.get("runtime") else "") + "."]
+    smoke = scale == "tiny"
+    title = f"# Findings of the LC-MAE and U-MAE papers, scale `{scale}`" + (": a pipeline smoke test" if smoke else "")
+    lines = [title, "", f"Generated by `{command}`" + (f" in {settings['runtime']}" if settings.get("runtime") else "")
+             + "." + (f" Code: {settings['code']}." if settings.get("code") else "")]
+    if smoke:
+        lines += ["", "**A pipeline smoke test, not a test of the papers.** Models this small, trained this briefly on "
+                  "a few photographs, check that every step runs and that the verdicts are honest about their power; "
+                  "they cannot confirm or refute claims about ViT-B/16 on ImageNet. Use `--scale small` on a GPU or "
+                  "`--scale released` for evidence."]
+    units = settings.get("units")
+    over = f"over the probe set's {units} independent source photos" if units else "over independent units"
     if scale == "released":
         lines += ["", f"Checkpoints: {settings.get('checkpoints')}. Probe set: {settings.get('probe-images') or spec.probe_images} "
                   f"images ({settings.get('data') or 'crops of the built-in photographs'}). The released models were "
                   "trained far longer than the paper's 100-epoch runs (MAE 1600 epochs, DINO 400, DeiT 300): judge the "
                   "shape of the curves, not their levels. Controls: random initial weights of MAE's architecture "
-                  "(seed 0) and uniform attention; one training run per model, so the intervals are over images only."]
+                  "(seed 0) and uniform attention; one training run per model, so the intervals are over the probe "
+                  "set only, and the rules ask for one seed (the claims are about these published models)."]
     elif spec.preset:
         steps = [max(1, math.ceil(_run_steps(n, spec, settings.get("steps")) / STEPS_PER_EPOCH)) * STEPS_PER_EPOCH
                  for n in ("mae", "lcmae-c")]  # whole epochs of 10 steps, as trained
@@ -790,19 +988,26 @@ def report_markdown(table: pd.DataFrame, scale: str, settings: dict) -> str:
                   f"steps per run ({steps[1]} for LC-MAE), "
                   f"{settings.get('seeds')} seed(s) per run; probe set {settings.get('probe-images') or spec.probe_images} "
                   f"images ({settings.get('data') or 'crops of the built-in photographs'}); labelled set for the probes: "
-                  f"{settings.get('evalset') or '-'}.", "", STRENGTHS]
-    lines += ["", "Verdict rules: `maeprobe/findings/rules.py` and the README, *Reproducing the findings*. Intervals: "
-              "95%, over images (bootstrap; Wilson for accuracies) and across seeds (Student t), combined. A verdict "
-              "needs the trained model to differ from its controls (same-seed initial weights, uniform attention, "
-              "raw-pixel and random-encoder probes); otherwise it is *inconclusive* with 'no power at this scale'.",
-              "", "| finding | claim | measured [95% CI] | unit | control | seeds | rule | verdict |",
+                  f"{settings.get('evalset') or '-'}.", "", STRENGTHS + " " + deviations(scale, settings)]
+    lines += ["", f"Verdict rules: version {rules.RULE_VERSION}, `maeprobe/findings/rules.py` and the README, *Reproducing "
+              f"the findings*. Intervals: 95%, {over} (bootstrap of whole photos, never of their crops as if "
+              "independent; Wilson for accuracies) and across seeds (Student t), combined. A verdict needs at least "
+              f"{rules.MIN_SEEDS} seeds and the trained model to differ from its controls (each run's same-seed "
+              "initial weights, uniform attention, raw-pixel and random-encoder probes); otherwise it is "
+              "*inconclusive*. The control column holds the headline quantity measured on the control.",
+              "", "Rule changes made after results had been seen (all disclosed):", ""]
+    lines += [f"- {text}" for text in rules.AMENDMENTS]
+    current = table[table["verdict"] != rules.SUPERSEDED]
+    superseded = table[table["verdict"] == rules.SUPERSEDED]
+    lines += ["", "| finding | claim | measured [95% CI] | unit | control [95% CI] | seeds | rule | verdict |",
               "|---|---|---|---|---|---|---|---|"]
-    for row in table.itertuples():
-        measured = "-" if pd.isna(row.measured) else f"{row.measured:.3g} [{row.ci_low:.3g}, {row.ci_high:.3g}]"
-        control = "-" if pd.isna(row.control) else f"{row.control:.3g}"
-        rule = f"v{row.rule_version}" + (" (amended after results)" if row.amended_after_results else "")
-        lines.append(f"| `{row.finding}` | {row.claim} ({row.paper}) | {measured} | {row.unit} | {control} | "
-                     f"{row.seeds} | {rule} | **{row.verdict}** |")
+    for row in current.itertuples():
+        lines.append(_table_line(row))
+    if not superseded.empty:
+        lines += ["", "Superseded rules, applied to the same evidence (reported, not judged):", "",
+                  "| finding | claim | measured [95% CI] | unit | control [95% CI] | seeds | rule | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [_table_line(row) for row in superseded.itertuples()]
     lines.append("")
     for row in table.itertuples():
         lines += [f"## `{row.finding}`: {row.verdict}", "", f"*{row.claim}* ({row.paper}).", "",
@@ -813,8 +1018,20 @@ def report_markdown(table: pd.DataFrame, scale: str, settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_base(ids: list[str], root: Path, say) -> pd.DataFrame:
-    commands = _base_commands(ids)
+def _table_line(row) -> str:
+    def interval(value, low, high) -> str:
+        if pd.isna(value):
+            return "-"
+        return f"{value:.3g}" + ("" if pd.isna(low) else f" [{low:.3g}, {high:.3g}]")
+
+    rule = f"v{row.rule_version}" + (" (amended after results)" if row.amended_after_results else "")
+    control = interval(row.control, getattr(row, "control_low", np.nan), getattr(row, "control_high", np.nan))
+    return (f"| `{row.finding}` | {row.claim} ({row.paper}) | {interval(row.measured, row.ci_low, row.ci_high)} | "
+            f"{row.unit} | {control} | {row.seeds} | {rule} | **{row.verdict}** |")
+
+
+def _write_base(ids: list[str], root: Path, say, seeds: int = 3) -> pd.DataFrame:
+    commands = _base_commands(ids, root, seeds)
     if is_main():
         write_text(root / "commands.sh", "#!/usr/bin/env bash\n# maeprobe reproduce --scale base: the paper's runs "
                    "(ViT-B/16, ImageNet-1K, 8 GPUs). Set IMAGENET first.\nset -euo pipefail\n"

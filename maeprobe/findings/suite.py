@@ -102,11 +102,15 @@ class Scale:
 SCALES = {
     # 2 CPU cores, built-in photographs: 64 px, patch 8, width 192 (the tiny-* recipes)
     "tiny": Scale("tiny", "mae_vit_tiny_patch8_64", 8, 32, 1.5e-3, 240, 160, 128),
-    # one GPU, 30 minutes: ViT-S/8 at 96 px on an image folder (--data), bf16
+    # one GPU: ViT-S/8 at 96 px on an image folder (--data), bf16. Estimated (never measured: no GPU has run it),
+    # 2-4 hours for its 45 runs (15 x 3 seeds): about 10 GFLOP per training image (encoder on 25% of 144 tokens,
+    # 8-block decoder on all), 2000 x 256 images per run, i.e. ~230 PFLOP in all (about 1 h at an effective
+    # 60 TFLOP/s), and ~23 million decoded and augmented images (about 2.7 h at 2,400 images/s from 8 loader
+    # workers), so data loading likely bounds it. benchmarks/gpu_check.sh measures steps/s on a lent GPU.
     "small": Scale("small", "mae_vit_small_patch8_96", 8, 256, 1.5e-4, 2000, 1500, 1024,
                    ("data.num_workers=8",)),
     # the paper: ViT-B/16 ImageNet recipes on 8 GPUs (printed, not run)
-    "base": Scale("base", None, 16, 1024, 1.5e-4, 0, 0, 50000, seeds=1),
+    "base": Scale("base", None, 16, 1024, 1.5e-4, 0, 0, 50000),
     # no training: the publicly released ViT-B/16 checkpoints (MAE with its decoder, DINO, DeiT) at 224 px
     "released": Scale("released", None, 16, 0, 0.0, 0, 0, 1000, seeds=1),
 }
@@ -117,5 +121,5 @@ RELEASED = (
     ("mae", "MAE ViT-B/16 with its 8-layer decoder (facebookresearch/mae, 1600 epochs)",
      ("mae_pretrain_vit_base_full.pth", "mae_visualize_vit_base.pth")),
     ("dino", "DINO ViT-B/16 (facebookresearch/dino)", ("dino_vitbase16_pretrain.pth", "timm/vit_base_patch16_224.dino")),
-    ("deit", "DeiT-B/16, supervised (facebookresearch/deit)", ("timm/deit_base_patch16_224.fb_in1k",)),
+    ("deit", "DeiT-B/16, supervised (facebookresearch/deit)", ("timm/deit_base_patch16_224.fb_in1k", "deit_base_patch16_224-b5f2ef4d.pth")),
 )

@@ -2,6 +2,8 @@
 
 * Probe set: ``probe_images``, fixed random crops of the built-in photographs (scikit-image, scikit-learn,
   matplotlib) or of the images of ``--data``, so that the metrics see more than the 13 photos themselves.
+  The crops of one photo are not independent: ``probe_units`` names each crop's source photo, and every
+  interval resamples those (``metrics.base``).
 * Labelled toy task: scikit-learn's handwritten digits (1797 8 x 8 images, 10 classes), upsampled to the
   model's input size, split 60/40 per class. Linear probes (Table 2 / Table 3 findings) are trained on it.
 """
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import builtin_images, find_images, open_image
+from ..data import builtin_images, builtin_source, find_images, open_image
 from ..models import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -43,6 +45,16 @@ def probe_images(count: int, size: int, seed: int = 0, folder=None) -> torch.Ten
         left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
         crops.append(img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BICUBIC))
     return _normalise(crops)
+
+
+def probe_units(count: int, folder=None) -> list[str]:
+    """The source photo of each of ``probe_images``' crops (crop i comes from source i mod the number of
+    sources): its file for ``folder``, else the built-in photo's name (the stereo pair counts as one photo)."""
+    if folder:
+        names = [str(p) for p in find_images(folder)[:1000]]
+    else:
+        names = [builtin_source(name) for name, _ in builtin_images()]
+    return [names[i % len(names)] for i in range(count)]
 
 
 def digits(size: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:

@@ -1,7 +1,9 @@
 """Semantic similarity of each decoder layer to a reference model, LC-MAE Eq. 8 (Fig. 3).
 
 Section 4.1 computes W "following CutLER": the cosine-similarity matrix of a layer's patch features. maeprobe
-follows CutLER's MaskCut code (``get_affinity_matrix``; ``--vit-feat k``, ``--tau 0.15``) by default:
+follows CutLER's MaskCut code (``get_affinity_matrix``; ``--vit-feat k``) by default, with tau 0.15 (CutLER's README
+and ``demo.py`` value; ``maskcut.py``'s own ``--tau`` default is 0.2, line 318). CutLER's reference is DINO ViT-B/8;
+maeprobe's default, DINO ViT-B/16 (LC-MAE says only "DINO"):
 
 * features: the attention keys of the layer (all heads concatenated), prefix tokens dropped. For the
   reference (DINO) the keys of its last block, on the unmasked image at the probed model's patch grid; for
@@ -53,14 +55,24 @@ def affinity(features: torch.Tensor, tau: float | None = None, eps: float = 1e-5
     return W
 
 
-def density(W: torch.Tensor, binarised: bool) -> torch.Tensor:
-    """Per image: the fraction of W's entries equal to 1 (binarised), else the mean of W. [B, n, n] -> [B]."""
-    return (W > 0.5).float().mean((1, 2)) if binarised else W.mean((1, 2))
+def density(W: torch.Tensor, binarised: bool, eps: float = 1e-5) -> torch.Tensor:
+    """Per image: the fraction of W's entries equal to 1 (binarised: entries are 1 or ``eps``, split half-way
+    between them, so any ``eps`` < 1 counts right), else the mean of W. [B, n, n] -> [B]."""
+    if not binarised:
+        return W.mean((1, 2))
+    return (W > (1.0 + float(eps)) / 2).float().mean((1, 2))
 
 
-def w_flag(*densities: float) -> str:
-    flags = ["saturated" if d > SATURATED_ABOVE else "empty" if d < EMPTY_BELOW else "" for d in densities]
-    return next((f for f in flags if f), "")
+def w_flag(decoder_density: float, ref_density: float) -> str:
+    """Which side's W carries no structure, named: e.g. 'reference saturated', 'decoder empty',
+    'reference saturated; decoder empty'; '' when both densities lie in [0.05, 0.95]."""
+    flags = []
+    for side, d in (("reference", ref_density), ("decoder", decoder_density)):
+        if d > SATURATED_ABOVE:
+            flags.append(f"{side} saturated")
+        elif d < EMPTY_BELOW:
+            flags.append(f"{side} empty")
+    return "; ".join(flags)
 
 
 class DecoderSemanticSimilarity(ImageMean):
@@ -75,6 +87,8 @@ class DecoderSemanticSimilarity(ImageMean):
                  bootstrap: int = 0, bootstrap_seed: int = 0, reference_name: str = "ref") -> None:
         if tau_quantile is not None and not 0.0 < float(tau_quantile) < 1.0:
             raise MaeprobeError(f"--tau-quantile must lie in (0, 1), got {tau_quantile!r}")
+        if not 0.0 <= float(eps) < 1.0:
+            raise MaeprobeError(f"--eps must lie in [0, 1) (the value below tau; 1 would make W all ones), got {eps!r}")
         self.center, self.tau_quantile = bool(center), tau_quantile
         decoder_features = ref_features if decoder_features is None else decoder_features
         for name, value in (("ref_features", ref_features), ("decoder_features", decoder_features)):
@@ -110,7 +124,7 @@ class DecoderSemanticSimilarity(ImageMean):
         options = dict(center=self.center, tau_quantile=self.tau_quantile)
         binarised = self.tau is not None or self.tau_quantile is not None
         W_ref = affinity(ref, self.tau, self.eps, **options)
-        ref_density = density(W_ref, binarised)
+        ref_density = density(W_ref, binarised, self.eps)
         W_ref = W_ref.flatten(1)  # [B, n*n]
         values = []
         for layer in self.layers:
@@ -118,7 +132,7 @@ class DecoderSemanticSimilarity(ImageMean):
             if tokens.shape[1] != ref.shape[1]:
                 raise MaeprobeError(f"reference has {ref.shape[1]} patches, decoder {tokens.shape[1]}")
             W = affinity(tokens, self.tau, self.eps, **options)
-            values.append(torch.stack([F.cosine_similarity(W.flatten(1), W_ref, dim=1), density(W, binarised),
+            values.append(torch.stack([F.cosine_similarity(W.flatten(1), W_ref, dim=1), density(W, binarised, self.eps),
                                        ref_density], dim=1))  # [B, 3]
         self.add(torch.stack(values, dim=1), units_of(cache))
 

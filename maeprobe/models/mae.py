@@ -112,6 +112,11 @@ class MaskedAutoencoderViT(nn.Module):
         if overrides:
             cfg = ArchConfig(**{**cfg.to_dict(), **overrides})
         self.config = cfg
+        # The random stream as construction found it: ``initialize_weights`` restarts from here, so the encoder's
+        # initial weights depend on the seed and the encoder's shape only, never on the decoder's (a wider
+        # ``decoder_pred`` draws more numbers at construction; the findings compare AE(k), Gaussian and conv
+        # runs with MAE's same-seed initial encoder).
+        self._init_rng = torch.random.get_rng_state()
         norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
         D, L = cfg.embed_dim, cfg.num_patches
         self.num_prefix_tokens = cfg.num_prefix_tokens
@@ -174,20 +179,31 @@ class MaskedAutoencoderViT(nn.Module):
 
     # ------------------------------------------------------------------ init
     def initialize_weights(self) -> None:
-        """MAE's initialisation: sin-cos position embeddings, xavier linears, normal(0.02) tokens."""
+        """MAE's initialisation: sin-cos position embeddings, xavier linears, normal(0.02) tokens.
+
+        The encoder is initialised first, from the random state at the start of construction, then the decoder
+        (official MAE draws the mask token before the encoder's linears, so its encoder depends on whether a
+        decoder exists): at one seed, every decoder type, depth and ``pred_size`` starts from the same encoder."""
         cfg = self.config
+        torch.random.set_rng_state(self._init_rng)
         self.pos_embed.data.copy_(sincos_pos_embed(cfg.embed_dim, cfg.grid_size, self.num_pos_prefix))
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         for token in (self.cls_token, self.dist_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=0.02)
+        decoder = [module for name, module in self.named_children() if name.startswith("decoder_")]
+        decoder_ids = {id(m) for top in decoder for m in top.modules()}
+        for module in self.modules():  # encoder (and heads), in registration order
+            if id(module) not in decoder_ids:
+                self._init_module(module)
         if self.has_decoder:
             self.decoder_pos_embed.data.copy_(
                 sincos_pos_embed(cfg.decoder_embed_dim, cfg.grid_size, self.num_prefix_tokens)
             )
             nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(self._init_module)
+            for top in decoder:
+                top.apply(self._init_module)
 
     @staticmethod
     def _init_module(module: nn.Module) -> None:

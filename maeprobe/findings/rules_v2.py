@@ -1,0 +1,673 @@
+"""Verdict rules, version 2: superseded by version 3 (``rules.py``), kept unchanged so that every report shows
+what version 2 concludes on the same evidence (its rows carry the verdict ``superseded``). Do not edit: a
+change here would rewrite history. Only this paragraph was added when the file was moved out of ``rules.py``.
+
+Version 2 (this file) was written after the first tiny report (``docs/findings-tiny`` at commit 867d808) had
+been read by a reviewer, who found that no rule had a control: an untrained model already looked "collapsed",
+uniform attention looked "positional", raw pixels beat every encoder on the probe task, and several fail rules
+fired on point estimates that go either way by chance half of the time. Version 2 keeps every measured
+quantity (except ``lcmae-collapse``, see ``collapse_rule_v2``) and adds, before any run of version 2:
+
+* **controls**: every rule compares the trained model with the same seed's initial weights (built from the
+  same recipe and seed as the training run, never trained); attention rules also with the uniform-attention
+  level of the patch grid (``uniform_attention_distance``; 1 for Eq. 7); probe rules with a raw-pixel and a
+  random-encoder (initial weights) baseline. When the trained model cannot be told from its control (the
+  *positive control* fails), the verdict is ``inconclusive`` and the detail starts with "no power at this
+  scale";
+* **separated intervals for fails**: ``fails`` needs the 95% interval of the headline quantity on the side
+  that contradicts the claim (never a point estimate);
+* **seeds**: evidence tables carry a ``seed`` column (one independently trained run per seed); each
+  quantity is first computed per seed with its interval over images, then combined by ``across_seeds``.
+
+Conventions: ``holds`` = the measurement agrees with the claim by the stated margin with separated intervals
+and a passed control; ``fails`` = it contradicts the claim with separated intervals and a passed control;
+``inconclusive`` = neither. Interval arithmetic for differences and means of bounds is conservative: the
+interval of ``a - b`` is ``[lo(a) - hi(b), hi(a) - lo(b)]`` (no credit for correlation), of a mean of
+quantities the mean of their bounds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from scipy.stats import t as student_t
+
+HOLDS, FAILS, INCONCLUSIVE, SUPERSEDED = "holds", "fails", "inconclusive", "superseded"
+NO_POWER = "no power at this scale"
+RULE_VERSION = 2
+# Every version-2 rule was written after the version-1 tiny report had been seen (the reason for version 2).
+AMENDED_AFTER_RESULTS = True
+
+
+@dataclass(frozen=True)
+class Verdict:
+    measured: float
+    ci_low: float
+    ci_high: float
+    verdict: str
+    detail: str
+    control: float = float("nan")  # the headline quantity (or the power check's quantity) of the control
+    unit: str = ""
+    seeds: int = 1
+    rule_version: int = RULE_VERSION
+    amended_after_results: bool = AMENDED_AFTER_RESULTS
+
+
+# --------------------------------------------------------------------------- helpers
+def across_seeds(values, lows, highs, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Combine per-seed estimates (each with its interval over images) into one estimate and interval.
+
+    Estimate: the mean over seeds. Half-widths, each side: the quadrature sum of the seed term
+    ``t_{S-1} * sd / sqrt(S)`` (training variance; Student's t over S seeds, 0 for one seed) and the mean of the
+    per-seed image half-widths (the seeds are probed on the same images, so their image errors are taken as
+    fully correlated and are not divided by sqrt(S)).
+    """
+    values, lows, highs = (np.asarray(a, dtype=float) for a in (values, lows, highs))
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    seed_half = 0.0
+    if n > 1:
+        seed_half = float(student_t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / np.sqrt(n))
+    below, above = float(np.mean(values - lows)), float(np.mean(highs - values))
+    return mean, mean - float(np.hypot(seed_half, below)), mean + float(np.hypot(seed_half, above))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    low: float
+    high: float
+    seeds: int
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.value:.{digits}g} [{self.low:.{digits}g}, {self.high:.{digits}g}]"
+
+    def disjoint(self, other: "Estimate") -> bool:
+        return self.low > other.high or self.high < other.low
+
+    def excludes(self, level: float) -> bool:
+        return self.low > level or self.high < level
+
+
+def combine(per_seed: pd.DataFrame, value="value", low="ci_low", high="ci_high") -> Estimate:
+    """``across_seeds`` of a table with one row per seed."""
+    v, lo, hi = across_seeds(per_seed[value], per_seed[low], per_seed[high])
+    return Estimate(v, lo, hi, int(len(per_seed)))
+
+
+def _seeds(table: pd.DataFrame) -> pd.DataFrame:
+    return table if "seed" in table else table.assign(seed=0)
+
+
+def _n_seeds(table: pd.DataFrame, condition: str = "trained") -> int:
+    table = _seeds(table)
+    if "condition" in table:
+        table = table[table["condition"] == condition]
+    return int(table["seed"].nunique())
+
+
+def _spearman(x, y) -> float:
+    if np.ptp(np.asarray(x, dtype=float)) == 0 or np.ptp(np.asarray(y, dtype=float)) == 0:
+        return 0.0  # undefined for a constant input; 0 = no trend
+    rho = spearmanr(np.asarray(x, dtype=float), np.asarray(y, dtype=float)).statistic
+    return float(rho) if np.isfinite(rho) else 0.0
+
+
+def _contrast(rows: pd.DataFrame, first: list, second: list, key: str) -> tuple[float, float, float]:
+    """mean(first) - mean(second) over the ``key`` values of one seed, with conservative bounds."""
+    a, b = rows[rows[key].isin(first)], rows[rows[key].isin(second)]
+    return (float(a["value"].mean() - b["value"].mean()), float(a["ci_low"].mean() - b["ci_high"].mean()),
+            float(a["ci_high"].mean() - b["ci_low"].mean()))
+
+
+def _per_seed_contrast(table: pd.DataFrame, first: list, second: list, key: str) -> Estimate:
+    parts = [_contrast(rows, first, second, key) for _, rows in _seeds(table).groupby("seed")]
+    v, lo, hi = (np.array(p) for p in zip(*parts))
+    return Estimate(*across_seeds(v, lo, hi), len(parts))
+
+
+def _conditions(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trained rows, initial-weights rows) of an evidence table with a ``condition`` column."""
+    table = _seeds(table)
+    return table[table["condition"] == "trained"], table[table["condition"] == "init"]
+
+
+def _profile(table: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Per-``key`` estimates combined over seeds: columns key, value, ci_low, ci_high."""
+    rows = []
+    for k, part in _seeds(table).groupby(key):
+        e = combine(part)
+        rows.append({key: k, "value": e.value, "ci_low": e.low, "ci_high": e.high})
+    return pd.DataFrame(rows).sort_values(key).reset_index(drop=True)
+
+
+def _mean_over(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Means of value and bounds over the other keys (layers, heads) for each combination of ``by``."""
+    return _seeds(table).groupby(by)[["value", "ci_low", "ci_high"]].mean().reset_index()
+
+
+def _seeds_note(seeds: int) -> str:
+    return "" if seeds > 1 else " (one seed: training variance is not in the intervals)"
+
+
+def uniform_attention_distance(grid_size: int, patch_size: int = 1, num_prefix: int = 1) -> float:
+    """Mean attention distance of uniform attention over all tokens on a ``grid_size`` x ``grid_size`` patch
+    grid (the level of an untrained ViT): the mean over query patches of the mean distance to every patch,
+    times L / (L + num_prefix) because attention on prefix tokens counts as distance 0 (the metric's default).
+    Computed by brute force over all patch pairs."""
+    g = np.arange(grid_size)
+    rows, cols = np.meshgrid(g, g, indexing="ij")
+    centres = np.stack([rows.ravel(), cols.ravel()], 1).astype(float)
+    d = np.sqrt(((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1)) * patch_size
+    L = len(centres)
+    return float(d.mean() * L / (L + num_prefix))
+
+
+EQ7_UNIFORM = 1.0  # Eq. 7 of uniform attention: every image has the same map
+CONTRAST_MARGIN = 0.05  # minimum effect of the Eq. 7 / Eq. 8 contrasts beyond the initial weights' (cosine units)
+
+
+def _away(c: Estimate, control: Estimate) -> bool:
+    return c.low > control.high + CONTRAST_MARGIN or c.high < control.low - CONTRAST_MARGIN
+
+
+def _judge_contrast(c: Estimate, control: Estimate) -> tuple[bool, bool]:
+    """(agrees, contradicts): the contrast lies above max(0, control) or below min(0, control) by the margin."""
+    return (c.low > max(0.0, control.high) + CONTRAST_MARGIN, c.high < min(0.0, control.low) - CONTRAST_MARGIN)
+
+
+def _result(headline: Estimate, verdict: str, detail: str, *, control=float("nan"), unit: str,
+            version: int = RULE_VERSION, amended: bool = AMENDED_AFTER_RESULTS) -> Verdict:
+    return Verdict(headline.value, headline.low, headline.high, verdict, detail + _seeds_note(headline.seeds),
+                   float(control), unit, headline.seeds, version, amended)
+
+
+def _missing(what: str, unit: str, seeds: int = 0, version: int = RULE_VERSION) -> Verdict:
+    return Verdict(np.nan, np.nan, np.nan, INCONCLUSIVE, what, np.nan, unit, seeds, version,
+                   AMENDED_AFTER_RESULTS if version == RULE_VERSION else False)
+
+
+# --------------------------------------------------------------------------- lcmae-collapse (Table 1)
+COLLAPSED_BELOW = 0.05  # v1: spread < 0.05: the outputs of different images agree to cos > 0.95 on average
+SPREAD_ABOVE = 0.20     # v1: spread > 0.20: clearly not a constant point
+
+
+def collapse_rule(spread: pd.DataFrame) -> Verdict:
+    """Version 1, superseded by ``collapse_rule_v2`` (kept so that the report shows it and its result).
+
+    LC-MAE Table 1 / Section 3.3: L_cross alone (c) collapses to a constant point; with L_MAE (e) or L_in
+    (g) it does not. Evidence: one row per ``setting`` in {c, e, g} with the across-image spread of the
+    projected outputs v (``value``, ``ci_low``, ``ci_high``).
+
+    holds: ci_high(c) < 0.05 and ci_low(e) > 0.20 and ci_low(g) > 0.20.
+    fails: ci_low(c) > 0.20 or ci_high(e) < 0.05 or ci_high(g) < 0.05. Headline: the spread of (c).
+    """
+    c, e, g = (combine(_seeds(spread)[spread["setting"] == s]) for s in "ceg")
+    detail = (f"spread of v: (c) {c.text()}, (e) {e.text()}, (g) {g.text()}; collapsed < {COLLAPSED_BELOW}, "
+              f"spread > {SPREAD_ABOVE}")
+    if c.high < COLLAPSED_BELOW and e.low > SPREAD_ABOVE and g.low > SPREAD_ABOVE:
+        verdict = HOLDS
+    elif c.low > SPREAD_ABOVE or e.high < COLLAPSED_BELOW or g.high < COLLAPSED_BELOW:
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+    return _result(c, verdict, detail, unit="spread of v (1 - |mean unit vector|^2)", version=1, amended=False)
+
+
+COLLAPSE_RATIO_BELOW = 0.5   # v2: training shrank the across-image spread to less than half of the initial one
+SPREAD_RATIO_ABOVE = 1.0     # v2: training increased it (more spread than the untrained encoder)
+COLLAPSE_MIN_SEEDS = 3
+V1_RESULTS_SEEN = ("spread of v at step 160, seed 0: (c) 0.000, (e) 0.019, (g) 0.212 (v1 verdict: fails); the "
+                   "same of h: (c) 0.000, (e) 0.761, (g) 0.193; at initial weights: v 0.011, h 0.017")
+
+
+def collapse_rule_v2(ratios: pd.DataFrame) -> Verdict:
+    """Version 2 (amended after results: version 2 was written after version 1's values, ``V1_RESULTS_SEEN``,
+    had been seen). The measure changed because v = p(h(x, m)) may collapse at no cost in setting (e), where
+    only L_cross trains the projector, while the paper's claim (Table 1, fine-tuned encoders) is about the
+    features. The measure was this project's choice.
+
+    LC-MAE Table 1 / Section 3.3: L_cross alone (c) collapses; with L_MAE (e) or L_in (g) it does not.
+
+    Measure: the across-image spread of the encoder's output on unmasked images, 1 - |mean_n z_hat[n, i]|^2
+    at each position i, averaged over positions, separately for the patch tokens and the CLS token, as a
+    ratio to the same seed's initial weights (paired bootstrap over images). Evidence: rows (``setting`` in
+    {c, e, g}, ``feature`` in {patch, cls}, ``seed``, ``value``, ``ci_low``, ``ci_high``).
+
+    Needs at least 3 seeds (else inconclusive). For each feature:
+    holds: ci_high(c) < 0.5 and ci_low(e) > 1 and ci_low(g) > 1 (with the initial weights' ratio 1 as control);
+    fails: ci_low(c) > 1, or ci_high(e) < 0.5, or ci_high(g) < 0.5.
+    The finding holds when both features hold, fails when either fails, else inconclusive.
+    Headline: the patch-token ratio of (c).
+    """
+    unit = "ratio of the encoder's across-image spread, trained / same-seed initial weights"
+    seeds = _n_seeds(ratios)
+    if ratios.empty:
+        return _missing("no evidence", unit)
+    est = {(s, f): combine(_seeds(ratios)[(ratios["setting"] == s) & (ratios["feature"] == f)])
+           for s in "ceg" for f in ("patch", "cls")}
+    verdicts = {}
+    for f in ("patch", "cls"):
+        c, e, g = (est[s, f] for s in "ceg")
+        if c.high < COLLAPSE_RATIO_BELOW and e.low > SPREAD_RATIO_ABOVE and g.low > SPREAD_RATIO_ABOVE:
+            verdicts[f] = HOLDS
+        elif c.low > SPREAD_RATIO_ABOVE or e.high < COLLAPSE_RATIO_BELOW or g.high < COLLAPSE_RATIO_BELOW:
+            verdicts[f] = FAILS
+        else:
+            verdicts[f] = INCONCLUSIVE
+    detail = "; ".join(f"{f} tokens: (c) {est['c', f].text()}, (e) {est['e', f].text()}, (g) {est['g', f].text()} "
+                       f"-> {verdicts[f]}" for f in ("patch", "cls"))
+    detail = (f"spread ratio to initial weights, {detail}; collapsed < {COLLAPSE_RATIO_BELOW}, not collapsed > "
+              f"{SPREAD_RATIO_ABOVE}")
+    if seeds < COLLAPSE_MIN_SEEDS:
+        verdict = INCONCLUSIVE
+        detail = f"version 2 needs at least {COLLAPSE_MIN_SEEDS} seeds, has {seeds}: {detail}"
+    elif all(v == HOLDS for v in verdicts.values()):
+        verdict = HOLDS
+    elif any(v == FAILS for v in verdicts.values()):
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+    return _result(est["c", "patch"], verdict, detail, control=1.0, unit=unit)
+
+
+# --------------------------------------------------------------------------- decoder-positional (Fig. 2)
+def positional_rule(eq7: pd.DataFrame) -> Verdict:
+    """LC-MAE Fig. 2: S_attn (Eq. 7) is highest at decoder layer 1 and the first two layers lie above the rest.
+
+    Evidence: rows (``condition`` in {trained, init}, ``seed``, ``layer`` 0-based, ``value``, ``ci_low``,
+    ``ci_high``), at least 3 layers. Headline: the contrast C = mean(S_1, S_2) - mean(S_3 ...), per seed, then
+    across seeds. Controls: the same seed's initial weights (C_init) and uniform attention (S = 1 at every
+    layer, so C = 0).
+
+    holds: ci_low(C) > max(0, ci_high(C_init)) + 0.05, layer 1 has the largest (seed-mean) value, and the
+    intervals of layers 1 and 2 lie above every later layer's.
+    fails: ci_high(C) < min(0, ci_low(C_init)) - 0.05.
+    inconclusive: otherwise; "no power" when C is not 0.05 away from C_init's interval.
+    """
+    unit = "Eq. 7 contrast, mean(layers 1-2) - mean(later layers) (cosine similarity)"
+    trained, init = (_seeds(eq7)[eq7["condition"] == c] if "condition" in eq7 else None for c in ("trained", "init"))
+    layers = sorted(trained["layer"].unique()) if trained is not None else []
+    if len(layers) < 3:
+        return _missing("needs a decoder of at least 3 layers", unit)
+    if init is None or init.empty:
+        return _missing("no control: the initial weights were not measured", unit, _n_seeds(eq7))
+    c_tr = _per_seed_contrast(trained, layers[:2], layers[2:], "layer")
+    c_init = _per_seed_contrast(init, layers[:2], layers[2:], "layer")
+    profile = _profile(trained, "layer")
+    values, lows, highs = (profile[k].to_numpy(dtype=float) for k in ("value", "ci_low", "ci_high"))
+    detail = (f"S_attn by layer (trained): {', '.join(f'{v:.3f}' for v in values)}; contrast C {c_tr.text()}, "
+              f"initial weights {c_init.text()}, uniform attention 0")
+    agrees, contradicts = _judge_contrast(c_tr, c_init)
+    if agrees and values.argmax() == 0 and min(lows[0], lows[1]) > highs[2:].max():
+        verdict = HOLDS
+    elif contradicts:
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+        if not _away(c_tr, c_init):
+            detail = (f"{NO_POWER}: the trained decoder's contrast is not {CONTRAST_MARGIN} away from its initial "
+                      f"weights'; {detail}")
+    return _result(c_tr, verdict, detail, control=c_init.value, unit=unit)
+
+
+# --------------------------------------------------------------------------- decoder-semantic (Fig. 3)
+SEMANTIC_RHO = 0.7
+
+
+def semantic_rule(eq8: pd.DataFrame | None) -> Verdict:
+    """LC-MAE Fig. 3: S_sim (Eq. 8, similarity to DINO) is low in shallow decoder layers and rises with depth.
+
+    Evidence: rows (``condition`` in {trained, init}, ``seed``, ``layer``, ``value``, ``ci_low``, ``ci_high``,
+    ``reference``); None without a reference model (inconclusive). Headline: D = S_sim(last) - S_sim(first),
+    per seed, then across seeds. Control: the same seed's initial weights (D_init).
+
+    holds: Spearman(layer, seed-mean S_sim) >= 0.7 and ci_low(D) > max(0, ci_high(D_init)) + 0.05.
+    fails: ci_high(D) < min(0, ci_low(D_init)) - 0.05.
+    inconclusive: otherwise; "no power" when D is not 0.05 away from D_init's interval.
+    """
+    unit = "Eq. 8 difference, last decoder layer - first (S_sim)"
+    if eq8 is None or eq8.empty:
+        return _missing("no reference model given (--ref DINO checkpoint): Eq. 8 needs one", unit)
+    trained, init = _conditions(eq8)
+    layers = sorted(trained["layer"].unique())
+    if len(layers) < 2:
+        return _missing("needs a decoder of at least 2 layers", unit)
+    if init.empty:
+        return _missing("no control: the initial weights were not measured", unit, _n_seeds(eq8))
+    d_tr = _per_seed_contrast(trained, [layers[-1]], [layers[0]], "layer")
+    d_init = _per_seed_contrast(init, [layers[-1]], [layers[0]], "layer")
+    profile = _profile(trained, "layer")
+    rho = _spearman(profile["layer"], profile["value"])
+    reference = eq8["reference"].iloc[0] if "reference" in eq8 else "the reference"
+    detail = (f"S_sim by layer vs {reference} (trained): {', '.join(f'{v:.3f}' for v in profile['value'])}; "
+              f"Spearman with depth {rho:.2f}; last - first {d_tr.text()}, initial weights {d_init.text()}")
+    agrees, contradicts = _judge_contrast(d_tr, d_init)
+    if rho >= SEMANTIC_RHO and agrees:
+        verdict = HOLDS
+    elif contradicts:
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+        if not _away(d_tr, d_init):
+            detail = (f"{NO_POWER}: the trained decoder's difference is not {CONTRAST_MARGIN} away from its initial "
+                      f"weights'; {detail}")
+    return _result(d_tr, verdict, detail, control=d_init.value, unit=unit)
+
+
+# --------------------------------------------------------------------------- attention-distance power check
+DISTANCE_MARGIN = 0.10  # minimum effect: 10% of the uniform-attention level (3.3 px on the tiny 8 x 8 grid)
+
+
+def _distance_power(trained: list[Estimate], init: Estimate, uniform: float) -> bool:
+    """Positive control of the distance findings: some trained model's distance interval lies at least
+    ``DISTANCE_MARGIN`` x uniform away from the uniform-attention level and from the initial weights' interval
+    (statistical separation alone would let a 0.01 px difference count)."""
+    margin = DISTANCE_MARGIN * uniform
+    return any((e.low > uniform + margin or e.high < uniform - margin)
+               and (e.low > init.high + margin or e.high < init.low - margin) for e in trained)
+
+
+def _no_power_distance(init: Estimate, uniform: float, unit: str) -> str:
+    return (f"{NO_POWER}: no trained encoder's attention distance lies {DISTANCE_MARGIN:.0%} of the uniform level "
+            f"away from its initial weights' ({init.text(4)} {unit}) and from uniform attention ({uniform:.4g} {unit})")
+
+
+# --------------------------------------------------------------------------- mask-ratio-distance (Fig. 6)
+def mask_ratio_rule(distance: pd.DataFrame, uniform: float, units: str = "px") -> Verdict:
+    """LC-MAE Fig. 6: attention distance grows with the pretraining mask ratio, more in deeper layers.
+
+    Evidence: rows (``condition`` in {trained, init}, ``mask_ratio`` (trained rows), ``seed``, ``layer``,
+    ``value``, ``ci_low``, ``ci_high``: the mean over heads). D(r) = the mean over layers; shallow / deep = the
+    first / second half of the layers. Headline: D(max r) - D(min r), per seed, then across seeds. Controls:
+    the same seed's initial weights (one model for every ratio) and ``uniform`` (uniform attention).
+
+    power: some ratio's D interval lies 10% of ``uniform`` (``DISTANCE_MARGIN``) away from the
+    initial weights' interval and from ``uniform``.
+    holds: power, Spearman(r, seed-mean D(r)) >= 0.9, ci_low(headline) > 0, and the increase from the smallest
+    to the largest ratio is larger in the deep half than in the shallow half (seed means).
+    fails: power and ci_high(headline) < 0.
+    inconclusive: otherwise.
+    """
+    unit = f"attention distance ({units}), D(largest mask ratio) - D(smallest)"
+    trained, init = _conditions(distance)
+    if trained.empty or init.empty:
+        return _missing("no control: the initial weights were not measured", unit)
+    ratios = sorted(trained["mask_ratio"].unique())
+    per_seed = _mean_over(trained, ["mask_ratio", "seed"])
+    by_ratio = {r: combine(per_seed[per_seed["mask_ratio"] == r]) for r in ratios}
+    d_init = combine(_mean_over(init, ["seed"]))
+    headline = _per_seed_contrast(per_seed, [ratios[-1]], [ratios[0]], "mask_ratio")
+    rho = _spearman(ratios, [by_ratio[r].value for r in ratios])
+    layers = sorted(trained["layer"].unique())
+    shallow, deep = layers[: len(layers) // 2], layers[len(layers) // 2:]
+
+    def increase(part):
+        rows = trained[trained["layer"].isin(part)].groupby("mask_ratio")["value"].mean().sort_index()
+        return float(rows.iloc[-1] - rows.iloc[0])
+
+    inc_shallow, inc_deep = increase(shallow), increase(deep)
+    power = _distance_power(list(by_ratio.values()), d_init, uniform)
+    detail = (f"mean distance by mask ratio ({units}): {', '.join(f'{r:g}: {by_ratio[r].text(4)}' for r in ratios)}; "
+              f"initial weights {d_init.text(4)}, uniform attention {uniform:.4g}; Spearman {rho:.2f}; increase "
+              f"{ratios[0]:g}->{ratios[-1]:g}: shallow layers {inc_shallow:+.2f}, deep layers {inc_deep:+.2f}")
+    if power and rho >= 0.9 and headline.low > 0 and inc_deep > inc_shallow:
+        verdict = HOLDS
+    elif power and headline.high < 0:
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+        if not power:
+            detail = f"{_no_power_distance(d_init, uniform, units)}; {detail}"
+    return _result(headline, verdict, detail, control=d_init.value, unit=unit)
+
+
+# --------------------------------------------------------------------------- ae-block-distance (Fig. A.1)
+AE_RHO = 0.8
+
+
+def ae_distance_rule(distance: pd.DataFrame, uniform: float, units: str = "px") -> Verdict:
+    """LC-MAE Fig. A.1: the attention distance of AE(k) grows with the block size k; AE(patch size) is the
+    smallest.
+
+    Evidence: rows (``condition`` in {trained, init}, ``k`` (trained rows; the smallest = the patch size),
+    ``seed``, ``value``, ``ci_low``, ``ci_high``: the mean distance over layers and heads), at least 3 sizes.
+    Headline: D(largest k) - D(patch), per seed, then across seeds. Controls: the same seed's initial weights
+    of AE(patch) and ``uniform``.
+
+    power: some AE's interval lies 10% of ``uniform`` (``DISTANCE_MARGIN``) away from the
+    initial weights' interval and from ``uniform``.
+    holds: power, AE(patch) has the smallest value with ci_high below every other size's ci_low, and
+    Spearman(k, seed-mean D) >= 0.8.
+    fails: power and some larger k has ci_high below AE(patch)'s ci_low.
+    inconclusive: otherwise.
+    """
+    unit = f"attention distance ({units}), D(AE largest k) - D(AE(patch))"
+    trained, init = _conditions(distance)
+    if trained.empty or init.empty:
+        return _missing("no control: the initial weights were not measured", unit)
+    ks = sorted(trained["k"].unique())
+    if len(ks) < 3:
+        return _missing("needs at least 3 block sizes", unit)
+    per_seed = _mean_over(trained, ["k", "seed"])
+    by_k = {k: combine(per_seed[per_seed["k"] == k]) for k in ks}
+    d_init = combine(_mean_over(init, ["seed"]))
+    headline = _per_seed_contrast(per_seed, [ks[-1]], [ks[0]], "k")
+    rho = _spearman(ks, [by_k[k].value for k in ks])
+    patch, others = by_k[ks[0]], [by_k[k] for k in ks[1:]]
+    power = _distance_power(list(by_k.values()), d_init, uniform)
+    detail = (f"mean distance by k ({units}): {', '.join(f'AE({int(k)}): {by_k[k].text(4)}' for k in ks)}; initial "
+              f"weights {d_init.text(4)}, uniform attention {uniform:.4g}; Spearman {rho:.2f}")
+    smallest = min(by_k.values(), key=lambda e: e.value) is patch
+    if power and smallest and patch.high < min(e.low for e in others) and rho >= AE_RHO:
+        verdict = HOLDS
+    elif power and any(e.high < patch.low for e in others):
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+        if not power:
+            detail = f"{_no_power_distance(d_init, uniform, units)}; {detail}"
+    return _result(headline, verdict, detail, control=d_init.value, unit=unit)
+
+
+# --------------------------------------------------------------------------- mae-local-attention (Fig. 5)
+def local_attention_rule(distance: pd.DataFrame, uniform: float, units: str = "px") -> Verdict:
+    """LC-MAE Fig. 5 / Section 4.1: MAE's attention distance is significantly smaller than DINO's and DeiT's.
+    Version 1, written before any run of it.
+
+    Evidence: rows (``model`` in {mae, dino, deit, init}, ``seed``, ``value``, ``ci_low``, ``ci_high``: the
+    mean distance over layers and heads; ``init`` = randomly initialised weights of MAE's architecture).
+    Headline: D(MAE) - min(D(DINO), D(DeiT)). Controls: ``init`` and ``uniform``.
+
+    power: MAE's interval lies 10% of ``uniform`` away from the initial weights' and from ``uniform``.
+    holds: power and ci_high(MAE) < ci_low(DINO) and ci_high(MAE) < ci_low(DeiT).
+    fails: power and ci_low(MAE) > ci_high(DINO) or ci_low(MAE) > ci_high(DeiT).
+    inconclusive: otherwise.
+    """
+    unit = f"attention distance ({units}), D(MAE) - min(D(DINO), D(DeiT))"
+    est = {}
+    for model in ("mae", "dino", "deit", "init"):
+        part = _mean_over(_seeds(distance)[distance["model"] == model], ["seed"])
+        if part.empty:
+            return _missing(f"no evidence for {model}", unit, version=1)
+        est[model] = combine(part)
+    mae, dino, deit, init = (est[m] for m in ("mae", "dino", "deit", "init"))
+    nearest = min(dino, deit, key=lambda e: e.value)
+    headline = Estimate(mae.value - nearest.value, mae.low - nearest.high, mae.high - nearest.low, mae.seeds)
+    power = _distance_power([mae], init, uniform)
+    detail = (f"mean distance ({units}): MAE {mae.text(4)}, DINO {dino.text(4)}, DeiT {deit.text(4)}; random "
+              f"initial weights {init.text(4)}, uniform attention {uniform:.4g}")
+    if power and mae.high < dino.low and mae.high < deit.low:
+        verdict = HOLDS
+    elif power and (mae.low > dino.high or mae.low > deit.high):
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+        if not power:
+            detail = (f"{NO_POWER}: MAE's attention distance is not {DISTANCE_MARGIN:.0%} of the uniform level away "
+                      f"from random initial weights' and from uniform attention; {detail}")
+    return _result(headline, verdict, detail, control=init.value, unit=unit, version=1, amended=False)
+
+
+# --------------------------------------------------------------------------- accuracies
+def wilson_interval(correct: float, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion, in percent."""
+    if total <= 0:
+        return float("nan"), float("nan")
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return 100 * (centre - half), 100 * (centre + half)
+
+
+def accuracy_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (top1 in percent, n_val) with Wilson ``ci_low`` / ``ci_high`` columns added."""
+    table = table.copy()
+    bounds = [wilson_interval(t / 100 * n, int(n)) for t, n in zip(table["top1"], table["n_val"])]
+    table["ci_low"], table["ci_high"] = zip(*bounds) if bounds else ([], [])
+    return table
+
+
+def accuracy_estimates(accuracy: pd.DataFrame) -> dict[str, Estimate]:
+    """Per model: top-1 (percent) combined over seeds from per-seed Wilson intervals."""
+    table = _seeds(accuracy_intervals(accuracy)).rename(columns={"top1": "value"})
+    out = {}
+    for m, part in table.groupby("model", sort=False):
+        e = combine(part)
+        out[m] = Estimate(e.value, max(e.low, 0.0), min(e.high, 100.0), e.seeds)  # a proportion's bounds
+    return out
+
+
+LEARNED_MARGIN = 10.0  # v1 only: percentage points above chance
+
+
+def _probe_power(model: Estimate, est: dict[str, Estimate], name: str) -> tuple[bool, str]:
+    """Positive control of the probe findings: the model's probe accuracy lies above the raw-pixel and the
+    random-encoder baselines with separated intervals."""
+    controls = {k: est[k] for k in ("pixels", "random") if k in est}
+    if len(controls) < 2:
+        return False, f"{NO_POWER}: the raw-pixel and random-encoder baselines were not measured"
+    beaten = all(model.low > c.high for c in controls.values())
+    text = (f"{NO_POWER}: {name}'s probe accuracy {model.text()} is not above both raw pixels "
+            f"{controls['pixels'].text()} and a random encoder {controls['random'].text()}")
+    return beaten, "" if beaten else text
+
+
+def linear_probe_rule(accuracy: pd.DataFrame) -> Verdict:
+    """LC-MAE Table 3: the linear-probe accuracy of every AE(k) is far below MAE's (5.6% vs 55.4%: a tenth).
+    "Far below" is taken as at most half of MAE's accuracy.
+
+    Evidence: rows (``model`` in {mae, ae<k>, pixels, random}, ``seed``, ``top1`` (percent), ``n_val``,
+    ``chance``); ``pixels``: a probe on the raw pixels; ``random``: the same seed's initial weights of MAE.
+    Per-seed Wilson intervals, combined across seeds. Headline: best AE top-1 / MAE top-1.
+
+    power: MAE's interval lies above the raw-pixel and the random-encoder intervals.
+    holds: power, every AE's top-1 <= 0.5 x MAE's, and ci_high(best AE) < ci_low(MAE).
+    fails: power and ci_low(best AE) > 0.5 x ci_high(MAE) (the best AE is clearly not far below MAE).
+    inconclusive: otherwise.
+    """
+    unit = "ratio of linear-probe top-1, best AE / MAE"
+    est = accuracy_estimates(accuracy)
+    mae = est["mae"]
+    aes = {m: e for m, e in est.items() if m.startswith("ae")}
+    best_name = max(aes, key=lambda m: aes[m].value)
+    best = aes[best_name]
+    power, why = _probe_power(mae, est, "MAE")
+    ratio = Estimate(best.value / mae.value if mae.value > 0 else np.nan,
+                     best.low / mae.high if mae.high > 0 else np.nan,
+                     best.high / mae.low if mae.low > 0 else np.nan, mae.seeds)
+    chance = float(accuracy["chance"].iloc[0])
+    detail = (f"top-1 (%): MAE {mae.text()}, " + ", ".join(f"{m} {e.text()}" for m, e in aes.items())
+              + f"; raw pixels {est['pixels'].text() if 'pixels' in est else '-'}, random encoder "
+              f"{est['random'].text() if 'random' in est else '-'}; chance {chance:.1f}")
+    if power and all(e.value <= 0.5 * mae.value for e in aes.values()) and best.high < mae.low:
+        verdict = HOLDS
+    elif power and best.low > 0.5 * mae.high:
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+        if not power:
+            detail = f"{why}; {detail}"
+    control = max((est[k].value for k in ("pixels", "random") if k in est), default=np.nan)
+    return _result(ratio, verdict, detail, control=control, unit=unit)
+
+
+CLOSE_WITHIN = 5.0   # percentage points: "comes close"
+FAR_BEYOND = 15.0    # percentage points below the transformer, beyond the intervals: clearly not close
+
+
+def local_decoders_rule(accuracy: pd.DataFrame) -> Verdict:
+    """LC-MAE Table 2: a Gaussian weighted-average decoder and a single conv decoder come close to the
+    transformer decoder (82.5% and 82.9% vs 82.9% fine-tuning).
+
+    Evidence: rows (``model`` in {transformer, gaussian, conv, pixels, random}, ``seed``, ``top1``, ``n_val``,
+    ``chance``). Per-seed Wilson intervals, combined across seeds. Headline: transformer - worst local decoder
+    (percentage points).
+
+    power: the transformer's interval lies above the raw-pixel and the random-encoder intervals.
+    holds: power and both local decoders' top-1 >= the transformer's - 5 points.
+    fails: power and a local decoder's ci_high < the transformer's ci_low - 15 points.
+    inconclusive: otherwise.
+    """
+    unit = "linear-probe top-1 gap, transformer - worst local decoder (percentage points)"
+    est = accuracy_estimates(accuracy)
+    ref = est["transformer"]
+    local = {m: est[m] for m in ("gaussian", "conv")}
+    worst = min(local.values(), key=lambda e: e.value)
+    gap = Estimate(ref.value - worst.value, ref.low - worst.high, ref.high - worst.low, ref.seeds)
+    power, why = _probe_power(ref, est, "the transformer decoder's MAE")
+    detail = (f"top-1 (%): transformer {ref.text()}, gaussian {local['gaussian'].text()}, conv {local['conv'].text()}; "
+              f"raw pixels {est['pixels'].text() if 'pixels' in est else '-'}, random encoder "
+              f"{est['random'].text() if 'random' in est else '-'}")
+    if power and all(e.value >= ref.value - CLOSE_WITHIN for e in local.values()):
+        verdict = HOLDS
+    elif power and any(e.high < ref.low - FAR_BEYOND for e in local.values()):
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+        if not power:
+            detail = f"{why}; {detail}"
+    control = max((est[k].value for k in ("pixels", "random") if k in est), default=np.nan)
+    return _result(gap, verdict, detail, control=control, unit=unit)
+
+
+# --------------------------------------------------------------------------- umae-rank (U-MAE)
+def umae_rank_rule(ranks: pd.DataFrame) -> Verdict:
+    """U-MAE (How Mask Matters, Section 5): the uniformity term reduces dimensional collapse, i.e. U-MAE's
+    features have a higher effective rank than MAE's.
+
+    Evidence: rows (``model`` in {umae, mae, init}, ``seed``, ``value``, ``ci_low``, ``ci_high``: the effective
+    rank of the encoder's CLS feature; ``init`` = the same seed's initial weights, shared by both recipes).
+    Headline: effective rank U-MAE - MAE, per seed, then across seeds.
+
+    power: U-MAE's or MAE's interval is separated from the initial weights'.
+    holds: power and ci_low(U-MAE) > ci_high(MAE).
+    fails: power and ci_high(U-MAE) < ci_low(MAE).
+    inconclusive: otherwise.
+    """
+    unit = "effective rank of the CLS feature, U-MAE - MAE"
+    table = _seeds(ranks)
+    est = {m: combine(table[table["model"] == m]) for m in ("umae", "mae", "init") if (table["model"] == m).any()}
+    if not {"umae", "mae"} <= set(est):
+        return _missing("needs U-MAE and MAE", unit)
+    if "init" not in est:
+        return _missing("no control: the initial weights were not measured", unit)
+    umae, mae, init = est["umae"], est["mae"], est["init"]
+    paired = table[table["model"].isin(["umae", "mae"])].assign(
+        side=lambda t: np.where(t["model"] == "umae", "a", "b"))
+    headline = _per_seed_contrast(paired, ["a"], ["b"], "side")
+    power = umae.disjoint(init) or mae.disjoint(init)
+    detail = f"effective rank of the CLS feature: U-MAE {umae.text()}, MAE {mae.text()}, initial weights {init.text()}"
+    if power and umae.low > mae.high:
+        verdict = HOLDS
+    elif power and umae.high < mae.low:
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+        if not power:
+            detail = f"{NO_POWER}: neither U-MAE's nor MAE's rank is separated from the initial weights'; {detail}"
+    return _result(headline, verdict, detail, control=init.value, unit=unit)
