@@ -81,6 +81,18 @@ class Module(str, Enum):
     decoder = "decoder"
 
 
+def _images_text(table) -> str:
+    """'N images' and, when the intervals rest on fewer independent units, how many ('12 images, 4 independent
+    units')."""
+    n = int(table["n_images"].iloc[0])
+    import pandas as pd
+
+    units = table["n_units"].iloc[0] if "n_units" in table else None
+    if units is None or pd.isna(units) or int(units) == n:
+        return f"{n} images"
+    return f"{n} images, {int(units)} independent units"
+
+
 class ResampleBy(str, Enum):
     image = "image"
     folder = "folder"
@@ -299,7 +311,7 @@ def attn_distance(
         ci = table.groupby("layer")[["ci_low", "ci_high"]].mean().reset_index()
         summary = summary.merge(ci, on="layer")
     _echo(f"{model.checkpoint.name}: mean attention distance ({units.value}) of the {module.value}, "
-               f"{int(table['n_images'].iloc[0])} images, mask ratio {mask_ratio:g}")
+               f"{_images_text(table)}, mask ratio {mask_ratio:g}")
     _echo(summary.drop(columns=["metric", "module"]).rename(
         columns={"mean": "mean(heads)", "min": "min head", "max": "max head",
                  "ci_low": "mean ci_low", "ci_high": "mean ci_high"}).to_string(index=False, float_format="%.2f"))
@@ -367,7 +379,7 @@ def attn_entropy(
                               batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
                               num_workers=num_workers, block_queries=block_queries)
     _echo(f"{model.checkpoint.name}: mean attention entropy (nats) of the {module.value}, "
-          f"{int(table['n_images'].iloc[0])} images, mask ratio {mask_ratio:g}; uniform attention: "
+          f"{_images_text(table)}, mask ratio {mask_ratio:g}; uniform attention: "
           f"{table['uniform_level'].iloc[0]:.3f}")
     _echo(layer_summary(table).drop(columns=["metric", "module"]).rename(
         columns={"mean": "mean(heads)", "min": "min head", "max": "max head"}).to_string(index=False,
@@ -400,8 +412,8 @@ def decoder_attn_sim(
                                          include_cls_key=cls_key, mask_ratio=mask_ratio, seed=seed, bootstrap=bootstrap, resample_by=resample_by.value,
                                          batch_size=batch_size, device=device, dtype=dtype.value, progress=True,
                                          num_workers=num_workers, block_queries=block_queries)
-    _print_per_layer(table, f"{model.checkpoint.name}: S_attn per decoder layer ({int(table['n_images'].iloc[0])} "
-                            f"images, mask ratio {mask_ratio:g}, seed {seed}, "
+    _print_per_layer(table, f"{model.checkpoint.name}: S_attn per decoder layer ({_images_text(table)}, "
+                            f"mask ratio {mask_ratio:g}, seed {seed}, "
                             f"{'CLS key included' if cls_key else 'patch keys only'})")
     if per_head:
         heads = table[table["head"].notna()][["layer", "head", "value", "ci_low", "ci_high"]]
@@ -491,7 +503,7 @@ def spectrum(
                              bootstrap=bootstrap, resample_by=resample_by.value, batch_size=batch_size, device=device, dtype=dtype.value,
                              progress=True, num_workers=num_workers)
     ranks = table[table["metric"] == "effective_rank"]
-    _echo(f"{model.checkpoint.name}: effective rank of encoder features ({int(ranks['n_images'].iloc[0])} images)")
+    _echo(f"{model.checkpoint.name}: effective rank of encoder features ({_images_text(ranks)})")
     _echo(ranks[["layer", "feature", "value", "ci_low", "ci_high"]].to_string(index=False, float_format="%.2f"))
     _write(table, out)
 

@@ -114,7 +114,8 @@ def finding_figure(finding_id: str, measured, labels: dict, folder: Path) -> lis
                     fmt="o-", ms=4, capsize=3, color=colors[0], label="AE(k), trained")
         init = rules.combine(evidence[evidence["condition"] == "init"].groupby("seed")[["value", "ci_low", "ci_high"]]
                              .mean().reset_index())
-        ax.axhspan(init.low, init.high, color="0.6", alpha=0.3, label=f"initial weights of AE(patch) ({init.value:.1f} px)")
+        ax.axhspan(init.low, init.high, color="0.6", alpha=0.3,
+                   label=f"each run's same-seed initial weights ({init.value:.1f} px)")
         _uniform(ax, spec["uniform"])
         ax.set_xticks(rows["k"], [f"AE({int(k)})" for k in rows["k"]])
         ax.set_xlabel("predicted block side k (px)")
@@ -137,13 +138,21 @@ def finding_figure(finding_id: str, measured, labels: dict, folder: Path) -> lis
             ylabel, chance = "effective rank of the CLS feature (dimensions)", None
         names = {"pixels": "raw pixels", "random": "random encoder", "init": "initial weights", "umae": "U-MAE",
                  "mae": "MAE", "transformer": "transformer", "gaussian": "Gaussian", "conv": "conv"}
-        order = [m for m in est if m not in ("pixels", "random", "init")] + [m for m in ("pixels", "random", "init")
-                                                                               if m in est]
+
+        def name(m: str) -> str:
+            if m.startswith("init:"):  # a run's own same-seed initial weights
+                return "init. " + name(m.removeprefix("init:"))
+            return names.get(m, f"AE({m[2:]})")
+
+        controls = ("pixels", "random", "init")
+        is_control = [m in controls or m.startswith("init:") for m in est]
+        order = [m for m, c in zip(est, is_control) if not c] + [m for m, c in zip(est, is_control) if c]
         values = np.array([est[m].value for m in order])
         errors = np.vstack([values - [est[m].low for m in order], [est[m].high for m in order] - values])
-        bar_colors = ["0.65" if m in ("pixels", "random", "init") else colors[i % 7] for i, m in enumerate(order)]
+        bar_colors = ["0.65" if m in controls or m.startswith("init:") else colors[i % 7] for i, m in enumerate(order)]
         ax.bar(range(len(order)), values, yerr=np.clip(errors, 0, None), color=bar_colors, capsize=3, width=0.6)
-        ax.set_xticks(range(len(order)), [names.get(m, f"AE({m[2:]})") for m in order], fontsize=6)
+        ax.set_xticks(range(len(order)), [name(m) for m in order], fontsize=6, rotation=30 if len(order) > 7 else 0,
+                      ha="right" if len(order) > 7 else "center")
         if chance is not None:
             ax.axhline(chance, color="0.3", lw=0.8, ls=":", label=f"chance ({chance:.0f}%)")
         ax.plot([], [], "s", color="0.65", label="controls (grey)")

@@ -294,7 +294,10 @@ def pixel_probe(evalset) -> dict:
 
 
 def _mean_over_heads(table: pd.DataFrame) -> pd.DataFrame:
-    return table.groupby("layer")[["value", "ci_low", "ci_high"]].mean().reset_index()
+    out = table.groupby("layer")[["value", "ci_low", "ci_high"]].mean().reset_index()
+    if "n_units" in table:  # the independent units the intervals rest on (the same for every row)
+        out["n_units"] = table["n_units"].iloc[0]
+    return out
 
 
 def random_like(model, seed: int = 0):
@@ -452,7 +455,8 @@ def measure(finding_id: str, runs: dict[str, list[Path]], images: torch.Tensor, 
                     label = {"k": model.config.pred_size or model.config.patch_size}
                 for condition, probed in (("trained", model), ("init", initial_weights(folder).model)):
                     table = maeprobe.attention_distance(probed, images, **common)
-                    rows += _rows(_mean_over_heads(table), condition=condition, seed=seed, **label)
+                    rows += _rows(_mean_over_heads(table), extra=("n_units",), condition=condition, seed=seed,
+                                  **label)
         evidence = pd.DataFrame(rows)
         if finding_id == "mask-ratio-distance":
             return Measured(evidence, rules.mask_ratio_rule(evidence, uniform), {"kind": "distance", "uniform": uniform},

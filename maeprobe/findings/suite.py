@@ -47,8 +47,9 @@ FINDINGS: dict[str, Finding] = {f.id: f for f in (
             "feature; headline: U-MAE minus MAE, dimensions"),
     Finding("local-decoders", "Gaussian weighted-average and conv decoders come close to the transformer decoder",
             "LC-MAE Table 2, Section 4.1", ("mae", "mae-gaussian", "mae-conv"),
-            "linear-probe top-1 (%) on the labelled set for the three decoders; headline: transformer minus the "
-            "worst local decoder, percentage points"),
+            "linear-probe top-1 (%) of the frozen encoder on the labelled set for the three decoders (the paper "
+            "fine-tunes on ImageNet: a different protocol); headline: transformer minus the worst local decoder, "
+            "percentage points"),
     Finding("mae-local-attention", "MAE's attention distance is significantly smaller than DINO's and DeiT's",
             "LC-MAE Fig. 5, Section 4.1", (),
             "mean attention distance in pixels (over layers and heads, unmasked probe) of the released MAE, DINO "
