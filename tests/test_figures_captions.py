@@ -17,28 +17,7 @@ from matplotlib.collections import PolyCollection  # noqa: E402
 from maeprobe.plots import figures as figmod  # noqa: E402
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    """The figure objects as they are saved (the drawing code closes them after saving)."""
-    seen = []
-
-    def keep(fig, paths, dpi):
-        fig.canvas.draw()
-        seen.append(fig)
-        return paths
-
-    monkeypatch.setattr(figmod, "save_figure", keep)
-    return seen
-
-
-def _inside(fig, artist) -> bool:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)  # closing the figure detached its canvas
-    canvas.draw()
-    box = artist.get_window_extent(canvas.get_renderer())
-    W, H = fig.bbox.width, fig.bbox.height
-    return box.x0 >= -1 and box.y0 >= -1 and box.x1 <= W + 1 and box.y1 <= H + 1
+from test_figures_read import _inside, captured  # noqa: E402,F401  (the figure objects as saved)
 
 
 def _caption(fig) -> str:
