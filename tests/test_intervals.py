@@ -222,3 +222,23 @@ def test_metrics_sit_mid_band_on_exchangeable_images(tiny_mae):
     for metric, rows in table.groupby("metric"):
         position = _band_position(rows["value"], rows["ci_low"], rows["ci_high"]).mean()
         assert 0.3 < position < 0.7, (metric, position)
+
+
+def test_the_python_api_computes_intervals_by_default(tiny_mae, images32):
+    """As the CLI: 200 replicates unless bootstrap=0 (before, the API's default 0 gave NaN bands that figures
+    titled '95% CI')."""
+    table = maeprobe.attention_distance(tiny_mae, images32, device="cpu")
+    assert np.isfinite(table["ci_low"]).all() and (table["ci_low"] <= table["value"]).all()
+    assert np.isnan(maeprobe.attention_distance(tiny_mae, images32, device="cpu", bootstrap=0)["ci_low"]).all()
+
+
+def test_the_findings_probe_set_resamples_its_source_photos():
+    """The findings' probe set: crop i is cut from photo i mod the number of photos, and its unit is that photo
+    (the stereo pair is one photo), so 128 crops rest on the photos, not on 128 independent images."""
+    from maeprobe.data import builtin_images, builtin_source
+    from maeprobe.findings.toydata import probe_units
+
+    photos = [builtin_source(name) for name, _ in builtin_images()]
+    units = probe_units(128)
+    assert units[: len(photos)] == photos and units[len(photos)] == photos[0]
+    assert len(set(units)) == len(set(photos)) < len(photos) <= 13
