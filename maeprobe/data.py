@@ -238,6 +238,13 @@ def resample_units(items: Sequence[ImageItem], resample_by="image") -> torch.Ten
             (the built-in stereo pair); ``'folder'``: all images of one folder form a unit (e.g. one folder
             per scene, patient or video); or a sequence of one label per image naming the grouping.
     """
+    if resample_by is None:
+        resample_by = "image"
+    if isinstance(resample_by, torch.Tensor):
+        resample_by = resample_by.tolist()
+    if not isinstance(resample_by, (str, Sequence, np.ndarray)):
+        raise MaeprobeError(f"resample_by must be one of {', '.join(RESAMPLE_BY)} or one label per image, got "
+                            f"{type(resample_by).__name__}")
     if isinstance(resample_by, str):
         if resample_by not in RESAMPLE_BY:
             raise MaeprobeError(f"--resample-by must be one of {', '.join(RESAMPLE_BY)} (or, in Python, one "
@@ -260,7 +267,7 @@ def unit_indices(labels: Sequence) -> torch.Tensor:
     numbers: dict = {}
     out = []
     for label in labels:
-        if not isinstance(label, (str, int, np.integer)):
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (str, int, np.integer)):
             raise MaeprobeError(f"a unit label must be a string or an integer, got {type(label).__name__}")
         key = label.item() if isinstance(label, np.integer) else label
         out.append(numbers.setdefault(key, len(numbers)))

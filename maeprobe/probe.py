@@ -61,10 +61,7 @@ def _batches(model, images, batch_size: int, num_workers: int | None, device="cp
     if isinstance(images, torch.Tensor):
         if images.ndim != 4:
             raise MaeprobeError(f"an image tensor must be [N, 3, H, W], got shape {tuple(images.shape)}")
-        if isinstance(resample_by, str) and resample_by != "image":
-            raise MaeprobeError(f"resample_by={resample_by!r} needs image files; for a tensor of images give one "
-                                "unit label per image")
-        units = resample_units([ImageItem(f"image{i}") for i in range(images.shape[0])], resample_by)
+        units = _units_in_memory(images.shape[0], resample_by)
         indices = torch.arange(images.shape[0])[rank::world]
 
         def tensor_batches():
@@ -80,6 +77,7 @@ def _batches(model, images, batch_size: int, num_workers: int | None, device="cp
     if isinstance(images, ImageDataset):
         dataset = images
     elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+        _units_in_memory(len(images), resample_by)  # 'folder' needs files
         items = [ImageItem(f"image{i}", image=img) for i, img in enumerate(images)]
         dataset = ImageDataset(items, make_transform(size, mean, std))
     else:
@@ -94,6 +92,17 @@ def _batches(model, images, batch_size: int, num_workers: int | None, device="cp
                         collate_fn=collate_skip_none, pin_memory=torch.device(device).type == "cuda",
                         prefetch_factor=4 if num_workers else None)
     return (b for b in loader if b is not None), len(shard), units
+
+
+def _units_in_memory(count: int, resample_by) -> torch.Tensor:
+    """Units of ``count`` images held in memory (a tensor or PIL images): each its own, or one label each;
+    'folder' needs image files."""
+    items = [ImageItem(f"image{i}") for i in range(count)]
+    units = resample_units(items, resample_by)  # validates the value first
+    if isinstance(resample_by, str) and resample_by != "image":
+        raise MaeprobeError(f"resample_by={resample_by!r} needs image files; for images in memory give one unit "
+                            "label per image")
+    return units
 
 
 def _check_attention_size(model, request) -> None:

@@ -80,12 +80,13 @@ def test_lcmae_collapse_at_tiny_scale_writes_the_report_and_is_reused(tiny_colla
 def test_a_replaced_checkpoint_is_measured_again(tiny_collapse):
     """Stored verdicts are keyed on the checkpoints' content: a run folder whose weights were replaced (same path,
     same config) gives a new measurement, never the old verdict marked '(reused)'."""
-    from safetensors.torch import load_file, save_file
+    from maeprobe.checkpoints import read_pickle
 
     out, table, _ = tiny_collapse
     folder = next((out / "runs" / "tiny").glob("lcmae-c-*-seed0"))
-    weights = load_file(folder / "model.safetensors")
-    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}, folder / "model.safetensors")
+    state = read_pickle(folder / "checkpoint-last.pth")  # the file the measurement loads
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, folder / "checkpoint-last.pth")
     lines = []
     reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=30, seeds=3, probe_images=32, echo=lines.append)
     finding = [line for line in lines if "[finding" in line]

@@ -242,3 +242,22 @@ def test_the_findings_probe_set_resamples_its_source_photos():
     units = probe_units(128)
     assert units[: len(photos)] == photos and units[len(photos)] == photos[0]
     assert len(set(units)) == len(set(photos)) < len(photos) <= 13
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(resample_by=7), "one label per image"),
+    (dict(resample_by=[True, 1, 0, 0, 2, 2]), "string or an integer"),  # True would merge with 1
+    (dict(resample_by="Folder"), "must be one of image, folder"),
+    (dict(resample_by="folder"), "needs image files"),
+    (dict(resample_by=[0, 1]), "one label per image"),
+    (dict(bootstrap=-1), "--bootstrap"),
+    (dict(bootstrap=1.5), "--bootstrap"),
+])
+def test_bad_grouping_or_replicates_are_one_line_errors(tiny_mae, images32, kwargs, message):
+    with pytest.raises(maeprobe.MaeprobeError, match=message):
+        maeprobe.attention_distance(tiny_mae, images32, device="cpu", **kwargs)
+
+
+def test_a_tensor_of_labels_names_the_units(tiny_mae, images32):
+    table = maeprobe.attention_distance(tiny_mae, images32, device="cpu", resample_by=torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert (table["n_units"] == 3).all()

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 from scipy.stats import t as student_t
 
 HOLDS, FAILS, INCONCLUSIVE, SUPERSEDED = "holds", "fails", "inconclusive", "superseded"
@@ -130,13 +129,6 @@ def _n_seeds(table: pd.DataFrame, condition: str = "trained") -> int:
     return int(table["seed"].nunique())
 
 
-def _spearman(x, y) -> float:
-    if np.ptp(np.asarray(x, dtype=float)) == 0 or np.ptp(np.asarray(y, dtype=float)) == 0:
-        return 0.0  # undefined for a constant input; 0 = no trend
-    rho = spearmanr(np.asarray(x, dtype=float), np.asarray(y, dtype=float)).statistic
-    return float(rho) if np.isfinite(rho) else 0.0
-
-
 def _contrast(rows: pd.DataFrame, first: list, second: list, key: str) -> tuple[float, float, float]:
     """mean(first) - mean(second) over the ``key`` values of one seed, with conservative bounds."""
     a, b = rows[rows[key].isin(first)], rows[rows[key].isin(second)]
@@ -202,11 +194,13 @@ def _judge_contrast(c: Estimate, control: Estimate) -> tuple[bool, bool]:
 
 def _result(headline: Estimate, verdict: str, detail: str, *, control=float("nan"), unit: str,
             version: int = RULE_VERSION, amended: bool = AMENDED_AFTER_RESULTS,
-            min_seeds: int = MIN_SEEDS) -> Verdict:
+            min_seeds: int = MIN_SEEDS, used: tuple = ()) -> Verdict:
     """The verdict record. ``control``: the headline quantity on the control (an ``Estimate`` or a number).
-    Fewer than ``min_seeds`` seeds turn holds / fails into inconclusive (the detail says what it would be)."""
-    if verdict in (HOLDS, FAILS) and headline.seeds < min_seeds:
-        detail = (f"version {version} needs at least {min_seeds} seeds, has {headline.seeds} (with enough seeds "
+    Fewer than ``min_seeds`` seeds in the headline or in any other estimate the verdict ``used`` turn holds /
+    fails into inconclusive (the detail says what the intervals would give)."""
+    seeds = min([headline.seeds] + [e.seeds for e in used])
+    if verdict in (HOLDS, FAILS) and seeds < min_seeds:
+        detail = (f"version {version} needs at least {min_seeds} seeds, has {seeds} (with enough seeds "
                   f"these intervals would say: {verdict}); {detail}")
         verdict = INCONCLUSIVE
     if min_seeds == 1 and version >= 3:
@@ -217,6 +211,18 @@ def _result(headline: Estimate, verdict: str, detail: str, *, control=float("nan
         c, c_low, c_high = float(control), float("nan"), float("nan")
     return Verdict(headline.value, headline.low, headline.high, verdict, detail + _seeds_note(headline.seeds),
                    float(c), unit, headline.seeds, version, amended, float(c_low), float(c_high))
+
+
+def _lacks(table: pd.DataFrame | None, columns=(), column: str | None = None, values=()) -> str:
+    """What an evidence table lacks for a rule ('' when nothing): required columns, or rows whose ``column``
+    holds each of ``values``."""
+    if table is None or table.empty:
+        return "no evidence"
+    missing = [c for c in columns if c not in table]
+    if missing:
+        return f"the evidence has no {', '.join(missing)} column"
+    absent = [v for v in values if column not in table or not (table[column] == v).any()]
+    return f"no evidence for {', '.join(map(str, absent))}" if absent else ""
 
 
 def _missing(what: str, unit: str, seeds: int = 0, version: int = RULE_VERSION) -> Verdict:
@@ -276,8 +282,10 @@ def collapse_rule_v3(ratios: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Verdic
     Headline: the patch-token ratio of (c).
     """
     unit = "ratio of the encoder's across-image spread, trained / same-seed initial weights"
-    if ratios.empty:
-        return _missing("no evidence", unit)
+    lacking = _lacks(ratios, ("setting", "feature", "value", "ci_low", "ci_high")) or \
+        _lacks(ratios, column="setting", values="ceg") or _lacks(ratios, column="feature", values=("patch", "cls"))
+    if lacking:
+        return _missing(lacking, unit)
     est = {(s, f): combine(_seeds(ratios)[(ratios["setting"] == s) & (ratios["feature"] == f)])
            for s in "ceg" for f in ("patch", "cls")}
     verdicts = {}
@@ -300,7 +308,8 @@ def collapse_rule_v3(ratios: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Verdic
     else:
         verdict = INCONCLUSIVE
     one = Estimate(1.0, 1.0, 1.0, est["c", "patch"].seeds)
-    return _result(est["c", "patch"], verdict, detail, control=one, unit=unit, min_seeds=min_seeds)
+    return _result(est["c", "patch"], verdict, detail, control=one, unit=unit, min_seeds=min_seeds,
+                   used=tuple(est.values()))
 
 
 def _not_below_earlier(profile: pd.DataFrame) -> bool:
@@ -324,6 +333,9 @@ def positional_rule(eq7: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Verdict:
     inconclusive: otherwise; "no power" when C is not 0.05 away from C_init's interval.
     """
     unit = "Eq. 7 contrast, mean(layers 1-2) - mean(later layers) (cosine similarity)"
+    lacking = _lacks(eq7, ("layer", "value", "ci_low", "ci_high"))
+    if lacking:
+        return _missing(lacking, unit)
     trained, init = (_seeds(eq7)[eq7["condition"] == c] if "condition" in eq7 else None for c in ("trained", "init"))
     layers = sorted(trained["layer"].unique()) if trained is not None else []
     if len(layers) < 3:
@@ -347,7 +359,7 @@ def positional_rule(eq7: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Verdict:
         if not _away(c_tr, c_init):
             detail = (f"{NO_POWER}: the trained decoder's contrast is not {CONTRAST_MARGIN} away from its initial "
                       f"weights'; {detail}")
-    return _result(c_tr, verdict, detail, control=c_init, unit=unit, min_seeds=min_seeds)
+    return _result(c_tr, verdict, detail, control=c_init, unit=unit, min_seeds=min_seeds, used=(c_init,))
 
 
 # --------------------------------------------------------------------------- decoder-semantic (Fig. 3)
@@ -387,6 +399,9 @@ def semantic_rule(eq8: pd.DataFrame | None, min_seeds: int = MIN_SEEDS) -> Verdi
     unit = "Eq. 8 difference, last decoder layer - first (S_sim)"
     if eq8 is None or eq8.empty:
         return _missing("no reference model given (--ref DINO checkpoint): Eq. 8 needs one", unit)
+    lacking = _lacks(eq8, ("condition", "layer", "value", "ci_low", "ci_high"))
+    if lacking:
+        return _missing(lacking, unit)
     trained, init = _conditions(eq8)
     layers = sorted(trained["layer"].unique())
     if len(layers) < 2:
@@ -412,7 +427,7 @@ def semantic_rule(eq8: pd.DataFrame | None, min_seeds: int = MIN_SEEDS) -> Verdi
         if not _away(d_tr, d_init):
             detail = (f"{NO_POWER}: the trained decoder's difference is not {CONTRAST_MARGIN} away from its initial "
                       f"weights'; {detail}")
-    return _result(d_tr, verdict, detail, control=d_init, unit=unit, min_seeds=min_seeds)
+    return _result(d_tr, verdict, detail, control=d_init, unit=unit, min_seeds=min_seeds, used=(d_init,))
 
 
 # --------------------------------------------------------------------------- attention-distance power check
@@ -473,6 +488,9 @@ def mask_ratio_rule(distance: pd.DataFrame, uniform: float, units: str = "px", m
     inconclusive: otherwise.
     """
     unit = f"attention distance ({units}), D(largest mask ratio) - D(smallest)"
+    lacking = _lacks(distance, ("condition", "mask_ratio", "layer", "value", "ci_low", "ci_high"))
+    if lacking:
+        return _missing(lacking, unit)
     trained, init = _conditions(distance)
     if trained.empty or init.empty:
         return _missing("no control: the initial weights were not measured", unit)
@@ -503,7 +521,8 @@ def mask_ratio_rule(distance: pd.DataFrame, uniform: float, units: str = "px", m
         verdict = INCONCLUSIVE
         if not power:
             detail = f"{_no_power_distance(d_init, uniform, units)}; {detail}"
-    return _result(headline, verdict, detail, control=control, unit=unit, min_seeds=min_seeds)
+    return _result(headline, verdict, detail, control=control, unit=unit, min_seeds=min_seeds,
+                   used=(*by_ratio.values(), inc_shallow, inc_deep))
 
 
 # --------------------------------------------------------------------------- ae-block-distance (Fig. A.1)
@@ -525,6 +544,9 @@ def ae_distance_rule(distance: pd.DataFrame, uniform: float, units: str = "px", 
     inconclusive: otherwise.
     """
     unit = f"attention distance ({units}), D(AE largest k) - D(AE(patch))"
+    lacking = _lacks(distance, ("condition", "k", "value", "ci_low", "ci_high"))
+    if lacking:
+        return _missing(lacking, unit)
     trained, init = _conditions(distance)
     if trained.empty or init.empty:
         return _missing("no control: the initial weights were not measured", unit)
@@ -550,7 +572,7 @@ def ae_distance_rule(distance: pd.DataFrame, uniform: float, units: str = "px", 
         verdict = INCONCLUSIVE
         if not power:
             detail = f"{_no_power_distance(d_init, uniform, units)}; {detail}"
-    return _result(headline, verdict, detail, control=control, unit=unit, min_seeds=min_seeds)
+    return _result(headline, verdict, detail, control=control, unit=unit, min_seeds=min_seeds, used=tuple(by_k.values()))
 
 
 # --------------------------------------------------------------------------- mae-local-attention (Fig. 5)
@@ -569,6 +591,9 @@ def local_attention_rule(distance: pd.DataFrame, uniform: float, units: str = "p
     inconclusive: otherwise.
     """
     unit = f"attention distance ({units}), D(MAE) - min(D(DINO), D(DeiT))"
+    lacking = _lacks(distance, ("model", "value", "ci_low", "ci_high"))
+    if lacking:
+        return _missing(lacking, unit)
     est = {}
     for model in ("mae", "dino", "deit", "init"):
         part = _mean_over(_seeds(distance)[distance["model"] == model], ["seed"])
@@ -591,7 +616,8 @@ def local_attention_rule(distance: pd.DataFrame, uniform: float, units: str = "p
         if not power:
             detail = (f"{NO_POWER}: MAE's attention distance is not {DISTANCE_MARGIN:.0%} of the uniform level away "
                       f"from random initial weights' and from uniform attention; {detail}")
-    return _result(headline, verdict, detail, control=control, unit=unit, min_seeds=min_seeds)
+    return _result(headline, verdict, detail, control=control, unit=unit, min_seeds=min_seeds,
+                   used=(dino, deit, init))
 
 
 # --------------------------------------------------------------------------- accuracies
@@ -674,6 +700,11 @@ def linear_probe_rule(accuracy: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Ver
     inconclusive: otherwise.
     """
     unit = "ratio of linear-probe top-1, best AE / MAE"
+    lacking = _lacks(accuracy, ("model", "top1", "n_val")) or _lacks(accuracy, column="model", values=("mae",))
+    if not lacking and not accuracy["model"].astype(str).str.startswith("ae").any():
+        lacking = "no evidence for an AE(k)"
+    if lacking:
+        return _missing(lacking, unit)
     est = accuracy_estimates(accuracy)
     mae = est["mae"]
     aes = {m: e for m, e in est.items() if m.startswith("ae")}
@@ -684,7 +715,7 @@ def linear_probe_rule(accuracy: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Ver
     control = _ratio(max(init_aes, key=lambda e: e.value), inits["mae"]) if init_aes and "mae" in inits \
         else Estimate(np.nan, np.nan, np.nan, 0)
     power, why = _probe_power(mae, est, "MAE")
-    chance = float(accuracy["chance"].iloc[0])
+    chance = float(accuracy["chance"].iloc[0]) if "chance" in accuracy else float("nan")
     detail = (f"top-1 (%): MAE {mae.text()}, " + ", ".join(f"{m} {e.text()}" for m, e in aes.items())
               + f"; best AE / MAE {ratio.text()}, the same ratio at initial weights {control.text()}; raw pixels "
               f"{est['pixels'].text() if 'pixels' in est else '-'}, random encoder "
@@ -697,7 +728,8 @@ def linear_probe_rule(accuracy: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Ver
         verdict = INCONCLUSIVE
         if not power:
             detail = f"{why}; {detail}"
-    return _result(ratio, verdict, detail, control=control, unit=unit, min_seeds=min_seeds)
+    return _result(ratio, verdict, detail, control=control, unit=unit, min_seeds=min_seeds,
+                   used=(mae, *aes.values()))
 
 
 CLOSE_WITHIN = 5.0   # percentage points: "comes close"
@@ -715,16 +747,21 @@ def local_decoders_rule(accuracy: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> V
     Control: the same gap on the initial weights.
 
     power: the transformer's interval lies above the raw-pixel and the random-encoder intervals.
-    holds: power and ci_high(gap) <= 5 (the worst local decoder within 5 points, interval-wise).
-    fails: power and ci_low(gap) > 15 (a local decoder clearly more than 15 points below).
+    holds: power and ci_high(transformer - d) <= 5 for both local decoders d (within 5 points, interval-wise).
+    fails: power and ci_low(transformer - d) > 15 for a local decoder d (clearly more than 15 points below).
     inconclusive: otherwise.
     """
     unit = "linear-probe top-1 gap, transformer - worst local decoder (percentage points)"
+    lacking = _lacks(accuracy, ("model", "top1", "n_val")) or \
+        _lacks(accuracy, column="model", values=("transformer", "gaussian", "conv"))
+    if lacking:
+        return _missing(lacking, unit)
     est = accuracy_estimates(accuracy)
     ref = est["transformer"]
     local = {m: est[m] for m in ("gaussian", "conv")}
     worst = min(local.values(), key=lambda e: e.value)
-    gap = _gap(ref, worst)
+    gap = _gap(ref, worst)  # the headline: the worst decoder by its estimate; the verdict reads both gaps
+    gaps = [_gap(ref, e) for e in local.values()]
     inits = _init_estimates(est)
     control = (_gap(inits["transformer"], min((inits[m] for m in local), key=lambda e: e.value))
                if "transformer" in inits and all(m in inits for m in local) else Estimate(np.nan, np.nan, np.nan, 0))
@@ -733,15 +770,15 @@ def local_decoders_rule(accuracy: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> V
               f"gap {gap.text()}, the same gap at initial weights {control.text()}; raw pixels "
               f"{est['pixels'].text() if 'pixels' in est else '-'}, random encoder "
               f"{est['random'].text() if 'random' in est else '-'}")
-    if power and gap.high <= CLOSE_WITHIN:
+    if power and all(g.high <= CLOSE_WITHIN for g in gaps):
         verdict = HOLDS
-    elif power and gap.low > FAR_BEYOND:
+    elif power and any(g.low > FAR_BEYOND for g in gaps):
         verdict = FAILS
     else:
         verdict = INCONCLUSIVE
         if not power:
             detail = f"{why}; {detail}"
-    return _result(gap, verdict, detail, control=control, unit=unit, min_seeds=min_seeds)
+    return _result(gap, verdict, detail, control=control, unit=unit, min_seeds=min_seeds, used=(ref, *local.values()))
 
 
 # --------------------------------------------------------------------------- umae-rank (U-MAE)
@@ -755,11 +792,14 @@ def umae_rank_rule(ranks: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Verdict:
     difference on the initial weights (0 when both recipes start from one encoder).
 
     power: U-MAE's or MAE's interval is separated from the initial weights'.
-    holds: power and ci_low(U-MAE) > ci_high(MAE).
-    fails: power and ci_high(U-MAE) < ci_low(MAE).
+    holds: power, ci_low(U-MAE) > ci_high(MAE) and ci_low(headline) > ci_high(control).
+    fails: power, ci_high(U-MAE) < ci_low(MAE) and ci_high(headline) < ci_low(control).
     inconclusive: otherwise.
     """
     unit = "effective rank of the CLS feature, U-MAE - MAE"
+    lacking = _lacks(ranks, ("model", "value", "ci_low", "ci_high"))
+    if lacking:
+        return _missing(lacking, unit)
     table = _seeds(ranks)
     est = {m: combine(table[table["model"] == m]) for m in ("umae", "mae", "init", "init:umae")
            if (table["model"] == m).any()}
@@ -778,12 +818,12 @@ def umae_rank_rule(ranks: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Verdict:
     power = umae.disjoint(init) or mae.disjoint(init)
     detail = (f"effective rank of the CLS feature: U-MAE {umae.text()}, MAE {mae.text()}, initial weights "
               f"{init.text()} (U-MAE - MAE at initial weights {control.text()})")
-    if power and umae.low > mae.high:
+    if power and umae.low > mae.high and headline.low > control.high:
         verdict = HOLDS
-    elif power and umae.high < mae.low:
+    elif power and umae.high < mae.low and headline.high < control.low:
         verdict = FAILS
     else:
         verdict = INCONCLUSIVE
         if not power:
             detail = f"{NO_POWER}: neither U-MAE's nor MAE's rank is separated from the initial weights'; {detail}"
-    return _result(headline, verdict, detail, control=control, unit=unit, min_seeds=min_seeds)
+    return _result(headline, verdict, detail, control=control, unit=unit, min_seeds=min_seeds, used=(umae, mae))

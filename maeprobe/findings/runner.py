@@ -198,6 +198,7 @@ def output_spread(folder: Path, images: torch.Tensor, *, mask_ratio: float = 0.7
     out = {"n_images": count}
     for name in ("v", "h"):
         replicates = _spread(sums[f"boot_{name}"], boot_weight.clamp_min(1e-12).view(-1, 1, 1)).numpy()
+        replicates[(boot_weight <= 0).numpy()] = np.nan  # a replicate that drew no unit is undefined
         low, high = percentile_interval(replicates)
         prefix = "" if name == "v" else "h_"
         out.update({f"{prefix}value": float(_spread(sums[name], count)), f"{prefix}ci_low": float(low),
@@ -238,6 +239,7 @@ def encoder_spread_ratio(trained, init, images: torch.Tensor, *, seed: int = 0, 
         trained_spread, init_spread = (float(_spread(sums[c, feature], count)) for c in ("trained", "init"))
         replicates = (_spread(sums["trained", feature, "boot"], scale)
                       / _spread(sums["init", feature, "boot"], scale).clamp_min(1e-12)).numpy()
+        replicates[(boot_weight <= 0).numpy()] = np.nan  # a replicate that drew no unit is undefined
         low, high = percentile_interval(replicates)
         rows.append({"feature": feature, "value": trained_spread / max(init_spread, 1e-12), "ci_low": float(low),
                      "ci_high": float(high), "trained_spread": trained_spread, "init_spread": init_spread})
@@ -674,8 +676,7 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
         finding = FINDINGS[finding_id]
         # reused only when the inputs' content and the code are the same: checkpoints by size + sha256, folders by
         # every file's path, size and modification time, and the source digest of maeprobe itself
-        key = {"scale": scale, "runs": {r: [[str(f), _file_digest(f / "model.safetensors")] for f in runs[r]]
-                                        for r in finding.runs},
+        key = {"scale": scale, "runs": {r: [_run_digest(f) for f in runs[r]] for r in finding.runs},
                "data": [str(data), inputs["data"]], "eval_data": [str(eval_data), inputs["eval_data"]],
                "reference": ([str(ref), _reference_fingerprint(ref)] if finding_id == "decoder-semantic" else None),
                "probe_images": n_probe, "rule_version": rules.RULE_VERSION, "code": version.split(" (git")[0]}
@@ -767,9 +768,23 @@ def _folder_fingerprint(folder) -> str | None:
     return digest.hexdigest()
 
 
+def _run_digest(folder: Path) -> list:
+    """What a measurement reads of a run folder, by content: the checkpoint it loads (``checkpoint-last.pth``),
+    the recipe its control is rebuilt from (``config.yaml``) and the log the collapse note reads."""
+    return [str(folder)] + [_file_digest(folder / name) for name in ("checkpoint-last.pth", "config.yaml", "log.csv")]
+
+
 def _reference_fingerprint(ref) -> str | None:
     if ref is None:
         return None
+    if hasattr(ref, "state_dict"):  # a loaded model: its weights, not its repr
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(ref.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return f"model:{digest.hexdigest()}"
     if isinstance(ref, (str, Path)) and str(ref).lower() != "dino":
         return _folder_fingerprint(ref)
     if str(ref).lower() == "dino":
@@ -995,8 +1010,10 @@ def report_markdown(table: pd.DataFrame, scale: str, settings: dict) -> str:
                   f"{settings.get('evalset') or '-'}.", "", STRENGTHS + " " + deviations(scale, settings)]
     lines += ["", f"Verdict rules: version {rules.RULE_VERSION}, `maeprobe/findings/rules.py` and the README, *Reproducing "
               f"the findings*. Intervals: 95%, {over} (bootstrap of whole photos, never of their crops as if "
-              "independent; Wilson for accuracies) and across seeds (Student t), combined. A verdict needs at least "
-              f"{rules.MIN_SEEDS} seeds and the trained model to differ from its controls (each run's same-seed "
+              "independent; Wilson for accuracies) and across seeds (Student t), combined. A verdict needs "
+              + ("one training run per model (the claims concern these published checkpoints; rules v3 ask our own "
+                 f"runs for {rules.MIN_SEEDS} seeds)" if scale == "released" else f"at least {rules.MIN_SEEDS} seeds")
+              + " and the trained model to differ from its controls (each run's same-seed "
               "initial weights, uniform attention, raw-pixel and random-encoder probes); otherwise it is "
               "*inconclusive*. The control column holds the headline quantity measured on the control.",
               "", "Rule changes made after results had been seen (all disclosed):", ""]

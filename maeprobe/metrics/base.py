@@ -24,6 +24,29 @@ from ..capture import ActivationCache, CaptureRequest
 from ..errors import MaeprobeError
 
 
+def check_bootstrap(bootstrap, seed, groups=None) -> tuple:
+    """Replicates, seed (and groups) as bounded whole numbers, or one MaeprobeError."""
+    from ..validate import integer
+
+    out = (integer("--bootstrap", bootstrap, 0, 100_000), integer("--seed", seed, 0, 2**63 - 1))
+    return out if groups is None else (*out, integer("groups", groups, 1, 4096))
+
+
+# Fewer independent units than this give no interval (NaN): with two, a pairwise statistic's replicates are
+# the estimate or undefined (a zero-width band), and a mean's rest on two values.
+MIN_UNITS = 3
+
+
+def weighted_replicates(weighted_sums: torch.Tensor, weights: torch.Tensor) -> np.ndarray:
+    """Replicates sum_i w_i x_i / sum_i w_i ([R, ...] / [R]); a replicate that drew no unit (all weights 0, chance
+    e^-U for U units) is undefined: NaN, left out by ``percentile_interval`` (before, it counted as 0)."""
+    weight = weights.reshape(-1, *[1] * (weighted_sums.ndim - 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        replicates = (weighted_sums / weight).numpy()
+    replicates[(weights <= 0).numpy()] = np.nan
+    return replicates
+
+
 def poisson_weights(image_indices: torch.Tensor, num_replicates: int, seed: int) -> torch.Tensor:
     """Bootstrap weights [B, num_replicates] ~ Poisson(1), a pure function of (seed, image index)."""
     rows = []
@@ -127,6 +150,7 @@ class ImageMean(Reducer):
     def __init__(self, shape: tuple[int, ...], bootstrap: int = 0, bootstrap_seed: int = 0,
                  confidence: float = 0.95) -> None:
         super().__init__()
+        bootstrap, bootstrap_seed = check_bootstrap(bootstrap, bootstrap_seed)
         self.shape, self.bootstrap, self.bootstrap_seed, self.confidence = shape, bootstrap, bootstrap_seed, confidence
         self.add_state("count", torch.zeros(()))
         self.add_state("sum", torch.zeros(shape))
@@ -160,12 +184,9 @@ class ImageMean(Reducer):
         mean = self._state["sum"] / n
         var = (self._state["sum_sq"] / n - mean**2).clamp_min(0) * (n / max(n - 1, 1))
         out = {"value": mean.numpy(), "std": var.sqrt().numpy()}
-        if self.bootstrap and len(self._units) >= 2:  # one unit has no spread to resample: no interval
-            weight = self._state["boot_weight"].clamp_min(1e-12).reshape(-1, *[1] * len(self.shape))
-            replicates = (self._state["boot_sum"] / weight).numpy()  # [R, *shape]
-            alpha = (1 - self.confidence) / 2
-            out["ci_low"] = np.quantile(replicates, alpha, axis=0)
-            out["ci_high"] = np.quantile(replicates, 1 - alpha, axis=0)
+        if self.bootstrap and len(self._units) >= MIN_UNITS:
+            replicates = weighted_replicates(self._state["boot_sum"], self._state["boot_weight"])  # [R, *shape]
+            out["ci_low"], out["ci_high"] = percentile_interval(replicates, self.confidence)
         else:
             out["ci_low"] = out["ci_high"] = np.full(self.shape, np.nan)
         return out

@@ -31,7 +31,7 @@ import torch
 
 from ..capture import ActivationCache, CaptureRequest, attention_rows, blocks_of, resolve_layers
 from ..errors import MaeprobeError
-from .base import (Reducer, group_bootstrap_weights, pairwise_bootstrap_replicates, percentile_interval,
+from .base import (MIN_UNITS, Reducer, check_bootstrap, group_bootstrap_weights, pairwise_bootstrap_replicates, percentile_interval,
                    unit_groups)
 
 
@@ -49,6 +49,7 @@ class DecoderAttentionSimilarity(Reducer):
     def __init__(self, model, *, layers=None, per_head: bool = False, include_cls_key: bool = False,
                  bootstrap: int = 0, bootstrap_seed: int = 0, groups: int = 16) -> None:
         super().__init__()
+        bootstrap, bootstrap_seed, groups = check_bootstrap(bootstrap, bootstrap_seed, groups)
         self.include_cls_key = include_cls_key
         self.layers = resolve_layers(model, "decoder", layers)
         from ..limits import check_attention
@@ -192,7 +193,7 @@ class DecoderAttentionSimilarity(Reducer):
         filled = counts > 0  # groups with images: the units actually seen
         gram, counts = gram[:, filled][:, :, filled], counts[filled]
         shape = group_sums.shape[1:-1]
-        if len(counts) < 2:  # one unit (or group) has no spread to resample: no interval
+        if len(counts) < MIN_UNITS:  # too few units (or groups) to resample: no interval
             return np.full(shape, np.nan), np.full(shape, np.nan)
         draws = group_bootstrap_weights(len(counts), self.bootstrap, self.bootstrap_seed)  # [R, G']
         reps = pairwise_bootstrap_replicates(gram, counts, draws)  # [R, S]

@@ -23,7 +23,7 @@ import torch
 
 from ..capture import ActivationCache, CaptureRequest, resolve_layers
 from ..errors import MaeprobeError
-from .base import Reducer, unit_groups
+from .base import MIN_UNITS, Reducer, check_bootstrap, unit_groups
 
 
 def effective_rank(singular_values: np.ndarray) -> float:
@@ -50,6 +50,7 @@ class FeatureSpectrum(Reducer):
 
     def __init__(self, model, *, layers=None, bootstrap: int = 0, bootstrap_seed: int = 0, groups: int = 16) -> None:
         super().__init__()
+        bootstrap, bootstrap_seed, groups = check_bootstrap(bootstrap, bootstrap_seed, groups)
         depth = len(model.blocks)
         self.layers = resolve_layers(model, "encoder", layers if layers is not None else [depth - 1])
         self.num_prefix = model.num_prefix_tokens
@@ -104,7 +105,7 @@ class FeatureSpectrum(Reducer):
             if gcount[g] > 0 and n - gcount[g] >= 2:
                 sv = _singular_values(total - gsum[g], outer - gouter[g], n - gcount[g])
                 reps.append(np.append(sv, effective_rank(sv)))
-        if len(reps) < 2:
+        if len(reps) < MIN_UNITS:  # too few units (or groups) to leave out: no interval
             return np.full(estimate.shape, np.nan), np.full(estimate.shape, np.nan)
         reps = np.asarray(reps)  # [G', D + 1]
         k = len(reps)

@@ -112,11 +112,13 @@ class MaskedAutoencoderViT(nn.Module):
         if overrides:
             cfg = ArchConfig(**{**cfg.to_dict(), **overrides})
         self.config = cfg
-        # The random stream as construction found it: ``initialize_weights`` restarts from here, so the encoder's
-        # initial weights depend on the seed and the encoder's shape only, never on the decoder's (a wider
-        # ``decoder_pred`` draws more numbers at construction; the findings compare AE(k), Gaussian and conv
-        # runs with MAE's same-seed initial encoder).
-        self._init_rng = torch.random.get_rng_state()
+        # One draw of the global random stream, before any module is built, seeds ``initialize_weights``' own
+        # generators: the encoder's initial weights then depend on the seed and the encoder's shape only, never on
+        # the decoder's (a wider ``decoder_pred`` draws more numbers at construction; the findings compare AE(k),
+        # Gaussian and conv runs with MAE's same-seed initial encoder). The global stream is never rewound.
+        # (built on the meta device to check a checkpoint's keys, no weight is drawn: the file fills them)
+        on_meta = torch.empty(0).device.type == "meta"
+        self._init_seed = 0 if on_meta else int(torch.randint(0, 2**62, (1,)).item())
         norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
         D, L = cfg.embed_dim, cfg.num_patches
         self.num_prefix_tokens = cfg.num_prefix_tokens
@@ -181,34 +183,42 @@ class MaskedAutoencoderViT(nn.Module):
     def initialize_weights(self) -> None:
         """MAE's initialisation: sin-cos position embeddings, xavier linears, normal(0.02) tokens.
 
-        The encoder is initialised first, from the random state at the start of construction, then the decoder
-        (official MAE draws the mask token before the encoder's linears, so its encoder depends on whether a
-        decoder exists): at one seed, every decoder type, depth and ``pred_size`` starts from the same encoder."""
+        Drawn from two private generators seeded at construction (``_init_seed``): one for the encoder (and the
+        heads), one for the decoder, so at one seed every decoder type, depth and ``pred_size`` starts from the
+        same encoder (official MAE draws the mask token before the encoder's linears, so its encoder depends on
+        whether a decoder exists). Calling it again gives the same weights and leaves the global stream alone.
+        Parameters MAE leaves at PyTorch's construction-time init keep it (the patch embedding's bias, the conv
+        decoder's kernel)."""
         cfg = self.config
-        torch.random.set_rng_state(self._init_rng)
+        device = self.pos_embed.device
+        if device.type == "meta":  # shapes only (``checkpoints.core._build``): nothing to draw
+            return
+        encoder_gen = torch.Generator(device=device).manual_seed(self._init_seed)
+        decoder_gen = torch.Generator(device=device).manual_seed(self._init_seed + 1)
         self.pos_embed.data.copy_(sincos_pos_embed(cfg.embed_dim, cfg.grid_size, self.num_pos_prefix))
         w = self.patch_embed.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1), generator=encoder_gen)
         for token in (self.cls_token, self.dist_token, self.reg_token):
             if token is not None:
-                nn.init.normal_(token, std=0.02)
+                nn.init.normal_(token, std=0.02, generator=encoder_gen)
         decoder = [module for name, module in self.named_children() if name.startswith("decoder_")]
         decoder_ids = {id(m) for top in decoder for m in top.modules()}
         for module in self.modules():  # encoder (and heads), in registration order
             if id(module) not in decoder_ids:
-                self._init_module(module)
+                self._init_module(module, encoder_gen)
         if self.has_decoder:
             self.decoder_pos_embed.data.copy_(
                 sincos_pos_embed(cfg.decoder_embed_dim, cfg.grid_size, self.num_prefix_tokens)
             )
-            nn.init.normal_(self.mask_token, std=0.02)
+            nn.init.normal_(self.mask_token, std=0.02, generator=decoder_gen)
             for top in decoder:
-                top.apply(self._init_module)
+                for module in top.modules():
+                    self._init_module(module, decoder_gen)
 
     @staticmethod
-    def _init_module(module: nn.Module) -> None:
+    def _init_module(module: nn.Module, generator: torch.Generator | None = None) -> None:
         if isinstance(module, nn.Linear):
-            nn.init.xavier_uniform_(module.weight)
+            nn.init.xavier_uniform_(module.weight, generator=generator)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
