@@ -25,6 +25,11 @@ changed, and why (``AMENDMENTS`` lists the same for the report):
   a smoke run (commit "reproduce: seeds, controls ...") and was disclosed only in a commit message; it is
   disclosed here and in every report.
 
+Version 3 was committed in 1e2933a and amended once in de3491f, after an independent review of the code and
+before any version-3 measurement (a tiny run had trained five runs and was stopped before measuring): every
+local decoder judged on its own gap interval, the seed gate over every estimate a verdict uses, partial evidence
+inconclusive instead of an error, and umae-rank compared with its control.
+
 Conventions: ``holds`` = the measurement agrees with the claim by the stated margin with separated intervals
 and a passed control; ``fails`` = it contradicts the claim with separated intervals and a passed control;
 ``inconclusive`` = neither. Interval arithmetic for differences and means of bounds is conservative: the
@@ -55,6 +60,9 @@ AMENDMENTS = (
     "estimates, in every holds/fails condition; control = the headline quantity on each run's same-seed initial "
     "weights; lcmae-collapse (e), (g) need ratio > 0.5 (not > 1); decoder-semantic inconclusive when W is "
     "saturated or empty.",
+    "v3, amended before any v3 measurement (code review): every local decoder judged on its own gap interval; "
+    "the 3-seed gate over every estimate a verdict uses; partial evidence inconclusive; umae-rank compared with "
+    "its control.",
 )
 
 
