@@ -218,3 +218,28 @@ def test_few_units_give_no_interval_and_an_empty_replicate_is_not_zero():
     two = ImageMean((1,), bootstrap=400)
     two.add(torch.tensor([[10.0], [11.0]]), torch.tensor([0, 1]))
     assert np.isnan(two.summary()["ci_low"]).all()
+
+
+def test_reuse_keys_follow_content_not_paths(tmp_path):
+    """A stored verdict's key: a changed --data folder (a file added, replaced with new bytes or touched) or a
+    replaced checkpoint under the same path gives another key; the same content gives the same key."""
+    import os
+
+    from maeprobe.findings.runner import _file_digest, _folder_fingerprint, code_version
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"one")
+    first = _folder_fingerprint(folder)
+    assert _folder_fingerprint(folder) == first
+    (folder / "b.png").write_bytes(b"two")
+    second = _folder_fingerprint(folder)
+    assert second != first
+    os.utime(folder / "b.png", ns=(1, 1))
+    assert _folder_fingerprint(folder) != second
+    ckpt = tmp_path / "checkpoint-last.pth"
+    ckpt.write_bytes(b"weights")
+    digest = _file_digest(ckpt)
+    ckpt.write_bytes(b"weightz")  # same size, other bytes
+    assert _file_digest(ckpt) != digest and _file_digest(tmp_path / "absent") is None
+    assert "source sha256:" in code_version()
