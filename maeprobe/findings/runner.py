@@ -242,7 +242,8 @@ def encoder_spread_ratio(trained, init, images: torch.Tensor, *, seed: int = 0, 
         replicates[(boot_weight <= 0).numpy()] = np.nan  # a replicate that drew no unit is undefined
         low, high = percentile_interval(replicates)
         rows.append({"feature": feature, "value": trained_spread / max(init_spread, 1e-12), "ci_low": float(low),
-                     "ci_high": float(high), "trained_spread": trained_spread, "init_spread": init_spread})
+                     "ci_high": float(high), "trained_spread": trained_spread, "init_spread": init_spread,
+                     "n_units": len(set(units.tolist()))})
     return rows
 
 
@@ -519,7 +520,7 @@ def _cls_rank(model, images, common) -> dict:
 
     table = maeprobe.feature_spectrum(model, images, **common)
     rank = table[(table["metric"] == "effective_rank") & (table["feature"] == "cls")].iloc[0]
-    return {"value": rank["value"], "ci_low": rank["ci_low"], "ci_high": rank["ci_high"]}
+    return {"value": rank["value"], "ci_low": rank["ci_low"], "ci_high": rank["ci_high"], "n_units": rank["n_units"]}
 
 
 def _reference_name(reference) -> str:
