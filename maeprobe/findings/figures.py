@@ -136,7 +136,7 @@ def finding_figure(finding_id: str, measured, labels: dict, folder: Path) -> lis
         else:
             est = {m: rules.combine(part) for m, part in evidence.groupby("model", sort=False)}
             ylabel, chance = "effective rank of the CLS feature (dimensions)", None
-        names = {"pixels": "raw pixels", "random": "random encoder", "init": "initial weights", "umae": "U-MAE",
+        names = {"pixels": "raw pixels", "random": "random encoder", "init": "init. MAE", "umae": "U-MAE",
                  "mae": "MAE", "transformer": "transformer", "gaussian": "Gaussian", "conv": "conv"}
 
         def name(m: str) -> str:
