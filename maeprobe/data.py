@@ -242,7 +242,9 @@ def resample_units(items: Sequence[ImageItem], resample_by="image") -> torch.Ten
         resample_by = "image"
     if isinstance(resample_by, torch.Tensor):
         resample_by = resample_by.tolist()
-    if not isinstance(resample_by, (str, Sequence, np.ndarray)):
+    if isinstance(resample_by, np.ndarray):
+        resample_by = resample_by.tolist() if resample_by.ndim == 1 else resample_by
+    if isinstance(resample_by, (bytes, bytearray)) or not isinstance(resample_by, (str, Sequence)):
         raise MaeprobeError(f"resample_by must be one of {', '.join(RESAMPLE_BY)} or one label per image, got "
                             f"{type(resample_by).__name__}")
     if isinstance(resample_by, str):

@@ -243,3 +243,17 @@ def test_reuse_keys_follow_content_not_paths(tmp_path):
     ckpt.write_bytes(b"weightz")  # same size, other bytes
     assert _file_digest(ckpt) != digest and _file_digest(tmp_path / "absent") is None
     assert "source sha256:" in code_version()
+
+
+def test_a_missing_control_or_non_numbers_give_no_verdict():
+    """A NaN control interval made max(0, NaN) = 0 count as a passed control (holds); a string in a numeric
+    column raised a TypeError."""
+    table = pd.concat([profile("trained", POSITIONAL, 0.02), profile("init", FLAT, 0.02)])
+    assert rules.positional_rule(table).verdict == "holds"
+    nan_control = table.copy()
+    nan_control.loc[nan_control["condition"] == "init", "ci_low"] = np.nan
+    verdict = rules.positional_rule(nan_control)
+    assert verdict.verdict == "inconclusive" and "missing or invalid" in verdict.detail
+    text = table.astype({"value": object})
+    text.loc[text.index[0], "value"] = "abc"
+    assert "non-numbers" in rules.positional_rule(text).detail

@@ -261,3 +261,24 @@ def test_bad_grouping_or_replicates_are_one_line_errors(tiny_mae, images32, kwar
 def test_a_tensor_of_labels_names_the_units(tiny_mae, images32):
     table = maeprobe.attention_distance(tiny_mae, images32, device="cpu", resample_by=torch.tensor([0, 0, 1, 1, 2, 2]))
     assert (table["n_units"] == 3).all()
+
+
+@pytest.mark.parametrize("labels", [np.array(5), b"abcdef", np.array([[0, 1, 2], [0, 1, 2]])])
+def test_labels_that_are_not_one_per_image_are_refused(tiny_mae, images32, labels):
+    with pytest.raises(maeprobe.MaeprobeError, match="one label per image"):
+        maeprobe.attention_distance(tiny_mae, images32, device="cpu", resample_by=labels)
+
+
+def test_figure_captions_state_no_interval_for_infinite_bounds_and_no_count_for_nonsense():
+    """Crafted tables: infinite or inverted bounds are not an interval; an infinite, negative or fractional
+    n_units is not a count (an infinite one raised OverflowError)."""
+    import pandas as pd
+
+    from maeprobe.plots.figures import _count, _interval_text
+
+    rows = pd.DataFrame({"ci_low": [-np.inf, 2.0], "ci_high": [np.inf, 1.0], "n_units": [4, 4], "n_images": [8, 8]})
+    assert _interval_text(rows).startswith("no interval")
+    for bad in (np.inf, -3, 2.5):
+        assert _count(pd.DataFrame({"n_units": [bad]}), "n_units") is None
+    good = pd.DataFrame({"ci_low": [1.0], "ci_high": [2.0], "n_units": [12], "n_images": [128]})
+    assert "over 12 source images" in _interval_text(good)

@@ -28,7 +28,10 @@ changed, and why (``AMENDMENTS`` lists the same for the report):
 Version 3 was committed in 1e2933a and amended once in de3491f, after an independent review of the code and
 before any version-3 measurement (a tiny run had trained five runs and was stopped before measuring): every
 local decoder judged on its own gap interval, the seed gate over every estimate a verdict uses, partial evidence
-inconclusive instead of an error, and umae-rank compared with its control.
+inconclusive instead of an error, and umae-rank compared with its control. It was amended again after the first
+version-3 tiny report had been measured (a hostile-input review found that a NaN control counted as passed):
+invalid estimates, intervals, measured controls or non-numeric evidence now give inconclusive; no verdict of that
+report changed (its inputs were all finite and every verdict was inconclusive).
 
 Conventions: ``holds`` = the measurement agrees with the claim by the stated margin with separated intervals
 and a passed control; ``fails`` = it contradicts the claim with separated intervals and a passed control;
@@ -63,6 +66,9 @@ AMENDMENTS = (
     "v3, amended before any v3 measurement (code review): every local decoder judged on its own gap interval; "
     "the 3-seed gate over every estimate a verdict uses; partial evidence inconclusive; umae-rank compared with "
     "its control.",
+    "v3, amended after the first v3 tiny report had been measured (hostile-input review): a NaN, infinite or "
+    "inverted estimate, interval or measured control, or non-numeric evidence, gives inconclusive (a NaN control "
+    "counted as passed); no verdict of that report changes (all inputs finite, all verdicts inconclusive).",
 )
 
 
@@ -207,6 +213,12 @@ def _result(headline: Estimate, verdict: str, detail: str, *, control=float("nan
     Fewer than ``min_seeds`` seeds in the headline or in any other estimate the verdict ``used`` turn holds /
     fails into inconclusive (the detail says what the intervals would give)."""
     seeds = min([headline.seeds] + [e.seeds for e in used])
+    bounds = [headline, *used] + ([control] if isinstance(control, Estimate) else [])
+    if verdict in (HOLDS, FAILS) and not all(np.isfinite([e.value, e.low, e.high]).all() and e.low <= e.high
+                                             for e in bounds):
+        detail = (f"an estimate, interval or control is missing or invalid (NaN, infinite or inverted; the "
+                  f"intervals alone would say: {verdict}); {detail}")
+        verdict = INCONCLUSIVE
     if verdict in (HOLDS, FAILS) and seeds < min_seeds:
         detail = (f"version {version} needs at least {min_seeds} seeds, has {seeds} (with enough seeds "
                   f"these intervals would say: {verdict}); {detail}")
@@ -229,6 +241,10 @@ def _lacks(table: pd.DataFrame | None, columns=(), column: str | None = None, va
     missing = [c for c in columns if c not in table]
     if missing:
         return f"the evidence has no {', '.join(missing)} column"
+    numeric = [c for c in columns if c in ("value", "ci_low", "ci_high", "top1", "n_val")]
+    text = [c for c in numeric if not pd.api.types.is_numeric_dtype(table[c])]
+    if text:
+        return f"the evidence's {', '.join(text)} column holds non-numbers"
     absent = [v for v in values if column not in table or not (table[column] == v).any()]
     return f"no evidence for {', '.join(map(str, absent))}" if absent else ""
 
@@ -721,11 +737,12 @@ def linear_probe_rule(accuracy: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> Ver
     inits = _init_estimates(est)
     init_aes = [inits[m] for m in aes if m in inits]
     control = _ratio(max(init_aes, key=lambda e: e.value), inits["mae"]) if init_aes and "mae" in inits \
-        else Estimate(np.nan, np.nan, np.nan, 0)
+        else float("nan")  # not measured (the power check still compares with the random encoder)
     power, why = _probe_power(mae, est, "MAE")
     chance = float(accuracy["chance"].iloc[0]) if "chance" in accuracy else float("nan")
     detail = (f"top-1 (%): MAE {mae.text()}, " + ", ".join(f"{m} {e.text()}" for m, e in aes.items())
-              + f"; best AE / MAE {ratio.text()}, the same ratio at initial weights {control.text()}; raw pixels "
+              + f"; best AE / MAE {ratio.text()}, the same ratio at initial weights "
+              f"{control.text() if isinstance(control, Estimate) else 'not measured'}; raw pixels "
               f"{est['pixels'].text() if 'pixels' in est else '-'}, random encoder "
               f"{est['random'].text() if 'random' in est else '-'}; chance {chance:.1f}")
     if power and all(_ratio(e, mae).high <= 0.5 for e in aes.values()):
@@ -772,10 +789,11 @@ def local_decoders_rule(accuracy: pd.DataFrame, min_seeds: int = MIN_SEEDS) -> V
     gaps = [_gap(ref, e) for e in local.values()]
     inits = _init_estimates(est)
     control = (_gap(inits["transformer"], min((inits[m] for m in local), key=lambda e: e.value))
-               if "transformer" in inits and all(m in inits for m in local) else Estimate(np.nan, np.nan, np.nan, 0))
+               if "transformer" in inits and all(m in inits for m in local) else float("nan"))  # not measured
     power, why = _probe_power(ref, est, "the transformer decoder's MAE")
     detail = (f"top-1 (%): transformer {ref.text()}, gaussian {local['gaussian'].text()}, conv {local['conv'].text()}; "
-              f"gap {gap.text()}, the same gap at initial weights {control.text()}; raw pixels "
+              f"gap {gap.text()}, the same gap at initial weights "
+              f"{control.text() if isinstance(control, Estimate) else 'not measured'}; raw pixels "
               f"{est['pixels'].text() if 'pixels' in est else '-'}, random encoder "
               f"{est['random'].text() if 'random' in est else '-'}")
     if power and all(g.high <= CLOSE_WITHIN for g in gaps):

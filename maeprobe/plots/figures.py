@@ -129,8 +129,9 @@ def _count(rows: pd.DataFrame, column: str) -> str | None:
     """The number in ``column`` as text ("12", or "8-12" when the rows differ); None when absent."""
     if column not in rows:
         return None
-    values = pd.to_numeric(rows[column], errors="coerce").dropna()
-    if values.empty:
+    values = pd.to_numeric(rows[column], errors="coerce")
+    values = values[np.isfinite(values.astype(float)) & (values >= 1) & (values == np.floor(values))]
+    if values.empty:  # absent, or nothing a count can be (inf, negative, fractional): not stated
         return None
     low, high = int(values.min()), int(values.max())
     return f"{low}" if low == high else f"{low}-{high}"
@@ -143,7 +144,8 @@ def _interval_text(rows: pd.DataFrame, what: str = "bands", method: str | None =
     The count is the number of independent units the interval resamples: ``n_units`` (source photos or files)
     when the table has it, else ``n_images`` (tables written before units were recorded resampled images)."""
     if "ci_low" in rows and "ci_high" in rows:
-        finite = rows["ci_low"].notna() & rows["ci_high"].notna()
+        low, high = (pd.to_numeric(rows[c], errors="coerce").astype(float) for c in ("ci_low", "ci_high"))
+        finite = pd.Series(np.isfinite(low) & np.isfinite(high) & (low <= high), index=rows.index)
     else:
         finite = pd.Series(False, index=rows.index)
     if not finite.any():
