@@ -370,13 +370,13 @@ def _v2(finding_id: str, evidence: pd.DataFrame, *args) -> list:
 _PROBES: dict = {}  # (encoder content, labelled set) -> probe result: one fit per distinct encoder and set
 
 
-def _encoder_digest(model) -> str:
-    """Content hash of a model's encoder (its parameters and buffers outside the decoder)."""
+def _state_digest(model, encoder_only: bool = False) -> str:
+    """Content hash of a model's parameters and buffers (``encoder_only``: those outside the decoder)."""
     import hashlib
 
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith("decoder") or name == "mask_token":
+        if encoder_only and (name.startswith("decoder") or name == "mask_token"):
             continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -385,7 +385,7 @@ def _encoder_digest(model) -> str:
 
 def _cached_probe(folder: Path, condition: str, evalset, device) -> dict:
     model = _load(folder) if condition == "trained" else initial_weights(folder).model
-    key = (_encoder_digest(model), evalset.name, evalset.size)
+    key = (_state_digest(model, encoder_only=True), evalset.name, evalset.size)
     if key not in _PROBES:  # an AE(k)'s initial encoder is MAE's at the same seed: probed once
         _PROBES[key] = linear_probe(model, evalset, device=device)
     return _PROBES[key]
@@ -779,13 +779,7 @@ def _reference_fingerprint(ref) -> str | None:
     if ref is None:
         return None
     if hasattr(ref, "state_dict"):  # a loaded model: its weights, not its repr
-        import hashlib
-
-        digest = hashlib.sha256()
-        for name, tensor in sorted(ref.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return f"model:{digest.hexdigest()}"
+        return f"model:{_state_digest(ref)}"
     if isinstance(ref, (str, Path)) and str(ref).lower() != "dino":
         return _folder_fingerprint(ref)
     if str(ref).lower() == "dino":
