@@ -4,18 +4,26 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv pip install --compile-bytecode --python $(BIN)/python
 
-.PHONY: demo test bench notebook clean
+.PHONY: demo test test-latest lock bench notebook clean
+
+# Installs come from lock files of the tested set (requirements/*.lock: every version pinned, with hashes; one
+# universal resolution, Linux/macOS/Windows, Python >= 3.10; CI tests the Python 3.11 Linux set), so a fresh
+# clone gets what CI tested. `make lock` resolves them again; `make test-latest` tests the newest versions.
+LOCK_MAIN := requirements/main.lock
+LOCK_TEST := requirements/test.lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(UV) -e . || $(BIN)/python -m pip install -e .
+$(VENV)/.installed: pyproject.toml $(LOCK_MAIN) | $(BIN)/python
+	( $(UV) --require-hashes -r $(LOCK_MAIN) && $(UV) --no-deps -e . ) || \
+	( $(BIN)/python -m pip install --require-hashes -r $(LOCK_MAIN) && $(BIN)/python -m pip install --no-deps -e . )
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(UV) -e '.[test]' || $(BIN)/python -m pip install -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml $(LOCK_TEST) | $(BIN)/python
+	( $(UV) --require-hashes -r $(LOCK_TEST) && $(UV) --no-deps -e . ) || \
+	( $(BIN)/python -m pip install --require-hashes -r $(LOCK_TEST) && $(BIN)/python -m pip install --no-deps -e . )
 	touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
@@ -23,6 +31,22 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -ra
+
+# The newest versions the registry has (no lock), in a separate environment: run before each change, so that a
+# dependency that changed behaviour is seen before users see it. Prints what differs from the lock.
+LATEST ?= .venv-latest
+test-latest: | $(BIN)/python
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(BIN)/uv pip install --quiet --python $(LATEST)/bin/python --upgrade --refresh -e '.[test]'
+	$(BIN)/uv pip freeze --python $(LATEST)/bin/python --exclude-editable | \
+	  $(BIN)/python requirements/drift.py $(LOCK_TEST)
+	$(LATEST)/bin/python -m pytest -q -ra
+
+lock: | $(BIN)/python
+	$(BIN)/uv pip compile pyproject.toml --extra test --generate-hashes --universal --python-version 3.10 \
+	  --no-header --upgrade -o $(LOCK_TEST)
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.10 --no-header \
+	  -c $(LOCK_TEST) -o $(LOCK_MAIN)
 
 notebook: | $(BIN)/python
 	$(UV) -e '.[notebook]' || $(BIN)/python -m pip install -e '.[notebook]'
@@ -32,4 +56,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/probe_overhead.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LATEST) outputs .pytest_cache
