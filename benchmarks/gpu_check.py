@@ -117,14 +117,36 @@ def main(argv: list[str]) -> int:
     if command == "env":
         for key, value in environment().items():
             print(f"{key}: {value}")
-    elif command == "images" and len(args) in (1, 2):
-        make_images(args[0], int(args[1]) if len(args) == 2 else 16)
-    elif command == "standins" and len(args) == 1:
-        place_stand_ins(args[0])
+    elif command in ("images", "standins") and len(args) in ((1, 2) if command == "images" else (1,)):
+        problem = _occupied(Path(args[0]))
+        if problem is None and len(args) == 2 and not (args[1].isdigit() and 1 <= int(args[1]) <= 100_000):
+            problem = f"{args[1]!r} is not a number of images per class in [1, 100000]"
+        if problem is not None:
+            print(f"error: {command} {args[0]!r}: {problem}", file=sys.stderr)
+            return 2
+        if command == "images":
+            make_images(args[0], int(args[1]) if len(args) == 2 else 16)
+        else:
+            place_stand_ins(args[0])
     else:
         print(f"error: unknown command {' '.join(argv)!r}; see --help", file=sys.stderr)
         return 2
     return 0
+
+
+def _occupied(folder: Path) -> str | None:
+    """Why ``folder`` cannot receive generated files (they would replace files of the same names that this
+    script did not write), or None for a new or empty folder."""
+    try:
+        if not folder.exists() and not folder.is_symlink():
+            return None
+        if not folder.is_dir():
+            return "exists and is not a folder; name a new or empty folder"
+        if any(folder.iterdir()):
+            return "a folder that already holds files; name a new or empty folder"
+    except OSError as exc:
+        return f"cannot use it ({exc.strerror or exc})"
+    return None
 
 
 if __name__ == "__main__":

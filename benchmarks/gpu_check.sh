@@ -2,7 +2,7 @@
 # The first run of maeprobe on a GPU machine, in one command that needs no network and finishes in at most 8 minutes
 # on an H100/H200-class GPU:
 #
-#   bash benchmarks/gpu_check.sh [--out DIR]     # default DIR: outputs/gpu_check
+#   bash benchmarks/gpu_check.sh [--out DIR]     # default DIR: the repository's outputs/gpu_check
 #   bash benchmarks/gpu_check.sh --dry-run       # the same stages on the CPU, tiny sizes, gloo (tests the script)
 #   options: --only STAGE,STAGE (these and env only), --budget STAGE=SECONDS (another time budget; repeatable)
 #
@@ -17,10 +17,13 @@
 #                pinned memory and persistent workers; then a probe of its checkpoint under torchrun
 #   reproduce    maeprobe reproduce --scale released on stand-in checkpoints in temporary hub caches
 # Writes DIR/results.md (device name and versions first, then one row per stage) and DIR/logs/STAGE.log.
-# Exit status 0 when every stage is ok, 1 otherwise.
+# A relative DIR is in the caller's folder. DIR must be new, empty, or a folder this script made (it leaves the
+# file .maeprobe-gpu-check there): a rerun replaces only results.md, logs/ and work/, never other files.
+# Exit status 0 when every stage is ok, 1 otherwise; 2 for a refused argument or output folder.
 set -u
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }  # the comment block above
+shown() { printf '%q' "$1"; }  # a path in a one-line message: newlines and control characters escaped
 
 STAGES="env pytest-cuda probe pretrain compile torchrun reproduce"
 # Time budgets in seconds: 20 + 140 + 40 + 45 + 115 + 60 + 50 = 470 (8 minutes = 480).
@@ -33,7 +36,7 @@ for arg in "$@"; do
   fi
 done
 DRY=0
-OUT=outputs/gpu_check
+OUT=""
 ONLY=""
 known() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 while [ $# -gt 0 ]; do
@@ -59,14 +62,31 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# Paths the caller gave are the caller's: resolved from its folder before the script moves to the repository.
+case "$OUT" in "") ;; /*) ;; *) OUT=$PWD/$OUT ;; esac
+case "${PYTHON:-}" in */*) [[ "$PYTHON" = /* ]] || PYTHON=$PWD/$PYTHON ;; esac
 cd "$(dirname "$0")/.." || exit 2
+[ -n "$OUT" ] || OUT=$PWD/outputs/gpu_check
 if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+  if [ -x .venv/bin/python ]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=python3; fi
 fi
-mkdir -p "$OUT" || { echo "error: $OUT: cannot write there" >&2; exit 2; }
+# The output folder: new, empty, or one this script made (its marker file). Only what the script writes there is
+# replaced; a folder of other files is refused before anything is removed or run.
+MARK=.maeprobe-gpu-check
+if [ -e "$OUT" ] || [ -L "$OUT" ]; then
+  [ -d "$OUT" ] || { echo "error: --out $(shown "$OUT"): exists and is not a folder; name a new or empty folder" >&2
+                     exit 2; }
+  if [ -n "$(ls -A "$OUT" 2>/dev/null || echo unreadable)" ] && { [ ! -f "$OUT/$MARK" ] || [ -L "$OUT/$MARK" ]; }; then
+    echo "error: --out $(shown "$OUT"): a folder that holds other files (no $MARK from an earlier run of this" \
+         "script); name a new or empty folder" >&2
+    exit 2
+  fi
+fi
+mkdir -p "$OUT" && echo "made by benchmarks/gpu_check.sh, which replaces results.md, logs/ and work/ here" \
+  > "$OUT/$MARK" || { echo "error: --out $(shown "$OUT"): cannot write there" >&2; exit 2; }
 OUT=$(cd "$OUT" && pwd)
 WORK=$OUT/work
-rm -rf "$WORK" "$OUT/logs"
+rm -rf "$WORK" "$OUT/logs" "$OUT/results.md"   # the script's own, from an earlier run into this folder
 mkdir -p "$WORK" "$OUT/logs"
 
 # No network: every model comes from this script or from temporary caches.
@@ -197,5 +217,5 @@ DEVICE_NAME=$(field device)
   echo
   if [ $FAILED = 0 ]; then echo "All stages ok."; else echo "Some stages did not pass; see their logs."; fi
 } > "$OUT/results.md"
-echo "wrote $OUT/results.md ($((SECONDS - START)) s)"
+echo "wrote $(shown "$OUT/results.md") ($((SECONDS - START)) s)"
 exit $FAILED

@@ -19,13 +19,112 @@ METRICS = ("attn-distance", "attn-entropy", "decoder-attn-sim", "decoder-semanti
 
 
 def run_context(model, *, mask_ratio: float, seed: int, shared_mask: bool, dtype: str | None) -> dict:
-    """Settings columns shared by every row of a run."""
+    """Settings columns shared by every row of a run. ``checkpoint`` is the label (the file's name; ``run`` makes
+    it the shortest path suffix that tells its checkpoints apart), ``checkpoint_path`` the file as loaded, so
+    that rows of two files of one name are never taken for one input."""
     info = getattr(model, "checkpoint", None)
     return {"checkpoint": info.name if info else type(model).__name__,
+            "checkpoint_path": str(info.path) if info and getattr(info, "path", None) else float("nan"),
             "pretrain_mask_ratio": info.pretrain_mask_ratio if info and info.pretrain_mask_ratio is not None
             else float("nan"),
             "mask_ratio": float(mask_ratio), "seed": int(seed), "shared_mask": bool(shared_mask),
             "img_size": model.config.img_size, "dtype": dtype or "fp32"}
+
+
+def _is_model(value) -> bool:
+    import torch
+
+    return isinstance(value, torch.nn.Module) and hasattr(value, "config") and hasattr(value, "forward_encoder")
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, (str, os.PathLike)) and not isinstance(value, bytes)
+
+
+def _model(value, load_kwargs: dict | None = None, what: str = "model"):
+    """A loaded model, or a checkpoint path or name loaded with ``load_kwargs``; anything else (a number, None,
+    an option ``load`` does not take, or load options for a model already loaded) is a ``MaeprobeError``."""
+    from .validate import short
+
+    load_kwargs = load_kwargs or {}
+    if _is_path(value):
+        import inspect
+
+        from .checkpoints import load
+
+        allowed = set(inspect.signature(load).parameters) - {"path"}
+        unknown = sorted(set(load_kwargs) - allowed)
+        if unknown:
+            raise MaeprobeError(f"{', '.join(unknown)}: not an option of maeprobe.load; expected "
+                                f"{', '.join(sorted(allowed))}")
+        return load(value, **load_kwargs)
+    if not _is_model(value):
+        raise MaeprobeError(f"{what}: expected a loaded model (maeprobe.load) or a checkpoint path, got "
+                            f"{type(value).__name__} {short(value, 60)}")
+    if load_kwargs:
+        raise MaeprobeError(f"{', '.join(sorted(load_kwargs))}: load options apply only when {what} is a checkpoint "
+                            "path; this one is already loaded")
+    return value
+
+
+def _layers(value, what: str = "layers"):
+    """None (all), else a non-empty list of whole numbers (negative ones count from the end)."""
+    from .validate import integer, short
+
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise MaeprobeError(f"{what}: expected a list of 0-based indices (e.g. [0, 5]) or None, got {short(value, 60)}")
+    out = [integer(what, v) for v in value]
+    if not out:
+        raise MaeprobeError(f"{what}: empty; give at least one index, or None for all")
+    return out
+
+
+def _flag(what: str, value) -> bool:
+    """A true/false option: ``True`` or ``False`` (numpy's too), never text such as ``"no"``, which is truthy."""
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
+        from .validate import short
+
+        raise MaeprobeError(f"{what}: expected True or False, got {short(value, 60)}")
+    return bool(value)
+
+
+def _images(images):
+    """What ``images`` may be (a folder, None, a list of PIL images, an ImageDataset, an [N, 3, H, W] tensor), a
+    tensor of finite numbers only (NaN pixels would make every metric NaN or an arbitrary number)."""
+    import torch
+
+    from .data import ImageDataset
+    from .validate import short
+
+    if images is None or _is_path(images) or isinstance(images, ImageDataset):
+        return images
+    if isinstance(images, torch.Tensor):
+        if not torch.is_floating_point(images) or not bool(torch.isfinite(images).all()):
+            raise MaeprobeError("images: expected a normalised float tensor of finite numbers (it holds NaN or "
+                                "infinite values, or is not floating point)")
+        return images
+    if isinstance(images, (list, tuple)):
+        from PIL import Image
+
+        bad = [img for img in images if not isinstance(img, Image.Image)]
+        if bad:
+            raise MaeprobeError(f"images: a list must hold PIL images (for files give their folder), got "
+                                f"{type(bad[0]).__name__} {short(bad[0], 60)}")
+        return images
+    raise MaeprobeError(f"images: expected a folder, None (the built-in photos), a list of PIL images or an [N, 3, "
+                        f"H, W] tensor, got {type(images).__name__} {short(images, 60)}")
+
+
+def _tau(value):
+    """tau of Eq. 8: None (continuous affinities) or a finite cosine threshold in [-1, 1]. NaN would binarise
+    every affinity to eps (W > NaN is false) and report S = 1."""
+    from .validate import real
+
+    return real("tau", value, -1.0, 1.0, allow_none=True)
 
 
 def attention_distance(model, images=None, *, layers=None, module: str = "encoder", mask_ratio: float = 0.0,
@@ -58,7 +157,9 @@ def attention_distance(model, images=None, *, layers=None, module: str = "encode
         DataFrame with one row per (layer, head): metric, module, layer, head, value, n_images, std,
         ci_low, ci_high and the run's settings.
     """
-    model = resolve_model(model, **load_kwargs)
+    layers, images = _layers(layers), _images(images)
+    renormalize, shared_mask = _flag("renormalize", renormalize), _flag("shared_mask", shared_mask)
+    model = _model(model, load_kwargs)
     reducer = AttentionDistance(model, module=module, layers=layers, units=units, renormalize=renormalize,
                                 bootstrap=bootstrap, bootstrap_seed=seed)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
@@ -75,7 +176,9 @@ def attention_entropy(model, images=None, *, layers=None, module: str = "encoder
     averaged over patch queries and images. ``patch_keys_only`` renormalises the rows over patch keys first.
     ``uniform_level`` is ln(number of keys), the value of uniform attention. Other arguments as
     ``attention_distance``."""
-    model = resolve_model(model, **load_kwargs)
+    layers, images = _layers(layers), _images(images)
+    patch_keys_only, shared_mask = _flag("patch_keys_only", patch_keys_only), _flag("shared_mask", shared_mask)
+    model = _model(model, load_kwargs)
     reducer = AttentionEntropy(model, module=module, layers=layers, patch_keys_only=patch_keys_only,
                                bootstrap=bootstrap, bootstrap_seed=seed)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
@@ -105,7 +208,9 @@ def decoder_attention_similarity(model, images=None, *, layers=None, per_head: b
     ``bootstrap`` replicates resample ``groups`` fixed image groups for ``ci_low``/``ci_high``. Other
     arguments as ``attention_distance``.
     """
-    model = resolve_model(model, **load_kwargs)
+    layers, images = _layers(layers), _images(images)
+    per_head, include_cls_key = _flag("per_head", per_head), _flag("include_cls_key", include_cls_key)
+    model = _model(model, load_kwargs)
     reducer = DecoderAttentionSimilarity(model, layers=layers, per_head=per_head, include_cls_key=include_cls_key,
                                          bootstrap=bootstrap,
                                          bootstrap_seed=seed, groups=groups)
@@ -139,7 +244,8 @@ def decoder_semantic_similarity(model, reference, images=None, *, layers=None, r
         ('saturated' above 0.95, 'empty' below 0.05): a saturated W makes S measure only a density.
         Other arguments as ``attention_distance``.
     """
-    model = resolve_model(model, **load_kwargs)
+    layers, images, tau, center = _layers(layers), _images(images), _tau(tau), _flag("center", center)
+    model = _model(model, load_kwargs)
     reference = load_reference(reference, num_heads=ref_num_heads)
     reducer = DecoderSemanticSimilarity(model, reference, layers=layers, ref_features=ref_features,
                                         decoder_features=decoder_features, tau=tau, center=center,
@@ -155,7 +261,8 @@ def feature_spectrum(model, images=None, *, layers=None, mask_ratio: float = 0.0
     """U-MAE feature-collapse spectrum: singular values (``feature_spectrum`` rows, one per component) and
     effective rank (``effective_rank`` rows) of CLS and mean-pooled patch features of encoder layers
     (default: the last block)."""
-    model = resolve_model(model, **load_kwargs)
+    layers, images = _layers(layers), _images(images)
+    model = _model(model, load_kwargs)
     reducer = FeatureSpectrum(model, layers=layers, bootstrap=bootstrap, bootstrap_seed=seed, groups=groups)
     return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
                   batch_size=batch_size, device=device, dtype=dtype, progress=progress,
@@ -198,8 +305,8 @@ def load_reference(reference, *, num_heads: int | None = None):
     local caches, never downloaded)."""
     from .checkpoints import load
 
-    if not isinstance(reference, (str, os.PathLike)):
-        return reference
+    if not _is_path(reference):
+        return _model(reference, what="reference")
     if str(reference).lower() == "dino":
         if os.environ.get("MAEPROBE_DINO") and not Path(os.environ["MAEPROBE_DINO"]).expanduser().exists():
             raise MaeprobeError(f"MAEPROBE_DINO={os.environ['MAEPROBE_DINO']} does not exist")
@@ -217,16 +324,92 @@ DEFAULT_MASK_RATIOS = {"attn-distance": 0.0, "attn-entropy": 0.0, "spectrum": 0.
 
 def _mask_ratios(metrics, mask_ratio, mask_ratios) -> dict[str, float]:
     """Each metric's probe mask ratio: its default, or ``mask_ratio`` for all, then ``mask_ratios`` per metric."""
-    ratios = {m: (DEFAULT_MASK_RATIOS[m] if mask_ratio is None else float(mask_ratio)) for m in metrics}
+    from collections.abc import Mapping
+
+    from .validate import mask_ratio as checked, short
+
+    ratios = {m: (DEFAULT_MASK_RATIOS[m] if mask_ratio is None else checked(mask_ratio, None, "mask_ratio"))
+              for m in metrics}
+    if mask_ratios is not None and not isinstance(mask_ratios, Mapping):
+        raise MaeprobeError(f"mask_ratios: expected a dict such as {{'attn-distance': 0.75}}, got "
+                            f"{short(mask_ratios, 60)}")
     for metric, ratio in (mask_ratios or {}).items():
         if metric not in ratios:
-            raise MaeprobeError(f"mask ratio given for {metric!r}, which is not among the metrics "
+            raise MaeprobeError(f"mask ratio given for {short(metric, 60)}, which is not among the metrics "
                                 f"({', '.join(metrics)})")
-        ratios[metric] = float(ratio)
-    for metric, ratio in ratios.items():
-        if not 0.0 <= ratio < 1.0:
-            raise MaeprobeError(f"mask ratio of {metric} must be in [0, 1), got {ratio}")
+        ratios[metric] = checked(ratio, None, f"mask ratio of {metric}")
     return ratios
+
+
+def _metric_names(metrics) -> list[str]:
+    """Metric names: a list, or one comma-separated string; each known, at least one."""
+    from .validate import short
+
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    if metrics is None or isinstance(metrics, bytes) or not hasattr(metrics, "__iter__"):
+        raise MaeprobeError(f"metrics: expected a list of metric names ({', '.join(METRICS)}), got "
+                            f"{short(metrics, 60)}")
+    metrics = list(metrics)
+    bad = [m for m in metrics if not isinstance(m, str)]
+    if bad:
+        raise MaeprobeError(f"metrics: {short(bad[0], 40)} is not a metric name; choose from {', '.join(METRICS)}")
+    if not metrics:
+        raise MaeprobeError(f"metrics: none given; choose from {', '.join(METRICS)}")
+    return list(dict.fromkeys(metrics))
+
+
+def _checkpoint_list(checkpoints) -> list:
+    """``run``'s checkpoints: one path, name or model, or a non-empty list of them, none given twice (the same
+    object, or the same file under two names: its rows would repeat under two labels)."""
+    from .validate import short
+
+    if _is_path(checkpoints) or _is_model(checkpoints):
+        checkpoints = [checkpoints]
+    if checkpoints is None or isinstance(checkpoints, bytes) or not hasattr(checkpoints, "__iter__"):
+        raise MaeprobeError(f"checkpoints: expected a checkpoint path or model, or a list of them, got "
+                            f"{short(checkpoints, 60)}")
+    checkpoints = list(checkpoints)
+    if not checkpoints:
+        raise MaeprobeError("checkpoints: none given; expected at least one checkpoint path or model")
+    seen: dict = {}
+    for i, checkpoint in enumerate(checkpoints):
+        if not (_is_path(checkpoint) or _is_model(checkpoint)):
+            raise MaeprobeError(f"checkpoint {i + 1}: expected a checkpoint path or a loaded model, got "
+                                f"{type(checkpoint).__name__} {short(checkpoint, 60)}")
+        if _is_path(checkpoint):
+            try:
+                st = os.stat(checkpoint)
+                key = ("file", st.st_dev, st.st_ino)
+            except OSError:  # a model name, or missing (load says so)
+                key = ("name", os.fspath(checkpoint))
+        else:
+            key = ("object", id(checkpoint))
+        if key in seen:
+            raise MaeprobeError(f"checkpoint {_shown(checkpoint)} is given twice (as checkpoints {seen[key] + 1} and "
+                                f"{i + 1}); name each checkpoint once")
+        seen[key] = i
+    return checkpoints
+
+
+def _shown(checkpoint) -> str:
+    from .validate import one_line
+
+    info = getattr(checkpoint, "checkpoint", None)
+    return one_line(checkpoint if _is_path(checkpoint) else (info.path if info else type(checkpoint).__name__), 120)
+
+
+def _labels(models: list) -> list[str]:
+    """One label per checkpoint of ``run``: the shortest suffix of its path that no other checkpoint's path ends
+    with (``a/checkpoint-last.pth``, ``b/checkpoint-last.pth``; a lone checkpoint keeps its file name); models
+    without a file are named by their class (numbered when several)."""
+    from .results import short_names
+
+    paths = []
+    for model in models:
+        info = getattr(model, "checkpoint", None)
+        paths.append(os.path.abspath(info.path) if info and getattr(info, "path", None) else type(model).__name__)
+    return short_names(paths)
 
 
 def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None, layers=None,
@@ -246,9 +429,12 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
     batch; the ``mask_ratio`` column of every row says which mask it was measured under. Metrics:
     ``attn-distance``, ``attn-entropy``, ``decoder-attn-sim``, ``decoder-semantics`` (needs ``reference``),
     ``spectrum``.
+    Each checkpoint keeps its own rows: ``checkpoint`` is the shortest path suffix that tells the checkpoints
+    apart (``a/checkpoint-last.pth`` and ``b/checkpoint-last.pth``), ``checkpoint_path`` the file; the same
+    checkpoint given twice is refused.
     Other arguments as the single-metric functions.
     """
-    metrics = list(dict.fromkeys(metrics))
+    metrics = _metric_names(metrics)
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise MaeprobeError(f"unknown metrics {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
@@ -257,13 +443,23 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
     from .checkpoints import load
 
     ratios = _mask_ratios(metrics, mask_ratio, mask_ratios)
+    checkpoints = _checkpoint_list(checkpoints)
+    tau, layers, decoder_layers = _tau(tau), _layers(layers), _layers(decoder_layers, "decoder_layers")
+    per_head, include_cls_key, images = _flag("per_head", per_head), _flag("include_cls_key", include_cls_key), \
+        _images(images)
     ref_model = load_reference(reference, num_heads=ref_num_heads) if "decoder-semantics" in metrics else None
-    if isinstance(checkpoints, (str, os.PathLike)) or not hasattr(checkpoints, "__iter__"):
-        checkpoints = [checkpoints]
-    tables = []
-    for checkpoint in checkpoints:
+    tables, models, loaded = [], [], {}
+    for index, checkpoint in enumerate(checkpoints):
         model = load(checkpoint, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size) \
-            if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+            if _is_path(checkpoint) else checkpoint
+        if _is_path(checkpoint):  # a name and the file it resolves to are one checkpoint
+            real = os.path.realpath(model.checkpoint.path)
+            if real in loaded:
+                raise MaeprobeError(f"checkpoint {_shown(checkpoint)} is given twice (as checkpoints "
+                                    f"{loaded[real] + 1} and {index + 1}); name each checkpoint once")
+            loaded[real] = index
+        models.append(model)
+        first = len(tables)
         needs_decoder = {"decoder-attn-sim", "decoder-semantics"} & set(metrics)
         if needs_decoder and not model.has_decoder:
             raise MaeprobeError(f"{getattr(model, 'checkpoint', None) and model.checkpoint.path}: "
@@ -289,7 +485,12 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
             tables.append(_probe(model, reducers, images, mask_ratio=ratio, seed=seed, shared_mask=True,
                                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
                                  num_workers=num_workers, block_queries=block_queries, resample_by=resample_by))
-    return pd.concat(tables, ignore_index=True)
+        for table in tables[first:]:
+            table["_model_index"] = index
+    table = pd.concat(tables, ignore_index=True)
+    labels = _labels(models)  # every checkpoint its own label: two files of one name never become one row
+    table["checkpoint"] = [labels[i] for i in table.pop("_model_index")]
+    return table
 
 
 def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio: float = 0.75, seed: int = 0,
@@ -312,16 +513,36 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
 
     from . import validate
 
+    from PIL import Image
+
+    from .io import check_output_file
+    from .plots.render import check_panels
+    from .results import output_path
+
+    out = output_path(out, "out", kind="stem")  # before anything is loaded or computed
+    for suffix in (".png", ".pdf"):
+        check_output_file(out.with_suffix(suffix))
     device = validate.device(device) or torch.device(default_device())
     validate.integer("--seed", seed, 0, 2**63 - 1)
     validate.mask_ratio(mask_ratio, None, "--mask-ratio")  # before anything is loaded; the grid is checked below
-    if isinstance(image, (str, os.PathLike)):
+    encoder = _flag("encoder", encoder)
+    layers = _layers(layers)
+    if queries is not None:
+        if isinstance(queries, (str, bytes)) or not hasattr(queries, "__iter__"):
+            raise MaeprobeError(f"queries: expected a list of patch indices (e.g. [60, 75]) or None, got "
+                                f"{validate.short(queries, 60)}")
+        queries = [validate.integer("queries", q, 0) for q in queries]
+        if not queries:
+            raise MaeprobeError("queries: empty; give at least one patch index, or None for the default two")
+    if _is_path(image):
         image = open_image(image)
-    model = resolve_model(model, **load_kwargs)
+    elif not isinstance(image, Image.Image):
+        raise MaeprobeError(f"image: expected an image file or a PIL image, got {type(image).__name__} "
+                            f"{validate.short(image, 60)}")
+    model = _model(model, load_kwargs)
     from .limits import check_attention
 
     check_attention(model, "encoder" if encoder else "decoder")
-    model = model.to(device).eval()
     cfg = model.config
     validate.mask_ratio(mask_ratio, cfg.num_patches, "--mask-ratio")
     if queries is not None:
@@ -329,6 +550,16 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
         if bad:
             raise MaeprobeError(f"--query {bad[0]}: expected patch indices 0 ... {cfg.num_patches - 1} "
                                 f"({cfg.grid_size}x{cfg.grid_size} grid, row-major)")
+    if encoder:  # maps: layers x (image + one per head), counted before the model runs
+        shown = resolve_layers(model, "encoder", layers if layers is not None else [-1])
+        check_panels(len(shown), cfg.num_heads + 1)
+    else:
+        if not model.has_decoder:
+            raise MaeprobeError("this checkpoint has no decoder; use --encoder for encoder attention maps")
+        shown = resolve_layers(model, "decoder", layers if layers is not None else
+                               [layer for layer in (0, 1, 2, 4, 7) if layer < cfg.decoder_depth])
+        check_panels(len(queries) if queries is not None else 2, 2 + len(shown))
+    model = model.to(device).eval()
     info = getattr(model, "checkpoint", None)
     name = Path(info.path).name if info is not None and getattr(info, "path", None) else type(model).__name__
     display = fit_to_size(image, cfg.img_size)

@@ -49,7 +49,23 @@ class CaptureRequest:
            features: dict[str, Iterable[int]] | None = None,
            keys: dict[str, Iterable[int]] | None = None) -> "CaptureRequest":
         def freeze(d):
-            return {m: frozenset(v) for m, v in (d or {}).items()}
+            import numbers
+
+            if d is not None and not isinstance(d, dict):
+                raise MaeprobeError(f"CaptureRequest.of: expected {{'encoder'|'decoder': [layer, ...]}}, got "
+                                    f"{type(d).__name__}")
+            frozen = {}
+            for module, layers in (d or {}).items():
+                if module not in ("encoder", "decoder"):
+                    raise MaeprobeError(f"CaptureRequest.of: module must be 'encoder' or 'decoder', got {module!r:.40}")
+                if isinstance(layers, (str, bytes, dict)) or not isinstance(layers, Iterable):
+                    raise MaeprobeError(f"CaptureRequest.of: the {module}'s layers must be a list of whole numbers")
+                layers = list(layers)
+                if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in layers):
+                    raise MaeprobeError(f"CaptureRequest.of: the {module}'s layers must be whole numbers, got "
+                                        f"{layers!r:.60}")
+                frozen[module] = frozenset(int(i) for i in layers)
+            return frozen
 
         return CaptureRequest(freeze(attention), freeze(features), freeze(keys))
 
@@ -436,3 +452,17 @@ def capture(model: nn.Module, request: CaptureRequest,
             handle.remove()
         for attn, fused in fused_before:
             attn.fused_attn = fused
+
+
+class _CallableModule(type(math)):
+    """``maeprobe.capture`` names both this module and its function ``capture`` (the package exports the function).
+    Importing this module, which every metric does, rebinds the package's attribute ``capture`` to the module, so
+    the module forwards calls to the function: ``maeprobe.capture(model, request)`` works either way."""
+
+    def __call__(self, *args, **kwargs):
+        return capture(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule

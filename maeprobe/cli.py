@@ -112,14 +112,19 @@ class DType(str, Enum):
     bf16 = "bf16"
 
 
-def _echo(message: str = "", **kwargs) -> None:
-    """Print on the main process only (under torchrun every process computes, one reports)."""
+def _echo(message: str = "", *, block: bool = False, **kwargs) -> None:
+    """Print on the main process only (under torchrun every process computes, one reports).
+
+    A message is one line: a newline or control character in it (a file name, a key or note from a checkpoint)
+    is shown escaped, so that no name can start a line of its own (a forged ``error: ...``). ``block=True`` keeps
+    the line breaks of text that a formatter built line by line with its values escaped (pandas' ``to_string``,
+    which prints a newline in a value as ``\\n``; the recipe YAML)."""
     from .distributed import is_main
 
     if is_main():
         from .validate import printable
 
-        typer.echo(printable(message), **kwargs)
+        typer.echo(printable(message) if block else _one_line(message), **kwargs)
 
 
 def _friendly(fn):
@@ -143,17 +148,101 @@ def _friendly(fn):
             init_from_env()
             return fn(*args, **kwargs)
         except MaeprobeError as exc:  # every process hits the same refusal; the main one prints it
-            if is_main():
-                typer.echo(f"error: {_one_line(exc)}", err=True)
-            raise typer.Exit(2) from None
+            _refuse(exc)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except RecursionError as exc:  # e.g. folders nested 1,000 deep walked by pathlib's recursive glob
+            _refuse(f"an input is nested too deeply: {_where(exc)} reached Python's recursion limit; expected files "
+                    "and folders nested at most a few hundred levels")
+        except (MemoryError, OSError, RuntimeError) as exc:
+            message = _environment_error(exc)
+            if message is None:  # a bug: its traceback is what a report needs
+                raise
+            _refuse(message)
         finally:
             if joined and dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
 
     return wrapper
+
+
+def _refuse(message) -> None:
+    """``error: <message>`` as one line, printed by the main process, and exit status 2."""
+    from .distributed import is_main
+
+    if is_main():
+        typer.echo(f"error: {_one_line(message)}", err=True)
+    raise typer.Exit(2) from None
+
+
+def _shown_path(name) -> str:
+    """A path from an OSError as one escaped line, its middle cut when it is very long (a path of 6,000
+    characters stays recognisable by its start and its end)."""
+    import os
+
+    text = _one_line(os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else name)
+    return text if len(text) <= 300 else f"{text[:150]}...{text[-120:]}"
+
+
+def _frames(exc: BaseException) -> list[str]:
+    """``module.function`` of maeprobe's own frames in ``exc``'s traceback, outermost first (the CLI left out)."""
+    out, tb = [], exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith("maeprobe.") and module != "maeprobe.cli":
+            out.append(f"{module}.{tb.tb_frame.f_code.co_name}")
+        tb = tb.tb_next
+    return out
+
+
+def _where(exc: BaseException) -> str:
+    frames = _frames(exc)
+    return frames[-1] if frames else "maeprobe"
+
+
+# Where an allocation failed -> the step and the limits (maeprobe/limits.py) that bound its size. A checkpoint
+# anywhere in the stack is the reading; otherwise the innermost of maeprobe's modules decides.
+_MEMORY_STEPS = (
+    ("maeprobe.data", "while decoding images", ("MAEPROBE_MAX_IMAGE_PIXELS",)),
+    ("maeprobe.results", "while reading a result table", ("MAEPROBE_MAX_INFLATE",)),
+    ("maeprobe.plots", "while drawing figures", ()),
+    ("maeprobe.train", "while training", ("MAEPROBE_MAX_MODEL_BYTES", "MAEPROBE_MAX_BATCH_BYTES")),
+    ("maeprobe.", "while computing the metrics", ("MAEPROBE_MAX_METRIC_MEMORY", "MAEPROBE_MAX_PATCHES",
+                                                  "MAEPROBE_MAX_ATTENTION")),
+)
+
+
+def _environment_error(exc: BaseException) -> Optional[str]:
+    """The one line for an error of the environment rather than of maeprobe's code: an allocation that failed
+    (an address-space or container cap), a path the system refused (too long, no permission, a loop of links),
+    a full disk; None for anything else (a bug)."""
+    import errno
+    import re
+
+    from .checkpoints.files import out_of_memory
+
+    if out_of_memory(exc):
+        frames = _frames(exc)
+        if any(f.startswith("maeprobe.checkpoints.") for f in frames):
+            step, names = "while reading the checkpoint", ("MAEPROBE_MAX_INFLATE",)
+        else:
+            innermost = frames[-1] if frames else "maeprobe."
+            step, names = next((s, n) for prefix, s, n in _MEMORY_STEPS if innermost.startswith(prefix))
+        want = re.search(r"allocate (\d+) bytes", str(exc)[:2000])
+        size = f", {int(want.group(1)):,} bytes at once" if want else ""
+        bound = (f"lower {' or '.join(names)} to refuse such inputs before the work starts, "
+                 if names else "use a smaller batch, ")
+        return (f"ran out of memory {step} (in {_where(exc)}{size}): this process may allocate less than "
+                f"maeprobe's limits allow; {bound}or give the process more memory")
+    if isinstance(exc, OSError) and exc.filename is not None:
+        shown = _shown_path(exc.filename)
+        if exc.filename2 is not None:
+            shown += f" -> {_shown_path(exc.filename2)}"
+        return f"{shown}: cannot use this path ({exc.strerror or type(exc).__name__})"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"cannot write ({exc.strerror}) in {_where(exc)}; free some space or write elsewhere"
+    return None
 
 
 def _parse_layers(text: Optional[str], option: str = "--layers") -> Optional[list[int]]:
@@ -314,7 +403,8 @@ def attn_distance(
                f"{_images_text(table)}, mask ratio {mask_ratio:g}")
     _echo(summary.drop(columns=["metric", "module"]).rename(
         columns={"mean": "mean(heads)", "min": "min head", "max": "max head",
-                 "ci_low": "mean ci_low", "ci_high": "mean ci_high"}).to_string(index=False, float_format="%.2f"))
+                 "ci_low": "mean ci_low", "ci_high": "mean ci_high"}).to_string(index=False, float_format="%.2f"),
+          block=True)
     if out is not None:
         _echo(f"wrote {write_table(table, out)}")
 
@@ -334,15 +424,16 @@ def _check_table_out(out) -> None:
     """Refuse a table path that cannot be written before any model is loaded or image decoded."""
     if out is not None:
         from .io import check_output_file
+        from .results import output_path
 
-        check_output_file(out, (".csv", ".json", ".parquet"))
+        check_output_file(output_path(out, "--out"), (".csv", ".json", ".parquet"))
 
 
 def _print_per_layer(table, title: str) -> None:
     rows = table[table["head"].isna()] if table["head"].isna().any() else table
     summary = rows.groupby("layer")[["value", "ci_low", "ci_high"]].mean().reset_index()
     _echo(title)
-    _echo(summary.to_string(index=False, float_format="%.4f"))
+    _echo(summary.to_string(index=False, float_format="%.4f"), block=True)
 
 
 def _write(table, out) -> None:
@@ -383,7 +474,8 @@ def attn_entropy(
           f"{table['uniform_level'].iloc[0]:.3f}")
     _echo(layer_summary(table).drop(columns=["metric", "module"]).rename(
         columns={"mean": "mean(heads)", "min": "min head", "max": "max head"}).to_string(index=False,
-                                                                                        float_format="%.3f"))
+                                                                                        float_format="%.3f"),
+          block=True)
     _write(table, out)
 
 
@@ -418,7 +510,7 @@ def decoder_attn_sim(
     if per_head:
         heads = table[table["head"].notna()][["layer", "head", "value", "ci_low", "ci_high"]]
         _echo("per head (layer and head 0-based, as in the table):")
-        _echo(heads.to_string(index=False, float_format="%.4f"))
+        _echo(heads.to_string(index=False, float_format="%.4f"), block=True)
     _write(table, out)
 
 
@@ -504,7 +596,8 @@ def spectrum(
                              progress=True, num_workers=num_workers)
     ranks = table[table["metric"] == "effective_rank"]
     _echo(f"{model.checkpoint.name}: effective rank of encoder features ({_images_text(ranks)})")
-    _echo(ranks[["layer", "feature", "value", "ci_low", "ci_high"]].to_string(index=False, float_format="%.2f"))
+    _echo(ranks[["layer", "feature", "value", "ci_low", "ci_high"]].to_string(index=False, float_format="%.2f"),
+          block=True)
     _write(table, out)
 
 
@@ -556,7 +649,7 @@ def run_cmd(
     shown = table[table["metric"] != "feature_spectrum"]
     summary = shown.groupby(["checkpoint", "metric", "module", "mask_ratio", "layer"],
                             dropna=False)["value"].mean().unstack("layer")
-    _echo(summary.to_string(float_format="%.3f"))
+    _echo(summary.to_string(float_format="%.3f"), block=True)
     _write(table, out)
 
 
@@ -580,7 +673,9 @@ def render_attn(
     """Attention maps of one image (paper Fig. 4 / B.1), PNG and PDF."""
     from .api import render_attention
     from .io import check_output_file
+    from .results import output_path
 
+    out = output_path(out, "--out", kind="stem")  # '.', '/', a folder, a device: one line, before any work
     for suffix in (".png", ".pdf"):
         check_output_file(out.with_suffix(suffix))
 
@@ -612,9 +707,10 @@ def figures_cmd(
     from .plots import make_figures
 
     check_output_folder(out)
-    from .results import read_table
+    from .results import output_path, read_tables
 
-    table = pd.concat([read_table(p) for p in results], ignore_index=True)
+    output_path(out, "--out", kind="folder")
+    table = read_tables(results)  # each row's file in results_file: tables of one label stay apart
     if label_by not in table.columns:
         raise MaeprobeError(f"--label-by {_one_line(label_by)!r}: the tables have no such column (they have "
                             f"{', '.join(map(str, table.columns[:12]))}, ...)")
@@ -666,11 +762,14 @@ def reproduce_cmd(
         for row in list_findings().itertuples():
             _echo(f"{row.finding:<20} {row.claim} ({row.paper})")
         return
+    from .findings.runner import check_paths
+
+    check_paths(out=out, data=data, eval_data=eval_data)  # names the file system can take, before anything runs
     check_output_folder(out)
     table = reproduce(ids or None, scale=scale, out=out, data=data, eval_data=eval_data, ref=ref, steps=steps,
                       seeds=seeds, probe_images=probe_images, device=device, echo=_echo)
     _echo(table[["finding", "verdict", "measured", "ci_low", "ci_high", "unit"]].to_string(
-        index=False, float_format="%.3g", max_colwidth=48))
+        index=False, float_format="%.3g", max_colwidth=48), block=True)
 
 
 @app.command("pretrain")
@@ -724,8 +823,10 @@ def demo(
     from .io import check_output_folder
 
     check_output_folder(out)
-    paths = run_demo(out, max_minutes=max_minutes, steps=steps, echo=_echo)
-    _echo("\nresults:")
+    paths = run_demo(out, max_minutes=max_minutes, steps=steps,
+                     echo=functools.partial(_echo, block=True))  # its tables; its own lines name no user input
+    _echo()
+    _echo("results:")
     for key, path in paths.items():
         _echo(f"  {key:>24}: {path}")
 
@@ -789,7 +890,7 @@ def recipe_show(
     if nproc is None and (not world.strip().isdigit() or int(world) < 1):
         raise MaeprobeError(f"environment variable WORLD_SIZE={_one_line(world)[:40]!r}: expected a whole number "
                             ">= 1 (or pass --nproc N)")
-    _echo(show_recipe(config, nproc or int(world)), nl=False)
+    _echo(show_recipe(config, nproc or int(world)), nl=False, block=True)
 
 
 @recipe_app.command("run")

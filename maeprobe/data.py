@@ -1,48 +1,62 @@
 """Images in: folders read recursively, the built-in sample photographs, and the evaluation transform.
 
-Any mode (grey, RGBA, 16-bit, palette, CMYK) becomes RGB. An image already at the model's input size is
-used as is; others are resized on the shorter side (bicubic, antialiased) and centre-cropped. Pixels are
-normalised with the checkpoint's mean/std.
+Any mode (grey, RGBA, 16-bit, palette, CMYK) becomes RGB, each by one fixed rule that does not depend on the
+image's own range (``to_rgb``): two images one level apart stay at most one grey apart. An image already at the
+model's input size is used as is; others are resized on the shorter side (bicubic, antialiased) and
+centre-cropped. Pixels are normalised with the checkpoint's mean/std.
+
+File and folder names reach messages only through ``validate.one_line`` (a newline in a name cannot start a
+line of its own); an image that cannot be used is skipped with one warning naming it, also when a DataLoader
+worker process decoded it (the worker hands the reason to the main process, which warns).
 """
 from __future__ import annotations
 
 import importlib.util
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from struct import error as struct_error
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import MaeprobeError
 from .limits import LimitError, limit
-from .validate import first_line
+from .validate import first_line, one_line
 
 # scikit-image / scikit-learn / matplotlib ship these photographs inside their wheels (no download).
 BUILTIN_SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina",
                    "immunohistochemistry", "camera")
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB (16-bit and float images are scaled by their range)."""
+def to_rgb(img: Image.Image, name: str | None = None) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, each mode by one fixed rule, never by the image's own min / max (which
+    gave two 16-bit images one level apart different greys: a 0..255 image was read as 8-bit, a 0..256 one was
+    divided by 257):
+
+    * 16-bit integers (``I;16*``, and ``I``, as which Pillow reads 16-bit PNGs and TIFFs): grey = round(v / 257),
+      the exact inverse of 8 -> 16 bit expansion (v = 257 g), computed in integers; 32-bit ``I`` values are read
+      on the same 0..65535 scale, below 0 as black and above 65535 as white;
+    * floats (``F``): intensities in [0, 1] (scikit-image's and TIFF's convention), grey = round(255 x), clipped;
+      NaN or infinite pixels are refused (``name`` names the image in that message).
+    """
     if img.mode == "RGB":
         return img
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
         if not np.isfinite(arr).all():
-            raise MaeprobeError("a floating-point image holds NaN or infinite pixels; expected finite values")
-        if img.mode == "F":
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        else:  # 16-bit integers (PIL reads 16-bit PNGs as I;16 or I)
-            arr = arr / 257.0 if arr.max() > 255 else arr
-        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+            raise MaeprobeError(f"{name or 'a floating-point image'}: holds NaN or infinite pixels; expected finite "
+                                "values")
+        grey = np.floor(np.clip(arr * np.float32(255.0), 0, 255) + np.float32(0.5))
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    if img.mode.startswith("I"):  # I, I;16, I;16B, I;16L, I;16N, I;16S: integer levels on a 16-bit scale
+        levels = np.clip(np.asarray(img), 0, 65535).astype(np.int32)
+        return Image.fromarray(((2 * levels + 257) // 514).astype(np.uint8)).convert("RGB")  # round(v / 257)
     if img.mode == "P":
         img = img.convert("RGBA")
     return img.convert("RGB")  # L, LA, RGBA (alpha dropped), CMYK, YCbCr, 1
@@ -78,11 +92,7 @@ def open_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
     at a reduced scale (Pillow's draft mode: 1/2, 1/4 or 1/8 in the DCT domain, never below ``min_side``),
     which is several times faster than decoding every pixel and resizing them afterwards.
     """
-    import stat
-
-    from .validate import printable
-
-    name = printable(path, keep_newlines=False)
+    name = one_line(path)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
             raise MaeprobeError(f"{name}: not a regular file; expected an image file")
@@ -95,25 +105,25 @@ def open_image(path: str | os.PathLike, min_side: int | None = None) -> Image.Im
                 Image.MAX_IMAGE_PIXELS = previous
             with img:
                 check_image_size(img.width, img.height, name)
-                image = _decode(img, min_side)
+                image = _decode(img, min_side, name)
                 check_image_size(image.width, image.height, name)
                 return image
     except MaeprobeError:
         raise
     except MemoryError:
         raise MaeprobeError(f"{name}: ran out of memory decoding it") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError,
-            KeyError, struct_error, Image.DecompressionBombError, ZeroDivisionError) as exc:
-        first = first_line(exc, 200)
-        raise MaeprobeError(f"{name}: not a readable image ({first})") from None
+    except Exception as exc:  # noqa: BLE001 - an untrusted file: any decoder's failure is "not readable"
+        # (Pillow's usual ones: UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, ...;
+        # its C plugins raise RuntimeError, e.g. an AVIF whose coded picture is damaged)
+        raise MaeprobeError(f"{name}: not a readable image ({first_line(exc, 200)})") from None
 
 
-def _decode(img: Image.Image, min_side: int | None) -> Image.Image:
+def _decode(img: Image.Image, min_side: int | None, name: str | None = None) -> Image.Image:
     if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
         scale = min_side / min(img.size)
         img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
     img.load()
-    return to_rgb(img).copy()
+    return to_rgb(img, name).copy()
 
 
 def builtin_images() -> list[tuple[str, Image.Image]]:
@@ -168,16 +178,68 @@ def _image_extensions() -> set[str]:
     return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and fmt in FORMATS}
 
 
+def shown_path(path) -> str:
+    """A path as one escaped line for a message (``validate.one_line``), its middle cut when it is very long (a
+    folder nested 2,000 levels deep stays recognisable by its start and its end)."""
+    text = one_line(path)
+    return text if len(text) <= 300 else f"{text[:150]}...{text[-120:]}"
+
+
 def find_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted by path. Raises if there are none."""
+    """Image files under ``folder``, recursively, sorted by path. Raises if there are none.
+
+    The walk keeps its own list of folders to visit instead of recursing (a tree nested thousands of levels
+    deep is walked like a flat one; pathlib's recursive glob overflowed Python's stack at ~1,000 levels), does
+    not follow links to folders (a link to the folder itself or to a parent would never end; links to files are
+    followed, as before), visits every folder once (by device and inode: a bind mount of a parent cannot loop
+    either) and skips, with one warning, a folder below ``folder`` that the system refuses to list (no
+    permission, a path beyond PATH_MAX). A ``folder`` that cannot be read at all is a MaeprobeError naming it.
+    """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise MaeprobeError(f"{folder}: not a folder of images")
+    shown = shown_path(folder)
+    try:
+        info = os.stat(folder)  # a link named on the command line is followed
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        reason = getattr(exc, "strerror", None) or first_line(exc, 120)
+        raise MaeprobeError(f"{shown}: not a folder of images ({reason})") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise MaeprobeError(f"{shown}: not a folder of images")
     extensions = _image_extensions()
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    paths: list[Path] = []
+    pending, seen = [folder], {(info.st_dev, info.st_ino)}
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            if current == folder:
+                raise MaeprobeError(f"{shown}: cannot list the folder ({exc.strerror or type(exc).__name__})") \
+                    from None
+            warnings.warn(f"skipping the folder {shown_path(current)}: cannot list it "
+                          f"({exc.strerror or type(exc).__name__})", stacklevel=2)
+            continue
+        for entry in listed:
+            is_folder = False
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+                if not is_folder:
+                    if os.path.splitext(entry.name)[1].lower() in extensions and entry.is_file():
+                        paths.append(Path(entry.path))
+                    continue
+                below = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                if is_folder:  # e.g. its path is longer than PATH_MAX
+                    warnings.warn(f"skipping the folder {shown_path(entry.path)}: cannot list it "
+                                  f"({exc.strerror or type(exc).__name__})", stacklevel=2)
+                continue  # else a link that loops or leads nowhere: not an image file
+            if (below.st_dev, below.st_ino) not in seen:
+                seen.add((below.st_dev, below.st_ino))
+                pending.append(Path(entry.path))
     if not paths:
-        raise MaeprobeError(f"{folder}: no image files found (looked for {', '.join(sorted(extensions)[:8])}, ...)")
-    return paths
+        raise MaeprobeError(f"{shown}: no image files found in it or its nested folders (looked for "
+                            f"{', '.join(sorted(extensions)[:8])}, ...)")
+    return sorted(paths)
 
 
 def fit_to_size(img: Image.Image, img_size: int) -> Image.Image:
@@ -276,42 +338,64 @@ def unit_indices(labels: Sequence) -> torch.Tensor:
     return torch.as_tensor(out, dtype=torch.long)
 
 
+class SkippedImage(NamedTuple):
+    """An image that ``ImageDataset`` could not use: its index and the reason, one line that names it. The main
+    process warns (``collate_images``): a warning raised inside a DataLoader worker would bypass the caller's
+    warning handling (and, with the spawn start method, print Python's two-line format)."""
+
+    index: int
+    message: str
+
+
 class ImageDataset(Dataset):
-    """Images by index; ``__getitem__`` returns (tensor, index) or None for an unreadable file."""
+    """Images by index; ``__getitem__`` returns (tensor, index), or a ``SkippedImage`` for an image that cannot be
+    used (an unreadable file, a decoder failure of any kind, an image beyond the limits)."""
 
     def __init__(self, items: list[ImageItem], transform: Callable, min_side: int | None = None):
         self.items, self.transform, self.min_side = items, transform, min_side
+        for name in ("MAEPROBE_MAX_IMAGE_PIXELS", "MAEPROBE_MAX_ASPECT"):
+            limit(name)  # a bad value is one refusal here, not a reason to skip every image in the workers
 
     def __len__(self) -> int:
         return len(self.items)
 
     def load(self, index: int) -> Image.Image | None:
+        """The image of ``index``, or None (with a warning naming it) when it cannot be read."""
         item = self.items[index]
         if item.image is not None:
             return item.image
         try:
             return open_image(item.path, self.min_side)
         except MaeprobeError as exc:
-            warnings.warn(f"skipping {exc}", stacklevel=2)
+            warnings.warn(f"skipping {one_line(exc)}", stacklevel=2)
             return None
 
     def __getitem__(self, index: int):
-        img = self.load(index)
-        if img is None:
-            return None
+        item = self.items[index]
+        try:
+            img = item.image if item.image is not None else open_image(item.path, self.min_side)
+        except MaeprobeError as exc:  # open_image names the file
+            return SkippedImage(index, one_line(exc))
         try:
             return self.transform(img), index
-        except LimitError as exc:  # an in-memory image beyond the limits: skipped like an unreadable file
-            warnings.warn(f"skipping {self.items[index].name}: {exc}", stacklevel=2)
-            return None
+        except (MaeprobeError, MemoryError) as exc:  # e.g. an in-memory image beyond the limits
+            return SkippedImage(index, f"{one_line(item.name)}: {first_line(exc)}")
+
+
+def collate_images(batch) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
+    """(images [B, 3, H, W] or None when none was usable, their indices [B], the one-line reasons of the skipped
+    ones): runs in the DataLoader's worker, the reasons are warned about by the main process."""
+    usable = [b for b in batch if b is not None and not isinstance(b, SkippedImage)]
+    skipped = [b.message for b in batch if isinstance(b, SkippedImage)]
+    if not usable:
+        return None, torch.zeros(0, dtype=torch.long), skipped
+    return torch.stack([b[0] for b in usable]), torch.tensor([b[1] for b in usable]), skipped
 
 
 def collate_skip_none(batch):
-    """Stack (tensor, index) pairs, dropping unreadable images (None)."""
-    batch = [b for b in batch if b is not None]
-    if not batch:
-        return None
-    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
+    """Stack (tensor, index) pairs, dropping images that could not be used (None or ``SkippedImage``)."""
+    images, indices, _ = collate_images(batch)
+    return None if images is None else (images, indices)
 
 
 def image_items(images: str | os.PathLike | None) -> list[ImageItem]:

@@ -17,6 +17,32 @@ variable                        default    bounds
 ``MAEPROBE_MAX_METADATA``       1000000    bytes of metadata / configuration text read from a checkpoint
 ``MAEPROBE_MAX_ATTENTION``      4294967296 bytes of one image's attention maps of one layer (heads x tokens^2 x 4),
                                            which the attention metrics hold at once
+``MAEPROBE_MAX_PROBE_BYTES``    2147483648 bytes of the probe set ``reproduce`` holds (images x 3 x size^2 x 4), checked
+                                           before any image is decoded
+``MAEPROBE_MAX_METRIC_MEMORY``  8589934592 bytes a metric keeps or builds beyond the attention maps, computed from the
+                                           model's sizes before the first image: Eq. 7's sums of attention maps
+                                           (layers x heads x masked queries x keys, per bootstrap group),
+                                           Eq. 8's affinity matrices of one image (tokens^2) and the features
+                                           Eq. 8 reads from every requested decoder layer of a batch, the
+                                           spectrum's sums (layers x features x (1 + groups) x width^2)
+``MAEPROBE_MAX_TABLE_ROWS``     1000000    rows of one Parquet results table, read from its metadata before any
+                                           column is decoded
+``MAEPROBE_MAX_TABLE_BYTES``    1073741824 bytes of one Parquet results table once decoded (fixed-width cells from
+                                           the metadata; text cells from the dictionary and run-length encoded
+                                           values, measured before they are expanded)
+``MAEPROBE_MAX_FIGURE_LINES``   20         lines (labels) of one figure, counted before anything is drawn (more
+                                           do not fit its legend)
+``MAEPROBE_MAX_PANELS``         256        maps of one attention render (rows x columns: queries x layers, or
+                                           layers x heads), counted before the model runs
+``MAEPROBE_MAX_MODEL_BYTES``    8589934592 bytes of the parameters a training recipe asks for (parameters x 4, counted
+                                           on the meta device before the model is built; training holds ~4x)
+``MAEPROBE_MAX_BATCH_BYTES``    17179869184 bytes of one training micro-batch: images x (pixels + one layer's
+                                           attention maps) x 4
+``MAEPROBE_MAX_EPOCH_SAMPLES``  50000000   samples of one training epoch (its order is one permutation of 8-byte
+                                           indices)
+``MAEPROBE_MAX_WORKERS``        64         DataLoader worker processes a recipe asks for (``data.num_workers``)
+``MAEPROBE_DIST_TIMEOUT``       600        seconds a process waits for the others when joining a torchrun process
+                                           group (and in each collective operation)
 ==============================  =========  ==================================================================
 """
 from __future__ import annotations
@@ -33,6 +59,17 @@ DEFAULTS = {
     "MAEPROBE_MAX_PATCHES": 16_384,
     "MAEPROBE_MAX_METADATA": 1_000_000,
     "MAEPROBE_MAX_ATTENTION": 1 << 32,
+    "MAEPROBE_MAX_PROBE_BYTES": 1 << 31,
+    "MAEPROBE_MAX_METRIC_MEMORY": 1 << 33,
+    "MAEPROBE_MAX_TABLE_ROWS": 1_000_000,
+    "MAEPROBE_MAX_TABLE_BYTES": 1 << 30,
+    "MAEPROBE_MAX_FIGURE_LINES": 20,
+    "MAEPROBE_MAX_PANELS": 256,
+    "MAEPROBE_MAX_MODEL_BYTES": 1 << 33,
+    "MAEPROBE_MAX_BATCH_BYTES": 1 << 34,
+    "MAEPROBE_MAX_EPOCH_SAMPLES": 50_000_000,
+    "MAEPROBE_MAX_WORKERS": 64,
+    "MAEPROBE_DIST_TIMEOUT": 600,
 }
 
 

@@ -28,11 +28,23 @@ def mask_noise(num_patches: int, seed: int, *, batch_size: int = 1, shared: bool
         shared: one mask for all images (default) or one per image.
         image_indices: global index of each image in the batch (per-image masks only).
     """
+    num_patches, seed = _whole(num_patches, "num_patches", 1), _whole(seed, "seed", -(2 ** 63), 2 ** 64 - 1)
+    batch_size = _whole(batch_size, "batch_size", 1)
+    from .limits import check
+
+    check("MAEPROBE_MAX_PATCHES", num_patches, "mask_noise: num_patches")
+    check("MAEPROBE_MAX_METRIC_MEMORY", 4 * num_patches * batch_size,
+          f"mask_noise: the noise of {batch_size:,} x {num_patches:,} patches (bytes)")
     if shared:
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator().manual_seed(int(seed) % 2 ** 64)
         return torch.rand(1, num_patches, generator=gen).expand(batch_size, -1).contiguous()
     if image_indices is None:
         image_indices = range(batch_size)
+    elif not isinstance(image_indices, (torch.Tensor, list, tuple, range)) or len(image_indices) > batch_size:
+        raise MaeprobeError(f"mask_noise: image_indices must be a list or tensor of at most batch_size={batch_size} "
+                            f"whole numbers, got {type(image_indices).__name__}")
+    image_indices = [_whole(i, "an image index", 0) for i in (image_indices.tolist() if isinstance(
+        image_indices, torch.Tensor) else image_indices)]
     rows = []
     for index in [int(i) for i in image_indices]:
         state = np.random.SeedSequence([int(seed), index]).generate_state(1)[0]
@@ -40,9 +52,22 @@ def mask_noise(num_patches: int, seed: int, *, batch_size: int = 1, shared: bool
     return torch.cat(rows, dim=0)
 
 
+def _whole(value, name: str, low: int, high: int | None = None) -> int:
+    """``value`` as an int when it is a whole number in [low, high] (a bool, float or string is refused)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (
+            high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise MaeprobeError(f"{name} must be a whole number {bounds}, got {value!r:.60}")
+    return int(value)
+
+
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """Number of visible patches: ``int(L * (1 - r))`` as in the official code."""
-    if not 0.0 <= mask_ratio < 1.0:
+    import numbers
+
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real) or not 0.0 <= mask_ratio < 1.0:
         raise MaeprobeError(f"mask ratio must be in [0, 1), got {mask_ratio}")
     return int(num_patches * (1 - mask_ratio))
 
@@ -66,7 +91,13 @@ def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | Non
     Returns:
         x_kept [B, K, D], mask [B, L] (1 = removed, in original patch order), ids_restore [B, L].
     """
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise MaeprobeError(f"random_masking: x must be a tensor of patch tokens [B, L, D], got "
+                            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     B, L, D = x.shape
+    if noise is not None and (not isinstance(noise, torch.Tensor) or tuple(noise.shape) != (B, L)):
+        raise MaeprobeError(f"random_masking: noise must be a tensor of shape [B, L] = [{B}, {L}], got "
+                            f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
     if noise is None:
         noise = torch.rand(B, L, device=x.device)
     noise = noise.to(x.device)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from .capture import CaptureRequest, StopForward, capture, last_event
-from .data import ImageDataset, ImageItem, collate_skip_none, image_items, make_transform, resample_units
+from .data import ImageDataset, ImageItem, collate_images, image_items, make_transform, resample_units
 from .errors import MaeprobeError
 from .masking import MaskInfo, mask_noise
 from .metrics.base import Reducer
@@ -89,9 +89,35 @@ def _batches(model, images, batch_size: int, num_workers: int | None, device="cp
     shard = Subset(dataset, list(range(rank, len(dataset), world)))
     num_workers = min(num_workers, max(1, -(-len(shard) // batch_size))) if num_workers else 0
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_skip_none, pin_memory=torch.device(device).type == "cuda",
+                        collate_fn=collate_images, pin_memory=torch.device(device).type == "cuda",
                         prefetch_factor=4 if num_workers else None)
-    return (b for b in loader if b is not None), len(shard), units
+    return _usable(loader), len(shard), units
+
+
+def _usable(loader) -> Iterable:
+    """The loader's batches of usable images; one warning (in this process) per image that could not be used,
+    each one line naming the file, whichever process decoded it. A worker process that died (a decoder that
+    crashed the process) is one MaeprobeError, not DataLoader's traceback."""
+    import warnings
+
+    from .validate import first_line
+
+    batches = iter(loader)
+    while True:
+        try:
+            images, indices, skipped = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            text = str(exc)[:300]
+            if "DataLoader worker" not in text or not ("killed by signal" in text or "exited unexpectedly" in text):
+                raise  # an exception inside a worker is a bug (images that cannot be used are ``SkippedImage``)
+            raise MaeprobeError(f"a process decoding the images stopped ({first_line(exc)}); run with "
+                                "--num-workers 0 to find the file that stops it") from None
+        for message in skipped:
+            warnings.warn(f"skipping {message}", stacklevel=2)
+        if images is not None:
+            yield images, indices
 
 
 def _units_in_memory(count: int, resample_by) -> torch.Tensor:
@@ -141,7 +167,14 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
             parent folder), or one label per image (e.g. the source photo of each crop).
     """
     from . import validate
-
+    from .metrics.base import Reducer
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise MaeprobeError(f"run_probe: model must be a model from maeprobe.load or build_mae, got "
+                            f"{type(model).__name__}")
+    if isinstance(reducers, Reducer):
+        reducers = [reducers]
+    if not isinstance(reducers, (list, tuple)) or not reducers or not all(isinstance(r, Reducer) for r in reducers):
+        raise MaeprobeError("run_probe: reducers must be a non-empty list of maeprobe metrics (maeprobe.metrics)")
     device = validate.device(device) or torch.device(default_device())
     validate.integer("--batch-size", batch_size, 1, 1 << 20)
     validate.integer("--num-workers", num_workers, 0, 1024, allow_none=True)
@@ -166,6 +199,8 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
         if any(key not in r.consumes() for r in wanted_by):
             del consumers[key]  # someone reads it from the cache: store it
     _check_attention_size(model, request)
+    for reducer in reducers:  # what each metric keeps or builds, from the sizes alone (``limits``)
+        reducer.check_memory(mask_ratio=mask_ratio, batch_size=batch_size)
     run_decoder = request.needs("decoder")
     if run_decoder and not getattr(model, "has_decoder", False):
         raise MaeprobeError("this model has no decoder; decoder metrics need a full MAE checkpoint at its own input size (no --img-size)")

@@ -47,7 +47,10 @@ def test_a_umae_run_saved_before_umae_batch_resumes_only_with_micro(tmp_path):
     args.pop("umae_batch")
     state["args"] = argparse.Namespace(**args)
     torch.save(state, last)
-    with pytest.raises(maeprobe.MaeprobeError, match=r"cannot resume.*umae_batch='micro'.*'global'"):
+    saved = yaml.safe_load((last.parent / "config.yaml").read_text())  # a legacy run's config.yaml lacks it too
+    del saved["umae"]["batch"]
+    (last.parent / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.raises(maeprobe.MaeprobeError, match=r"cannot resume.*umae.batch='micro'.*'global'"):
         pretrain_recipe(config, progress=False)
     resumed = pretrain_recipe(load_recipe(RECIPES / "tiny-umae.yaml", base + ["umae.batch=micro"]), progress=False,
                               stop_after_steps=1)

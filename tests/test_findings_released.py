@@ -43,7 +43,8 @@ def test_released_scale_on_random_stand_ins_is_inconclusive(caches):
         assert (out / "figures" / f"{name}.png").is_file()
     lines.clear()
     again = reproduce(None, scale="released", out=out, probe_images=8, device="cpu", echo=lines.append)
-    assert sum("(reused)" in line for line in lines) == 3 and again["verdict"].tolist() == full["verdict"].tolist()
+    assert sum("(reused)" in line for line in lines) == 3, lines
+    assert again["verdict"].tolist() == full["verdict"].tolist()
 
 
 def test_released_scale_names_every_missing_file_in_one_line(caches):

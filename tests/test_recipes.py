@@ -206,10 +206,13 @@ def test_sigterm_saves_and_resume_completes(tmp_path):
         return out
 
     torch.optim.AdamW.step = step_then_terminate
+    before = signal.signal(signal.SIGTERM, lambda *_: None)  # the signal goes back to this handler after the save
     try:
-        pretrain_recipe(config, progress=False)
+        with pytest.raises(maeprobe.MaeprobeError, match="SIGTERM stopped training at step 5"):
+            pretrain_recipe(config, progress=False)
     finally:
         torch.optim.AdamW.step = original
+        signal.signal(signal.SIGTERM, before)
     assert _state(tmp_path / "b" / "checkpoint-last.pth")["step"] == 5  # nothing lost
     resumed = pretrain_recipe(config, progress=False)
     a, b = _weights(reference), _weights(resumed)

@@ -402,7 +402,7 @@ def attack2(tmp_path_factory):
     # recipes: timestamps and huge numbers YAML cannot turn into Python values, a base outside the folder
     recipes = inputs / "recipes"
     recipes.mkdir()
-    (recipes / "timestamp.yaml").write_text("name: 2001-13-45\n")
+    (recipes / "timestamp.yaml").write_text("name: !!timestamp 2001-13-45\n")  # YAML 1.2 reads it untagged as text
     (recipes / "hugeint.yaml").write_text("optim:\n  epochs: " + "9" * 5000 + "\n")
     secret = root / "secret"
     secret.mkdir()

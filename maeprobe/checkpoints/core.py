@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from ..models import registry
 from ..models.mae import ArchConfig, MaskedAutoencoderViT
 from . import hf, originals
 from .families import FAMILIES
-from .files import EXPECTED, check_storage, read_json, read_npz, read_safetensors, refuse_code, sniff, torch_load
+from .files import (EXPECTED, check_storage, memory_error, out_of_memory, read_json, read_npz, read_safetensors,
+                    refuse_code, refuse_pickle, sniff, torch_load)
 from .meta import clean_meta
 
 
@@ -59,14 +61,27 @@ class CheckpointInfo:
 
 
 # --------------------------------------------------------------------------- reading
+def _user_path(path, what: str) -> Path:
+    """``path`` (a str or os.PathLike) as a Path; anything else is one ``MaeprobeError``."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise MaeprobeError(f"{what}: expected a file path (str or pathlib.Path), got {type(path).__name__} "
+                            f"{path!r:.60}")
+    return Path(path)
+
+
 def read_checkpoint(path: str | os.PathLike, *, prefer: str = "teacher") -> RawCheckpoint:
     """Read any supported checkpoint into canonical key names and name its family. Raises CheckpointError."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(path, f"no such file or folder; expected {EXPECTED}")
-    if path.is_dir() and (weights := _timm_folder(path)) is not None:
+    path = _user_path(path, "read_checkpoint")
+    try:  # an over-long name or path (ENAMETOOLONG), a link loop, a folder without search permission
+        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(path, f"no such file or folder; expected {EXPECTED}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise CheckpointError(path, f"cannot read it ({getattr(exc, 'strerror', None) or exc}); expected "
+                                    f"{EXPECTED}") from None
+    if is_dir and (weights := _timm_folder(path)) is not None:
         raw = _read_file(weights, prefer, path / "config.json")
-    elif path.is_dir():
+    elif is_dir:
         sd, fam, fmt, meta, notes = hf.read_folder(path)
         raw = RawCheckpoint(str(path), sd, fmt, meta, notes, fam)
     else:
@@ -102,6 +117,7 @@ def _read_file(path: Path, prefer: str, timm_config: Path | None = None) -> RawC
     kind = sniff(path)
     refuse_code(path, kind)
     if kind == "unknown":
+        refuse_pickle(path)  # a protocol 0/1 pickle (no magic bytes) that asks for a callable is named as such
         raise CheckpointError(path, f"unrecognised file content; expected {EXPECTED}")
     if kind == "npz":
         sd, meta = originals.read_npz_vit(path, read_npz(path))
@@ -407,15 +423,19 @@ def load(path: str | os.PathLike, *, num_heads: int | None = None, decoder_num_h
 
     if prefer not in ("teacher", "student", "momentum", "base"):
         raise MaeprobeError(f"prefer={prefer!r}: expected teacher, student, momentum or base")
-    path = resolve(path)
     try:
+        path = resolve(path)  # inside: the hub caches' places come from environment variables
         return _load(path, num_heads, decoder_num_heads, prefer, img_size, device)
     except MaeprobeError:
         raise
-    except MemoryError:
-        raise CheckpointError(path, "ran out of memory while reading it; expected a checkpoint that fits in "
-                                    "memory") from None
-    except _MALFORMED as exc:
+    except (MemoryError, OSError, *_MALFORMED) as exc:
+        if out_of_memory(exc):  # an allocation refused under a memory cap: not a malformed file
+            raise memory_error(path, exc) from None
+        if isinstance(exc, OSError) and exc.filename is not None:  # a file of the checkpoint cannot be read
+            raise CheckpointError(exc.filename, f"cannot read it ({exc.strerror or exc}); expected "
+                                                f"{EXPECTED}") from None
+        if not isinstance(exc, _MALFORMED):
+            raise
         from ..validate import first_line
 
         raise CheckpointError(path, f"malformed checkpoint ({type(exc).__name__}: {first_line(exc)}); "
@@ -585,7 +605,13 @@ def save_checkpoint(model: MaskedAutoencoderViT, path: str | os.PathLike, **extr
     from ..distributed import is_main
     from ..io import atomic_path
 
-    path = Path(path)
+    if not isinstance(model, MaskedAutoencoderViT):
+        raise MaeprobeError(f"save_checkpoint: model must be a model from maeprobe.load or build_mae, got "
+                            f"{type(model).__name__}")
+    path = _user_path(path, "save_checkpoint")
+    bad = sorted(k for k in extra if k in ("model", "maeprobe"))
+    if bad:
+        raise MaeprobeError(f"save_checkpoint: {bad[0]!r} is written by maeprobe itself; pass other extra entries")
     if not is_main():
         return path
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -5,16 +5,25 @@
 * ``.safetensors`` files and Google's JAX ``.npz`` archives (``numpy.load(allow_pickle=False)``) hold only
   arrays by construction.
 * TorchScript archives and any other format that executes code on load are refused with one line.
+* The format is what the bytes are (``sniff``), never the file's name: ``torch.load`` is handed an open file, as
+  torch 2.14+ passes any path ending in ``.safetensors`` to safetensors itself.
+* A refused pickle is named by the callable it asks for (``module.qualname``), read from its opcodes without
+  running them (``requested_globals``).
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import json
 import os
 import pickle
+import pickletools
 import re
 import stat
+import warnings
 import zipfile
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +31,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..limits import LimitError, limit
-from ..validate import first_line
+from ..validate import first_line, one_line
 
 EXPECTED = ("a ViT/MAE checkpoint: a PyTorch .pth/.pt/.bin file, a .safetensors file, a JAX .npz file, "
             "or a HuggingFace folder with config.json")
@@ -125,26 +134,202 @@ def parse_json(data: bytes | str, path, what: str = "metadata") -> dict:
 
 
 def torch_load(path: Path):
-    """``torch.load(weights_only=True)`` with the allow-list; CheckpointError on anything else."""
+    """``torch.load(weights_only=True)`` with the allow-list; CheckpointError on anything else.
+
+    The bytes decide: a file that is not a PyTorch pickle (safetensors, ``.npz``, TorchScript) is refused with one
+    line saying what it is, and ``torch.load`` gets an open file rather than the name (torch 2.14+ hands a path
+    ending in ``.safetensors`` to safetensors whatever it holds)."""
     require_regular(path)
+    kind = sniff(path)
+    refuse_code(path, kind)
+    if kind in ("safetensors", "npz"):
+        suffix = ".safetensors" if kind == "safetensors" else ".npz"
+        raise CheckpointError(path, f"not a PyTorch pickle (its bytes are a {suffix} file); rename it to "
+                                    f"{suffix}" + (" (model.safetensors in a HuggingFace folder)"
+                                                   if kind == "safetensors" else ""))
     check_zip(path)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as handle, torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            # torch's note on protocol 4+ pickles: what it cannot read is refused with its own line below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"(?:Unsupported global|GLOBAL|global)[:\s]+([\w.]+(?:\.[\w]+)*)", str(exc))
-        what = found.group(1) if found else "a Python object"
-        if "weights_only" in str(exc) or found:
-            raise CheckpointError(path, f"refused to load: the pickle asks for `{what}`, which is not on "
-                                        "maeprobe's allow-list; checkpoints must hold only tensors and plain "
-                                        "containers (untrusted pickles never run code here)") from None
-        raise CheckpointError(path, f"corrupt pickle ({exc}); expected {EXPECTED}") from None
+        refuse_pickle(path, exc)
     except RecursionError:
         raise CheckpointError(path, "the pickle is nested too deeply; expected a state dict") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, IndexError, KeyError, TypeError,
             AttributeError, OverflowError, MemoryError) as exc:
+        if out_of_memory(exc):
+            raise memory_error(path, exc) from None
         first = first_line(exc, 200)
         raise CheckpointError(path, f"truncated or corrupt PyTorch file ({first}); expected {EXPECTED}") from None
+
+
+def refuse_pickle(path: Path, exc: pickle.UnpicklingError | None = None) -> None:
+    """Raise the one line for a pickle that ``torch.load(weights_only=True)`` refused (``exc``), or that is no
+    PyTorch file but asks for a callable (``exc`` None): the callable it asks for (``module.qualname``, from its
+    opcodes, never run), else the instruction the safe loader does not read."""
+    allowed = _allowed_names()
+    torch_listed = "torch.Tensor" in allowed  # else every torch.* name counts as torch's own
+    found = next((name for name in requested_globals(path)
+                  if name not in allowed and (torch_listed or not name.startswith("torch."))), None)
+    if found is not None:
+        raise CheckpointError(path, f"refused to load: the pickle asks for `{one_line(found, 200)}`, which is not "
+                                    "on maeprobe's allow-list; checkpoints must hold only tensors and plain "
+                                    "containers (untrusted pickles never run code here)") from None
+    if exc is None:
+        return
+    text = str(exc)
+    operand = re.search(r"Unsupported operand (\d+)", text)
+    if operand is not None:
+        op = pickletools.code2op.get(chr(int(operand.group(1)) % 256))
+        opname = op.name if op is not None else f"opcode {operand.group(1)}"
+        raise CheckpointError(path, f"refused to load: the pickle uses the instruction {opname}, which maeprobe's "
+                                    "safe loader does not read; save the weights with torch.save(state_dict, "
+                                    "path)") from None
+    if "weights_only" in text or "Weights only" in text:
+        detail = next((line.strip() for line in text.splitlines()
+                       if line.strip() and "Weights only load failed" not in line and "weights_only" not in line
+                       and not line.strip().startswith(("(1)", "(2)", "Check the documentation"))), "")
+        raise CheckpointError(path, "refused to load: the pickle holds objects other than tensors and plain "
+                                    f"containers ({one_line(detail, 160) or 'refused by the safe loader'}); "
+                                    "untrusted pickles never run code here") from None
+    raise CheckpointError(path, f"corrupt pickle ({first_line(exc, 200)}); expected {EXPECTED}") from None
+
+
+_SCAN_BYTES = 16 << 20  # the pickle of a state dict is a few MB at most; the tensors' bytes lie elsewhere
+_PUSH_STRING = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
+                "STRING"}
+_NO_PUSH = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME", "STOP", "MARK", "POP", "POP_MARK",
+            "SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS", "BUILD"}
+
+
+def _allowed_names() -> set[str]:
+    """``module.qualname`` of every global ``torch.load(weights_only=True)`` builds here: torch's own allow-list
+    and maeprobe's ``SAFE_GLOBALS`` (a torch without its private list: ``collections.OrderedDict``, and the caller
+    counts every ``torch.*`` name as torch's own)."""
+    names = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS} | {"collections.OrderedDict"}
+    try:
+        from torch import _weights_only_unpickler
+
+        names |= set(_weights_only_unpickler._get_allowed_globals())
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - the private list moved
+        pass
+    return names
+
+
+def requested_globals(path: Path) -> list[str]:
+    """The callables and classes (``module.qualname``) that the pickle(s) of ``path`` ask for, in order, read from
+    the opcodes by ``pickletools`` (nothing is imported or run): the ``data.pkl`` of a ``torch.save`` zip, else the
+    successive pickles at the start of the file (legacy ``torch.save``, plain pickles). Reads at most 16 MB; a
+    stream that stops making sense ends the list."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entry = next((i for i in archive.infolist() if i.filename.endswith("data.pkl")), None)
+            if entry is None:
+                return []
+            with archive.open(entry) as f:
+                data = f.read(_SCAN_BYTES)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError, NotImplementedError):
+        try:
+            with open(path, "rb") as f:
+                data = f.read(_SCAN_BYTES)
+        except OSError:
+            return []
+    names: list[str] = []
+    stream = io.BytesIO(data)
+    for _ in range(8):  # legacy torch.save: magic number, protocol, system info, the object, storage keys
+        start = stream.tell()
+        names += _globals_of_one_pickle(stream)
+        if stream.tell() in (start, len(data)):
+            break
+    return names
+
+
+def _globals_of_one_pickle(stream: io.BytesIO) -> list[str]:
+    """Globals of the pickle at ``stream``'s position (``GLOBAL``/``INST`` name them; ``STACK_GLOBAL`` takes the two
+    strings pushed before it, which may come from the memo). Stops at ``STOP`` or at the first byte that is no
+    opcode."""
+    names: list[str] = []
+    recent: deque = deque(maxlen=2)  # the values on top of the stack, as far as strings are concerned
+    memo: dict = {}  # memo index -> string (other memoized values are not kept)
+    memoized = protocol = 0
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            name = op.name
+            if name in _PUSH_STRING:
+                recent.append(arg if isinstance(arg, str) else None)
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                recent.append(memo.get(arg))
+            elif name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                index = memoized if name == "MEMOIZE" else arg
+                memoized += name == "MEMOIZE"
+                if recent and isinstance(recent[-1], str):
+                    memo[index] = recent[-1]
+                else:
+                    memo.pop(index, None)
+            elif name == "PROTO":
+                protocol = arg
+            elif name in ("GLOBAL", "INST"):
+                module, _, qualname = str(arg).partition(" ")
+                names.append(_python3_name(module, qualname, protocol))
+                recent.append(None)
+            elif name == "STACK_GLOBAL":
+                if len(recent) == 2 and all(isinstance(v, str) for v in recent):
+                    names.append(_python3_name(recent[0], recent[1], protocol))
+                recent.append(None)
+            elif name not in _NO_PUSH:
+                recent.append(None)
+    except Exception:  # noqa: BLE001 - hostile bytes: whatever pickletools cannot parse ends the scan
+        pass
+    return names
+
+
+def _python3_name(module: str, qualname: str, protocol: int) -> str:
+    """``module.qualname`` as Python 3 resolves it: pickles of protocol < 3 may use Python 2's names
+    (``__builtin__.eval`` is ``builtins.eval``), which the unpicklers map, as ``pickle`` and torch do."""
+    if protocol < 3:
+        import _compat_pickle
+
+        if (module, qualname) in _compat_pickle.NAME_MAPPING:
+            module, qualname = _compat_pickle.NAME_MAPPING[(module, qualname)]
+        else:
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{qualname}"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """True for a failed allocation, whichever layer reports it: ``MemoryError`` (numpy's ``_ArrayMemoryError`` is
+    one), torch's allocators (``DefaultCPUAllocator: can't allocate memory``, ``torch.OutOfMemoryError``), an
+    ``OSError`` ENOMEM (``mmap``), or a library that wraps the system's message (safetensors)."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return True
+    oom = getattr(torch, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    text = str(exc)[:2000]
+    return isinstance(exc, Exception) and any(s in text for s in (
+        "can't allocate memory", "Cannot allocate memory", "out of memory", "memory allocation failed"))
+
+
+def memory_error(path, exc: BaseException) -> CheckpointError:
+    """The one line for a checkpoint whose reading ran out of memory (an address-space or container cap)."""
+    want = re.search(r"allocate (\d+) bytes", str(exc)[:2000])
+    sizes = []
+    try:
+        if os.path.isfile(path):
+            sizes.append(f"{os.stat(path).st_size:,} bytes on disk")
+    except (OSError, ValueError):
+        pass
+    if want:
+        sizes.append(f"{int(want.group(1)):,} bytes asked at once")
+    sizes_text = f" ({'; '.join(sizes)})" if sizes else ""
+    return CheckpointError(path, f"ran out of memory while reading the checkpoint{sizes_text}: this process may "
+                                 "allocate less than it needs; a checkpoint may claim up to MAEPROBE_MAX_INFLATE "
+                                 "times its stored bytes (lower that variable to refuse such files before they are "
+                                 "read), or give the process more memory")
 
 
 def read_pickle(path: str | os.PathLike):
@@ -157,6 +342,12 @@ def read_safetensors(path: Path) -> tuple[dict, dict]:
     from safetensors import SafetensorError, safe_open
 
     require_regular(path)
+    kind = sniff(path)
+    refuse_code(path, kind)
+    if kind in ("zip", "pickle", "npz"):  # the name says safetensors, the bytes say otherwise
+        what = {"zip": "a PyTorch zip checkpoint", "pickle": "a PyTorch pickle checkpoint", "npz": "a JAX .npz"}[kind]
+        raise CheckpointError(path, f"not a safetensors file (it is {what}); rename it to "
+                                    + (".npz" if kind == "npz" else ".pth (pytorch_model.bin in a HuggingFace folder)"))
     with open(path, "rb") as f:  # the header's length comes first; bound it before the library parses it
         head = f.read(8)
     header = int.from_bytes(head, "little") if len(head) == 8 else 0
@@ -168,7 +359,9 @@ def read_safetensors(path: Path) -> tuple[dict, dict]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError, MemoryError) as exc:
+        if out_of_memory(exc):
+            raise memory_error(path, exc) from None
         first = first_line(exc, 200)
         raise CheckpointError(path, f"truncated or corrupt safetensors file ({first}); expected {EXPECTED}") from None
     meta = {}
@@ -191,8 +384,13 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     except ValueError as exc:
         raise CheckpointError(path, f"refused to load: the .npz holds Python objects ({exc}); "
                                     "only numeric arrays are read") from None
+    except MemoryError as exc:  # numpy's _ArrayMemoryError too
+        raise memory_error(path, exc) from None
     except (OSError, zipfile.BadZipFile, EOFError, KeyError, TypeError, NotImplementedError) as exc:
-        raise CheckpointError(path, f"truncated or corrupt .npz file ({exc}); expected {EXPECTED}") from None
+        if out_of_memory(exc):
+            raise memory_error(path, exc) from None
+        raise CheckpointError(path, f"truncated or corrupt .npz file ({first_line(exc, 200)}); expected "
+                                    f"{EXPECTED}") from None
 
 
 def sniff(path: Path) -> str:

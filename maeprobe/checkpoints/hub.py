@@ -93,10 +93,20 @@ def offline() -> bool:
 
 def is_name(source) -> bool:
     """True for ``hf-hub:``/``timm/`` names and release file names that are not existing paths."""
-    if not isinstance(source, (str, os.PathLike)) or Path(source).exists():
+    if not isinstance(source, (str, os.PathLike)) or _exists(source):
         return False
     text = str(source)
     return text.startswith(("hf-hub:", "timm/")) or release_url(text) is not None
+
+
+def _exists(source) -> bool:
+    """Whether ``source`` names something on disk; a path the system cannot even look up (a component over 255
+    bytes, a path over PATH_MAX, a NUL byte) is not an existing path, and the reader names it in one line."""
+    try:
+        os.stat(source)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def resolve(source):

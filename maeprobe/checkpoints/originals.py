@@ -159,3 +159,58 @@ def read_npz_vit(path: Path, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]
     if not num_classes:
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     return sd, {"num_heads": heads, "pos_resample": "timm"}
+
+
+# --------------------------------------------------------------------------- what a release file holds
+# A file is described as an official release only when its contents match the release: the architecture and the
+# parameter count read from its weights (every release below is a 224 px ViT; the DINOv2 files hold a 518 px
+# position grid), and, where the release's name carries it (DeiT: torch.hub checks the first 8 hex digits of the
+# file's SHA-256), the hash. Numbers: facebookresearch/mae models_mae.py (mae_vit_base_patch16_dec512d8b: ViT-B/16
+# encoder, 8 decoder blocks 512 wide, 16 x 16 x 3 pixel predictions), dino vision_transformer.py (vit_base /
+# vit_small, patch 16, no head), deit models.py (deit_base_patch16_224: ViT-B/16 with a 1000-class head), dinov2
+# (vit_base, patch 14, 518 px grid, LayerScale; reg4: 4 register tokens). Parameter counts are the sums of the
+# tensors maeprobe loads (MAE's and DINO's fixed position embeddings included; DINOv2's mask token left out).
+_VIT_B16 = dict(embed_dim=768, depth=12, patch_size=16, img_size=224, class_token=True, num_reg_tokens=0,
+                dist_token=False, decoder_depth=0, num_classes=0)
+_MAE_B16 = dict(_VIT_B16, decoder_embed_dim=512, decoder_depth=8)
+_DINOV2_B14 = dict(_VIT_B16, patch_size=14, img_size=518)
+RELEASES: dict[str, tuple[dict, int, str | None]] = {  # name -> (architecture, parameters, SHA-256 prefix)
+    "mae_pretrain_vit_base_full.pth": (_MAE_B16, 111_907_840, None),
+    "mae_visualize_vit_base.pth": (_MAE_B16, 111_907_840, None),
+    "mae_pretrain_vit_base.pth": (_VIT_B16, 85_798_656, None),
+    "dino_vitbase16_pretrain.pth": (_VIT_B16, 85_798_656, None),
+    "timm/vit_base_patch16_224.dino": (_VIT_B16, 85_798_656, None),
+    "dino_deitsmall16_pretrain.pth": (dict(_VIT_B16, embed_dim=384), 21_665_664, None),
+    "timm/vit_small_patch16_224.dino": (dict(_VIT_B16, embed_dim=384), 21_665_664, None),
+    "deit_base_patch16_224-b5f2ef4d.pth": (dict(_VIT_B16, num_classes=1000), 86_567_656, "b5f2ef4d"),
+    "timm/deit_base_patch16_224.fb_in1k": (dict(_VIT_B16, num_classes=1000), 86_567_656, None),
+    "dinov2_vitb14_pretrain.pth": (_DINOV2_B14, 86_579_712, None),
+    "dinov2_vitb14_reg4_pretrain.pth": (dict(_DINOV2_B14, num_reg_tokens=4), 86_582_784, None),
+}
+
+
+def _shape_text(arch: dict, params: int) -> str:
+    text = (f"width {arch['embed_dim']}, {arch['depth']} blocks, patch {arch['patch_size']} at {arch['img_size']} px, "
+            f"{params:,} parameters")
+    if arch.get("decoder_depth"):
+        text += f", decoder of {arch['decoder_depth']} blocks {arch.get('decoder_embed_dim')} wide"
+    return text
+
+
+def release_mismatch(name: str, model, sha256: str | None = None) -> str | None:
+    """Why the model loaded from a file named like release ``name`` is not that release, or None when its contents
+    match (``RELEASES``: architecture, parameter count and, where the name carries it, the SHA-256 prefix;
+    ``sha256``: the file's hex digest). A name maeprobe knows no contents of is reported as unchecked."""
+    if name not in RELEASES:
+        return "maeprobe knows no contents of a release of this name to check it against"
+    expected, params, prefix = RELEASES[name]
+    cfg = model.config
+    found = {key: getattr(cfg, key, None) for key in expected}
+    found["decoder_depth"] = found.get("decoder_depth") or 0
+    found["num_classes"] = found.get("num_classes") or 0
+    count = sum(p.numel() for p in model.parameters())
+    if found != expected or count != params:
+        return f"it holds {_shape_text(found, count)}; the release has {_shape_text(expected, params)}"
+    if prefix is not None and (sha256 is None or not sha256.startswith(prefix)):
+        return f"its SHA-256 starts with {(sha256 or '?')[:8]}, the release's with {prefix}"
+    return None

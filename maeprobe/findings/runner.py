@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -85,6 +86,7 @@ def train(name: str, scale: Scale, root: Path, *, seed: int = 0, data=None, step
     total = config["optim"]["epochs"] * STEPS_PER_EPOCH
     if (folder / "model.safetensors").is_file():
         _check_reusable(folder, config)
+        _check_checkpoint(folder, _flat_config(config), total)
         echo(f"{name} seed {seed}: reused ({folder})")
         return folder
     resumed = (folder / "checkpoint-last.pth").is_file()
@@ -102,39 +104,120 @@ def train(name: str, scale: Scale, root: Path, *, seed: int = 0, data=None, step
 
 
 def initial_weights(folder: Path):
-    """The same seed's initial weights of a run (the findings' control): its saved recipe, rebuilt exactly as
-    the engine started (``initial_objective``), never trained. Returns the objective (``.model``, and
-    ``.projector`` for LC-MAE)."""
-    import yaml
-
+    """The same seed's initial weights of a run (the findings' control): its saved recipe (``saved_config``),
+    rebuilt exactly as the engine started (``initial_objective``), never trained. Returns the objective
+    (``.model``, and ``.projector`` for LC-MAE)."""
+    from ..train.config import DEFAULTS, _merge, check_recipe
     from ..train.engine import initial_objective
 
-    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config = saved_config(folder)
+    try:  # settings added to maeprobe after the run was saved take their defaults, as the engine reads them
+        config = check_recipe(_merge(DEFAULTS, config))
+    except MaeprobeError as exc:
+        raise MaeprobeError(f"{folder / 'config.yaml'}: {exc}; expected the config.yaml its run wrote") from None
     with torch.random.fork_rng(devices=[]):
         objective = initial_objective(config)
     return objective.eval()
 
 
-def _check_reusable(folder: Path, config: dict) -> None:
-    """A finished run is reused only when its saved config.yaml is this run's configuration (settings that do
-    not change the result excepted); otherwise one line instead of a verdict on another model."""
+def _small_text(path: Path, what: str) -> str:
+    """The text of a file of a stored run (``--out`` holds stored results, which are untrusted input): a regular
+    file of at most ``MAEPROBE_MAX_METADATA`` bytes (a FIFO would block, a huge file fill memory)."""
+    import stat
+
+    from ..limits import check
+
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise MaeprobeError(f"{path}: not a regular file; expected {what}")
+        check("MAEPROBE_MAX_METADATA", info.st_size, f"{path}: {what} of {info.st_size:,} bytes")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise MaeprobeError(f"{path}: not UTF-8 text; expected {what}") from None
+    except OSError as exc:
+        raise MaeprobeError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__}); expected {what}") from None
+
+
+def saved_config(folder: Path) -> dict:
+    """A run's saved ``config.yaml``, read as untrusted input: bounded (``_small_text``), plain YAML without
+    anchors or aliases (the engine never writes them; aliases would let 1 kB expand into billions of settings
+    when flattened), and only recipe keys in recipe sections. One line otherwise."""
     import yaml
 
-    from ..errors import MaeprobeError
+    from ..train.config import DEFAULTS, _check
+
+    path = folder / "config.yaml"
+    what = "the config.yaml of a maeprobe run"
+    text = _small_text(path, what)
+
+    class Plain(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None) is not None:
+                raise yaml.YAMLError("YAML anchors and aliases")
+            return super().compose_node(parent, index)
+
+    try:
+        data = yaml.load(text, Loader=Plain)
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
+        problem = getattr(exc, "problem", None) or (exc.args[0] if exc.args and isinstance(exc.args[0], str) else
+                                                    type(exc).__name__)
+        raise MaeprobeError(f"{path}: not readable ({str(problem)[:120]}); expected {what}") from None
+    if not isinstance(data, dict):
+        raise MaeprobeError(f"{path}: holds a YAML {type(data).__name__}; expected {what}")
+    try:
+        _check(data, DEFAULTS, "")
+    except MaeprobeError as exc:
+        raise MaeprobeError(f"{path}: {exc}; expected {what}") from None
+    return data
+
+
+def _flat_config(config: dict) -> dict:
+    from ..train.engine import _flat
+
+    return _flat(config)
+
+
+def _check_reusable(folder: Path, config: dict) -> None:
+    """A finished run is reused only when its saved config.yaml (``saved_config``) is this run's configuration
+    (settings that do not change the result excepted); otherwise one line instead of a verdict on another model."""
     from ..train.engine import _flat, changed_settings, saved_setting
 
     try:
-        saved = yaml.safe_load((folder / "config.yaml").read_text())
-        saved = _flat(saved) if isinstance(saved, dict) else None
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        saved = None
-    if saved is None:
-        raise MaeprobeError(f"{folder}: a finished run without a readable config.yaml; move it away to retrain")
+        saved = _flat(saved_config(folder))
+    except MaeprobeError as exc:
+        raise MaeprobeError(f"{folder}: a finished run without a readable config.yaml ({exc}); move it away to "
+                            "retrain") from None
     now = _flat(config)
     changed = changed_settings(saved, now)
     if changed:
         raise MaeprobeError(f"{folder}: holds a run trained with {changed[0]}={saved_setting(saved, changed[0])!r}, not "
                             f"{now.get(changed[0])!r}; use another --out or move the folder away")
+
+
+def _check_checkpoint(folder: Path, settings: dict, total: int | None) -> None:
+    """The checkpoint a finished run is measured from (``checkpoint-last.pth``) must be the one this run wrote:
+    trained with ``settings`` (the run's flat configuration; settings that do not change the result excepted),
+    and, when ``total`` is given, to its last step. A checkpoint copied in from another run (another seed, mask
+    ratio or method) or left by an earlier, shorter run is one line, never measured as this run."""
+    from ..checkpoints import read_pickle
+    from ..train.engine import changed_settings, saved_setting
+
+    last = folder / "checkpoint-last.pth"
+    where = f"{last}: not the checkpoint of the run in {folder}"
+    state = read_pickle(last)
+    args = state.get("args") if isinstance(state, dict) else None
+    saved = getattr(args, "__dict__", None)
+    if not isinstance(saved, dict):
+        raise MaeprobeError(f"{where} (no training settings in it); move the folder away to retrain")
+    changed = changed_settings(saved, settings)
+    if changed:
+        key = changed[0]
+        raise MaeprobeError(f"{where}: it was trained with {key}={saved_setting(saved, key)!r}, the run with "
+                            f"{settings.get(key, '<absent>')!r}; move the folder away to retrain")
+    step = state.get("step")
+    if total is not None and step != total:
+        raise MaeprobeError(f"{where}: it stopped at step {step!r} of {total}; move the folder away to retrain")
 
 
 def _load(folder: Path):
@@ -144,11 +227,25 @@ def _load(folder: Path):
 
 
 def final_loss_parts(folder: Path) -> dict[str, float]:
-    """The loss parts of the last logged step (log.csv ``parts``: ``name=value;...``)."""
+    """The loss parts of the last logged step (log.csv ``parts``: ``name=value;...``), read from the file's last
+    64 kB only (a log of any length costs the same); {} when there are none."""
+    import csv
+    import io
+    import stat
+
+    path = folder / "log.csv"
     try:
-        last = pd.read_csv(folder / "log.csv").iloc[-1]
-        return {k: float(v) for k, v in (p.split("=", 1) for p in str(last["parts"]).split(";") if "=" in p)}
-    except (OSError, ValueError, IndexError, KeyError, pd.errors.ParserError):
+        if not stat.S_ISREG(path.stat().st_mode):
+            return {}
+        with open(path, "rb") as f:
+            header = f.readline(65536).decode("utf-8", "replace")
+            f.seek(max(0, path.stat().st_size - 65536))
+            lines = [line for line in f.read(65536).decode("utf-8", "replace").splitlines() if line.strip()]
+        if not lines or lines[-1] == header.strip():
+            return {}
+        last = next(csv.DictReader(io.StringIO(header + lines[-1] + "\n")))
+        return {k: float(v) for k, v in (p.split("=", 1) for p in str(last.get("parts") or "").split(";") if "=" in p)}
+    except (OSError, ValueError, StopIteration, csv.Error):
         return {}
 
 
@@ -367,7 +464,10 @@ def _v2(finding_id: str, evidence: pd.DataFrame, *args) -> list:
     return [_superseded_v2(finding_id, verdict)]
 
 
-_PROBES: dict = {}  # (encoder content, labelled set) -> probe result: one fit per distinct encoder and set
+# (encoder content, labelled set) -> probe result: one fit per distinct encoder and set. The set is the EvalSet
+# object itself (identity, not its name: a folder whose images changed between two calls is another set), and
+# ``reproduce`` empties the cache at its start.
+_PROBES: dict = {}
 
 
 def _state_digest(model, encoder_only: bool = False) -> str:
@@ -385,7 +485,7 @@ def _state_digest(model, encoder_only: bool = False) -> str:
 
 def _cached_probe(folder: Path, condition: str, evalset, device) -> dict:
     model = _load(folder) if condition == "trained" else initial_weights(folder).model
-    key = (_state_digest(model, encoder_only=True), evalset.name, evalset.size)
+    key = (_state_digest(model, encoder_only=True), evalset)
     if key not in _PROBES:  # an AE(k)'s initial encoder is MAE's at the same seed: probed once
         _PROBES[key] = linear_probe(model, evalset, device=device)
     return _PROBES[key]
@@ -480,7 +580,7 @@ def measure(finding_id: str, runs: dict[str, list[Path]], images: torch.Tensor, 
                                  **_cached_probe(folder, "init", evalset, device)})
         for seed, folder in _by_seed(runs, "mae"):
             rows.append({"model": "random", "seed": seed, **_cached_probe(folder, "init", evalset, device)})
-        key = ("pixels", evalset.name, evalset.size)
+        key = ("pixels", evalset)
         _PROBES[key] = _PROBES.get(key) or pixel_probe(evalset)
         rows.append({"model": "pixels", "seed": 0, **_PROBES[key]})
         evidence = pd.DataFrame(rows)
@@ -577,7 +677,11 @@ def _base_runs(root: Path, needed: list[str], seeds: int) -> dict[str, list[Path
     runs = {name: [_base_folder(root, name, seed) for seed in range(seeds)] for name in needed}
     done = all((f / "model.safetensors").is_file() and (f / "config.yaml").is_file()
                for folders in runs.values() for f in folders)
-    return runs if done else None
+    if not done:
+        return None
+    for folder in (f for folders in runs.values() for f in folders):  # the checkpoint is the one its run wrote
+        _check_checkpoint(folder, _flat_config(saved_config(folder)), None)
+    return runs
 
 
 def _base_commands(ids: list[str], root: Path = Path("outputs/reproduce-base"), seeds: int = 3) -> list[str]:
@@ -595,6 +699,89 @@ def _base_commands(ids: list[str], root: Path = Path("outputs/reproduce-base"), 
                  + "  # measures every run and its same-seed initial weights, rules version "
                  f"{rules.RULE_VERSION}")
     return lines
+
+
+NAME_MAX, PATH_MAX = 255, 4095  # bytes of one path component and of a whole path (Linux's limits)
+
+
+def check_paths(**paths) -> None:
+    """``--out``, ``--data`` and ``--eval-data`` (keyword = option name) as the file system can take them, checked
+    before anything runs: every component at most 255 bytes and the whole path at most 4095 (beyond them the
+    system refuses with ENAMETOOLONG), an input folder that exists, and no other error from looking them up.
+    One line naming the option otherwise."""
+    from ..validate import one_line
+
+    for option, path in paths.items():
+        if path is None:
+            continue
+        flag, text = "--" + option.replace("_", "-"), os.fspath(path)
+        shown = one_line(text, 160) + ("..." if len(text) > 160 else "")
+        raw = os.fsencode(text)
+        long = next((part for part in raw.split(b"/") if len(part) > NAME_MAX), None)
+        if long is not None:
+            raise MaeprobeError(f"{flag} {shown}: a path component of {len(long):,} bytes; the file system allows "
+                                f"{NAME_MAX} bytes per name")
+        if len(raw) > PATH_MAX:
+            raise MaeprobeError(f"{flag} {shown}: a path of {len(raw):,} bytes; the file system allows {PATH_MAX}")
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            if option != "out":
+                raise MaeprobeError(f"{flag} {shown}: no such folder; expected a folder of images") from None
+        except (OSError, ValueError) as exc:  # ELOOP, EACCES, an embedded NUL byte
+            raise MaeprobeError(f"{flag} {shown}: cannot be used ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def check_out_tree(root: Path, folders) -> None:
+    """The folders ``reproduce`` writes into under ``--out`` (``folders``: relative paths) must stay inside it: a
+    stored output folder is untrusted input, and a symbolic link there (``findings -> ~/.ssh``) would send the
+    verdicts, tables and figures elsewhere. Links that stay inside are fine; one line otherwise."""
+    base = root.resolve()
+    for relative in folders:
+        path = root / relative
+        try:
+            inside = not os.path.lexists(path) or path.resolve().is_relative_to(base)
+        except (OSError, RuntimeError):  # a link loop
+            inside = False
+        if not inside:
+            raise MaeprobeError(f"{path}: a symbolic link leading outside --out {root}; maeprobe writes only inside "
+                                "the output folder (remove the link)")
+
+
+CHECKED = "checked-images.json"  # runs/CHECKED: the image folders already decoded in full (check_inputs)
+
+
+def check_inputs(root: Path, data, evalset, size: int, fingerprints: dict, say) -> None:
+    """Before any training: decode every image of ``--data`` (what pretraining and the probe set read) and the
+    files of ``--eval-data`` that the linear probes use, once, and refuse the first unreadable one with one line
+    naming it (``toydata.check_image_files``), so that a corrupt file never stops a run after hours of
+    training. A folder already checked, unchanged (the same ``_folder_fingerprint``: every file's path, size and
+    modification time) at the same input size, is recorded in ``runs/checked-images.json`` and not decoded
+    again."""
+    from ..data import find_images
+    from .toydata import check_image_files
+
+    record = root / "runs" / CHECKED
+    try:
+        done = json.loads(_small_text(record, "maeprobe's record of checked image folders")) \
+            if record.is_file() else []
+    except (MaeprobeError, ValueError, RecursionError):
+        done = []
+    done = done if isinstance(done, list) else []
+    for flag, folder, fingerprint, files in (
+            ("--data", data, fingerprints["data"], lambda: find_images(data)),
+            ("--eval-data", getattr(evalset, "folder", None), fingerprints["eval_data"], lambda: evalset.files())):
+        if folder is None:
+            continue
+        entry = [flag, str(Path(folder).resolve()), fingerprint, int(size)]
+        if entry in done:
+            continue
+        paths = files()
+        say(f"checking {len(paths):,} images of {flag} {folder} (each decoded once, before any training)")
+        check_image_files(paths, size, f"{flag} {folder}")
+        done = [e for e in done if e != entry][-15:] + [entry]
+        if is_main():
+            write_text(record, json.dumps(done))
 
 
 def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=None, eval_data=None, ref=None,
@@ -619,7 +806,7 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
         echo: where progress lines go (one per run and per finding; only rank 0 prints).
     """
     from ..probe import default_device
-    from ..validate import integer
+    from ..validate import device as validate_device, integer
 
     if scale not in SCALES:
         raise MaeprobeError(f"unknown scale {scale!r}; choose tiny, small, released or base")
@@ -639,7 +826,14 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
         if is_main():
             echo(line)
 
+    check_paths(out=out, data=data, eval_data=eval_data)
+    validate_device(device)
+    _PROBES.clear()
     root = Path(out)
+    needed = list(dict.fromkeys(r for i in ids for r in FINDINGS[i].runs))
+    check_out_tree(root, ["runs", f"runs/{scale}", "findings", "figures", *(f"findings/{i}" for i in ids),
+                          *(Path(run_config(name, spec, root, seed=seed, data=data, steps=steps)["run"]["output_dir"])
+                            .relative_to(root) for name in (needed if spec.preset else ()) for seed in range(seeds))])
     device = device or default_device()
     base_runs = None
     if scale == "base":
@@ -662,6 +856,21 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
         if scale == "tiny" else ""
     say(f"reproduce: {len(ids)} finding(s), {len(needed)} run(s) x {seeds} seed(s) at scale {scale}{smoke} -> {root}")
     tic_all = time.monotonic()
+    # everything the measurements read is checked before the first training step: the probe set's memory, the
+    # image files of --data and --eval-data (fingerprinted now, as training reads them)
+    inputs = {"data": _folder_fingerprint(data), "eval_data": _folder_fingerprint(eval_data)}
+    evalset, size = None, None
+    if needed:
+        from ..models.registry import PRESETS
+        from .toydata import EvalSet, check_probe_set
+
+        size = (_load(base_runs[needed[0]][0]).config.img_size if base_runs is not None
+                else PRESETS[spec.preset]["img_size"])
+        cost = check_probe_set(n_probe, size)
+        say(f"probe set: {n_probe:,} images at {size} px, {cost / 2**20:,.1f} MiB in memory (one source image "
+            "decoded at a time)")
+        evalset = EvalSet(eval_data, size) if eval_data is not None else None
+        check_inputs(root, data, evalset, size, inputs, say)
     runs: dict[str, list[Path]] = base_runs or {name: [] for name in needed}
     total = len(needed) * seeds
     for seed in range(seeds if base_runs is None else 0):
@@ -669,10 +878,9 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
             count = seed * len(needed) + n
             runs[name].append(train(name, spec, root, seed=seed, data=data, steps=steps, device=device,
                                     echo=lambda line, c=count: say(f"[run {c}/{total}] {line}")))
-    images, evalset, units = None, None, None
+    images, units = None, None
     results = []
     version = code_version()
-    inputs = {"data": _folder_fingerprint(data), "eval_data": _folder_fingerprint(eval_data)}
     for n, finding_id in enumerate(ids, 1):
         finding = FINDINGS[finding_id]
         # reused only when the inputs' content and the code are the same: checkpoints by size + sha256, folders by
@@ -689,10 +897,9 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
         if images is None and finding.runs:
             from .toydata import EvalSet, probe_images as make_probe_images, probe_units
 
-            size = _load(runs[finding.runs[0]][0]).config.img_size
             images = make_probe_images(n_probe, size, seed=0, folder=data)
             units = probe_units(n_probe, data)
-            evalset = EvalSet(eval_data, size)
+            evalset = evalset if evalset is not None else EvalSet(eval_data, size)
         tic = time.monotonic()
         measured = measure(finding_id, runs, images, reference=reference, evalset=evalset, device=device,
                            units=units)
@@ -750,6 +957,27 @@ def _file_digest(path) -> str | None:
     return f"{path.stat().st_size}:{digest.hexdigest()}"
 
 
+def _walk_files(folder: Path) -> list[Path]:
+    """Every regular file under ``folder`` (symbolic links to files included, linked folders not entered), sorted;
+    an explicit stack, so that a folder nested thousands of levels deep is listed or refused with one line, never
+    a RecursionError."""
+    import stat
+
+    files, stack = [], [folder]
+    try:
+        while stack:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file() and stat.S_ISREG(entry.stat().st_mode):
+                        files.append(Path(entry.path))
+    except OSError as exc:
+        raise MaeprobeError(f"{folder}: cannot list its files ({exc.strerror or type(exc).__name__}: "
+                            f"{str(getattr(exc, 'filename', '') or '')[:120]}); expected a readable folder") from None
+    return sorted(files)
+
+
 def _folder_fingerprint(folder) -> str | None:
     """Every file's relative path, size and modification time under a folder, hashed (image folders can be
     large, so their bytes are not read); a file path gets its content digest. None for None."""
@@ -763,8 +991,11 @@ def _folder_fingerprint(folder) -> str | None:
     if not folder.is_dir():
         return f"missing:{folder}"
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        stat = path.stat()
+    for path in _walk_files(folder):
+        try:
+            stat = path.stat()
+        except OSError:  # removed while listed
+            continue
         digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -790,14 +1021,39 @@ def _reference_fingerprint(ref) -> str | None:
     return str(ref)
 
 
+_NUMBERS = ("measured", "ci_low", "ci_high", "control", "control_low", "control_high")
+_TEXTS = ("claim", "paper", "unit", "detail", "measure", "scale")
+
+
+def _valid_row(row, finding_id: str) -> bool:
+    """A stored result row as ``_result_row`` writes it: this finding (or its superseded versions), a known
+    verdict, numbers where numbers belong, bounded text, figures inside ``figures/``."""
+    if not isinstance(row, dict) or row.get("finding") not in (finding_id, f"{finding_id}-v1", f"{finding_id}-v2"):
+        return False
+    if row.get("verdict") not in (rules.HOLDS, rules.FAILS, rules.INCONCLUSIVE, rules.SUPERSEDED):
+        return False
+    numbers = [row.get(k) for k in _NUMBERS] + [row.get("seeds"), row.get("rule_version")]
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in numbers):
+        return False
+    if any(not isinstance(row.get(k), str) or len(row[k]) > 20_000 for k in _TEXTS):
+        return False
+    figures = row.get("figures", [])
+    return isinstance(row.get("amended_after_results"), bool) and isinstance(figures, list) and all(
+        isinstance(f, str) and f.startswith("figures/") and ".." not in Path(f).parts and len(f) < 300
+        for f in figures)
+
+
 def _stored(root: Path, finding_id: str, key: dict) -> list[dict] | None:
+    """The stored results of a finding measured on the same inputs (``key``), or None. ``verdict.json`` is read
+    as untrusted input: bounded (``MAEPROBE_MAX_METADATA``), nesting of any depth, and rows that are not what
+    this code writes, mean "not stored" (the finding is measured again and the file replaced)."""
     stored = root / "findings" / finding_id / "verdict.json"
     try:
-        saved = json.loads(stored.read_text()) if stored.is_file() else None
-    except (OSError, ValueError):
+        saved = json.loads(_small_text(stored, "a stored verdict")) if stored.is_file() else None
+    except (MaeprobeError, OSError, ValueError, RecursionError):
         saved = None
     if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("results"), list) \
-            or not saved["results"] or not all(isinstance(r, dict) and "verdict" in r for r in saved["results"]):
+            or not saved["results"] or not all(_valid_row(r, finding_id) for r in saved["results"]):
         return None
     return saved["results"]
 
@@ -877,17 +1133,42 @@ def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, dev
                             + " (fetch them where the network is reachable, e.g. run once online, or place the files "
                             "there)")
     tic_all = time.monotonic()
-    models = {role: (load(path), label) for role, (path, label) in found.items()}
+    checkpoints = {r: [str(p), _file_digest(p) if Path(p).is_file() else _folder_fingerprint(p)]
+                   for r, (p, _) in found.items()}
+    models = {}
+    for role, (path, label) in found.items():
+        model = load(path)
+        models[role] = (model, _release_label(label, model, checkpoints[role][1]))
+    size = models["mae"][0].config.img_size
+    if {"decoder-positional", "decoder-semantic"} & set(ids) and not models["mae"][0].config.decoder_depth:
+        raise MaeprobeError(f"{models['mae'][1]}: {found['mae'][0]} holds no transformer decoder; the decoder findings "
+                            "need MAE with its decoder (mae_pretrain_vit_base_full.pth or mae_visualize_vit_base.pth)")
+    for role in ("dino", "deit"):  # compared with MAE at MAE's input size, resampled by the family's own rule
+        model, label = models[role]
+        if model.config.img_size != size:
+            from ..models import resize_input
+
+            try:
+                resized = resize_input(model, size)
+            except MaeprobeError as exc:
+                raise MaeprobeError(f"{label}: cannot be compared with the MAE at its {size} px ({exc})") from None
+            rule = getattr(getattr(model, "checkpoint", None), "pos_resample", "timm")
+            models[role] = (resized, f"{label}; resampled from {model.config.img_size} px to MAE's {size} px "
+                                     f"(position embedding: {rule})")
     if "decoder-semantic" in ids and reference is None:
         reference = models["dino"][0]
+    if "decoder-semantic" in ids and reference is not None and size % reference.config.patch_size == 0 and \
+            size // reference.config.patch_size != models["mae"][0].config.grid_size:
+        raise MaeprobeError(f"the Eq. 8 reference ({_reference_name(reference)}) has patch "
+                            f"{reference.config.patch_size}, the MAE patch {models['mae'][0].config.patch_size}: "
+                            "Eq. 8 compares their patch grids position by position; use a reference of the same patch "
+                            "size (--ref)")
     say(f"reproduce: {len(ids)} finding(s) on the released checkpoints -> {root}; "
         + "; ".join(label for _, label in models.values()))
-    images = make_probe_images(n_probe, models["mae"][0].config.img_size, seed=0, folder=data)
+    images = make_probe_images(n_probe, size, seed=0, folder=data)
     units = probe_units(n_probe, data)
     results = []
     version = code_version()
-    checkpoints = {r: [str(p), _file_digest(p) if Path(p).is_file() else _folder_fingerprint(p)]
-                   for r, (p, _) in found.items()}
     data_key = [str(data), _folder_fingerprint(data)]
     for n, finding_id in enumerate(ids, 1):
         key = {"scale": "released", "checkpoints": checkpoints, "data": data_key,
@@ -913,6 +1194,19 @@ def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, dev
     settings["code"] = version
     settings["units"] = len(set(units))
     return _write_report(results, root, "released", say, settings)
+
+
+def _release_label(label: str, model, digest: str | None) -> str:
+    """``label`` ('<role>: <file or hub name>') when the file's contents match that release
+    (``originals.release_mismatch``: architecture, parameter count and, where the name carries it, the SHA-256
+    prefix), else '<role>: file named like <name> but its contents do not match (why)': a random or other model
+    stored under a release's name is never described as the release."""
+    from ..checkpoints.originals import release_mismatch
+
+    role, _, name = label.rpartition(": ")
+    sha256 = digest.split(":", 1)[1] if isinstance(digest, str) and ":" in digest else None
+    why = release_mismatch(name, model, sha256)
+    return label if why is None else f"{role}: file named like {name} but its contents do not match ({why})"
 
 
 def _released_renders(model, data, folder: Path, say) -> None:
@@ -989,7 +1283,10 @@ def report_markdown(table: pd.DataFrame, scale: str, settings: dict) -> str:
     units = settings.get("units")
     over = f"over the probe set's {units} independent source photos" if units else "over independent units"
     if scale == "released":
-        lines += ["", f"Checkpoints: {settings.get('checkpoints')}. Probe set: {settings.get('probe-images') or spec.probe_images} "
+        unlike = (" Files named like a release whose contents do not match it are not that release: what is said "
+                  "here of the released models does not apply to them." if "do not match" in str(settings.get(
+                      "checkpoints")) else "")
+        lines += ["", f"Checkpoints: {settings.get('checkpoints')}.{unlike} Probe set: {settings.get('probe-images') or spec.probe_images} "
                   f"images ({settings.get('data') or 'crops of the built-in photographs'}). The released models were "
                   "trained far longer than the paper's 100-epoch runs (MAE 1600 epochs, DINO 400, DeiT 300): judge the "
                   "shape of the curves, not their levels. Controls: random initial weights of MAE's architecture "

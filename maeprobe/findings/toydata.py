@@ -9,11 +9,14 @@
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from PIL import Image
 
 from ..data import builtin_images, builtin_source, find_images, open_image
+from ..errors import MaeprobeError
 from ..models import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -25,33 +28,122 @@ def _normalise(images: list[Image.Image]) -> torch.Tensor:
     return (x - mean) / std
 
 
+MAX_SOURCES = 1000  # files of --data the probe crops come from (the first, by sorted path)
+
+
+def probe_set_bytes(count: int, size: int) -> int:
+    """Bytes of the probe set held in memory: ``count`` float32 images of 3 x ``size`` x ``size``."""
+    return int(count) * 3 * int(size) * int(size) * 4
+
+
+def check_probe_set(count: int, size: int) -> int:
+    """Refuse, before any image is decoded, a probe set larger than ``MAEPROBE_MAX_PROBE_BYTES``; returns its
+    size in bytes (the probe set is the only image memory ``reproduce`` holds for the whole run)."""
+    from ..limits import check
+
+    cost = probe_set_bytes(count, size)
+    check("MAEPROBE_MAX_PROBE_BYTES", cost, f"--probe-images {count} at {size} px: the probe set of {count:,} images "
+                                            f"x 3 x {size}^2 x 4 bytes")
+    return cost
+
+
+def _crop_box(rng, w: int, h: int) -> tuple[int, int, int, int]:
+    """One crop (area 30-100%, aspect 3/4-4/3) of a w x h image: (left, top, right, bottom)."""
+    for _ in range(20):
+        area = rng.uniform(0.3, 1.0) * w * h
+        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            break
+    else:
+        cw = ch = min(w, h)
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return left, top, left + cw, top + ch
+
+
 def probe_images(count: int, size: int, seed: int = 0, folder=None) -> torch.Tensor:
     """``count`` crops (area 30-100%, aspect 3/4-4/3, seeded) of the built-in photos or of ``folder``'s
-    images, resized to ``size`` (bicubic) and normalised with ImageNet's mean/std: [count, 3, size, size]."""
-    sources = [open_image(p) for p in find_images(folder)[:1000]] if folder else [img for _, img in builtin_images()]
+    images (its first ``MAX_SOURCES`` files by sorted path; crop i comes from source i mod the number of
+    sources), resized to ``size`` (bicubic) and normalised with ImageNet's mean/std: [count, 3, size, size].
+
+    Memory is bounded before anything is decoded (``check_probe_set``): the result tensor plus one decoded
+    source image at a time. Sources are decoded in order, each cropped and dropped; only the sources that some
+    crop uses are read. When there are fewer sources than crops, the sources are decoded a second time for the
+    later crops (their boxes need the sizes of all sources first, as the seeded draws run in crop order)."""
+    check_probe_set(count, size)
+    out = torch.empty(count, 3, size, size)
+    if folder:
+        paths = find_images(folder)[:MAX_SOURCES]
+        used = min(count, len(paths))
+
+        def source(j):
+            return open_image(paths[j])
+    else:
+        photos = [img for _, img in builtin_images()]
+        used = min(count, len(photos))
+
+        def source(j):
+            return photos[j]
+    n = len(paths) if folder else len(photos)
     rng = np.random.default_rng(seed)
-    crops = []
-    for i in range(count):
-        img = sources[i % len(sources)]
-        w, h = img.size
-        for _ in range(20):
-            area = rng.uniform(0.3, 1.0) * w * h
-            aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-            cw, ch = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
-            if 0 < cw <= w and 0 < ch <= h:
-                break
-        else:
-            cw = ch = min(w, h)
-        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        crops.append(img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BICUBIC))
-    return _normalise(crops)
+    sizes = []
+    for j in range(used):  # the first crop of every used source, in crop order
+        img = source(j)
+        sizes.append(img.size)
+        out[j] = _normalise([img.crop(_crop_box(rng, *img.size)).resize((size, size), Image.BICUBIC)])[0]
+        del img
+    boxes = {i: _crop_box(rng, *sizes[i % n]) for i in range(used, count)}  # the rest, in crop order
+    for j in range(used if count > n else 0):
+        img = source(j)
+        if img.size != sizes[j]:
+            raise MaeprobeError(f"{paths[j] if folder else j}: changed while it was read (was {sizes[j]}, now "
+                                f"{img.size}); expected image files that stay the same")
+        for i in range(j + n, count, n):
+            out[i] = _normalise([img.crop(boxes[i]).resize((size, size), Image.BICUBIC)])[0]
+        del img
+    return out
+
+
+class _Decodes(torch.utils.data.Dataset):
+    """Decodes file i and returns '' or the one-line reason it cannot be used (``check_image_files``)."""
+
+    def __init__(self, paths: list, size: int) -> None:
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> str:
+        try:
+            open_image(self.paths[i], self.size)
+        except MaeprobeError as exc:
+            return str(exc)
+        return ""
+
+
+def check_image_files(paths: list, size: int, flag: str) -> None:
+    """Decode every file of ``paths`` once, in order, before any training, and refuse the first that is not a
+    readable image within maeprobe's limits with one line naming it and ``flag`` (a corrupt file would
+    otherwise stop the run after hours of training, or be silently left out of one split). JPEGs are decoded at
+    a reduced scale no smaller than ``size`` (``open_image``'s draft mode): the check needs the decoder to run
+    to the end, not full-size pixels. Large folders are decoded by worker processes (one image each at a time)."""
+    if not paths:
+        return
+    workers = 0 if len(paths) < 512 else max(1, min(8, (os.cpu_count() or 1)))
+    loader = torch.utils.data.DataLoader(_Decodes(list(paths), size), batch_size=64, num_workers=workers,
+                                         collate_fn=list)
+    for batch in loader:
+        problem = next((reason for reason in batch if reason), None)
+        if problem:
+            raise MaeprobeError(f"{flag}: {problem} (every image is checked before training; remove or replace "
+                                "the file)")
 
 
 def probe_units(count: int, folder=None) -> list[str]:
     """The source photo of each of ``probe_images``' crops (crop i comes from source i mod the number of
     sources): its file for ``folder``, else the built-in photo's name (the stereo pair counts as one photo)."""
     if folder:
-        names = [str(p) for p in find_images(folder)[:1000]]
+        names = [str(p) for p in find_images(folder)[:MAX_SOURCES]]
     else:
         names = [builtin_source(name) for name, _ in builtin_images()]
     return [names[i % len(names)] for i in range(count)]
@@ -103,6 +195,10 @@ class EvalSet:
         self.y_train, self.y_val = labels["train"], labels["val"]
         self.name = (f"{folder} ({len(np.unique(self.y_train))} classes, {len(self.y_train)} training / "
                      f"{len(self.y_val)} validation images)")
+
+    def files(self) -> list:
+        """The image files the probes read (training split, then validation split); none for the digits."""
+        return [] if self._tensors is not None else [*self._paths["train"], *self._paths["val"]]
 
     @property
     def chance(self) -> float:

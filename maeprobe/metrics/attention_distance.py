@@ -8,10 +8,15 @@ authors' convention). ``renormalize=True`` divides each row by its mass on patch
 mask, visible tokens keep their original grid positions.
 
 The sums run over blocks of query rows (``AttentionRows``): from the model's q and k in the block path, or
-slices of a full map; either way no [B, H, N, N] temporary beyond what the rows themselves hold.
+slices of a full map; either way no [B, H, N, N] temporary beyond what the rows themselves hold. The distances
+are made per block too, from the tokens' grid positions: a checkpoint of half a megabyte (patch 1 on a 128 x 128
+grid, one head) passes the attention limit, and its patch-to-patch distances alone would be 16384^2 (2 GB in
+float64; per image, with per-image masks). They are kept for a whole batch only when that is small
+(``DISTANCE_CACHE_BYTES``); the uniform level is a sum over the grid's offsets, not over pairs of patches.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..capture import ActivationCache, AttentionRows, attention_rows, blocks_of, resolve_layers
@@ -19,11 +24,27 @@ from ..errors import MaeprobeError
 from .base import LayerHeadMean
 
 
+# The distances from every query to every key of a batch are computed once per batch when they take at most this
+# many bytes (float32), else for each block of queries.
+DISTANCE_CACHE_BYTES = 16 << 20
+
+
 def patch_distances(grid_size: int, patch_size: int = 1) -> torch.Tensor:
-    """Euclidean distances between patch centres of a grid, row-major order. Returns [L, L]."""
+    """Euclidean distances between patch centres of a grid, row-major order. Returns [L, L] (L^2 entries: for
+    small grids; the metric itself never builds it)."""
     rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
     centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).double() * patch_size  # [L, 2]
     return torch.cdist(centres, centres)
+
+
+def mean_patch_distance(grid_size: int, patch_size: float = 1) -> float:
+    """Mean distance between the centres of all ordered pairs of a grid's patches (a patch with itself included),
+    from the (2g - 1)^2 offsets (dy, dx), each shared by (g - |dy|) (g - |dx|) pairs: O(g^2), not O(g^4)."""
+    g = int(grid_size)
+    offsets = np.arange(-(g - 1), g, dtype=np.float64)
+    pairs = g - np.abs(offsets)
+    return float((pairs[:, None] * pairs[None, :] * np.hypot(offsets[:, None], offsets[None, :])).sum()
+                 / float(g) ** 4 * patch_size)
 
 
 class AttentionDistance(LayerHeadMean):
@@ -39,16 +60,15 @@ class AttentionDistance(LayerHeadMean):
         self.layers = resolve_layers(model, module, layers)
         from ..limits import check_attention
 
-        check_attention(model, module)  # before the [L, L] distances and any [B, heads, N, N] map
+        check_attention(model, module)  # before any [B, heads, N, N] map
         self.num_heads = blocks_of(model, module)[0].attn.num_heads
         self.num_prefix = model.num_prefix_tokens
         cfg = model.config
-        scale = cfg.patch_size if units == "px" else 1
-        self.distances = patch_distances(cfg.grid_size, scale).float()  # [L, L]
+        self.grid_size, self.scale = cfg.grid_size, cfg.patch_size if units == "px" else 1
         # the value of uniform attention over every token (prefix keys count 0 unless renormalised): the level
         # of an untrained ViT, drawn in the figures and used as a control by the findings
         L = cfg.grid_size ** 2
-        mean = float(patch_distances(cfg.grid_size, scale).mean())
+        mean = mean_patch_distance(cfg.grid_size, self.scale)
         self.uniform_level = mean if renormalize else mean * L / (L + self.num_prefix)
         super().__init__((len(self.layers), self.num_heads), bootstrap, bootstrap_seed)
 
@@ -59,33 +79,45 @@ class AttentionDistance(LayerHeadMean):
         """Grid index of every patch token in the sequence, [B, K] (decoder: all patches in order)."""
         if self.module == "encoder" and cache.mask is not None:
             return cache.mask.ids_keep
-        L = self.distances.shape[0]
+        L = self.grid_size ** 2
         return torch.arange(L).expand(batch_size, L)
 
     def _prepare(self, cache: ActivationCache, batch_size: int, device) -> None:
-        """Distances from every patch query to every key of this batch's sequence (zero for prefix keys), once
-        per batch: [K, N] when all images share the token positions, else [B, K, N]."""
-        P = self.num_prefix
+        """Grid coordinates of this batch's patch tokens ([K, 2] when all images share the token positions, else
+        [B, K, 2]), and the distances of all queries to all keys when they are small (``DISTANCE_CACHE_BYTES``)."""
         positions = self._token_positions(cache, batch_size).to(device)  # [B, K]
-        distances = self.distances.to(device)
         self._shared = bool((positions == positions[:1]).all())
-        if self._shared:
-            pos = positions[0]
-            self._query_dist = torch.nn.functional.pad(distances[pos][:, pos], (P, 0))  # [K, P + K]
-        else:
-            d = distances[positions.unsqueeze(-1), positions.unsqueeze(-2)]  # [B, K, K]
-            self._query_dist = torch.nn.functional.pad(d, (P, 0))  # [B, K, P + K]
+        pos = positions[0] if self._shared else positions
+        self._centres = torch.stack([pos // self.grid_size, pos % self.grid_size], dim=-1).float()
+        K = pos.shape[-1]
+        self._query_dist = None
+        if pos.numel() * (self.num_prefix + K) * 4 <= DISTANCE_CACHE_BYTES:
+            self._query_dist = self._distances(0, K)  # [K, P + K] or [B, K, P + K]
+
+    def _distances(self, start: int, stop: int) -> torch.Tensor:
+        """Distances from the patch queries ``start:stop`` (0 = the first patch token) to every key of the
+        sequence, zero for prefix keys: [q, P + K] or [B, q, P + K]. Grid coordinates are small integers, so the
+        squared distances are exact in float32; the square root is correctly rounded."""
+        if self._query_dist is not None:
+            return self._query_dist[..., start:stop, :]
+        centres = self._centres
+        queries = centres[..., start:stop, :]
+        dy = queries[..., 0].unsqueeze(-1) - centres[..., 0].unsqueeze(-2)  # [.., q, K]
+        dx = queries[..., 1].unsqueeze(-1) - centres[..., 1].unsqueeze(-2)
+        d = dy.mul_(dy).add_(dx.mul_(dx)).sqrt_()
+        if self.scale != 1:
+            d.mul_(float(self.scale))
+        return torch.nn.functional.pad(d, (self.num_prefix, 0))
 
     def _layer_values(self, attn) -> torch.Tensor:
         """Per-image mean distance of one layer: attention (a [B, H, N, N] map or ``AttentionRows``) -> [B, H]."""
         rows: AttentionRows = attention_rows(attn)
         P = self.num_prefix
         B, H, N, _ = rows.shape
-        total = torch.zeros(B, H, device=self._query_dist.device)
-        queries = torch.arange(P, N, device=self._query_dist.device)  # patch queries only
+        total = torch.zeros(B, H, device=self._centres.device)
+        queries = torch.arange(P, N, device=self._centres.device)  # patch queries only
         for start, index, probs in rows.blocks(queries):  # probs [B, H, n, N]
-            d = self._query_dist[start:start + len(index)] if self._shared \
-                else self._query_dist[:, start:start + len(index)]
+            d = self._distances(start, start + len(index))  # [n, N] shared, else [B, n, N]
             if self.renormalize and P:  # each row divided by its mass on patch keys
                 per_query = torch.linalg.vecdot(probs, d if self._shared else d.unsqueeze(1))
                 total += (per_query / (1.0 - probs[..., :P].sum(-1)).clamp_min(1e-12)).sum(-1)

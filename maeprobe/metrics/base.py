@@ -126,6 +126,11 @@ class Reducer:
     def rows(self) -> list[dict]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def check_memory(self, *, mask_ratio: float = 0.0, batch_size: int = 1) -> None:
+        """Refuse (``LimitError`` naming ``MAEPROBE_MAX_METRIC_MEMORY``), before any image, a run whose state and
+        working memory, computed from the model's sizes, the mask ratio and the batch size, exceed the limit.
+        ``run_probe`` calls it for every reducer; default: nothing beyond the attention maps (``limits``)."""
+
     def consumes(self) -> set[tuple[str, str, int]]:
         """Captured tensors ``(kind, module, layer)`` this reducer can digest inside the hook via
         ``consume`` (so they need not be stored). Default: none; ``update`` reads the cache."""

@@ -21,7 +21,14 @@ Memory is G x layers x k x h x n, independent of N.
 
 Query blocks: the rows come in blocks (``AttentionRows``), so the per-image normalisation takes two passes
 over the blocks, one for each image's norm (and each head's) and one for the normalised sums; no batch-sized
-[B, H, k, n] copy is made (in the block path the rows are computed twice, from q and k).
+[B, H, k, n] copy is made (in the block path the rows are computed twice, from q and k). Each block is reduced
+in pieces of at most ``WORK_BYTES`` per float64 temporary, and added into the sums in place.
+
+Memory bound. The sums depend on the model's sizes only, not on the images: a checkpoint of half a megabyte
+(a 64 x 64 patch grid, 16 decoder heads of width 1) asks for 1.6 GB of float64 per layer, and 14.5 GB per layer
+with 16 bootstrap groups. ``memory_bytes`` computes the peak from the sizes, the mask ratio and the batch size, and
+``check_memory`` (called by ``run_probe`` before any image, and again before the sums are first allocated)
+refuses a run beyond ``MAEPROBE_MAX_METRIC_MEMORY`` with a ``LimitError``.
 """
 from __future__ import annotations
 
@@ -35,9 +42,16 @@ from .base import (MIN_UNITS, Reducer, check_bootstrap, group_bootstrap_weights,
                    unit_groups)
 
 
+# Bytes of one float64 temporary of the reduction (a piece of a query block, [max(B, G), H, rows, n]): blocks are
+# cut into pieces of at most this size (one query row at the least), and the Gram matrices of the interval are
+# summed over pieces of the group sums of this size.
+WORK_BYTES = 32 << 20
+
+
 def pairwise_cosine_mean(unit_sum: torch.Tensor, count: float) -> torch.Tensor:
-    """Mean cosine over ordered pairs i != j from the sum of N unit vectors (last axis)."""
-    return ((unit_sum**2).sum(-1) - count) / (count * (count - 1))
+    """Mean cosine over ordered pairs i != j from the sum of N unit vectors (last axis); |sum|^2 from the norm,
+    which makes no squared copy of the sums."""
+    return (torch.linalg.vector_norm(unit_sum, dim=-1).square() - count) / (count * (count - 1))
 
 
 class DecoderAttentionSimilarity(Reducer):
@@ -57,11 +71,44 @@ class DecoderAttentionSimilarity(Reducer):
         check_attention(model, "decoder")
         self.num_heads = blocks_of(model, "decoder")[0].attn.num_heads
         self.num_prefix = model.num_prefix_tokens
+        self.num_patches = model.config.num_patches
+        self.num_keys = self.num_patches + (self.num_prefix if include_cls_key else 0)  # n of A_{l,i}
         self.per_head, self.bootstrap, self.bootstrap_seed = per_head, bootstrap, bootstrap_seed
         self.groups = groups if bootstrap else 0
         self.masked_rows: torch.Tensor | None = None
         self.add_state("count", torch.zeros(()))
-        self._pending: dict[int, torch.Tensor] = {}
+        self._done: set[int] = set()  # layers of the current batch already added in the hook
+        self._checked = False
+
+    def _piece_rows(self, rows: int, batch_size: int) -> int:
+        """Query rows per piece of a block: a float64 [max(B, G), H, rows, n] temporary within ``WORK_BYTES``."""
+        row = max(batch_size, self.groups, 1) * self.num_heads * self.num_keys * 8
+        return max(1, min(rows, WORK_BYTES // row))
+
+    def memory_bytes(self, masked: int, batch_size: int = 1) -> int:
+        """Peak bytes of the metric with ``masked`` query rows and batches of ``batch_size`` images: per layer the
+        float64 sum of unit vectors (heads x masked x keys; with ``per_head`` a second one) and, with a bootstrap,
+        a float32 copy of each per group; and at most six pieces of the reduction at once (``_piece_rows``)."""
+        vector = self.num_heads * masked * self.num_keys
+        per_layer = vector * (2 if self.per_head else 1) * (8 + 4 * self.groups) + 8 * self.groups
+        piece = self._piece_rows(masked, batch_size) * max(batch_size, self.groups, 1) * self.num_heads \
+            * self.num_keys * 8
+        return len(self.layers) * per_layer + 6 * piece
+
+    def check_memory(self, *, mask_ratio: float = 0.0, batch_size: int = 1) -> None:
+        from ..masking import num_kept
+
+        self._check(self.num_patches - num_kept(self.num_patches, mask_ratio), batch_size)
+
+    def _check(self, masked: int, batch_size: int) -> None:
+        from ..limits import check
+
+        copies = (" twice (whole and per head)" if self.per_head else "") + \
+            (f", and x 4 bytes for each of {self.groups} bootstrap groups" if self.groups else "")
+        check("MAEPROBE_MAX_METRIC_MEMORY", self.memory_bytes(masked, batch_size),
+              f"decoder attention similarity (Eq. 7): the sums it keeps over the images ({len(self.layers)} decoder "
+              f"layer(s) x {self.num_heads} heads x {masked} masked queries x {self.num_keys} keys x 8 bytes"
+              f"{copies}; fewer --layers{' or --bootstrap 0' if self.groups else ''} need less)")
 
     def request(self) -> CaptureRequest:
         return CaptureRequest.of(attention={"decoder": self.layers})
@@ -85,19 +132,43 @@ class DecoderAttentionSimilarity(Reducer):
         return rows
 
     def consume(self, kind, module, layer, tensor, cache) -> None:
-        self._pending[layer] = self._reduce_layer(tensor, self._rows_of(cache), cache)
+        self._reduce_layer(layer, tensor, self._rows_of(cache), cache)
+        self._done.add(layer)
 
-    def _reduce_layer(self, attn, rows, cache) -> dict[str, torch.Tensor]:
-        """Sums of unit vectors of one batch and layer: overall [H*k*n], per head [H, k*n], and per group, with
+    def _sums(self, layer: int, H: int, k: int, n: int, batch_size: int, device) -> dict[str, torch.Tensor | None]:
+        """The layer's sums, allocated at its first batch (their size depends on the mask), after the bound of
+        all layers' sums has been checked (``_check``): overall [H*k*n] and per head [H, k*n] (float64), per
+        group [G, H*k*n] and [G, H, k*n] (float32) and the group counts [G]."""
+        if f"whole_{layer}" not in self._state:
+            if not self._checked:
+                self._check(k, batch_size)
+                self._checked = True
+            G, f64 = self.groups, dict(dtype=torch.float64, device=device)
+            self._state[f"whole_{layer}"] = torch.zeros(H * k * n, **f64)
+            if self.per_head:
+                self._state[f"heads_{layer}"] = torch.zeros(H, k * n, **f64)
+            if G:
+                self._state[f"group_whole_{layer}"] = torch.zeros(G, H * k * n, device=device)
+                if self.per_head:
+                    self._state[f"group_heads_{layer}"] = torch.zeros(G, H, k * n, device=device)
+                self._state[f"group_count_{layer}"] = torch.zeros(G, **f64)
+        return {name: self._state.get(f"{name}_{layer}")
+                for name in ("whole", "heads", "group_whole", "group_heads", "group_count")}
+
+    def _reduce_layer(self, layer: int, attn, rows, cache) -> None:
+        """Add one batch's unit vectors of one layer to its sums, in place: overall, per head and per group, with
         A_i laid out as [H, k, n] (heads, masked queries, keys) and flattened."""
         source = attention_rows(attn)
         first_key = 0 if self.include_cls_key else self.num_prefix
         B, H = source.shape[:2]
         k, n = len(rows), source.shape[3] - first_key
         device = rows.device
+        sums = self._sums(layer, H, k, n, B, device)
+        step = self._piece_rows(k, B)
         squares = torch.zeros(B, H, dtype=torch.float64, device=device)
         for _, _, probs in source.blocks(rows):  # pass 1: |A_i|^2 per image and head
-            squares += probs[..., first_key:].double().pow(2).sum((-1, -2))
+            for lo in range(0, probs.shape[2], step):
+                squares += probs[:, :, lo:lo + step, first_key:].double().pow_(2).sum((-1, -2))
         norm_whole = squares.sum(1).sqrt().clamp_min(1e-300)  # [B]
         norm_heads = squares.sqrt().clamp_min(1e-300)  # [B, H]
         onehot = None
@@ -105,47 +176,32 @@ class DecoderAttentionSimilarity(Reducer):
         if self.groups:
             groups = unit_groups(units, self.groups).to(device)
             onehot = torch.nn.functional.one_hot(groups, self.groups).double().T  # [G, B]
-        whole = torch.zeros(H, k, n, dtype=torch.float64, device=device)
-        heads = torch.zeros_like(whole) if self.per_head else None
-        group_whole = torch.zeros(self.groups, H, k, n, dtype=torch.float64, device=device) if self.groups else None
-        group_heads = torch.zeros_like(group_whole) if self.groups and self.per_head else None
-        for start, index, probs in source.blocks(rows):  # pass 2: sums of the unit vectors
-            stop = start + len(index)
-            a = probs[..., first_key:].double()  # [B, H, q, n]
-            unit = a / norm_whole[:, None, None, None]
-            whole[:, start:stop] += unit.sum(0)
-            if onehot is not None:
-                group_whole[:, :, start:stop] += torch.einsum("gb,bhqn->ghqn", onehot, unit)
-            if self.per_head:
-                unit_heads = a / norm_heads[:, :, None, None]
-                heads[:, start:stop] += unit_heads.sum(0)
+            sums["group_count"] += onehot.sum(1)
+        whole = sums["whole"].view(H, k, n)
+        heads = sums["heads"].view(H, k, n) if self.per_head else None
+        group_whole = sums["group_whole"].view(self.groups, H, k, n) if onehot is not None else None
+        group_heads = sums["group_heads"].view(self.groups, H, k, n) if onehot is not None and self.per_head \
+            else None
+        for start, index, probs in source.blocks(rows):  # pass 2: sums of the unit vectors, piece by piece
+            for lo in range(0, probs.shape[2], step):
+                a = probs[:, :, lo:lo + step, first_key:].double()  # [B, H, q, n], a copy
+                first, stop = start + lo, start + lo + a.shape[2]
+                if self.per_head:
+                    unit_heads = a / norm_heads[:, :, None, None]
+                    heads[:, first:stop] += unit_heads.sum(0)
+                    if onehot is not None:
+                        group_heads[:, :, first:stop] += torch.einsum("gb,bhqn->ghqn", onehot, unit_heads)
+                    del unit_heads
+                unit = a.div_(norm_whole[:, None, None, None])
+                whole[:, first:stop] += unit.sum(0)
                 if onehot is not None:
-                    group_heads[:, :, start:stop] += torch.einsum("gb,bhqn->ghqn", onehot, unit_heads)
-        out = {"whole": whole.flatten()}
-        if self.per_head:
-            out["heads"] = heads.flatten(1)
-        if onehot is not None:
-            out["group_whole"] = group_whole.flatten(1).float()
-            if self.per_head:
-                out["group_heads"] = group_heads.flatten(2).float()
-            out["group_count"] = onehot.sum(1)
-        return out
-
-    def _accumulate(self, layer: int, parts: dict[str, torch.Tensor]) -> None:
-        for name, value in parts.items():
-            key = f"{name}_{layer}"
-            if key not in self._state:
-                self._state[key] = torch.zeros_like(value, dtype=value.dtype)
-            self._state[key] = self._state[key] + value
+                    group_whole[:, :, first:stop] += torch.einsum("gb,bhqn->ghqn", onehot, unit)
 
     def update(self, cache: ActivationCache) -> None:
-        pending, self._pending = self._pending, {}
+        done, self._done = self._done, set()
         for layer in self.layers:
-            parts = pending.get(layer)
-            if parts is None:
-                attn = cache.attention[("decoder", layer)]
-                parts = self._reduce_layer(attn, self._rows_of(cache), cache)
-            self._accumulate(layer, parts)
+            if layer not in done:  # not digested in the hook: from the cache
+                self._reduce_layer(layer, cache.attention[("decoder", layer)], self._rows_of(cache), cache)
         if cache.image_indices is None:
             raise MaeprobeError("image indices missing from the cache")
         self._state["count"] += len(cache.image_indices)
@@ -187,8 +243,14 @@ class DecoderAttentionSimilarity(Reducer):
 
     def _interval(self, group_sums: torch.Tensor, group_counts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Group bootstrap of Eq. 7. group_sums [G, ..., d] -> (low, high) of shape [...]."""
-        g = group_sums.double().flatten(1, -2) if group_sums.ndim > 2 else group_sums.double().unsqueeze(1)
-        gram = torch.einsum("gsd,hsd->sgh", g, g).cpu().numpy()  # [S, G, G]
+        g = group_sums.flatten(1, -2) if group_sums.ndim > 2 else group_sums.unsqueeze(1)  # [G, S, d], a view
+        G, S, d = g.shape
+        gram = torch.zeros(S, G, G, dtype=torch.float64, device=g.device)
+        step = max(1, WORK_BYTES // (G * S * 8))
+        for lo in range(0, d, step):  # float64 pieces: no float64 copy of all the group sums
+            piece = g[..., lo:lo + step].double()
+            gram += torch.einsum("gsd,hsd->sgh", piece, piece)
+        gram = gram.cpu().numpy()  # [S, G, G]
         counts = group_counts.double().cpu().numpy()  # [G]
         filled = counts > 0  # groups with images: the units actually seen
         gram, counts = gram[:, filled][:, :, filled], counts[filled]

@@ -22,6 +22,13 @@ either. Real DINOv2 keys share a large common component (last-layer cosines all 
 is all ones at tau 0.15. Two documented ways to make W informative for such references, off by default (the
 paper's setting): ``center=True`` subtracts each image's mean feature before the cosines (the common component),
 ``tau_quantile=q`` takes tau per image as the q-quantile of that image's cosines (density 1 - q on both sides).
+
+Memory bound. W has tokens^2 entries per image, whatever the batch: a decoder of a 64 x 64 patch grid gives
+67 MB per image and side. The affinities are therefore made a few images at a time (``AFFINITY_WORK_BYTES``, at
+least one image), binarised in place, and compared without temporaries of their size; ``memory_bytes`` bounds
+what one step holds (the reference's W, one layer's W, a mask of it, and the quantile's sorted copy) plus the
+features that the capture keeps for every requested layer of a batch, and the constructor and ``check_memory``
+refuse a run beyond ``MAEPROBE_MAX_METRIC_MEMORY`` before any image (``LimitError``).
 """
 from __future__ import annotations
 
@@ -36,6 +43,13 @@ from .base import ImageMean, units_of
 
 SATURATED_ABOVE, EMPTY_BELOW = 0.95, 0.05
 
+# Affinity matrices of the images of one step: as many images as fit in this many bytes (at least one).
+AFFINITY_WORK_BYTES = 64 << 20
+# Bytes per entry of W held at once in a step: the reference's W and one layer's W (float32), the mask that
+# ``density`` counts (bool); with ``tau_quantile``, torch.quantile's sorted copy and its bookkeeping (measured:
+# about 8.5 bytes per entry; 12 counted).
+AFFINITY_BYTES, QUANTILE_BYTES = 9, 12
+
 
 def affinity(features: torch.Tensor, tau: float | None = None, eps: float = 1e-5, *, center: bool = False,
              tau_quantile: float | None = None) -> torch.Tensor:
@@ -49,9 +63,8 @@ def affinity(features: torch.Tensor, tau: float | None = None, eps: float = 1e-5
     W = f @ f.transpose(1, 2)
     if tau_quantile is not None:
         tau = torch.quantile(W.flatten(1), tau_quantile, dim=1).view(-1, 1, 1)
-        return torch.where(W > tau, torch.ones_like(W), torch.full_like(W, eps))
-    if tau is not None:
-        W = torch.where(W > tau, torch.ones_like(W), torch.full_like(W, eps))
+    if tau is not None:  # in place, no temporary of W's size: 1.0 where W > tau, else 0.0, then 0.0 -> eps
+        W.gt_(tau).clamp_(min=float(eps))
     return W
 
 
@@ -60,7 +73,15 @@ def density(W: torch.Tensor, binarised: bool, eps: float = 1e-5) -> torch.Tensor
     between them, so any ``eps`` < 1 counts right), else the mean of W. [B, n, n] -> [B]."""
     if not binarised:
         return W.mean((1, 2))
-    return (W > (1.0 + float(eps)) / 2).float().mean((1, 2))
+    return (W > (1.0 + float(eps)) / 2).sum((1, 2)) / float(W.shape[1] * W.shape[2])
+
+
+def _cosine(W: torch.Tensor, W_ref: torch.Tensor) -> torch.Tensor:
+    """cos(vec W_i, vec W_ref_i) per image ([B, n, n] twice -> [B]) without a product of W's size."""
+    a, b = W.flatten(1), W_ref.flatten(1)
+    dot = (a.unsqueeze(1) @ b.unsqueeze(2)).flatten()
+    norms = torch.linalg.vector_norm(a, dim=1) * torch.linalg.vector_norm(b, dim=1)
+    return dot / norms.clamp_min(1e-8)
 
 
 def w_flag(decoder_density: float, ref_density: float) -> str:
@@ -105,8 +126,41 @@ class DecoderSemanticSimilarity(ImageMean):
         self.ref_prefix = reference_model.num_prefix_tokens
         info = getattr(reference_model, "checkpoint", None)
         self.reference_label = info.name if info else reference_name
+        self.num_patches = model.config.num_patches
+        # the captured features per image: the decoder's (a key is a view of its block's qkv output, 3 x the
+        # width) and the reference's, at the probed grid
+        dec_width = model.config.decoder_embed_dim * (3 if self._dec_kind == "keys" else 1)
+        ref_width = reference_model.config.embed_dim * (3 if self._ref_kind == "keys" else 1)
+        self._feature_bytes = 4 * (len(self.layers) * (self.num_patches + self.num_prefix) * dec_width
+                                   + (self.num_patches + self.ref_prefix) * ref_width)
         # per layer: S, the density of the layer's W, the density of the reference's W
         super().__init__((len(self.layers), 3), bootstrap, bootstrap_seed)
+        self._check(1)
+
+    def _affinity_bytes(self) -> int:
+        """Bytes per image of the affinities held at once (``AFFINITY_BYTES`` / ``QUANTILE_BYTES`` per entry)."""
+        per_entry = AFFINITY_BYTES + (QUANTILE_BYTES if self.tau_quantile is not None else 0)
+        return self.num_patches ** 2 * per_entry
+
+    def _images_per_step(self, batch_size: int) -> int:
+        return max(1, min(batch_size, AFFINITY_WORK_BYTES // self._affinity_bytes()))
+
+    def memory_bytes(self, batch_size: int = 1) -> int:
+        """Peak bytes for batches of ``batch_size`` images: the features captured for every requested layer
+        and the affinity matrices of one step (``_images_per_step``)."""
+        return batch_size * self._feature_bytes + self._images_per_step(batch_size) * self._affinity_bytes()
+
+    def check_memory(self, *, mask_ratio: float = 0.0, batch_size: int = 1) -> None:
+        self._check(batch_size)
+
+    def _check(self, batch_size: int) -> None:
+        from ..limits import check
+
+        n = self.num_patches
+        check("MAEPROBE_MAX_METRIC_MEMORY", self.memory_bytes(batch_size),
+              f"decoder semantic similarity (Eq. 8): its affinity matrices ({n}^2 entries per image, the "
+              f"reference's and a layer's) and the features of {len(self.layers)} decoder layer(s) for batches of "
+              f"{batch_size} image(s), in bytes")
 
     def request(self) -> CaptureRequest:
         return CaptureRequest.of(**{self._dec_kind: {"decoder": self.layers}})
@@ -123,18 +177,26 @@ class DecoderSemanticSimilarity(ImageMean):
         ref = getattr(ref_cache, self._ref_kind)[("encoder", self.ref_layer)][:, self.ref_prefix:]  # [B, n, D]
         options = dict(center=self.center, tau_quantile=self.tau_quantile)
         binarised = self.tau is not None or self.tau_quantile is not None
-        W_ref = affinity(ref, self.tau, self.eps, **options)
-        ref_density = density(W_ref, binarised, self.eps)
-        W_ref = W_ref.flatten(1)  # [B, n*n]
-        values = []
+        decoder = []
         for layer in self.layers:
             tokens = getattr(cache, self._dec_kind)[("decoder", layer)][:, self.num_prefix:]  # [B, n, Dd]
             if tokens.shape[1] != ref.shape[1]:
                 raise MaeprobeError(f"reference has {ref.shape[1]} patches, decoder {tokens.shape[1]}")
-            W = affinity(tokens, self.tau, self.eps, **options)
-            values.append(torch.stack([F.cosine_similarity(W.flatten(1), W_ref, dim=1), density(W, binarised, self.eps),
-                                       ref_density], dim=1))  # [B, 3]
-        self.add(torch.stack(values, dim=1), units_of(cache))
+            decoder.append(tokens)
+        steps = []
+        step = self._images_per_step(ref.shape[0])
+        for lo in range(0, ref.shape[0], step):  # a few images at a time: W has n^2 entries per image
+            W_ref = affinity(ref[lo:lo + step], self.tau, self.eps, **options)
+            ref_density = density(W_ref, binarised, self.eps)
+            values = []
+            for tokens in decoder:
+                W = affinity(tokens[lo:lo + step], self.tau, self.eps, **options)
+                values.append(torch.stack([_cosine(W, W_ref), density(W, binarised, self.eps), ref_density],
+                                          dim=1))  # [b, 3]
+                del W  # before the next layer's W is made
+            del W_ref
+            steps.append(torch.stack(values, dim=1))  # [b, layers, 3]
+        self.add(torch.cat(steps), units_of(cache))
 
     def rows(self) -> list[dict]:
         s = self.summary()

@@ -15,6 +15,10 @@ resamples images (or groups) with replacement repeats images, which lowers the r
 128 images of width 192 its interval lay entirely below the estimate. The jackknife leaves (G'-1)/G' of the
 distinct images in every replicate. N images give at most N - 1 nonzero singular values (the centred
 feature matrix has rank <= N - 1), so with few images the spectrum is capped by N, not by the model.
+
+Memory: each layer's block output is pooled inside the forward hook (``consume``), so a batch holds [B, D] per
+layer and kind, never every requested layer's [B, tokens, D]; the sums (layers x kinds x (1 + G) x D^2 x 8
+bytes, allocated here) are checked against ``MAEPROBE_MAX_METRIC_MEMORY`` before they are allocated.
 """
 from __future__ import annotations
 
@@ -58,6 +62,14 @@ class FeatureSpectrum(Reducer):
         self.bootstrap, self.bootstrap_seed = bootstrap, bootstrap_seed
         self.groups = groups if bootstrap else 0
         D = model.config.embed_dim
+        from ..limits import check
+
+        sums = len(self.layers) * len(self.kinds) * (1 + self.groups) * (D * D + D) * 8
+        check("MAEPROBE_MAX_METRIC_MEMORY", sums + self.groups * D * D * 8,  # and one batch's [G, D, D] products
+              f"feature spectrum: its sums ({len(self.layers)} layer(s) x {len(self.kinds)} feature(s) x "
+              f"{1 + self.groups} x {D}^2 x 8 bytes; fewer --layers{' or --bootstrap 0' if self.groups else ''} "
+              "need less)")
+        self._pending: dict[int, dict[str, torch.Tensor]] = {}
         self.add_state("count", torch.zeros(()))
         for layer in self.layers:
             for kind in self.kinds:
@@ -72,6 +84,19 @@ class FeatureSpectrum(Reducer):
     def request(self) -> CaptureRequest:
         return CaptureRequest.of(features={"encoder": self.layers})
 
+    def consumes(self):
+        return {("features", "encoder", layer) for layer in self.layers}
+
+    def _pooled(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[B, N, D] block output -> {'patch_mean': [B, D], 'cls': [B, D]}, pooled on the model's device."""
+        feats = {"patch_mean": tokens[:, self.num_prefix:].float().mean(1)}
+        if "cls" in self.kinds:
+            feats["cls"] = tokens[:, 0].clone()
+        return feats
+
+    def consume(self, kind, module, layer, tensor, cache) -> None:
+        self._pending[layer] = self._pooled(tensor)  # the block output itself is not kept
+
     def update(self, cache: ActivationCache) -> None:
         onehot = None
         units = self.note_units(cache)
@@ -79,11 +104,11 @@ class FeatureSpectrum(Reducer):
             groups = unit_groups(units, self.groups)
             onehot = torch.nn.functional.one_hot(groups, self.groups).double().T  # [G, B]
             self._state["gcount"] += onehot.sum(1)
+        pending, self._pending = self._pending, {}
         for layer in self.layers:
-            tokens = cache.features[("encoder", layer)]  # [B, N, D], on the model's device
-            feats = {"patch_mean": tokens[:, self.num_prefix:].float().mean(1)}  # pool before leaving the device
-            if "cls" in self.kinds:
-                feats["cls"] = tokens[:, 0]
+            feats = pending.get(layer)
+            if feats is None:  # not digested in the hook: the [B, N, D] block output from the cache
+                feats = self._pooled(cache.features[("encoder", layer)])
             for kind, x in feats.items():
                 x = x.double().cpu()  # [B, D]
                 self._state[f"sum_{layer}_{kind}"] += x.sum(0)

@@ -11,6 +11,7 @@ DINOv2 with registers: the CLS token only).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
@@ -386,7 +387,58 @@ def build_mae(preset: str | None = None, **kwargs) -> MaskedAutoencoderViT:
             raise MaeprobeError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
         params.update(PRESETS[preset])
     params.update(kwargs)
-    return MaskedAutoencoderViT(ArchConfig(**params))
+    return MaskedAutoencoderViT(_checked_arch(params))
+
+
+def _checked_arch(params: dict) -> ArchConfig:
+    """``ArchConfig(**params)`` for values a caller passed (``build_mae``): unknown names and values of the wrong
+    kind are refused in one line (``MaeprobeError``), and the model's parameters, counted on PyTorch's meta device
+    before anything is allocated, stay within ``MAEPROBE_MAX_MODEL_BYTES`` (x 4 bytes)."""
+    import dataclasses
+    import numbers
+
+    from ..limits import check
+
+    fields = {f.name: f for f in dataclasses.fields(ArchConfig)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise MaeprobeError(f"build_mae: unknown setting {unknown[0]!r:.60}; known: {', '.join(sorted(fields))}")
+    for name, value in params.items():
+        kind = str(fields[name].type)
+        if name == "extra":
+            ok = isinstance(value, dict)
+        elif kind.startswith("int"):
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+        elif kind.startswith("float"):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind.startswith("bool"):
+            ok = isinstance(value, bool)
+        elif kind.startswith("str"):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        ok = ok or (value is None and "None" in kind)
+        if not ok:
+            raise MaeprobeError(f"build_mae: {name}={value!r:.60} is not a valid {kind}")
+    cfg = ArchConfig(**params)
+    for name in ("img_size", "patch_size", "in_chans", "embed_dim", "num_heads"):
+        if getattr(cfg, name) < 1:
+            raise MaeprobeError(f"build_mae: {name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.img_size < cfg.patch_size:
+        raise MaeprobeError(f"build_mae: img_size={cfg.img_size} is smaller than patch_size={cfg.patch_size}")
+    check("MAEPROBE_MAX_DEPTH", max(cfg.depth, cfg.decoder_depth), "build_mae: depth")
+    check("MAEPROBE_MAX_PATCHES", cfg.num_patches, "build_mae: patches per image")
+    try:
+        with torch.device("meta"):
+            meta = MaskedAutoencoderViT(cfg)
+    except MaeprobeError:
+        raise
+    except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
+        raise MaeprobeError(f"build_mae: these settings do not make a model ({str(exc).splitlines()[0][:200]})") \
+            from None
+    size = sum(t.numel() for t in list(meta.parameters()) + list(meta.buffers()))
+    check("MAEPROBE_MAX_MODEL_BYTES", 4 * size, f"build_mae: the model's {size:,} parameters x 4 bytes")
+    return cfg
 
 
 def resize_input(model, img_size: int):

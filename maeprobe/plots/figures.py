@@ -13,13 +13,23 @@
 Bands are the ``ci_low``/``ci_high`` intervals stored in the tables; the caption below the axes says over how many
 independent units (``n_units``: source images, else ``n_images``) or "no interval" where the table has none.
 Titles stay one or two short lines; conventions and warnings go in that caption.
+
+A line is one input measured once: rows that share a label but come from different files (``checkpoint_path``,
+else the checkpoint's name) or different results tables (``results_file``, from ``results.read_tables``) are drawn
+as separate lines, their labels completed by the shortest path that tells them apart; rows that would still fall on
+one point of one line are refused, as are rows of different units or Eq. 7 / Eq. 8 settings on one axis. Values
+that are NaN or infinite are left out and counted in the caption and in a warning. At most
+``MAEPROBE_MAX_FIGURE_LINES`` lines per figure, counted before anything is drawn.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..errors import MaeprobeError
 
 FIGURES = {
     "fig2": ("decoder_attention_similarity", "Decoder attention similarity (Eq. 7)", "$S_{attn}$"),
@@ -57,6 +67,127 @@ def _labels(frame: pd.DataFrame, label_by: str) -> pd.Series:
     return labels
 
 
+def _text(rows: pd.DataFrame, column: str) -> pd.Series:
+    """``column`` as text ('' where absent or missing)."""
+    if column not in rows:
+        return pd.Series("", index=rows.index, dtype=object)
+    values = rows[column]
+    return values.astype(object).where(values.notna(), "").map(str)
+
+
+def _inputs(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per row, the file it measured (``checkpoint_path``, else the checkpoint's name) and the results table it was
+    read from (``results_file``; '' for a frame made in Python)."""
+    path = _text(rows, "checkpoint_path")
+    return path.where(path != "", _text(rows, "checkpoint")), _text(rows, "results_file")
+
+
+def _count_lines(rows: pd.DataFrame, name: str) -> None:
+    """Refuse, before anything is drawn, a figure of more than MAEPROBE_MAX_FIGURE_LINES lines (one per label and
+    input): a legend of thousands of entries is unreadable and each line costs tens of milliseconds."""
+    from ..limits import check
+
+    path, source = _inputs(rows)
+    lines = len(pd.DataFrame({"l": rows["label"], "p": path, "s": source}).drop_duplicates())
+    check("MAEPROBE_MAX_FIGURE_LINES", lines, f"{name}: lines (one per label and input) of the figure")
+
+
+def _apart(rows: pd.DataFrame) -> pd.Series:
+    """``rows["label"]``, where one label covers several inputs (two runs' ``checkpoint-last.pth``), completed by
+    the shortest path suffix of each file and, for one file in several tables, of each table (``(from
+    a/results.csv)``), so that each input is its own line. Called after ``_count_lines``: at most that many."""
+    from ..results import short_names
+
+    labels = rows["label"].astype(str)
+    path, source = _inputs(rows)
+    keys = pd.DataFrame({"label": labels, "path": path, "source": source})
+    shared = keys.drop_duplicates().groupby("label", sort=False).size()
+    shared = shared[shared > 1].index
+    if len(shared) == 0:
+        return labels
+    out = labels.copy()
+    for label in shared:
+        mine = keys["label"] == label
+        group = keys[mine].drop_duplicates()
+        paths = dict(zip(group["path"].unique(), short_names(list(group["path"].unique()))))
+        sources = dict(zip(group["source"].unique(), short_names(list(group["source"].unique()))))
+        several_paths = len(paths) > 1
+        path_repeats = group.duplicated("path", keep=False)
+        names = {}
+        for (p, s), repeated in zip(zip(group["path"], group["source"]), path_repeats):
+            parts = [paths[p]] if several_paths else []
+            if repeated and len(sources) > 1:
+                parts.append(f"from {sources[s]}")
+            text = " ".join(parts)
+            names[(p, s)] = text if several_paths and not repeated and Path(paths[p]).name == label \
+                else f"{label} ({text})"
+        out[mine] = [names[(p, s)] for p, s in zip(keys.loc[mine, "path"], keys.loc[mine, "source"])]
+    return out
+
+
+def _one_point_each(rows: pd.DataFrame, name: str, keys: list[str]) -> None:
+    """Refuse rows that would fall on one point of one line (the same input measured twice, e.g. under two seeds):
+    averaging them would merge two measurements without a word."""
+    keys = [k for k in keys if k in rows]
+    repeated = rows.duplicated(["label", *keys], keep=False)
+    if not repeated.any():
+        return
+    subset = rows[repeated]
+    point = subset[["label", *keys]].astype(str).agg("\0".join, axis=1)  # missing values compare as text
+    same = subset[point == point.iloc[0]]
+    first = same.iloc[0]
+    differ = [str(c) for c in same.columns if c not in ("value", "std", "ci_low", "ci_high", "label", "_mask_suffix")
+              and same[c].astype(object).nunique(dropna=False) > 1]
+    where = ", ".join(f"{k} {first[k]}" for k in keys if pd.notna(first[k]))
+    from ..validate import one_line
+
+    raise MaeprobeError(f"{name}: {one_line(first['label'], 80)!r} has {len(same)} rows for {where} (they differ in "
+                        f"{', '.join(differ[:6]) or 'nothing: repeated rows'}); a line is one input measured once: "
+                        "plot those tables separately, or tell the rows apart with --label-by COLUMN (label_by=)")
+
+
+def _finite(rows: pd.DataFrame, name: str) -> tuple[pd.DataFrame, str]:
+    """``rows`` without NaN or infinite values, and the caption's note of how many were left out per label (also a
+    warning, so that the console says it too)."""
+    values = pd.to_numeric(rows["value"], errors="coerce").astype(float)
+    bad = ~np.isfinite(values.to_numpy())
+    if not bad.any():
+        return rows, ""
+    counts = rows.loc[bad, "label"].value_counts(sort=False)
+    total = int(bad.sum())
+    note = (f"left out {total} non-finite value{'s' if total != 1 else ''} (NaN or infinite): "
+            + ", ".join(f"{int(n)} of {label}" for label, n in counts.items()))
+    warnings.warn(f"{name}: {note}", stacklevel=3)
+    return rows[~bad], note
+
+
+def _lines_of(rows: pd.DataFrame, name: str, label_by: str, keys: list[str], labels=None) -> tuple[pd.DataFrame, str]:
+    """Every check of a figure's rows before drawing: labels (``labels`` when given, else ``_labels``), the
+    lines limit, inputs kept apart, one row per point, non-finite values left out. Returns rows with a ``label``
+    column and the caption's note."""
+    rows = rows.copy()
+    rows["label"] = _labels(rows, label_by) if labels is None else labels
+    _count_lines(rows, name)
+    rows["label"] = _apart(rows)
+    _one_point_each(rows, name, keys)
+    return _finite(rows, name)
+
+
+def _legend_height(labels, extra: int = 2) -> float:
+    """Inches of figure height that the legend beside the axes needs (5.5 pt entries, wrapped labels), at least
+    the default 2.8: a figure of many lines grows instead of pushing its legend off the canvas."""
+    import textwrap
+
+    lines = sum(max(len(textwrap.wrap(str(label), LEGEND_CHARS)), 1) for label in labels) + extra
+    return max(2.8, 0.5 + lines * 5.5 * 1.25 / 72 + (len(labels) + extra) * 2.75 / 72)
+
+
+def _line_style(index: int) -> str:
+    """Solid for the first ten lines (the palette's ten colours), then dashed, dotted, dash-dot: two lines never
+    share both colour and style."""
+    return ("-", "--", ":", "-.")[(index // 10) % 4]
+
+
 def _mask_text(ratio, shared) -> str:
     text = f"probe mask {float(ratio):g}"
     if float(ratio) > 0 and pd.notna(shared):
@@ -92,10 +223,16 @@ def _caption(rows: pd.DataFrame, name: str) -> str:
 
 
 def save_figure(fig, paths: list[Path], dpi: int) -> list[Path]:
-    """Save ``fig`` to each path (format from the extension), atomically, on the main process only."""
+    """Save ``fig`` to each path (format from the extension), atomically, on the main process only. Each path is
+    checked first (``results.output_path``): a folder, an empty name, a device or a name over 255 bytes is one
+    ``MaeprobeError``, never a traceback."""
     from ..distributed import is_main
-    from ..io import atomic_path
+    from ..io import atomic_path, check_output_file
+    from ..results import output_path
 
+    paths = [output_path(path, "figure path") for path in paths]
+    for path in paths:
+        check_output_file(path)
     if is_main():
         for path in paths:
             with atomic_path(path) as tmp:
@@ -154,7 +291,8 @@ def _interval_text(rows: pd.DataFrame, what: str = "bands", method: str | None =
     over = (f" over {n_units} source images" if n_units else f" over {n_images} images" if n_images else "")
     text = f"{what}: 95% CI{over}" + (f" ({method})" if method else "")
     if not finite.all() and labels is not None:
-        missing = [str(lab) for lab in dict.fromkeys(labels[~finite]) if not finite[labels == lab].any()]
+        any_finite = finite.groupby(labels, sort=False).any()  # one pass, not one scan per label
+        missing = [str(lab) for lab, ok in any_finite.items() if not ok]
         if missing:
             text += f"; no interval for {', '.join(missing)}"
     return text
@@ -177,18 +315,22 @@ def _finish(fig, caption: str) -> None:
 
 
 def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
-    plt, sns = _style()
-    rows = frame[(frame["metric"] == metric) & frame["head"].isna()].copy()
+    rows = frame[(frame["metric"] == metric) & frame["head"].isna()]
     if rows.empty:
         return []
-    rows["label"] = _labels(rows, label_by)
+    labels = _labels(rows, label_by)
+    if name == "fig3" and "reference" in rows and rows["reference"].astype(str).nunique() > 1:
+        labels = labels + " [ref " + rows["reference"].astype(str) + "]"  # which reference each line is against
+    rows, dropped = _lines_of(rows, name, label_by, ["layer"], labels)
     labels = list(dict.fromkeys(rows["label"]))
-    fig, ax = plt.subplots(figsize=(4.4, 2.8))  # single-column width with the legend beside the axes
-    for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
-        part = rows[rows["label"] == label].sort_values("layer")
+    plt, sns = _style()
+    fig, ax = plt.subplots(figsize=(4.4, _legend_height(labels)))  # single-column width, legend beside the axes
+    groups = dict(tuple(rows.groupby("label", sort=False)))
+    for i, (colour, label) in enumerate(zip(sns.color_palette("colorblind", len(labels)), labels)):
+        part = groups[label].sort_values("layer")
         x = part["layer"].astype(int).to_numpy() + 1  # the paper numbers layers from 1
         y = part["value"].to_numpy()
-        ax.plot(x, y, marker="o", ms=3, lw=1.4, color=colour, label=_legend_label(label))
+        ax.plot(x, y, marker="o", ms=3, lw=1.4, color=colour, ls=_line_style(i), label=_legend_label(label))
         if part["ci_low"].notna().any():
             ax.fill_between(x, part["ci_low"], part["ci_high"], color=colour, alpha=0.2, lw=0)
     if name == "fig2":
@@ -201,6 +343,7 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
         subtitle = f"reference: {references}"
         parts.append(subtitle)
     parts.append(_interval_text(rows, labels=rows["label"]))
+    parts.append(dropped)
     caption = "; ".join(part for part in parts if part)
     if name == "fig3" and "w_flag" in rows and (rows["w_flag"].fillna("") != "").any():
         flagged = rows[rows["w_flag"].fillna("") != ""]
@@ -219,7 +362,6 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
 def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="encoder"):
     """Attention distance (fig5/fig6/figA1) or entropy: heads as dots, their mean per layer as a line with its
     band, and the uniform-attention level."""
-    plt, sns = _style()
     rows = frame[(frame["metric"] == metric) & (frame["module"] == module)].copy()
     if rows.empty:
         return []
@@ -234,18 +376,22 @@ def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="enco
         elif patch_only.any():  # both kinds on one plot: each line says which (their uniform levels differ)
             rows["label"] = rows["label"] + np.where(patch_only, " (patch keys)", " (all keys)")
     else:
-        units, quantity = (rows["units"].iloc[0] if "units" in rows else "px"), "mean attention distance"
+        units, quantity = _setting(rows, "units").iloc[0], "mean attention distance"  # one unit: make_figures
+    rows, dropped = _lines_of(rows, name, label_by, ["layer", "head"], rows["label"])
     labels = list(dict.fromkeys(rows["label"]))
-    fig, ax = plt.subplots(figsize=(4.4, 2.8))  # single-column width with the legend beside the axes
-    for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
-        part = rows[rows["label"] == label]
+    plt, sns = _style()
+    fig, ax = plt.subplots(figsize=(4.4, _legend_height(labels, 4)))  # single-column width, legend beside the axes
+    groups = dict(tuple(rows.groupby("label", sort=False)))
+    for i, (colour, label) in enumerate(zip(sns.color_palette("colorblind", len(labels)), labels)):
+        part = groups[label]
         heads = part["head"].astype(float)
         jitter = (heads / max(heads.max(), 1) - 0.5) * 0.3
         ax.scatter(part["layer"].astype(float) + 1 + jitter, part["value"], s=4, color=colour, alpha=0.35, lw=0)
         # per layer: the mean over heads, its interval the mean of the heads' bounds (conservative)
         means = part.groupby("layer")[["value", "ci_low", "ci_high"]].mean()
         x = means.index.astype(int) + 1
-        ax.plot(x, means["value"], color=colour, lw=1.4, marker="o", ms=2.5, label=_legend_label(label))
+        ax.plot(x, means["value"], color=colour, lw=1.4, ls=_line_style(i), marker="o", ms=2.5,
+                label=_legend_label(label))
         if means["ci_low"].notna().any():
             ax.fill_between(x, means["ci_low"], means["ci_high"], color=colour, alpha=0.2, lw=0)
     ax.scatter([], [], s=4, color="0.4", label="dots: single heads")
@@ -261,7 +407,7 @@ def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="enco
     interval = _interval_text(rows, labels=rows["label"])
     if not interval.startswith("no interval"):
         interval += ", per layer the mean of the heads' bounds"
-    parts = [_caption(rows, name), "line: mean over heads", interval]
+    parts = [_caption(rows, name), "line: mean over heads", interval, dropped]
     if name == "figA1":
         parts.append("Fig. A.1 compares autoencoders AE(k) that predict a k x k pixel block per patch; the table "
                      "does not record what a checkpoint predicts, so these lines are not known to be AE(k) models")
@@ -287,25 +433,28 @@ def _layer_text(layers: list[int]) -> str:
 def _spectrum(frame, out_dir, name, label_by):
     """Normalised singular values per component, one panel per feature kind (CLS, patch mean), with the
     per-component interval where the table has one; the encoder layer in the title; the n - 1 cap stated."""
-    plt, sns = _style()
-    rows = frame[frame["metric"] == "feature_spectrum"].copy()
+    rows = frame[frame["metric"] == "feature_spectrum"]
     if rows.empty:
         return []
-    rows["label"] = _labels(rows, label_by)
-    ranks = frame[frame["metric"] == "effective_rank"].copy()
-    ranks["label"] = _labels(ranks, label_by)
+    both = frame[frame["metric"].isin(["feature_spectrum", "effective_rank"])]  # labelled together: one mapping
+    labels = _labels(both, label_by)
     layers = sorted({int(v) for v in rows["layer"].dropna()}) if "layer" in rows else []
     if len(layers) > 1:  # several layers of one checkpoint: one line each
-        for table in (rows, ranks):
-            table["label"] = table["label"] + table["layer"].map(
-                lambda v: f", layer {int(v) + 1}" if pd.notna(v) else "")
+        labels = labels + both["layer"].map(lambda v: f", layer {int(v) + 1}" if pd.notna(v) else "")
+    both = both.assign(feature=both["feature"] if "feature" in both else "features")
+    both, dropped = _lines_of(both, name, label_by, ["metric", "feature", "component", "layer"], labels)
+    rows, ranks = both[both["metric"] == "feature_spectrum"], both[both["metric"] == "effective_rank"]
     kinds = list(dict.fromkeys(rows["feature"]))
     labels = list(dict.fromkeys(rows["label"]))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.4 * len(kinds), 2.5), squeeze=False)
+    plt, sns = _style()
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.4 * len(kinds), max(2.5, _legend_height(labels, 0) - 0.3)),
+                             squeeze=False)
     drawn = []
+    parts_of = dict(tuple(rows.groupby(["label", "feature"], sort=False)))
+    ranks_of = dict(tuple(ranks.groupby(["label", "feature"], sort=False)))
     for ax, kind in zip(axes[0], kinds):
-        for colour, label in zip(sns.color_palette("colorblind", len(labels)), labels):
-            part = rows[(rows["label"] == label) & (rows["feature"] == kind)].sort_values("component")
+        for i, (colour, label) in enumerate(zip(sns.color_palette("colorblind", len(labels)), labels)):
+            part = parts_of.get((label, kind), rows.iloc[:0]).sort_values("component")
             if part.empty:
                 continue
             part = part.iloc[: max(int(part["n_images"].iloc[0]) - 1, 1)]  # rank of n centred features <= n - 1
@@ -314,7 +463,7 @@ def _spectrum(frame, out_dir, name, label_by):
                 continue
             drawn.append(part)
             x = np.arange(1, len(values) + 1)
-            rank = ranks[(ranks["label"] == label) & (ranks["feature"] == kind)]
+            rank = ranks_of.get((label, kind), ranks.iloc[:0])
             legend = label
             if len(rank):
                 r = rank.iloc[0]
@@ -322,7 +471,7 @@ def _spectrum(frame, out_dir, name, label_by):
                 if pd.notna(r.get("ci_low")) and pd.notna(r.get("ci_high")):
                     legend += f" [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
                 legend += ")"
-            ax.semilogy(x, np.clip(values / values[0], 1e-8, None), color=colour, lw=1.2,
+            ax.semilogy(x, np.clip(values / values[0], 1e-8, None), color=colour, lw=1.2, ls=_line_style(i),
                         label=_legend_label(legend))
             low, high = part["ci_low"].to_numpy(dtype=float), part["ci_high"].to_numpy(dtype=float)
             finite = np.isfinite(low) & np.isfinite(high)
@@ -344,12 +493,91 @@ def _spectrum(frame, out_dir, name, label_by):
     if not interval.startswith("no interval"):
         interval += " per component, divided by the largest singular value"
     parts = [_caption(rows, name), _layer_text(layers) if layers else "", cap, interval,
-             "eff. rank (legend): exp of the entropy of the normalised singular values, [95% CI] where stored"]
+             "eff. rank (legend): exp of the entropy of the normalised singular values, [95% CI] where stored",
+             dropped]
     sns.despine(fig)
     _finish(fig, "; ".join(part for part in parts if part))
     paths = _save(fig, out_dir, name)
     plt.close(fig)
     return paths
+
+
+# Settings that define what a figure's numbers mean: rows that differ in one are refused on one axis (with the
+# default a table of an older maeprobe implies where the column is missing)
+SETTINGS = {"fig2": {"cls_key": False},
+            "fig3": {"ref_features": "keys", "decoder_features": None, "tau": None, "eps": None,
+                     "center_keys": False, "tau_quantile": None},
+            "fig5": {"units": "px", "renormalize": False}}
+SETTINGS["fig6"] = SETTINGS["figA1"] = SETTINGS["fig5"]
+
+
+def _setting(rows: pd.DataFrame, column: str, default=None) -> pd.Series:
+    """``column`` as comparable text: numbers as ``%g``, missing values as the default (``decoder_features``: as
+    ``ref_features``; ``units``: px), booleans from files (True, 'True', 1) as True/False."""
+    if column == "units" and default is None:
+        default = "px"
+    values = rows[column] if column in rows else pd.Series(np.nan, index=rows.index)
+    if column == "decoder_features" and "ref_features" in rows:
+        values = values.where(values.notna(), rows["ref_features"])
+
+    def text(value) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+            return "none" if default is None else text(default)
+        if isinstance(value, (bool, np.bool_)):
+            return str(bool(value))
+        if isinstance(default, bool):  # a flag stored as 1, 1.0 or 'true' is True
+            lowered = str(value).strip().lower()
+            return {"true": "True", "1": "True", "1.0": "True", "false": "False", "0": "False",
+                    "0.0": "False"}.get(lowered, str(value))
+        if isinstance(value, (int, float, np.number)):
+            return f"{float(value):g}"
+        return str(value)
+
+    return values.astype(object).map(text)
+
+
+def _check_settings(rows: pd.DataFrame, name: str) -> None:
+    """Refuse rows measured with different units (px, patches) or Eq. 7 / Eq. 8 settings on one axis: a caption
+    states one convention, and lines of different ones are not comparable."""
+    from ..validate import one_line
+
+    for column, default in SETTINGS.get(name, {}).items():
+        values = list(dict.fromkeys(_setting(rows, column, default)))
+        if len(values) > 1:
+            raise MaeprobeError(f"{name}: the rows were measured with different {column} "
+                                f"({', '.join(one_line(v, 40) for v in values[:6])}); a figure compares like with "
+                                "like: plot those tables separately")
+
+
+def _table(frame, label_by) -> pd.DataFrame:
+    """A copy of ``frame`` that the figures can read, or a ``MaeprobeError`` saying what is missing: the columns
+    metric, module, layer and value (numbers); head, ci_low, ci_high and checkpoint are optional."""
+    from ..validate import one_line, short
+
+    if not isinstance(frame, pd.DataFrame):
+        raise MaeprobeError(f"make_figures: expected a results table (pandas DataFrame), got {type(frame).__name__} "
+                            f"{short(frame, 60)}")
+    if not isinstance(label_by, str):
+        raise MaeprobeError(f"label_by: expected a column name, got {short(label_by, 60)}")
+    missing = [c for c in ("metric", "module", "layer", "value") if c not in frame.columns]
+    if missing:
+        raise MaeprobeError(f"the table has no {', '.join(missing)} column; expected a results table of maeprobe "
+                            "(metric, module, layer, head, value, ...)")
+    frame = frame.copy()
+    for column in ("head", "ci_low", "ci_high"):
+        if column not in frame:
+            frame[column] = np.nan
+    if "checkpoint" not in frame:
+        frame["checkpoint"] = "(unnamed)"
+    try:
+        for column in ("value", "ci_low", "ci_high"):
+            frame[column] = pd.to_numeric(frame[column]).astype(float)
+        for column in ("layer", "head"):
+            frame[column] = pd.to_numeric(frame[column]).astype("Int64")
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise MaeprobeError(f"the table's value, ci_low, ci_high, layer and head columns must hold numbers "
+                            f"({one_line(exc, 120)})") from None
+    return frame
 
 
 def _rows_of(frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -382,28 +610,44 @@ def bar_figure(labels: list[str], rows: pd.DataFrame, title: str, ylabel: str, o
 
 def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, label_by: str = "checkpoint",
                  mix_mask_settings: bool = False) -> list[Path]:
-    """Write every figure whose data is in ``frame`` (or only ``figures``). Returns the paths written.
+    """Write every figure whose data is in ``frame`` (or only ``figures``: a list, or one comma-separated string).
+    Returns the paths written.
 
     A figure compares like with like: rows measured under different probe masks (mask ratio, shared or per
-    image) are refused on one plot (ValueError) unless ``mix_mask_settings``, which labels every line with its
-    mask. Each figure's title states the probe mask and, for Eq. 7 / Eq. 8, the conventions used.
+    image) are refused on one plot (``MaeprobeError``, a ValueError) unless ``mix_mask_settings``, which labels
+    every line with its mask; rows of different units or Eq. 7 / Eq. 8 settings are refused. Each input is its own
+    line (see the module's docstring). Each figure's title states the probe mask and, for Eq. 7 / Eq. 8, the
+    conventions used.
     """
-    out_dir = Path(out_dir)
+    from ..io import check_output_folder
+    from ..results import output_path
+    from ..validate import one_line, short
+
+    out_dir = check_output_folder(output_path(out_dir, "figure folder", kind="folder"))
+    frame = _table(frame, label_by)
+    if not isinstance(mix_mask_settings, (bool, np.bool_)):
+        raise MaeprobeError(f"mix_mask_settings: expected True or False, got {short(mix_mask_settings, 40)}")
+    if isinstance(figures, str):
+        figures = [f.strip() for f in figures.split(",") if f.strip()]
+    if figures is not None and (not hasattr(figures, "__iter__") or isinstance(figures, bytes)):
+        raise MaeprobeError(f"figures: expected a list of figure names ({', '.join(FIGURES)}), got "
+                            f"{short(figures, 60)}")
     metrics = set(frame["metric"])
     if figures is None:
         figures = [f for f in ("fig2", "fig3", "fig5", "entropy", "spectrum") if FIGURES[f][0] in metrics]
     paths: list[Path] = []
     for name in figures:
-        if name not in FIGURES:
-            raise ValueError(f"unknown figure {name!r}; choose from {', '.join(FIGURES)}")
+        if not isinstance(name, str) or name not in FIGURES:
+            raise MaeprobeError(f"unknown figure {one_line(name, 40)!r}; choose from {', '.join(FIGURES)}")
         metric, title, ylabel = FIGURES[name]
         if metric not in metrics:
-            raise ValueError(f"{name} needs {metric} rows, which the tables do not have")
+            raise MaeprobeError(f"{name} needs {metric} rows, which the tables do not have")
         frame_used = frame
+        _check_settings(_rows_of(frame, name), name)
         settings = _mask_settings(_rows_of(frame, name))
         if len(settings) > 1:
             if not mix_mask_settings:
-                raise ValueError(f"{name}: the rows were measured under different probe masks "
+                raise MaeprobeError(f"{name}: the rows were measured under different probe masks "
                                  f"({', '.join(settings)}); plot like with like, or allow it with "
                                  f"--mix-mask-settings (mix_mask_settings=True), which labels each line")
             frame_used = frame.copy()

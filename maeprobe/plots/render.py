@@ -14,6 +14,16 @@ import numpy as np
 import torch
 
 
+def check_panels(rows: int, columns: int) -> None:
+    """Refuse, before anything is drawn (``render_attention``: before the model runs), a render of more than
+    ``MAEPROBE_MAX_PANELS`` maps: each costs about 80 ms and 4 MB (a 264-map render took 23 s and 1.2 GB), and
+    ``--query 0-100000`` or a model of many heads would ask for any number of them."""
+    from ..limits import check
+
+    check("MAEPROBE_MAX_PANELS", int(rows) * int(columns),
+          f"the render's {int(rows)} rows x {int(columns)} columns of maps")
+
+
 def _scale_note(ax, vmax: float, uniform: float) -> None:
     """Each map is scaled to its own maximum: print it beside the uniform-attention weight, so that a map that
     is bright everywhere (uniform attention) can be told from a peaked one."""
@@ -61,6 +71,8 @@ def render_decoder_attention(image: np.ndarray, cache, *, layers, queries, grid:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    check_panels(len(queries), 2 + len(layers))
+    out = _stem(out)
     mask = cache.mask.mask[0].cpu().numpy().reshape(grid, grid)
     size = image.shape[0]
     up = np.kron(mask, np.ones((size // grid, size // grid)))[..., None]
@@ -109,6 +121,8 @@ def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out
     import matplotlib.pyplot as plt
 
     heads = cache.attention[("encoder", layers[0])].shape[1]
+    check_panels(len(layers), heads + 1)
+    out = _stem(out)
     fig, axes = plt.subplots(len(layers), heads + 1, figsize=(1.2 * (heads + 1) + 0.6, 1.2 * len(layers) + 0.5),
                              squeeze=False)
     for r, layer in enumerate(layers):
@@ -128,6 +142,17 @@ def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out
     fig.suptitle((f"{title}\n" if title else "") + "encoder attention of the CLS query over the patches; layers "
                  "and heads numbered from 1", fontsize=5.5)
     return _save(fig, out, rect=(0.0, 0.0, 0.97, 0.93))
+
+
+def _stem(out) -> Path:
+    """The output path without extension, checked (``results.output_path``) before anything is drawn."""
+    from ..io import check_output_file
+    from ..results import output_path
+
+    out = output_path(out, "out", kind="stem")
+    for suffix in (".png", ".pdf"):
+        check_output_file(out.with_suffix(suffix))
+    return out
 
 
 def _save(fig, out, rect=(0, 0, 1, 1)) -> list[Path]:

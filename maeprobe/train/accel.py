@@ -36,7 +36,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import default_collate
 
 from ..errors import MaeprobeError
 
@@ -78,6 +79,50 @@ def loader_options(device: torch.device, num_workers: int) -> dict:
             "persistent_workers": workers > 0}
 
 
+class LoadFailure:
+    """What a sample that cannot be read (an image that is not one) becomes inside a DataLoader: its refusal's one
+    line, carried to the main process as data (``Reporting``, ``CheckedLoader``)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class Reporting(Dataset):
+    """``dataset`` whose refusals (``MaeprobeError``, e.g. an unreadable image naming its file) become
+    ``LoadFailure`` samples: raised in a worker process, torch would re-raise them in the main process with the
+    worker's whole traceback as their message."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except MaeprobeError as exc:
+            return LoadFailure(str(exc))
+
+
+def collate(samples):
+    """torch's default collation, or the first ``LoadFailure`` of the batch."""
+    failed = next((s for s in samples if isinstance(s, LoadFailure)), None)
+    return failed if failed is not None else default_collate(samples)
+
+
+class CheckedLoader(DataLoader):
+    """A DataLoader that raises a batch's ``LoadFailure`` in the main process as the one-line ``MaeprobeError`` it
+    was."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, LoadFailure):
+                raise MaeprobeError(batch.message)
+            yield batch
+
+
 def make_loader(dataset, *, device: torch.device, num_workers: int, **kwargs) -> DataLoader:
-    """A DataLoader with ``loader_options``; ``kwargs`` (batch size, sampler, ...) as DataLoader's."""
-    return DataLoader(dataset, **loader_options(device, num_workers), **kwargs)
+    """A DataLoader with ``loader_options``; ``kwargs`` (batch size, sampler, ...) as DataLoader's. A sample that
+    cannot be read ends the loop with its own one-line error, in worker processes too (``CheckedLoader``)."""
+    return CheckedLoader(Reporting(dataset), **loader_options(device, num_workers), collate_fn=collate, **kwargs)

@@ -1,8 +1,11 @@
-"""Recipe configuration: YAML files with ``base:`` inheritance and ``key.sub=value`` overrides."""
+"""Recipe configuration: YAML files with ``base:`` inheritance and ``key.sub=value`` overrides, both read by YAML
+1.2's core schema (``RecipeLoader``: no YAML 1.1 octals, sexagesimals, dates or yes/no booleans)."""
 from __future__ import annotations
 
 import copy
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +79,83 @@ def _merge(base: dict, update: dict) -> dict:
 MAX_RECIPE_BYTES = 1_000_000
 
 
+# --------------------------------------------------------------------------- YAML 1.2 scalars
+class _Int(int):
+    """A whole number read from YAML, with the text it was written as (``text``): a text setting keeps that text
+    (``run.output_dir: 0123`` is the folder '0123', not '123'); ``check_recipe`` stores plain ints."""
+
+
+class _Float(float):
+    """A number read from YAML, with the text it was written as (``text``; see ``_Int``)."""
+
+
+_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` resolving plain scalars by YAML 1.2's core schema instead of YAML 1.1's: ``010`` is 10
+    (1.1: octal 8), ``1:00`` and ``2001-12-14`` are text (1.1: 60 and a date), ``yes``/``no``/``on``/``off`` are text
+    (1.1: booleans), ``1e-4`` is a number (1.1: text); only true/false are booleans, only null/~/nothing is null.
+    Numbers remember their text (``_Int``, ``_Float``). Recipe files and ``key=value`` overrides are read with it,
+    so a value means the same in both and nothing is silently reinterpreted: text where a number or true/false is
+    expected is refused by the schema, naming the key."""
+
+    yaml_implicit_resolvers: dict = {}
+
+
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"),
+                                   ["~", "n", "N", ""])
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(f"^(?:{_INT.pattern})$"),
+                                   list("-+0123456789"))
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^(?:{_FLOAT.pattern})$"),
+                                   list("-+.0123456789"))
+
+
+def _construct_int(loader, node):
+    text = loader.construct_scalar(node)
+    if not _INT.fullmatch(text):
+        raise yaml.constructor.ConstructorError(None, None, "expected a whole number", node.start_mark)
+    body = text.lstrip("+-")
+    value = int(body[2:], 8) if body.startswith("0o") else int(body[2:], 16) if body.startswith("0x") else int(body)
+    number = _Int(-value if text.startswith("-") else value)
+    number.text = text
+    return number
+
+
+def _construct_float(loader, node):
+    text = loader.construct_scalar(node)
+    if not _FLOAT.fullmatch(text):
+        raise yaml.constructor.ConstructorError(None, None, "expected a number", node.start_mark)
+    lower = text.lower()
+    value = float(lower.replace(".inf", "inf").replace(".nan", "nan")) if ".inf" in lower or ".nan" in lower \
+        else float(text)
+    number = _Float(value)
+    number.text = text
+    return number
+
+
+def _construct_bool(loader, node):
+    text = loader.construct_scalar(node)
+    if text not in _BOOL:
+        raise yaml.constructor.ConstructorError(None, None, "expected true or false", node.start_mark)
+    return _BOOL[text]
+
+
+RecipeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+RecipeLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+RecipeLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+
+
+def load_yaml(text: str):
+    """``text`` read by ``RecipeLoader`` (YAML 1.2 scalars, safe: no Python objects)."""
+    return yaml.load(text, Loader=RecipeLoader)
+
+
 def _read(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
         raise MaeprobeError(f"{_shown(path)}: circular 'base:'")
@@ -87,7 +167,7 @@ def _read(path: Path, seen: tuple = ()) -> dict:
         raise MaeprobeError(f"{_shown(path)}: {path.stat().st_size:,} bytes is too large for a recipe "
                             f"(at most {MAX_RECIPE_BYTES:,})")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = load_yaml(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise MaeprobeError(f"{_shown(path)}: not UTF-8 text; expected a YAML recipe") from None
     except yaml.YAMLError as exc:
@@ -95,7 +175,7 @@ def _read(path: Path, seen: tuple = ()) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise MaeprobeError(f"{_shown(path)}: invalid YAML{where} ({_shown(str(problem))[:120]})") from None
-    except (ValueError, OverflowError) as exc:  # e.g. a timestamp like 2001-13-45, a 5000-digit number
+    except (ValueError, OverflowError) as exc:  # e.g. a 5000-digit number, '!!timestamp 2001-13-45'
         raise MaeprobeError(f"{_shown(path)}: a value YAML cannot read ({_shown(str(exc))[:120]})") from None
     except RecursionError:
         raise MaeprobeError(f"{_shown(path)}: nested too deeply; expected a YAML recipe") from None
@@ -103,6 +183,7 @@ def _read(path: Path, seen: tuple = ()) -> dict:
     if not isinstance(data, dict):
         raise MaeprobeError(f"{_shown(path)}: holds a YAML {type(data).__name__}; expected a mapping of recipe keys")
     _check_file_paths(data, path)
+    _note_outside_paths(data, path)
     if "base" in data:
         base_name = data.pop("base")
         if not isinstance(base_name, str) or not base_name.strip():
@@ -135,6 +216,28 @@ def _check_file_paths(data: dict, path: Path) -> None:
                             "line: run.output_dir=...)")
 
 
+# data a recipe file reads from outside the folder it is run from: (recipe file, dotted key, value), collected while
+# its files are read and reported by ``load_recipe`` when the resolved recipe still uses the value
+_READS = ("data.path", "data.single_image", "eval.checkpoint")
+_outside: list = []
+
+
+def _note_outside_paths(data: dict, path: Path) -> None:
+    """Remember the paths a recipe file (or one of its readings) names for ``_READS`` that lie outside the folder
+    it is run from (absolute, from the home folder, or climbing with '..'): unlike its outputs they are allowed,
+    but ``load_recipe`` says so in a warning naming them, so a downloaded recipe cannot read, say, a private photo
+    folder into a checkpoint unnoticed."""
+    sections = [data] + [block for block in (data.get("readings") or {}).values() if isinstance(block, dict)] \
+        if isinstance(data.get("readings") or {}, dict) else [data]
+    for section in sections:
+        for dotted in _READS:
+            group, key = dotted.split(".")
+            value = section.get(group).get(key) if isinstance(section.get(group), dict) else None
+            if isinstance(value, str) and (Path(value).is_absolute() or value.startswith("~")
+                                           or ".." in Path(value).parts):
+                _outside.append((path, dotted, value))
+
+
 def _shown(text) -> str:
     from ..validate import one_line
 
@@ -142,17 +245,19 @@ def _shown(text) -> str:
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
-    """``optim.epochs=3`` -> (['optim', 'epochs'], 3); values are parsed as YAML scalars (``recipe_schema``
-    then checks their types and ranges, reading numbers that YAML 1.1 leaves as text, such as ``1e-4``)."""
+    """``optim.epochs=3`` -> (['optim', 'epochs'], 3). Values are read as a recipe file's are (``RecipeLoader``:
+    YAML 1.2, so ``010`` is 10 and ``1:00`` is text, which a numeric setting refuses), and keep their text: a
+    text setting gets exactly what was typed (``run.output_dir=0123`` is the folder '0123'; YAML would also cut
+    "o/rep #2" at its comment sign). ``check_recipe`` then checks types and ranges."""
     if not isinstance(text, str) or "=" not in text:
         raise MaeprobeError(f"override {_shown(text)!r}: expected key=value, e.g. optim.epochs=3")
     key, value = text.split("=", 1)
     try:
-        parsed = yaml.safe_load(value)
+        parsed = load_yaml(value)
     except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
         parsed = value.strip()  # not a YAML scalar: the text itself (checked by the schema like any value)
     if isinstance(parsed, str) and not value.strip().startswith(("'", '"')):
-        parsed = value.strip()  # text is taken as typed: YAML would cut "o/rep #2" at its comment sign
+        parsed = value.strip()  # text is taken as typed
     return key.strip().split("."), parsed
 
 
@@ -160,9 +265,13 @@ def load_recipe(path: str | Path, overrides=()) -> dict:
     """DEFAULTS <- base recipes <- recipe <- overrides, then checked (``check_recipe``): unknown keys, wrong
     types and values out of range are one-line errors before anything runs or is written.
 
-    ``overrides``: ``key.sub=value`` strings (values read as YAML scalars), or ``(dotted key, value)`` pairs whose
-    values are used as they are (for programs: a path holding ``" #"`` is not cut as a YAML comment)."""
+    ``overrides``: ``key.sub=value`` strings (values read as ``parse_override`` says: YAML 1.2, text kept as
+    typed), or ``(dotted key, value)`` pairs whose values are used as they are (for programs: a path holding
+    ``" #"`` is not cut as a YAML comment). Paths to read that a recipe file names outside the folder it is run
+    from are reported as a warning."""
+    del _outside[:]
     data = _read(Path(path).resolve())
+    outside = list(_outside)
     readings = _readings(data.pop("readings", None), path)
     recipe = _merge(DEFAULTS, data)
     config = _apply_overrides(copy.deepcopy(recipe), overrides)
@@ -176,6 +285,11 @@ def load_recipe(path: str | Path, overrides=()) -> dict:
     _check(config, DEFAULTS, "")
     check_recipe(config)
     config["run"]["output_dir"] = config["run"]["output_dir"].replace("{name}", config["name"])
+    for file, dotted, value in dict.fromkeys(outside):
+        group, key = dotted.split(".")
+        if config[group][key] == value:  # still the file's choice (not replaced on the command line)
+            warnings.warn(f"{_shown(file)}: {dotted} reads {_shown(value)!r}, outside the folder the recipe is run "
+                          "from (a choice of the recipe file; check that it is meant)", stacklevel=2)
     return config
 
 
@@ -189,6 +303,11 @@ def _readings(value, path) -> dict:
     for name, block in value.items():
         if not isinstance(name, str) or not isinstance(block, dict):
             raise MaeprobeError(f"{_shown(path)}: reading {_shown(name)!r} must be a name with a section of recipe keys")
+        bad = next((key for key, part in block.items() if isinstance(DEFAULTS.get(key), dict)
+                    and part is not None and not isinstance(part, dict)), None)
+        if bad is not None:
+            raise MaeprobeError(f"{_shown(path)}: readings: {_shown(name)}: {_shown(bad)}: expected a section of "
+                                f"recipe keys, got {_shown(block[bad])!r}")
         if {"reading", "readings", "base", "name"} & set(block) or "output_dir" in (block.get("run") or {}):
             raise MaeprobeError(f"{_shown(path)}: reading {_shown(name)!r} may not set reading, base, name or "
                                 "run.output_dir")
@@ -227,28 +346,35 @@ def _check(config: dict, reference: dict, prefix: str) -> None:
 
 # --------------------------------------------------------------------------- the recipe schema
 def _number(lo=None, hi=None, *, lo_open=False, hi_open=False, whole=False, none=False):
-    """A number (YAML 1.1 leaves '1e-4' as text: such text is read as the number it spells) in bounds."""
+    """A number in bounds; text that spells one (a value a program passes as a string) is read as it, as a whole
+    number first (no float rounding of a long seed). Returns a plain int or float (never ``_Int``/``_Float``)."""
     def check(name, value):
         if value is None and none:
             return None
         if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                pass
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and whole:
-            ok = float(value).is_integer()
+            for parse in (int, float):
+                try:
+                    value = parse(value.strip())
+                    break
+                except (ValueError, OverflowError):
+                    continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(value, float):
+            ok = math.isfinite(value)
+        if ok and whole and not isinstance(value, int):
+            ok = value.is_integer()
             value = int(value) if ok else value
-        if ok:
+        if ok:  # int and float compare exactly, whatever the size of the int
             ok = not ((lo is not None and (value <= lo if lo_open else value < lo))
                       or (hi is not None and (value >= hi if hi_open else value > hi)))
         if not ok:
             kind = "a whole number" if whole else "a number"
             bounds = _bounds(lo, hi, lo_open, hi_open)
+            shown = value if not isinstance(value, int) or abs(value) < 10**30 else \
+                f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
             raise MaeprobeError(f"recipe key {name}: expected {kind}{bounds}{' or null' if none else ''}, "
-                                f"got {_shown(value)!r}")
-        return value
+                                f"got {_shown(shown)!r}")
+        return int(value) if isinstance(value, int) else float(value)
     return check
 
 
@@ -290,6 +416,8 @@ def _text(none=False, max_len=4096):
         if value is None and none:
             return None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = getattr(value, "text", None) or str(value)  # as written: YAML's 0123 stays '0123'
+        if isinstance(value, str):
             value = str(value)
         if not isinstance(value, str) or not value.strip() or len(value) > max_len or "\x00" in value:
             raise MaeprobeError(f"recipe key {name}: expected text{' or null' if none else ''}, got "

@@ -5,7 +5,13 @@ Determinism and exact resume: every random choice is a function of (seed, epoch,
 (seed, step, rank): the data order of an epoch, each sample's augmentation, each step's masks. A
 checkpoint stores the model, optimiser, scaler, step and the position in the epoch, so ``resume``
 continues exactly where the run stopped. Checkpoints are written atomically (temporary file, rename)
-every ``run.checkpoint_every`` optimiser steps, at the end, and when SIGTERM arrives.
+every ``run.checkpoint_every`` optimiser steps, at the end, and when SIGTERM arrives; after that checkpoint the
+signal still takes effect (``pretrain_recipe``): the previous handler gets it again (by default the process ends, as
+a preempted job must), and a caller that lives on gets ``TrainingInterrupted``.
+
+Untrusted recipes: sizes a recipe states are bounded before anything is built (``check_sizes``: model bytes,
+samples per epoch, the micro-batch, DataLoader workers; ``maeprobe.limits``), an epoch must hold one optimiser step,
+and a run folder belongs to one run at a time (``runfolder``).
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import argparse
 import contextlib
 import csv
 import math
+import os
 import signal
 import sys
 import time
@@ -117,11 +124,14 @@ class EpochSampler(Sampler):
         return self
 
     def __iter__(self):
-        order = epoch_order(self.n, self.seed, self.epoch, self.rank, self.world)[:self.usable]
-        return iter([(self.epoch, i) for i in order[self.start:]])
+        epoch = self.epoch
+        order = _epoch_order(self.n, self.seed, epoch, self.rank, self.world)[self.start:self.usable]
+        for chunk in order.split(1 << 16):  # 8 bytes per sample at any time, not a Python list of the epoch
+            for i in chunk.tolist():
+                yield epoch, i
 
     def __len__(self) -> int:
-        return max(self.usable - self.start, 0)
+        return max(min(self.usable, epoch_length(self.n, self.rank, self.world)) - self.start, 0)
 
 
 def mask_noises(num_patches: int, seed: int, epoch: int, sample_ids: torch.Tensor, view: int) -> torch.Tensor:
@@ -134,9 +144,20 @@ def mask_noises(num_patches: int, seed: int, epoch: int, sample_ids: torch.Tenso
 def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
     """This process's sample order for an epoch: a seeded permutation, padded to a multiple of world
     size and strided by rank (DistributedSampler's split, reproducible from (seed, epoch))."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(_sample_seed(seed, epoch, 7))).tolist()
-    order += order[: (-len(order)) % world]
+    return _epoch_order(n, seed, epoch, rank, world).tolist()
+
+
+def _epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    """``epoch_order`` as an int64 tensor (the sampler reads it in chunks)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(_sample_seed(seed, epoch, 7)))
+    order = torch.cat([order, order[: (-n) % world]])
     return order[rank::world]
+
+
+def epoch_length(n: int, rank: int, world: int) -> int:
+    """``len(epoch_order(n, ..., rank, world))`` without drawing the permutation."""
+    padded = n + min((-n) % world, n)
+    return len(range(rank, padded, world))
 
 
 def build_pretrain_data(config: dict, img_size: int) -> PretrainImages:
@@ -157,12 +178,76 @@ def build_pretrain_data(config: dict, img_size: int) -> PretrainImages:
 
 # ----------------------------------------------------------------------------- model + objective
 def build_pretrain_model(config: dict):
+    """The recipe's MAE (``model.*``), after ``check_model_settings``."""
     m = config["model"]
-    kwargs = {k: m[k] for k in ("decoder_depth", "decoder_embed_dim", "decoder_num_heads", "pred_size")
-              if m.get(k) is not None}
+    kwargs = _model_kwargs(config)
+    check_model_settings(config)
+    return build_mae(m["preset"], decoder_type=m["decoder_type"], norm_pix_loss=bool(m["norm_pix_loss"]), **kwargs)
+
+
+def _model_kwargs(config: dict) -> dict:
+    m = config["model"]
+    return {k: m[k] for k in ("decoder_depth", "decoder_embed_dim", "decoder_num_heads", "pred_size")
+            if m.get(k) is not None}
+
+
+def check_model_settings(config: dict) -> None:
+    """Model settings that each pass the schema but do not make a model together are one line naming the setting:
+    a decoder head count that does not divide the decoder width (timm's attention asserts it), an AE(k) block
+    side missing or not differing from the patch size by an even number (the block is centred on the patch)."""
+    from ..models.mae import ArchConfig
+    from ..models.registry import PRESETS
+
+    m = config["model"]
     if config["method"] == "ae" and not m.get("pred_size"):
         raise MaeprobeError("method 'ae' needs model.pred_size (the block side k)")
-    return build_mae(m["preset"], decoder_type=m["decoder_type"], norm_pix_loss=bool(m["norm_pix_loss"]), **kwargs)
+    arch = ArchConfig(**{**PRESETS[m["preset"]], **_model_kwargs(config)})
+    if m["decoder_type"] == "transformer" and arch.decoder_embed_dim % arch.decoder_num_heads:
+        raise MaeprobeError(f"model.decoder_num_heads={arch.decoder_num_heads} does not divide "
+                            f"model.decoder_embed_dim={arch.decoder_embed_dim} (each head takes an equal share of the "
+                            "decoder's width); choose a divisor")
+    if arch.pred_size is not None and (arch.pred_size - arch.patch_size) % 2:
+        raise MaeprobeError(f"model.pred_size={arch.pred_size} and the patch size {arch.patch_size} of "
+                            f"{m['preset']} must differ by an even number (the predicted block is centred on its "
+                            "patch)")
+
+
+def check_sizes(config: dict, plan) -> "ArchConfig":
+    """Bound, before anything is built, what a pretraining recipe's stated sizes cost (``maeprobe.limits``; a
+    refusal names the limit's variable): the parameters of the model and the method's extra parts, built on
+    PyTorch's meta device (shapes only, no memory) x 4 bytes (``MAEPROBE_MAX_MODEL_BYTES``; training holds about
+    four times that: weights, gradients, two AdamW moments), one micro-batch's pixels and one layer's attention maps
+    (``MAEPROBE_MAX_BATCH_BYTES``), the samples of one epoch, whose order is drawn as one permutation of 8-byte
+    indices (``MAEPROBE_MAX_EPOCH_SAMPLES``), and DataLoader worker processes (``MAEPROBE_MAX_WORKERS``).
+    Returns the model's ArchConfig."""
+    from ..limits import check
+
+    with torch.device("meta"):
+        meta = Objective(build_pretrain_model(config), config)
+    size = sum(t.numel() * 4 for t in list(meta.parameters()) + list(meta.buffers()))
+    check("MAEPROBE_MAX_MODEL_BYTES", size, f"the recipe's model ({config['model']['preset']} with its model.* and "
+          f"{config['method']} settings: {size // 4:,} parameters x 4 bytes)")
+    cfg = meta.model.config
+    check_batch(cfg, plan.micro, f"one micro-batch ({plan.describe()}; optim.batch_per_process caps it)")
+    data = config["data"]
+    if data["samples_per_epoch"] is not None:
+        check("MAEPROBE_MAX_EPOCH_SAMPLES", data["samples_per_epoch"], "data.samples_per_epoch")
+    if data["path"]:  # the loader's workers (decoded photos and single images are in memory)
+        check("MAEPROBE_MAX_WORKERS", data["num_workers"], "data.num_workers (DataLoader worker processes)")
+    return cfg
+
+
+def check_batch(cfg, images: int, what: str) -> None:
+    """``images`` images of a model of ArchConfig ``cfg`` held at once: their float32 pixels and one layer's
+    attention maps (heads x tokens^2 x 4 bytes each, the widest of encoder and decoder) within
+    ``MAEPROBE_MAX_BATCH_BYTES``."""
+    from ..limits import check
+
+    tokens = cfg.num_patches + cfg.num_prefix_tokens
+    heads = max(cfg.num_heads, cfg.decoder_num_heads if cfg.decoder_depth and cfg.decoder_type == "transformer" else 0)
+    per_image = 4 * (cfg.in_chans * cfg.img_size ** 2 + heads * tokens ** 2)
+    check("MAEPROBE_MAX_BATCH_BYTES", images * per_image, f"{what}: {images:,} images x {per_image:,} bytes of "
+          "pixels and attention maps")
 
 
 def initial_objective(config: dict) -> "Objective":
@@ -291,18 +376,31 @@ def lr_at(step: float, total: int, warmup: int, peak: float, floor: float) -> fl
 
 
 # ----------------------------------------------------------------------------- the loop
+class TrainingInterrupted(MaeprobeError):
+    """SIGTERM stopped a run after it saved its checkpoint (``pretrain_recipe``). Raised once the signal went back
+    to the handler the caller had (which, by default, ends the process), so that a caller that lives on (the
+    Python API, a test runner) never takes the stopped run for a finished one. Starting the same run again resumes."""
+
+
 def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: int | None = None) -> Path:
     """Run a pretraining recipe. Returns the final checkpoint path (``checkpoint-last.pth``).
 
+    Before anything is built or written: the recipe's sizes are bounded (``check_sizes``), an epoch must hold one
+    optimiser step (``steps_per_epoch``), and the run folder is taken for this run (``runfolder.claimed``: files of
+    the user's or of another run are never replaced; one run writes a folder at a time).
+
     ``stop_after_steps`` stops (and checkpoints) after that many optimiser steps of this call, as an
-    interruption would; used by the resume test.
+    interruption would; used by the resume test. SIGTERM checkpoints and stops too, then restores the previous
+    SIGTERM handler and sends the signal again (by default the process ends with it, as a preempted job must); if
+    the process lives on, ``TrainingInterrupted`` is raised.
     """
     from .. import validate
     from ..io import check_output_file, check_output_folder
+    from .runfolder import claimed
 
     check_recipe(config)  # also for dicts built in Python: types and ranges before anything runs
     rank, world, local_rank = init_distributed()
-    run, optim_cfg = config["run"], config["optim"]
+    run = config["run"]
     if run["device"]:
         device = validate.device(run["device"])
     else:
@@ -311,14 +409,54 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
         torch.cuda.set_device(device)
     out_dir = Path(run["output_dir"])
     check_output_folder(out_dir)
-    for name in (run["checkpoint_name"], "config.yaml", "log.csv"):  # outputs are checked before computing
+    outputs = [run["checkpoint_name"], "config.yaml", "log.csv", f"{_final_stem(run)}.safetensors"]
+    for name in outputs:  # outputs are checked before computing
         check_output_file(out_dir / name)
+    plan = batch_plan(config, world)
+    arch = check_sizes(config, plan)
+    data = build_pretrain_data(config, arch.img_size)
+    per_epoch = steps_per_epoch(config, len(data), rank, world, plan)
+    resume = out_dir / run["checkpoint_name"] if run["resume"] else None
+    with claimed(out_dir, config, outputs, rank=rank, resume=resume):
+        last, stopped_by = _pretrain(config, data, plan, per_epoch, device, rank, world, progress, stop_after_steps)
+    if stopped_by is not None:  # after the lock is released: the signal may end the process
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise TrainingInterrupted(stopped_by)
+    return last
+
+
+def _final_stem(run: dict) -> str:
+    return Path(run["checkpoint_name"]).stem.replace("checkpoint-last", "model")
+
+
+def steps_per_epoch(config: dict, samples: int, rank: int, world: int, plan) -> int:
+    """Optimiser steps per epoch: whole global batches of this process's share of the epoch's ``samples``. An
+    epoch that cannot fill one step is refused (it would train nothing, epoch after epoch, for ever); so is an
+    epoch of more than ``MAEPROBE_MAX_EPOCH_SAMPLES`` samples (its order is one permutation held at once)."""
+    from ..limits import check
+
+    check("MAEPROBE_MAX_EPOCH_SAMPLES", samples, "the samples of one epoch (data.samples_per_epoch, else the images "
+          "found)")
+    share = epoch_length(samples, rank, world)
+    step = plan.micro * plan.accum
+    if share < step:
+        raise MaeprobeError(f"an epoch of {samples} samples gives each of {world} process(es) {share}, fewer than one "
+                            f"optimiser step takes ({plan.describe()}); lower optim.global_batch or raise "
+                            "data.samples_per_epoch")
+    return share // step
+
+
+def _pretrain(config: dict, data, plan, steps_per_epoch: int, device, rank: int, world: int, progress: bool,
+              stop_after_steps: int | None) -> tuple[Path, str | None]:
+    """The training loop of ``pretrain_recipe`` in its claimed run folder. Returns the checkpoint path and, when
+    SIGTERM stopped the run, what to tell the caller (else None)."""
+    run, optim_cfg = config["run"], config["optim"]
+    out_dir = Path(run["output_dir"])
     objective = initial_objective(config).to(device)
     model = objective.model
-    data = build_pretrain_data(config, model.config.img_size)
-    plan = batch_plan(config, world)
     batch, accum, global_batch = plan.micro, plan.accum, plan.global_batch
-    steps_per_epoch = max(len(epoch_order(len(data), 0, 0, rank, world)) // (batch * accum), 1)
     total_steps = steps_per_epoch * optim_cfg["epochs"]
     warmup_steps = int(round(optim_cfg["warmup_epochs"] * steps_per_epoch))
     peak_lr = plan.lr
@@ -344,9 +482,15 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
     if world > 1:
         ddp = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
 
-    stop = {"flag": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True)) \
-        if threading_main() else None
+    stop = {"flag": False, "signal": False}
+
+    def on_sigterm(*_):
+        stop.update(flag=True, signal=True)
+
+    previous_handler = None
+    if threading_main() and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # an ignored SIGTERM stays so
+        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+        previous_handler = signal.SIG_DFL if previous_handler is None else previous_handler  # set outside Python
 
     def save(path: Path) -> None:
         if rank != 0:
@@ -388,6 +532,7 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
         while step < total_steps and not stop["flag"]:
             data.epoch = epoch
             sampler.set(epoch, position * batch * accum)
+            start_step, start_position = step, position
             for group in _grouped(loader, accum):  # the micro-batches of one optimiser step
                 lr = lr_at(step, total_steps, warmup_steps, peak_lr, optim_cfg["min_lr"])  # one lr per optimiser
                 for g in optimizer.param_groups:  # step, as MAE's lr_sched with accum_iter
@@ -436,6 +581,9 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
                     stop["flag"] = stop["flag"] or bool(stop_after_steps and steps_this_call >= stop_after_steps)
                     break
             else:
+                if step == start_step and start_position == 0:  # a whole epoch without a step: never loop on
+                    raise MaeprobeError(f"epoch {epoch} gave no optimiser step ({plan.describe()}, {len(data)} "
+                                        "samples per epoch); lower optim.global_batch")
                 epoch, position = epoch + 1, 0
                 continue
             if position >= steps_per_epoch:
@@ -443,8 +591,7 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
         if steps_this_call or not resumed:  # a finished run started again writes nothing
             save(last)
         if rank == 0 and step >= total_steps and (steps_this_call or not resumed):
-            stem = Path(run["checkpoint_name"]).stem.replace("checkpoint-last", "model")
-            save_checkpoint(model, out_dir / f"{stem}.safetensors")
+            save_checkpoint(model, out_dir / f"{_final_stem(run)}.safetensors")
     finally:
         del loader  # ends its worker processes
         if bar:
@@ -455,7 +602,10 @@ def pretrain_recipe(config: dict, *, progress: bool = True, stop_after_steps: in
             board.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-    return last
+    if stop["signal"]:
+        return last, (f"{config['name']}: SIGTERM stopped training at step {step} of {total_steps}; {last} holds it "
+                      "(start the same run again to resume)")
+    return last, None
 
 
 def run_description(device: torch.device, bf16: bool, compiled: bool) -> str:
@@ -502,23 +652,42 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
                   if k not in RESUMABLE_CHANGES and saved_setting(saved, k) != now.get(k, "<absent>"))
 
 
+# Settings maeprobe added after the first runs it can still resume were saved (the git history of ``DEFAULTS``: runs
+# saved before optim.global_batch existed store optim_batch_size and are never resumed): a checkpoint's ``args``
+# may lack them, and ``saved_setting`` reads the earlier behaviour. Any other setting missing from them means the
+# settings were cut: a resume cannot tell whether it matches.
+ADDED_AFTER_SAVES = ("umae_feature", "umae_batch", "reading")
+
+
+def stored_settings(args) -> dict | None:
+    """A checkpoint's ``args`` (an ``argparse.Namespace`` as maeprobe and MAE write it, or a dict) as flat settings
+    of plain values (numpy scalars become Python numbers); None when they are anything else: a resume cannot compare
+    what it cannot read (a tensor compares elementwise, a key that is not a name does not sort)."""
+    import numpy as np
+
+    values = vars(args) if isinstance(args, argparse.Namespace) else args
+    if not isinstance(values, dict):
+        return None
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, np.generic) and value.ndim == 0:
+            value = value.item()
+        if not isinstance(key, str) or not (value is None or isinstance(value, (bool, int, float, str))):
+            return None
+        out[key] = value
+    return out
+
+
 def _resume(last: Path, config: dict, model, objective, optimizer, steps_per_epoch: int) -> tuple[int, int, int]:
     """Restore (step, epoch, position) from ``last``, refusing with one line a checkpoint of another model,
     a damaged training state, or one written under different settings (``RESUMABLE_CHANGES`` excepted): a
-    resume after changing the seed or the mask ratio would silently mix two configurations."""
+    resume after changing the seed or the mask ratio would silently mix two configurations. Settings that cannot
+    be compared (``args`` missing, not a Namespace or dict of plain values, or lacking a setting other than
+    ``ADDED_AFTER_SAVES``) are refused too: the resume cannot tell that they match."""
     state = read_pickle(last)
     where = f"{last}: cannot resume from it"
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "optimizer" not in state:
         raise MaeprobeError(f"{where} (not a maeprobe training checkpoint); move it away or set run.resume=false")
-    args = state.get("args")
-    if isinstance(args, argparse.Namespace):
-        saved, now = vars(args), _flat(config)
-        changed = changed_settings(saved, now)
-        if changed:
-            key = changed[0]
-            raise MaeprobeError(f"{where}: it was trained with {key}={saved_setting(saved, key)!r}, this run has "
-                                f"{now.get(key, '<absent>')!r} ({len(changed)} setting(s) differ); use another "
-                                "run.output_dir or the original settings")
     counters = {k: state.get(k) for k in ("step", "epoch", "position")}
     bad = next((k for k, v in counters.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0), None)
     if bad is not None or counters["position"] > steps_per_epoch:
@@ -532,6 +701,23 @@ def _resume(last: Path, config: dict, model, objective, optimizer, steps_per_epo
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
         first = first_line(exc, 160)
         raise MaeprobeError(f"{where}: it does not fit this recipe's model ({first})") from None
+    saved, now = stored_settings(state.get("args")), _flat(config)
+    if saved is None:
+        found = "no training settings ('args')" if state.get("args") is None else \
+            f"training settings ('args') maeprobe cannot compare (a {type(state.get('args')).__name__})"
+        raise MaeprobeError(f"{where}: it holds {found}, so whether it was trained with this recipe's settings cannot "
+                            "be told; use another run.output_dir or set run.resume=false")
+    missing = sorted(k for k in now if k not in saved and k not in RESUMABLE_CHANGES and k not in ADDED_AFTER_SAVES)
+    if missing:
+        raise MaeprobeError(f"{where}: its training settings ('args') lack {missing[0]} ({len(missing)} "
+                            "setting(s) missing), so whether it was trained with this recipe's settings cannot be "
+                            "told; use another run.output_dir or set run.resume=false")
+    changed = changed_settings(saved, now)
+    if changed:
+        key = changed[0]
+        raise MaeprobeError(f"{where}: it was trained with {key}={saved_setting(saved, key)!r}, this run has "
+                            f"{now.get(key, '<absent>')!r} ({len(changed)} setting(s) differ); use another "
+                            "run.output_dir or the original settings")
     return counters["step"], counters["epoch"], counters["position"]
 
 

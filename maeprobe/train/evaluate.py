@@ -150,10 +150,15 @@ def _top1(predict, loader, device, bf16: bool = False) -> float:
 
 
 def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
-    """Run a finetune / linprobe / knn recipe; writes ``results.json`` and returns it."""
+    """Run a finetune / linprobe / knn recipe; writes ``results.json`` and returns it. Worker processes and the
+    batch are bounded (``MAEPROBE_MAX_WORKERS``, ``MAEPROBE_MAX_BATCH_BYTES``) and the run folder is taken for this
+    run (``runfolder.claimed``) before anything is written."""
     from .. import validate
     from ..io import check_output_file, check_output_folder
+    from ..limits import check
     from .config import check_recipe
+    from .engine import check_batch
+    from .runfolder import claimed
 
     check_recipe(config)
     run, optim_cfg, task = config["run"], config["optim"], config["task"]
@@ -165,7 +170,8 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
                                                              else "cpu")
     bf16 = bf16_enabled(run["bf16"], device)  # bf16 autocast of forward passes; losses in float32
     check_output_folder(run["output_dir"])
-    for name in ("config.yaml", "results.json"):
+    outputs = ["config.yaml", "results.json", "checkpoint-finetuned.pth"]
+    for name in outputs:
         check_output_file(Path(run["output_dir"]) / name)
     checkpoint = config["eval"]["checkpoint"]
     if not checkpoint:
@@ -181,115 +187,118 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
     dataset_val = ImageFolder(root / "val", val_tf, loader=open_image)
     num_classes = len(dataset_train.classes)
     workers = config["data"]["num_workers"]
+    check("MAEPROBE_MAX_WORKERS", workers, "data.num_workers (DataLoader worker processes)")
     plan = batch_plan(config, world)
     batch, accum = (plan.micro, plan.accum) if task != "knn" else (plan.per_process, 1)
+    check_batch(encoder.config, batch, f"one batch of {task} ({plan.describe()})")
     train_loader, val_loader, sampler = _loaders(dataset_train, dataset_val, batch, workers, world, rank, run["seed"],
                                                  device)
     out_dir = Path(run["output_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    with claimed(out_dir, config, outputs, rank=rank):  # the folder's files are this evaluation's; one writer
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
-    if task == "knn":
-        result = {"task": task, "top1": _knn(encoder.to(device).eval(), train_loader, val_loader, device,
-                                             config["eval"]["knn_k"], config["eval"]["knn_temperature"], bf16)}
-    else:
-        if task == "finetune":
-            model = _classifier(encoder, num_classes, optim_cfg["drop_path"]).to(device)
-            from timm.optim import param_groups_layer_decay
-
-            groups = param_groups_layer_decay(model, optim_cfg["weight_decay"], no_weight_decay_list=(
-                "pos_embed", "cls_token", "dist_token", "reg_token"), layer_decay=optim_cfg["layer_decay"])
-            trainable = _Logits(model)
-        elif task == "linprobe":
-            encoder = encoder.to(device).eval().requires_grad_(False)
-            head = nn.Sequential(nn.BatchNorm1d(encoder.config.embed_dim, affine=False, eps=1e-6),
-                                 nn.Linear(encoder.config.embed_dim, num_classes)).to(device)
-            nn.init.trunc_normal_(head[1].weight, std=0.01)
-            nn.init.zeros_(head[1].bias)
-            trainable, groups = head, [{"params": list(head.parameters()), "weight_decay": optim_cfg["weight_decay"]}]
-
-            def predict(x):
-                with torch.no_grad():
-                    feats = encoder.forward_encoder(x, 0.0)[0][:, 0].float()  # CLS after the final norm
-                return ddp_model(feats)  # DDP-wrapped head: gradients are averaged across processes
+        if task == "knn":
+            result = {"task": task, "top1": _knn(encoder.to(device).eval(), train_loader, val_loader, device,
+                                                 config["eval"]["knn_k"], config["eval"]["knn_temperature"], bf16)}
         else:
-            raise MaeprobeError(f"unknown task {task!r}; choose pretrain, finetune, linprobe or knn")
-        ddp_model = nn.parallel.DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda"
-                                                        else None) if world > 1 else trainable
-        if task == "finetune":
-            predict = ddp_model
-        if len(train_loader) < accum:
-            raise MaeprobeError(f"{len(dataset_train)} training images cannot fill one optimiser step of "
-                                f"{plan.describe()}; lower optim.global_batch")
-        steps_per_epoch = len(train_loader) // accum
-        total = steps_per_epoch * optim_cfg["epochs"]
-        warmup = int(optim_cfg["warmup_epochs"] * steps_per_epoch)
-        peak = plan.lr
-        optimizer = _optimizer(optim_cfg, groups, peak, task, device)
-        if progress and rank == 0:
-            from .engine import run_description
+            if task == "finetune":
+                model = _classifier(encoder, num_classes, optim_cfg["drop_path"]).to(device)
+                from timm.optim import param_groups_layer_decay
 
-            print(f"[{config['name']}] {plan.describe()}, {type(optimizer).__name__}; "
-                  f"{run_description(device, bf16, False)}")
-        mixup = None
-        if task == "finetune" and (optim_cfg["mixup"] > 0 or optim_cfg["cutmix"] > 0):
-            from timm.data import Mixup
-            from timm.loss import SoftTargetCrossEntropy
+                groups = param_groups_layer_decay(model, optim_cfg["weight_decay"], no_weight_decay_list=(
+                    "pos_embed", "cls_token", "dist_token", "reg_token"), layer_decay=optim_cfg["layer_decay"])
+                trainable = _Logits(model)
+            elif task == "linprobe":
+                encoder = encoder.to(device).eval().requires_grad_(False)
+                head = nn.Sequential(nn.BatchNorm1d(encoder.config.embed_dim, affine=False, eps=1e-6),
+                                     nn.Linear(encoder.config.embed_dim, num_classes)).to(device)
+                nn.init.trunc_normal_(head[1].weight, std=0.01)
+                nn.init.zeros_(head[1].bias)
+                trainable, groups = head, [{"params": list(head.parameters()), "weight_decay": optim_cfg["weight_decay"]}]
 
-            mixup = Mixup(mixup_alpha=optim_cfg["mixup"], cutmix_alpha=optim_cfg["cutmix"],
-                          label_smoothing=optim_cfg["label_smoothing"], num_classes=num_classes)
-            criterion = SoftTargetCrossEntropy()
-        else:
-            criterion = nn.CrossEntropyLoss(label_smoothing=optim_cfg["label_smoothing"] if task == "finetune" else 0.0)
-        step, history = 0, []
-        for epoch in range(optim_cfg["epochs"]):
-            if isinstance(sampler, DistributedSampler):
-                sampler.set_epoch(epoch)
-            trainable.train()
-            if task == "linprobe":
-                encoder.eval()
-            running, micro = 0.0, 0
-            for x, y in itertools.islice(train_loader, steps_per_epoch * accum):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if mixup is not None and len(x) % 2 == 0:
-                    x, y_soft = mixup(x, y)
-                else:
-                    y_soft = y if mixup is None else nn.functional.one_hot(y, num_classes).float()
-                if micro == 0:  # one lr per optimiser step
-                    lr = lr_at(step, total, warmup, peak, optim_cfg["min_lr"])
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr * group.get("lr_scale", 1.0)
-                sync = micro + 1 == accum
-                context = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-                with context:
-                    with autocast(device, bf16):
-                        logits = predict(x)
-                    loss = criterion(logits.float(), y_soft)  # float32 loss under bf16 autocast
-                    if not math.isfinite(loss.item()):
-                        raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-                    (loss / accum).backward()
-                running += loss.item() / accum
-                micro += 1
-                if not sync:
-                    continue
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                micro, step = 0, step + 1
-            trainable.eval()
-            top1 = _top1(predict, val_loader, device, bf16)
-            history.append({"epoch": epoch, "loss": running / steps_per_epoch, "top1": top1})
+                def predict(x):
+                    with torch.no_grad():
+                        feats = encoder.forward_encoder(x, 0.0)[0][:, 0].float()  # CLS after the final norm
+                    return ddp_model(feats)  # DDP-wrapped head: gradients are averaged across processes
+            else:
+                raise MaeprobeError(f"unknown task {task!r}; choose pretrain, finetune, linprobe or knn")
+            ddp_model = nn.parallel.DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda"
+                                                            else None) if world > 1 else trainable
+            if task == "finetune":
+                predict = ddp_model
+            if len(train_loader) < accum:
+                raise MaeprobeError(f"{len(dataset_train)} training images cannot fill one optimiser step of "
+                                    f"{plan.describe()}; lower optim.global_batch")
+            steps_per_epoch = len(train_loader) // accum
+            total = steps_per_epoch * optim_cfg["epochs"]
+            warmup = int(optim_cfg["warmup_epochs"] * steps_per_epoch)
+            peak = plan.lr
+            optimizer = _optimizer(optim_cfg, groups, peak, task, device)
             if progress and rank == 0:
-                print(f"[{config['name']}] epoch {epoch}: loss {running / steps_per_epoch:.4f}, val top-1 {top1:.2f}%")
-        result = {"task": task, "top1": history[-1]["top1"], "history": history}
-        if rank == 0 and task == "finetune":
-            from ..checkpoints import save_checkpoint
+                from .engine import run_description
 
-            save_checkpoint(model, out_dir / "checkpoint-finetuned.pth")
-    result.update(checkpoint=str(checkpoint), num_classes=num_classes, train_images=len(dataset_train),
-                  val_images=len(dataset_val))
-    if rank == 0:
-        write_text(out_dir / "results.json", json.dumps(result, indent=1))
+                print(f"[{config['name']}] {plan.describe()}, {type(optimizer).__name__}; "
+                      f"{run_description(device, bf16, False)}")
+            mixup = None
+            if task == "finetune" and (optim_cfg["mixup"] > 0 or optim_cfg["cutmix"] > 0):
+                from timm.data import Mixup
+                from timm.loss import SoftTargetCrossEntropy
+
+                mixup = Mixup(mixup_alpha=optim_cfg["mixup"], cutmix_alpha=optim_cfg["cutmix"],
+                              label_smoothing=optim_cfg["label_smoothing"], num_classes=num_classes)
+                criterion = SoftTargetCrossEntropy()
+            else:
+                criterion = nn.CrossEntropyLoss(label_smoothing=optim_cfg["label_smoothing"] if task == "finetune" else 0.0)
+            step, history = 0, []
+            for epoch in range(optim_cfg["epochs"]):
+                if isinstance(sampler, DistributedSampler):
+                    sampler.set_epoch(epoch)
+                trainable.train()
+                if task == "linprobe":
+                    encoder.eval()
+                running, micro = 0.0, 0
+                for x, y in itertools.islice(train_loader, steps_per_epoch * accum):
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    if mixup is not None and len(x) % 2 == 0:
+                        x, y_soft = mixup(x, y)
+                    else:
+                        y_soft = y if mixup is None else nn.functional.one_hot(y, num_classes).float()
+                    if micro == 0:  # one lr per optimiser step
+                        lr = lr_at(step, total, warmup, peak, optim_cfg["min_lr"])
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr * group.get("lr_scale", 1.0)
+                    sync = micro + 1 == accum
+                    context = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+                    with context:
+                        with autocast(device, bf16):
+                            logits = predict(x)
+                        loss = criterion(logits.float(), y_soft)  # float32 loss under bf16 autocast
+                        if not math.isfinite(loss.item()):
+                            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                        (loss / accum).backward()
+                    running += loss.item() / accum
+                    micro += 1
+                    if not sync:
+                        continue
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    micro, step = 0, step + 1
+                trainable.eval()
+                top1 = _top1(predict, val_loader, device, bf16)
+                history.append({"epoch": epoch, "loss": running / steps_per_epoch, "top1": top1})
+                if progress and rank == 0:
+                    print(f"[{config['name']}] epoch {epoch}: loss {running / steps_per_epoch:.4f}, val top-1 {top1:.2f}%")
+            result = {"task": task, "top1": history[-1]["top1"], "history": history}
+            if rank == 0 and task == "finetune":
+                from ..checkpoints import save_checkpoint
+
+                save_checkpoint(model, out_dir / "checkpoint-finetuned.pth")
+        result.update(checkpoint=str(checkpoint), num_classes=num_classes, train_images=len(dataset_train),
+                      val_images=len(dataset_val))
+        if rank == 0:
+            write_text(out_dir / "results.json", json.dumps(result, indent=1))
     return result
 
 

@@ -2,7 +2,9 @@
 
 Official loss (optionally norm-pix), AdamW (betas 0.9/0.95), lr = base_lr * batch / 256, warmup then cosine,
 MAE augmentation; writes a facebookresearch/mae training checkpoint at ``out`` with ``log.csv`` and the
-resolved ``config.yaml`` beside it. Recipes (``maeprobe recipe run``) expose every other setting.
+resolved ``config.yaml`` beside it. A folder holding the files of another run (another ``--out`` name or other
+settings) or of the user is refused instead of overwritten (``runfolder``); the same command again starts its own
+run over. Recipes (``maeprobe recipe run``) expose every other setting.
 """
 from __future__ import annotations
 
