@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..data import builtin_images, builtin_source, find_images, open_image
 from ..errors import MaeprobeError
+from ..validate import one_line
 from ..models import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -96,7 +97,7 @@ def probe_images(count: int, size: int, seed: int = 0, folder=None) -> torch.Ten
     for j in range(used if count > n else 0):
         img = source(j)
         if img.size != sizes[j]:
-            raise MaeprobeError(f"{paths[j] if folder else j}: changed while it was read (was {sizes[j]}, now "
+            raise MaeprobeError(f"{one_line(paths[j]) if folder else j}: changed while it was read (was {sizes[j]}, now "
                                 f"{img.size}); expected image files that stay the same")
         for i in range(j + n, count, n):
             out[i] = _normalise([img.crop(boxes[i]).resize((size, size), Image.BICUBIC)])[0]
