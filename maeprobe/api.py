@@ -308,11 +308,20 @@ def load_reference(reference, *, num_heads: int | None = None):
     if not _is_path(reference):
         return _model(reference, what="reference")
     if str(reference).lower() == "dino":
-        if os.environ.get("MAEPROBE_DINO") and not Path(os.environ["MAEPROBE_DINO"]).expanduser().exists():
-            raise MaeprobeError(f"MAEPROBE_DINO={os.environ['MAEPROBE_DINO']} does not exist")
+        from .checkpoints.originals import release_mismatch
+        from .validate import one_line
+
+        given = os.environ.get("MAEPROBE_DINO")
+        if given and not (Path(given).expanduser().is_file() or Path(given).expanduser().is_dir()):
+            raise MaeprobeError(f"MAEPROBE_DINO={one_line(given, 300)}: not a checkpoint file or folder")
         for path in dino_candidates():
             if path.is_dir() or path.is_file():
-                return load(path, num_heads=num_heads)
+                model = load(path, num_heads=num_heads)
+                why = release_mismatch(path.name, model) if path.is_file() else None
+                if why is not None and not why.startswith("maeprobe knows no contents"):
+                    raise MaeprobeError(f"--ref dino: {one_line(path, 300)} is named like the DINO release but its "
+                                        f"contents do not match ({why}); set MAEPROBE_DINO to a genuine copy")
+                return model
         raise MaeprobeError("--ref dino: no local copy of DINO or DINOv2 found (maeprobe never downloads it for "
                             "--ref dino); looked for " + ", ".join(s for s, _ in DINO_REFERENCES) +
                             " in the HuggingFace and torch hub caches; or set MAEPROBE_DINO=/path/to/checkpoint")
@@ -392,6 +401,21 @@ def _checkpoint_list(checkpoints) -> list:
     return checkpoints
 
 
+def _weights_digest(model) -> tuple:
+    """Content hash of a model's parameters and buffers (names, dtypes, shapes, bytes): equal for a byte copy of a
+    checkpoint and for the same weights saved in another format."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return ("weights", digest.hexdigest())
+
+
 def _shown(checkpoint) -> str:
     from .validate import one_line
 
@@ -458,6 +482,13 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
                 raise MaeprobeError(f"checkpoint {_shown(checkpoint)} is given twice (as checkpoints "
                                     f"{loaded[real] + 1} and {index + 1}); name each checkpoint once")
             loaded[real] = index
+        if len(checkpoints) > 1:  # a byte copy, or the same weights in another format, is the same checkpoint
+            digest = _weights_digest(model)
+            if digest in loaded:
+                raise MaeprobeError(f"checkpoint {_shown(checkpoint)} holds the same weights as checkpoint "
+                                    f"{loaded[digest] + 1} (a copy?); its rows would repeat under two labels: name "
+                                    "each checkpoint once")
+            loaded[digest] = index
         models.append(model)
         first = len(tables)
         needs_decoder = {"decoder-attn-sim", "decoder-semantics"} & set(metrics)

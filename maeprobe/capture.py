@@ -310,7 +310,23 @@ def capture(model: nn.Module, request: CaptureRequest,
     import torch.nn.functional as F
 
     if block_output not in ("auto", "blocks", "fused"):
-        raise ValueError(f"block_output must be 'auto', 'blocks' or 'fused', got {block_output!r}")
+        raise MaeprobeError(f"block_output must be 'auto', 'blocks' or 'fused', got {block_output!r:.40}")
+    if not isinstance(model, nn.Module):
+        raise MaeprobeError(f"capture: model must be a model from maeprobe.load or build_mae, got "
+                            f"{type(model).__name__}")
+    if not isinstance(request, CaptureRequest):
+        raise MaeprobeError(f"capture: request must be a CaptureRequest (CaptureRequest.of(...)), got "
+                            f"{type(request).__name__}")
+    for kind in ("attention", "features", "keys"):  # every layer exists (negative indices would silently wrap)
+        for module, layers in getattr(request, kind).items():
+            try:
+                depth = len(blocks_of(model, module)) if layers else 0
+            except (AttributeError, TypeError):
+                depth = 0
+            bad = sorted(i for i in layers if not 0 <= i < depth)
+            if bad:
+                raise MaeprobeError(f"capture: the {module} has {depth} layers (0-{depth - 1}); {kind} of layer "
+                                    f"{bad[0]} asked")
     cache = ActivationCache()
     consumers = consumers or {}
     handles: list[torch.utils.hooks.RemovableHandle] = []

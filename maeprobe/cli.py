@@ -205,8 +205,9 @@ def _where(exc: BaseException) -> str:
 # anywhere in the stack is the reading; otherwise the innermost of maeprobe's modules decides.
 _MEMORY_STEPS = (
     ("maeprobe.data", "while decoding images", ("MAEPROBE_MAX_IMAGE_PIXELS",)),
-    ("maeprobe.results", "while reading a result table", ("MAEPROBE_MAX_INFLATE",)),
-    ("maeprobe.plots", "while drawing figures", ()),
+    ("maeprobe.results", "while reading a result table", ("MAEPROBE_MAX_TABLE_BYTES", "MAEPROBE_MAX_TABLE_ROWS")),
+    ("maeprobe.plots", "while drawing figures", ("MAEPROBE_MAX_TABLE_BYTES", "MAEPROBE_MAX_TABLE_ROWS")),
+    ("maeprobe.models", "while building the model", ("MAEPROBE_MAX_MODEL_BYTES", "MAEPROBE_MAX_DEPTH")),
     ("maeprobe.train", "while training", ("MAEPROBE_MAX_MODEL_BYTES", "MAEPROBE_MAX_BATCH_BYTES")),
     ("maeprobe.", "while computing the metrics", ("MAEPROBE_MAX_METRIC_MEMORY", "MAEPROBE_MAX_PATCHES",
                                                   "MAEPROBE_MAX_ATTENTION")),
@@ -220,7 +221,7 @@ def _environment_error(exc: BaseException) -> Optional[str]:
     import errno
     import re
 
-    from .checkpoints.files import out_of_memory
+    from .errors import out_of_memory
 
     if out_of_memory(exc):
         frames = _frames(exc)

@@ -27,7 +27,7 @@ variable                        default    bounds
                                            spectrum's sums (layers x features x (1 + groups) x width^2)
 ``MAEPROBE_MAX_TABLE_ROWS``     1000000    rows of one Parquet results table, read from its metadata before any
                                            column is decoded
-``MAEPROBE_MAX_TABLE_BYTES``    1073741824 bytes of one Parquet results table once decoded (fixed-width cells from
+``MAEPROBE_MAX_TABLE_BYTES``    268435456  bytes of one Parquet results table once decoded (fixed-width cells from
                                            the metadata; text cells from the dictionary and run-length encoded
                                            values, measured before they are expanded)
 ``MAEPROBE_MAX_FIGURE_LINES``   20         lines (labels) of one figure, counted before anything is drawn (more
@@ -62,7 +62,7 @@ DEFAULTS = {
     "MAEPROBE_MAX_PROBE_BYTES": 1 << 31,
     "MAEPROBE_MAX_METRIC_MEMORY": 1 << 33,
     "MAEPROBE_MAX_TABLE_ROWS": 1_000_000,
-    "MAEPROBE_MAX_TABLE_BYTES": 1 << 30,
+    "MAEPROBE_MAX_TABLE_BYTES": 1 << 28,  # the figures hold a few copies of a table (labels, groups)
     "MAEPROBE_MAX_FIGURE_LINES": 20,
     "MAEPROBE_MAX_PANELS": 256,
     "MAEPROBE_MAX_MODEL_BYTES": 1 << 33,

@@ -59,8 +59,14 @@ def _batches(model, images, batch_size: int, num_workers: int | None, device="cp
     and the independent unit of every image ([N], ``data.resample_units``)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     if isinstance(images, torch.Tensor):
-        if images.ndim != 4:
-            raise MaeprobeError(f"an image tensor must be [N, 3, H, W], got shape {tuple(images.shape)}")
+        size = getattr(getattr(model, "config", None), "img_size", None)
+        channels = getattr(getattr(model, "config", None), "in_chans", 3)
+        if images.ndim != 4 or images.shape[1] != channels or (size is not None and tuple(images.shape[2:]) != (
+                size, size)):
+            raise MaeprobeError(f"an image tensor must be [N, {channels}, {size}, {size}] (normalised, at the model's "
+                                f"input size), got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise MaeprobeError(f"an image tensor must hold normalised floats, got {images.dtype}")
         units = _units_in_memory(images.shape[0], resample_by)
         indices = torch.arange(images.shape[0])[rank::world]
 

@@ -126,6 +126,11 @@ def test_ref_dino_prefers_dino_v1_over_dinov2(caches):
     net = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=40,
                             depth=1, num_heads=5, num_classes=0)
     torch.save(net.state_dict(), checkpoints / "dino_vitbase16_pretrain.pth")
-    reference = maeprobe.load_reference("dino", num_heads=5)
-    assert reference.checkpoint.name == "dino_vitbase16_pretrain.pth"
+    # DINO v1 is taken first; a tiny stand-in under the release's name is not described as DINO ViT-B/16 (issue 27)
+    with pytest.raises(maeprobe.MaeprobeError, match=r"dino_vitbase16_pretrain.pth is named like the DINO release "
+                                                     r"but its contents do not match"):
+        maeprobe.load_reference("dino", num_heads=5)
+    renamed = checkpoints / "my_dino_standin.pth"  # the same file under its own name, given explicitly
+    (checkpoints / "dino_vitbase16_pretrain.pth").rename(renamed)
+    reference = maeprobe.load_reference(str(renamed), num_heads=5)
     assert reference.checkpoint.family_label != "DINOv2"

@@ -298,20 +298,7 @@ def _python3_name(module: str, qualname: str, protocol: int) -> str:
     return f"{module}.{qualname}"
 
 
-def out_of_memory(exc: BaseException) -> bool:
-    """True for a failed allocation, whichever layer reports it: ``MemoryError`` (numpy's ``_ArrayMemoryError`` is
-    one), torch's allocators (``DefaultCPUAllocator: can't allocate memory``, ``torch.OutOfMemoryError``), an
-    ``OSError`` ENOMEM (``mmap``), or a library that wraps the system's message (safetensors)."""
-    if isinstance(exc, MemoryError):
-        return True
-    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
-        return True
-    oom = getattr(torch, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
-        return True
-    text = str(exc)[:2000]
-    return isinstance(exc, Exception) and any(s in text for s in (
-        "can't allocate memory", "Cannot allocate memory", "out of memory", "memory allocation failed"))
+from ..errors import out_of_memory  # noqa: E402  (re-exported: the checkpoint readers use it)
 
 
 def memory_error(path, exc: BaseException) -> CheckpointError:

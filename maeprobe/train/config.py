@@ -105,6 +105,19 @@ class RecipeLoader(yaml.SafeLoader):
 
     yaml_implicit_resolvers: dict = {}
 
+    def construct_mapping(self, node, deep=False):
+        """A key given twice in one mapping is refused (YAML says keys are unique; PyYAML would keep the last one
+        silently, so ``name: a`` then ``name: b`` ran as b)."""
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key[:40]!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"),
                                    ["~", "n", "N", ""])
@@ -252,6 +265,9 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if not isinstance(text, str) or "=" not in text:
         raise MaeprobeError(f"override {_shown(text)!r}: expected key=value, e.g. optim.epochs=3")
     key, value = text.split("=", 1)
+    if value.strip() == "~":  # YAML's null, or the home folder a shell did not expand: ask which
+        raise MaeprobeError(f"override {_shown(key.strip())}=~: '~' is YAML's null but reads like the home folder; "
+                            "write null, or the folder's full path")
     try:
         parsed = load_yaml(value)
     except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
