@@ -8,6 +8,7 @@ from .api import load_reference, render_attention, run
 from .checkpoints import load, save_checkpoint
 from .data import builtin_images
 from .errors import MaeprobeError
+from .io import check_outputs, record_outputs
 from .results import write_table
 from .train import PretrainConfig, pretrain
 
@@ -22,6 +23,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, max_minutes: float | None 
     from .train.engine import initial_objective
 
     out_dir = Path(out_dir)
+    check_demo_outputs(out_dir)  # before training: a file in the way that maeprobe did not write is refused
     config = PretrainConfig(out=str(out_dir / "mae_tiny_trained.pth"), steps=steps, max_minutes=max_minutes,
                             seed=seed, base_lr=1.5e-3, batch_size=32, warmup_steps=30)
     echo(f"[1/4] pretraining {config.preset} on the built-in photographs for {steps} steps "
@@ -37,6 +39,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, max_minutes: float | None 
         echo(f"      trained {done} steps, final loss {final:.4f}")
     # the untrained model is the same seed's initial weights: exactly what training started from
     untrained_path = save_checkpoint(initial_objective(config.recipe()).model, out_dir / "mae_tiny_untrained.pth")
+    record_outputs([untrained_path])
 
     try:
         reference = load_reference("dino")
@@ -50,6 +53,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, max_minutes: float | None 
     table = run([untrained_path, trained_path], metrics=metrics, reference=reference, seed=seed, bootstrap=200,
                 per_head=True, progress=progress)
     csv_path = write_table(table, out_dir / "results.csv")
+    record_outputs([csv_path])
 
     echo("[3/4] figures from the stored table")
     figures = make_figures(table, out_dir / "figures")
@@ -75,6 +79,25 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, max_minutes: float | None 
             "figures": out_dir / "figures", "renders": out_dir / "renders",
             "training log": Path(config.out).parent / "log.csv",
             **{p.stem: p for p in figures if p.suffix == ".png"}, **{p.stem: p for p in renders if p.suffix == ".png"}}
+
+
+DEMO_FIGURES = ("fig2", "fig3", "fig5", "entropy", "spectrum")
+DEMO_RENDERS = ("decoder_attention", "encoder_attention")
+
+
+def demo_outputs(out_dir: str | Path) -> list[Path]:
+    """The files the demo writes besides its training run (whose files the run folder's own check guards)."""
+    out_dir = Path(out_dir)
+    return [out_dir / "results.csv", out_dir / "mae_tiny_untrained.pth",
+            *(out_dir / "figures" / f"{name}{suffix}" for name in DEMO_FIGURES for suffix in (".png", ".pdf")),
+            *(out_dir / "renders" / f"{name}{suffix}" for name in DEMO_RENDERS for suffix in (".png", ".pdf"))]
+
+
+def check_demo_outputs(out_dir: str | Path) -> list[Path]:
+    """Check every output name of the demo at once, before training: a file that maeprobe did not write there (or a
+    symbolic link) is refused with one line (``io.check_outputs``); the demo's own files from an earlier run are
+    replaced."""
+    return check_outputs(demo_outputs(out_dir))
 
 
 def _final_loss(log: Path) -> float:

@@ -331,6 +331,16 @@ def _text_bytes(chunk) -> int:
     return int(lengths[indices].sum()) if len(lengths) else 0
 
 
+def _frame_digest(frame: pd.DataFrame) -> tuple:
+    """Content hash of a table's columns and cells, whatever file format it was read from."""
+    import hashlib
+
+    digest = hashlib.sha256("|".join(map(str, frame.columns)).encode())
+    for column in frame.columns:
+        digest.update(pd.util.hash_pandas_object(frame[column].astype(str), index=False).to_numpy().tobytes())
+    return ("rows", digest.hexdigest())
+
+
 def read_tables(paths) -> pd.DataFrame:
     """Several tables (``read_table`` each) as one, each row's file in a ``results_file`` column, so that rows of
     different files never merge (``make_figures`` keeps them apart). The same file given twice (under any name)
@@ -349,6 +359,11 @@ def read_tables(paths) -> pd.DataFrame:
             raise MaeprobeError(f"{_shown(path)}: given twice (also as {_shown(seen[key])}); name each results table "
                                 "once")
         seen[key] = path
+        content = _frame_digest(frame)  # a byte copy, or the same rows in another format, is the same table
+        if content in seen:
+            raise MaeprobeError(f"{_shown(path)}: holds the same rows as {_shown(seen[content])} (a copy?); its lines "
+                                "would be drawn twice: name each results table once")
+        seen[content] = path
         frames.append(frame.assign(results_file=os.fspath(path)))
     return pd.concat(frames, ignore_index=True)
 

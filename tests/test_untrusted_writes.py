@@ -121,10 +121,11 @@ def test_a_refused_run_keeps_the_earlier_output(attack):
     assert (attack["out"] / "previous.csv").read_text() == "metric,value\nearlier,1\n"
 
 
-def test_a_link_in_the_output_folder_is_replaced_not_followed(attack):
-    assert_clean_exit(attack["results"][18])
+def test_a_link_in_the_output_folder_is_refused_not_followed(attack):
+    """Issue 27: a symbolic link at an output name is neither followed nor replaced (the link was the user's)."""
+    assert_refused(attack["results"][18], "symbolic link")
     link = attack["out"] / "outside.csv"
-    assert link.is_file() and not link.is_symlink()
+    assert link.is_symlink()
     assert (attack["root"] / "victim.csv").read_text() == VICTIM
 
 

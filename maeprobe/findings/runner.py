@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..distributed import is_main
 from ..errors import MaeprobeError
-from ..io import write_text
+from ..io import check_outputs, record_outputs, write_text
 from . import rules
 from .suite import AE_BLOCKS, BASE_RECIPES, FINDINGS, RELEASED, RELEASED_FINDINGS, RUNS, SCALES, Scale
 
@@ -834,6 +834,8 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
     check_out_tree(root, ["runs", f"runs/{scale}", "findings", "figures", *(f"findings/{i}" for i in ids),
                           *(Path(run_config(name, spec, root, seed=seed, data=data, steps=steps)["run"]["output_dir"])
                             .relative_to(root) for name in (needed if spec.preset else ()) for seed in range(seeds))])
+    # the report's files are checked with the folders, before any work: a file maeprobe did not write is refused
+    check_outputs([root / "findings.csv", root / "findings.md", *([root / "commands.sh"] if scale == "base" else [])])
     device = device or default_device()
     base_runs = None
     if scale == "base":
@@ -1232,6 +1234,7 @@ def _write_report(results: list[dict], root: Path, scale: str, say, settings: di
     write_table(frame, root / "findings.csv")
     if is_main():
         write_text(root / "findings.md", report_markdown(table, scale, settings))
+    record_outputs([root / "findings.csv", root / "findings.md"])
     counts = frame["verdict"].value_counts().to_dict()
     say(f"findings: {', '.join(f'{v} {k}' for k, v in counts.items())}; wrote {root / 'findings.csv'}, "
         f"{root / 'findings.md'}")
@@ -1349,6 +1352,7 @@ def _write_base(ids: list[str], root: Path, say, seeds: int = 3) -> pd.DataFrame
         write_text(root / "commands.sh", "#!/usr/bin/env bash\n# maeprobe reproduce --scale base: the paper's runs "
                    "(ViT-B/16, ImageNet-1K, 8 GPUs). Set IMAGENET first.\nset -euo pipefail\n"
                    + "\n".join(commands) + "\n")
+        record_outputs([root / "commands.sh"])
     say("scale base: the paper's ViT-B/16 ImageNet runs on 8 GPUs are not run here; launch them with:")
     for line in commands:
         say(f"  {line}")

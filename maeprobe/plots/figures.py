@@ -227,7 +227,7 @@ def save_figure(fig, paths: list[Path], dpi: int) -> list[Path]:
     checked first (``results.output_path``): a folder, an empty name, a device or a name over 255 bytes is one
     ``MaeprobeError``, never a traceback."""
     from ..distributed import is_main
-    from ..io import atomic_path, check_output_file
+    from ..io import atomic_path, check_output_file, record_outputs
     from ..results import output_path
 
     paths = [output_path(path, "figure path") for path in paths]
@@ -237,6 +237,7 @@ def save_figure(fig, paths: list[Path], dpi: int) -> list[Path]:
         for path in paths:
             with atomic_path(path) as tmp:
                 fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."))
+        record_outputs(paths)  # a rerun may replace them (io.check_outputs)
     return paths
 
 
@@ -619,7 +620,7 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, labe
     line (see the module's docstring). Each figure's title states the probe mask and, for Eq. 7 / Eq. 8, the
     conventions used.
     """
-    from ..io import check_output_folder
+    from ..io import check_output_folder, check_outputs
     from ..results import output_path
     from ..validate import one_line, short
 
@@ -635,6 +636,10 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, labe
     metrics = set(frame["metric"])
     if figures is None:
         figures = [f for f in ("fig2", "fig3", "fig5", "entropy", "spectrum") if FIGURES[f][0] in metrics]
+    figures = list(figures)
+    # every file of every figure is checked before anything is drawn: a file maeprobe did not write is not replaced
+    check_outputs([out_dir / f"{name}{suffix}" for name in figures if isinstance(name, str) and name in FIGURES
+                   for suffix in (".png", ".pdf")])
     paths: list[Path] = []
     for name in figures:
         if not isinstance(name, str) or name not in FIGURES:

@@ -146,12 +146,14 @@ def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out
 
 def _stem(out) -> Path:
     """The output path without extension, checked (``results.output_path``) before anything is drawn."""
-    from ..io import check_output_file
+    from ..io import check_outputs
     from ..results import output_path
 
     out = output_path(out, "out", kind="stem")
-    for suffix in (".png", ".pdf"):
-        check_output_file(out.with_suffix(suffix))
+    # the file the user named (``x.png``) may be a file of theirs, replaced; its companion (``x.pdf``), or both for
+    # a name without either extension, only when maeprobe wrote it
+    paths = [out.with_suffix(suffix) for suffix in (".png", ".pdf")]
+    check_outputs(paths, named=[out])
     return out
 
 
