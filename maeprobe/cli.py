@@ -207,7 +207,6 @@ _MEMORY_STEPS = (
     ("maeprobe.data", "while decoding images", ("MAEPROBE_MAX_IMAGE_PIXELS",)),
     ("maeprobe.results", "while reading a result table", ("MAEPROBE_MAX_TABLE_BYTES", "MAEPROBE_MAX_TABLE_ROWS")),
     ("maeprobe.plots", "while drawing figures", ("MAEPROBE_MAX_TABLE_BYTES", "MAEPROBE_MAX_TABLE_ROWS")),
-    ("maeprobe.models", "while building the model", ("MAEPROBE_MAX_MODEL_BYTES", "MAEPROBE_MAX_DEPTH")),
     ("maeprobe.train", "while training", ("MAEPROBE_MAX_MODEL_BYTES", "MAEPROBE_MAX_BATCH_BYTES")),
     ("maeprobe.", "while computing the metrics", ("MAEPROBE_MAX_METRIC_MEMORY", "MAEPROBE_MAX_PATCHES",
                                                   "MAEPROBE_MAX_ATTENTION")),
@@ -230,6 +229,8 @@ def _environment_error(exc: BaseException) -> Optional[str]:
         else:
             innermost = frames[-1] if frames else "maeprobe."
             step, names = next((s, n) for prefix, s, n in _MEMORY_STEPS if innermost.startswith(prefix))
+            if innermost.startswith("maeprobe.models") and _where(exc).endswith(("__init__", "build_mae")):
+                step, names = "while building the model", ("MAEPROBE_MAX_MODEL_BYTES", "MAEPROBE_MAX_DEPTH")
         want = re.search(r"allocate (\d+) bytes", str(exc)[:2000])
         size = f", {int(want.group(1)):,} bytes at once" if want else ""
         bound = (f"lower {' or '.join(names)} to refuse such inputs before the work starts, "
