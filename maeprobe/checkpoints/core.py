@@ -1,6 +1,6 @@
-"""``load()``: the one entry point. Read (``files``), detect and map keys (``hf``, ``originals``), take what the
-weights cannot say from the family registry (``families``), build, resample to another input size
-(``resample``), load strictly.
+"""``load()``: the one entry point. Read (``files``), unwrap (``hf``, ``originals``), recognise the family's
+layout and map its keys (the ``families.LAYOUTS`` list, first match), take what the weights cannot say from
+the family (``families``), resample to another input size and build strictly (``models.factory``).
 """
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import torch
 from ..errors import CheckpointError, MaeprobeError
 from ..limits import check as check_limit
 from ..models import registry
+from ..models.factory import MAX_WEIGHT, build, resize, resized  # noqa: F401  (resize, MAX_WEIGHT: re-exported)
 from ..models.mae import ArchConfig, MaskedAutoencoderViT
 from . import hf, originals
-from .families import FAMILIES
+from .families import FAMILIES, detect
 from .files import (EXPECTED, check_storage, memory_error, out_of_memory, read_json, read_npz, read_safetensors,
                     refuse_code, refuse_pickle, sniff, torch_load)
 from .meta import clean_meta
@@ -135,7 +136,7 @@ def _read_file(path: Path, prefer: str, timm_config: Path | None = None) -> RawC
     if odd is not None:
         raise CheckpointError(path, f"a tensor is stored under the key {odd!r} ({type(odd).__name__}); expected "
                                     "parameter names (strings)")
-    family = meta.get("family") if isinstance(meta.get("family"), str) else None
+    named = meta.get("family") if isinstance(meta.get("family"), str) else None
     if hf.looks_like_hf(tensors):
         tensors, hf_notes = hf.from_hf_keys(tensors)
         notes = notes + hf_notes
@@ -143,19 +144,13 @@ def _read_file(path: Path, prefer: str, timm_config: Path | None = None) -> RawC
         meta.setdefault("pos_resample", "size")
     tensors, strip_notes, hint = originals.strip_prefixes(tensors, prefer)
     notes = notes + strip_notes
-    clip = originals.convert_clip(tensors)
-    if clip is not None:
-        tensors, family = clip, "clip"
-        meta.setdefault("act_layer", "quick_gelu")
-        meta.setdefault("norm_eps", 1e-5)
-        container += " (OpenAI CLIP / open_clip visual)"
-    elif originals.is_beit(tensors):
-        tensors, beit_notes = originals.convert_beit(tensors)
-        notes += beit_notes
-        family = family or "beit"
-    elif originals.is_eva(tensors):
-        family = family or "eva"
-    family = family or hint or _family_from_keys(tensors, container)
+    layout = detect(tensors, container)
+    tensors, layout_notes = layout.convert(tensors)
+    notes = notes + layout_notes
+    for key, value in layout.meta.items():
+        meta.setdefault(key, value)
+    container += layout.container
+    family = layout.family_name(named, hint)
     if timm_config is not None:
         _timm_pretrained_cfg(timm_config, meta)
     return RawCheckpoint(str(path), tensors, container, meta, notes, family)
@@ -193,19 +188,6 @@ def _timm_pretrained_cfg(config_file: Path, meta: dict) -> None:
         meta.setdefault("num_heads", model_args["num_heads"])
 
 
-def _family_from_keys(sd: dict, container: str) -> str:
-    if "decoder_embed.weight" in sd:
-        return "mae"
-    if container.startswith("DINO"):
-        return "dino"
-    if "dist_token" in sd:
-        return "deit"
-    proj = sd.get("patch_embed.proj.weight")
-    if "reg_token" in sd or ("blocks.0.ls1.gamma" in sd and proj is not None and proj.shape[-1] == 14):
-        return "dinov2"
-    return "vit"
-
-
 def _check_is_vit(raw: RawCheckpoint) -> None:
     sd = raw.state_dict
     if not sd:
@@ -220,21 +202,9 @@ def _check_is_vit(raw: RawCheckpoint) -> None:
 
 
 def _describe(raw: RawCheckpoint) -> str:
-    sd = raw.state_dict
     if raw.format.startswith("HuggingFace"):
         return raw.format
-    if raw.family == "mae":
-        family = "MAE (encoder + decoder)"
-    elif raw.family == "vit":
-        family = ("ViT with register tokens" if "reg_token" in sd
-                  else "ViT encoder (MAE encoder-only / timm keys)")
-    elif raw.family == "deit":
-        family = "DeiT (distilled)"
-    elif raw.family == "dino":
-        family = "DINO"
-    else:
-        family = FAMILIES[raw.family].label
-    return f"{family}, {raw.format}"
+    return f"{FAMILIES[raw.family].describe(raw.state_dict)}, {raw.format}"
 
 
 # --------------------------------------------------------------------------- architecture
@@ -389,9 +359,6 @@ def _user_heads(option: str, value):
     return integer(option, value, 1, 1024)
 
 
-MAX_WEIGHT = 1e6  # far above any trained ViT's weights; above it float32 attention logits overflow to NaN
-
-
 # Exceptions that a malformed file can raise inside the readers, converters and builders (ours and timm's):
 # turned into one line naming the file, never a traceback.
 _MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError, ZeroDivisionError,
@@ -459,114 +426,13 @@ def _load(path, num_heads, decoder_num_heads, prefer, img_size, device):
             notes.append(f"--img-size {img_size}: encoder only; the MAE decoder has a fixed {cfg.grid_size}x"
                          f"{cfg.grid_size} patch grid, so decoder metrics run at the checkpoint's own "
                          f"{cfg.img_size} px (without --img-size)")
-        cfg, state = _resized(cfg, state, img_size, rule, rel_rule, path)
-    model = _build(cfg, family.builder, state, path)
+        cfg, state = resized(cfg, state, img_size, rule, rel_rule, path)
+    model = build(cfg, family.builder, state, path)
     mean = tuple(raw.meta.get("mean", family.mean))
     std = tuple(raw.meta.get("std", family.std))
     model.checkpoint = CheckpointInfo(str(path), raw.format, mean, std, notes,
                                       raw.meta.get("pretrain_mask_ratio"), raw.family, rule, rel_rule)
     return model.to(device).eval()
-
-
-def _resized(cfg: ArchConfig, state: dict, img_size: int, rule: str, rel_rule: str, path) -> tuple[ArchConfig, dict]:
-    from .resample import resample_pos_embed, resample_rel_pos_table
-
-    if img_size < cfg.patch_size or img_size % cfg.patch_size:
-        raise CheckpointError(path, f"--img-size {img_size} is not a positive multiple of the patch size "
-                                    f"{cfg.patch_size}")
-    grid = img_size // cfg.patch_size
-    check_limit("MAEPROBE_MAX_PATCHES", grid * grid, f"--img-size {img_size}: a {grid}x{grid} patch grid")
-    state = dict(state)
-    if "decoder_embed.weight" in state or cfg.decoder_depth:
-        # the decoder's patch grid is fixed (its position embedding and, for AE(k), its block layout): the
-        # encoder is resampled and the decoder left out; decoder metrics run at the checkpoint's own size
-        state = {k: v for k, v in state.items() if not k.startswith(("decoder_", "mask_token"))}
-        cfg = ArchConfig(**{**cfg.to_dict(), "decoder_depth": 0, "decoder_type": "transformer"})
-    if "pos_embed" in state:
-        num_prefix = cfg.num_prefix_tokens if cfg.num_pos_prefix is None else cfg.num_pos_prefix
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid, num_prefix, rule)
-    for key in [k for k in state if k.endswith("relative_position_bias_table")]:
-        state[key] = resample_rel_pos_table(state[key], grid, rel_rule)
-    return ArchConfig(**{**cfg.to_dict(), "img_size": img_size}), state
-
-
-def resize(model, img_size: int):
-    """An encoder-only copy of a loaded model that takes ``img_size`` inputs, resampled with the rule of the
-    family it was loaded from (used to give a reference model the probed model's patch grid)."""
-    info = getattr(model, "checkpoint", None)
-    rule, rel_rule = (info.pos_resample, info.rel_pos_resample) if info is not None else ("timm", "timm")
-    cfg = ArchConfig(**{**model.config.to_dict(), "decoder_depth": 0, "decoder_type": "transformer"})
-    beit = hasattr(model, "net")
-    source = model.net if beit else model
-    builder = FAMILIES[info.family].builder if info is not None else ("beit" if beit else "vit")
-    state = {k: v for k, v in source.state_dict().items()
-             if not k.startswith(("decoder_", "mask_token")) and "relative_position_index" not in k}
-    cfg, state = _resized(cfg, state, img_size, rule, rel_rule, info.path if info else "model")
-    resized = _build(cfg, builder, state, info.path if info else "model")
-    if info is not None:
-        resized.checkpoint = info
-    return resized.to(next(model.parameters()).device).eval()
-
-
-def _construct(cfg: ArchConfig, builder: str):
-    """The empty model for ``cfg``: (model, the module whose state dict the file fills)."""
-    if builder in ("beit", "eva"):
-        from ..models.beit import BeitEncoder, EvaEncoder, TimmEncoder
-
-        arch = cfg.extra.get("timm_architecture")
-        if builder == "eva" and arch:  # timm's own definition, named by the snapshot's config.json: the name and
-            import timm  # the switches passed the allow-list of meta.py; sizes come from the weights
-
-            net = timm.create_model(arch, pretrained=False, num_classes=cfg.num_classes, img_size=cfg.img_size,
-                                    embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
-                                    patch_size=cfg.patch_size,
-                                    **{k: v for k, v in cfg.extra.get("timm_model_args", {}).items()})
-            model = TimmEncoder(cfg, net)
-        else:
-            model = (BeitEncoder if builder == "beit" else EvaEncoder)(cfg)
-        return model, model.net
-    model = MaskedAutoencoderViT(cfg)
-    return model, model
-
-
-def _build(cfg: ArchConfig, builder: str, state: dict, path):
-    # First on the meta device (no memory, no time): the keys and shapes must be exactly the file's before a
-    # real model of that size is built. BEiT and EVA are then built on the CPU (their index buffers and rotary
-    # tables are not in the file); maeprobe's ViT is filled in place (assign=True).
-    with torch.device("meta"):
-        model, target = _construct(cfg, builder)
-    expected = target.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:4])}"
-                         f"{', ...' if len(unexpected) > 4 else ''})")
-        raise CheckpointError(path, "keys do not match a ViT/MAE model: " + "; ".join(parts))
-    wrong = next((k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)), None)
-    if wrong is not None:
-        raise CheckpointError(path, f"tensor shapes do not fit a ViT/MAE model ({wrong}: {tuple(state[wrong].shape)} "
-                                    f"in the file, {tuple(expected[wrong].shape)} expected)")
-    for key, value in state.items():  # a NaN, inf or absurd weight gives NaN tables: refuse it instead
-        if value.is_complex() or (expected[key].is_floating_point() and not value.is_floating_point()):
-            raise CheckpointError(path, f"{key} holds {str(value.dtype).replace('torch.', '')} values; expected "
-                                        "real floating-point weights")
-        if value.is_floating_point():
-            if not bool(torch.isfinite(value).all()):
-                raise CheckpointError(path, f"{key} holds NaN or infinite values; expected finite weights")
-            if value.numel() and float(value.abs().max()) > MAX_WEIGHT:
-                raise CheckpointError(path, f"{key} holds values of magnitude {float(value.abs().max()):.3g}; "
-                                            f"expected the weights of a network (|w| <= {MAX_WEIGHT:g})")
-    if builder != "vit":
-        model, target = _construct(cfg, builder)
-    try:
-        target.load_state_dict(state, strict=True, assign=builder == "vit")
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split("\n\t")[1:2]).strip() or str(exc)
-        raise CheckpointError(path, f"tensor shapes do not fit a ViT/MAE model ({detail})") from None
-    return model
 
 
 def normalization(model) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -15,22 +15,12 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, MaeprobeError
+from .families import FAMILIES, HF_TYPES
 from .files import EXPECTED, check_storage, read_json, read_safetensors, torch_load
 
-# model_type -> (family, builder defaults HF would use when config.json leaves a field out)
-MODEL_TYPES = {
-    "vit_mae": ("mae", {"hidden_act": "gelu", "layer_norm_eps": 1e-12}),
-    "vit": ("vit", {"hidden_act": "gelu", "layer_norm_eps": 1e-12}),
-    "deit": ("deit", {"hidden_act": "gelu", "layer_norm_eps": 1e-12}),
-    "dinov2": ("dinov2", {"hidden_act": "gelu", "layer_norm_eps": 1e-6}),
-    "dinov2_with_registers": ("dinov2", {"hidden_act": "gelu", "layer_norm_eps": 1e-6}),
-    "beit": ("beit", {"hidden_act": "gelu", "layer_norm_eps": 1e-12}),
-    "data2vec-vision": ("data2vec", {"hidden_act": "gelu", "layer_norm_eps": 1e-12}),
-    "clip": ("clip", {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}),
-    "clip_vision_model": ("clip", {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}),
-    "siglip": ("siglip", {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}),
-    "siglip_vision_model": ("siglip", {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}),
-}
+# model_type -> its family and the defaults HF uses when config.json leaves a field out (declared by each family
+# module in ``families/``)
+MODEL_TYPES = HF_TYPES
 _ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh",
                 "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh"}
 _MODEL_PREFIXES = ("vit.", "deit.", "beit.", "data2vec_vision.", "dinov2.", "vision_model.")
@@ -104,8 +94,9 @@ def read_folder(path: Path) -> tuple[dict, str, str, dict, list[str]]:
         shown = repr(model_type) if len(repr(model_type)) <= 60 else repr(model_type)[:57] + "..."
         raise CheckpointError(path, f"HuggingFace model_type {shown} is not supported (supported: "
                                     f"{', '.join(MODEL_TYPES)})")
-    family, defaults = MODEL_TYPES[model_type]
-    vision = config.get("vision_config") if model_type in ("clip", "siglip") else None
+    hf_type = MODEL_TYPES[model_type]
+    family, defaults = hf_type.family, hf_type.defaults
+    vision = config.get("vision_config") if hf_type.vision_config else None
     if vision is not None and not isinstance(vision, dict):
         raise CheckpointError(config_file, f"vision_config is a {type(vision).__name__}; expected a JSON object")
     conf = {**defaults, **(vision or config)}
@@ -120,7 +111,7 @@ def read_folder(path: Path) -> tuple[dict, str, str, dict, list[str]]:
         "norm_eps": conf.get("layer_norm_eps"),
         "norm_pix_loss": config.get("norm_pix_loss", False),
         "act_layer": _ACTIVATIONS[act],
-        "pos_resample": "size-antialias" if model_type == "dinov2_with_registers" else "size",
+        "pos_resample": hf_type.pos_resample,
         "rel_pos_resample": "hf",
     }
     from .meta import clean_meta
@@ -188,7 +179,7 @@ def looks_like_hf(tensors: dict) -> bool:
 def from_hf_keys(tensors: dict, family: str = "vit") -> tuple[dict, list[str]]:
     """HuggingFace names -> timm names. q, k, v are fused into ``qkv`` (Beit layout: ``qkv.weight`` with
     separate ``q_bias``/``v_bias``, as BEiT has no key bias)."""
-    beit = family in ("beit", "data2vec")
+    beit = FAMILIES[family].builder == "beit"
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     ignored: dict[str, int] = {}

@@ -7,12 +7,13 @@ path or a size without these checks (timm's ``create_model(**kwargs)`` accepts `
 """
 from __future__ import annotations
 
-import math
 import numbers
 import re
 
-from ..errors import CheckpointError
-from .families import FAMILIES, POS_RESAMPLE
+from ..errors import CheckpointError, MaeprobeError
+from ..models.pos_embed import POS_RESAMPLE, REL_POS_RESAMPLE
+from ..validate import real, short
+from .families import FAMILIES
 
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
 MAX_HEADS = 1024
@@ -29,14 +30,13 @@ def _heads(value):
 
 
 def _real(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    """A check of a finite number within the bounds (``validate.real``), failing with what was expected."""
     def check(value):
-        ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(float(value))
-        if ok:
-            v = float(value)
-            ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        if not ok:
-            raise ValueError(f"a finite number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
-        return float(value)
+        try:
+            return real("metadata", value, lo, hi, lo_open=lo_open, hi_open=hi_open)
+        except MaeprobeError:
+            raise ValueError(f"a finite number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}") \
+                from None
     return check
 
 
@@ -124,7 +124,7 @@ SPEC = {
     "std": _triple(1e-6, 10.0, False),  # a std that rounds to 0 in float32 would divide by zero
     "act_layer": _choice(*ACTIVATIONS),
     "pos_resample": _choice(*POS_RESAMPLE),
-    "rel_pos_resample": _choice("timm", "hf"),
+    "rel_pos_resample": _choice(*REL_POS_RESAMPLE),
     "pretrain_mask_ratio": _ratio,
     "family": _choice(*FAMILIES),
     "decoder_type": _choice("transformer", "gaussian", "conv"),
@@ -150,8 +150,6 @@ def clean_meta(meta: dict, path) -> dict:
             if checked is not None:
                 out[key] = checked
         except (ValueError, TypeError, RecursionError) as exc:
-            from ..validate import short
-
             shown = short(value, 60)
             raise CheckpointError(path, f"metadata {key!r} is {shown}; expected {exc}") from None
     return out

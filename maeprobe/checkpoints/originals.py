@@ -1,5 +1,6 @@
-"""Original release files: find the encoder's state dict inside the container, map it to timm's names with
-timm's own converters where timm has one, and name the family.
+"""Original release files: find the encoder's state dict inside the container and strip its wrappers (the
+family modules in ``families/`` then recognise the layout and map it to timm's names, with timm's own converters
+where timm has one); JAX ``.npz`` files; what an official release file holds.
 
 * facebookresearch/mae: ``{'model': sd}`` encoder-only and full (with decoder) releases and training
   checkpoints ``{'model', 'optimizer', 'epoch', 'scaler', 'args'}``; timm state dicts, DeiT (``dist_token``).
@@ -23,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
+from .families.beit import convert_beit, is_beit  # noqa: F401  (re-exported: each family's converter lives with it)
+from .families.clip import convert_clip  # noqa: F401
+from .families.eva import is_eva  # noqa: F401
 from .files import EXPECTED
 
 
@@ -88,48 +92,6 @@ def strip_prefixes(sd: dict, prefer: str = "teacher") -> tuple[dict, list[str], 
         sd = {re.sub(r"\.mlp\.w12\.", ".mlp.fc1.", re.sub(r"\.mlp\.w3\.", ".mlp.fc2.", k)): v
               for k, v in sd.items()}
     return sd, notes, hint
-
-
-def convert_clip(sd: dict) -> dict | None:
-    """OpenAI CLIP / open_clip visual weights (``visual.conv1.weight`` ...) -> timm names, or None."""
-    prefix = "visual." if "visual.conv1.weight" in sd else ("" if "conv1.weight" in sd and
-                                                             "transformer.resblocks.0.attn.in_proj_weight" in sd
-                                                             else None)
-    if prefix is None:
-        return None
-    if f"{prefix}transformer.resblocks.0.attn.in_proj_weight" not in sd:
-        return None  # a ResNet CLIP
-    from timm.models.vision_transformer import _convert_openai_clip
-
-    converted = _convert_openai_clip(sd, None, prefix=prefix)
-    if prefix == "":
-        converted = {k: v for k, v in converted.items() if not k.startswith(("token_embedding", "transformer."))}
-    return converted
-
-
-def is_beit(sd: dict) -> bool:
-    """BEiT / BEiT v2: a relative position bias, per layer or shared."""
-    return any(k.endswith(".attn.relative_position_bias_table") for k in sd) or \
-        "rel_pos_bias.relative_position_bias_table" in sd
-
-
-def is_eva(sd: dict) -> bool:
-    """timm's EVA / EVA-02 layout: q/v biases or separate q/k/v projections, gamma LayerScale or SwiGLU,
-    without BEiT's relative position bias."""
-    block = "blocks.0."
-    return not is_beit(sd) and any(block + k in sd for k in (
-        "attn.q_bias", "attn.q_proj.weight", "gamma_1", "mlp.fc1_g.weight", "attn.norm.weight", "mlp.norm.weight"))
-
-
-def convert_beit(sd: dict) -> tuple[dict, list[str]]:
-    """unilm BEiT / BEiT v2 keys -> timm Beit (timm's filter drops the relative position index buffers);
-    pretraining-only parts (mask token, MIM head, BEiT v2's ``cls_pt_layers``) are dropped."""
-    notes = []
-    dropped = [k for k in sd if k.startswith(("lm_head.", "cls_pt_layers.", "mask_token"))]
-    if dropped:
-        notes.append(f"ignored the masked-image-modelling parts ({len(dropped)} tensors)")
-    sd = {k: v for k, v in sd.items() if k not in dropped and "relative_position_index" not in k}
-    return sd, notes
 
 
 def read_npz_vit(path: Path, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:

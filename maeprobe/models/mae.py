@@ -192,7 +192,7 @@ class MaskedAutoencoderViT(nn.Module):
         decoder's kernel)."""
         cfg = self.config
         device = self.pos_embed.device
-        if device.type == "meta":  # shapes only (``checkpoints.core._build``): nothing to draw
+        if device.type == "meta":  # shapes only (``models.factory.build``): nothing to draw
             return
         encoder_gen = torch.Generator(device=device).manual_seed(self._init_seed)
         decoder_gen = torch.Generator(device=device).manual_seed(self._init_seed + 1)
@@ -443,8 +443,8 @@ def _checked_arch(params: dict) -> ArchConfig:
 
 def resize_input(model, img_size: int):
     """An encoder-only copy of ``model`` that takes ``img_size`` inputs, its position embedding resampled by
-    the rule of the family it was loaded from (``maeprobe.checkpoints.resize``)."""
-    from ..checkpoints.core import resize
+    the rule of the family it was loaded from (``models.factory.resize``)."""
+    from .factory import resize  # the factory builds on this module: imported when first used
 
     if img_size % model.config.patch_size:
         raise MaeprobeError(f"input size {img_size} is not a multiple of the patch size {model.config.patch_size}")
