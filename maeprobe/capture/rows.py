@@ -1,0 +1,127 @@
+"""One layer's attention probabilities in blocks of query rows (``AttentionRows``), or over a full map.
+
+The block path never holds a [B, H, N, N] map: consumers reduce one block of rows at a time, computed in float32
+from q and k as the model passed them to ``scaled_dot_product_attention`` (``sdpa.py`` intercepts that call).
+Memory grows with block x N, not N^2.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+
+
+class AttentionRows:
+    """One layer's attention probabilities served in blocks of query rows, never as a whole [B, H, N, N] map.
+
+    ``q`` [B, H, Nq, d] and ``k`` [B, H, Nk, d] as the model passed them to scaled_dot_product_attention,
+    ``bias``: its ``attn_mask`` (None, an additive float bias or a boolean keep-mask, broadcastable to
+    [B, H, Nq, Nk]), ``scale``: its ``scale`` (None: d^-0.5, SDPA's default). Probabilities are computed in
+    float32 whatever the autocast dtype of the forward pass.
+    """
+
+    def __init__(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
+                 scale: float | None = None, block: int = 128, value: torch.Tensor | None = None) -> None:
+        self.scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        # one contiguous float32 copy of each (the model's q and k are usually strided views of its qkv
+        # projection, which every block's matmul would otherwise copy again); q carries the scale
+        self.q = (q.float() * self.scale).contiguous()
+        self.k_t = k.float().contiguous().transpose(-2, -1)
+        self.bias = bias
+        self.block = max(1, int(block))
+        self.shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        self.device = q.device
+        # with ``value``: a pass over the blocks also writes the attention output p @ v of the rows not written
+        # yet (``output()`` adds the rows no consumer asked for), so the fused kernel need not run at all
+        self.value = None if value is None else value.float().contiguous()
+        self._out: torch.Tensor | None = None
+        self._covered: torch.Tensor | None = None
+
+    def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two [B, H, rows, Nk] float32 views (logits, probabilities) of buffers kept across blocks: a fresh
+        block-sized tensor per block costs page faults (large allocations are mapped and unmapped each time)
+        that on CPU took as long as the block's matrix product."""
+        B, H, _, Nk = self.shape
+        need = B * H * rows * Nk
+        if getattr(self, "_flat", None) is None or self._flat[0].numel() < need:
+            self._flat = tuple(torch.empty(need, device=self.device) for _ in range(2))
+        return tuple(flat[:need].view(B, H, rows, Nk) for flat in self._flat)
+
+    def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Probabilities of the query rows ``index`` ([n] indices or a slice): [B, H, n, Nk] float32, in a buffer
+        that the next call overwrites (reduce a block before asking for the next)."""
+        q = self.q[:, :, index]
+        logits, probs = self._buffers(q.shape[2])
+        with torch.autocast(self.device.type, enabled=False):  # float32 logits under a bf16 forward too
+            torch.matmul(q, self.k_t, out=logits)
+        if self.bias is not None:
+            bias = self.bias if self.bias.shape[-2] == 1 else self.bias[..., index, :]
+            if bias.dtype == torch.bool:
+                logits.masked_fill_(~bias, float("-inf"))
+            else:
+                logits.add_(bias.float())
+        return torch.softmax(logits, -1, out=probs)
+
+    def blocks(self, queries: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(position of the block's first query in ``queries``, the query rows, their probabilities) for
+        ``queries`` (default: all rows) in blocks of ``block`` rows. Each block's probabilities are overwritten
+        by the next block's: reduce them (or copy what must be kept) before the loop goes on."""
+        if queries is None:
+            queries = torch.arange(self.shape[2], device=self.device)
+        queries = queries.to(self.device)
+        writing = self.value is not None  # output rows not written yet are written from these blocks
+        if writing:
+            self._allocate_output()
+        for start, index, which in self._chunks(queries):
+            probs = self.rows(which)
+            if writing and not bool(self._covered[which].all()):
+                self._write(which, probs)
+            yield start, index, probs
+
+    def _allocate_output(self) -> None:
+        if self._out is None:
+            B, H, Nq, _ = self.shape
+            self._out = torch.empty(B, H, Nq, self.value.shape[-1], device=self.device)
+            self._covered = torch.zeros(Nq, dtype=torch.bool, device=self.device)  # rows written so far
+
+    def _write(self, which: torch.Tensor | slice, probs: torch.Tensor) -> None:
+        with torch.autocast(self.device.type, enabled=False):
+            self._out[:, :, which] = probs @ self.value
+        self._covered[which] = True
+
+    def output(self) -> torch.Tensor:
+        """The attention output [B, H, Nq, dv] (float32) from the same probabilities: the rows written while a
+        consumer went over the blocks, and the others (prefix tokens, unmasked decoder rows, or all rows when no
+        consumer asked) computed now, in blocks."""
+        self._allocate_output()
+        for _, _, which in self._chunks((~self._covered).nonzero().squeeze(1)):
+            self._write(which, self.rows(which))
+        return self._out
+
+    def _chunks(self, queries: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | slice]]:
+        """(start, query rows, what to index q with) per block of ``queries``: a slice when the rows are
+        consecutive (all but Eq. 7's masked rows), which avoids gathering q, else the rows themselves."""
+        first = int(queries[0]) if len(queries) else 0
+        run = bool((queries == torch.arange(first, first + len(queries), device=queries.device)).all())
+        for start in range(0, len(queries), self.block):
+            index = queries[start:start + self.block]
+            yield start, index, slice(first + start, first + start + len(index)) if run else index
+
+
+class AttentionMap(AttentionRows):
+    """The same interface over a materialised [B, H, N, N] map (the full-map path): slices of at most 256 rows,
+    so that a reduction's temporary (e.g. a contiguous copy of a slice) stays block-sized next to the map."""
+
+    def __init__(self, attn: torch.Tensor) -> None:
+        self.attn, self.shape, self.block = attn, tuple(attn.shape), min(attn.shape[2], 256)
+        self.value = None
+        self.q, self.device = attn, attn.device  # (``blocks`` moves the queries to it)
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        return self.attn[:, :, index].float()
+
+
+def attention_rows(tensor) -> AttentionRows:
+    """A consumer's attention input as ``AttentionRows`` (a full map is wrapped)."""
+    return tensor if isinstance(tensor, AttentionRows) else AttentionMap(tensor)
