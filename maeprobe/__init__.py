@@ -14,8 +14,8 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "attention_distance": "api", "attention_entropy": "api", "decoder_attention_similarity": "api", "decoder_semantic_similarity": "api",
-    "feature_spectrum": "api", "run": "api", "load_reference": "api", "render_attention": "api",
+    "measure": "api", "report": "api", "describe": "api", "run": "api", "load_reference": "api",
+    "render_attention": "api",
     "make_figures": "plots",
     "reproduce": "findings", "list_findings": "findings",
     "ActivationCache": "capture", "AttentionRows": "capture", "CaptureRequest": "capture", "capture": "capture",
@@ -26,12 +26,22 @@ _EXPORTS = {
     "run_probe": "probe",
     "read_table": "results", "to_frame": "results", "write_table": "results",
 }
-__all__ = sorted(_EXPORTS)
+
+
+def _metric_functions() -> list[str]:
+    """The API function of every registered metric (``maeprobe.attention_distance``, ...), read from the registry."""
+    from .metrics.registry import metrics
+
+    return [spec.function for spec in metrics().values()]
+
+
+__all__ = sorted([*_EXPORTS, *_metric_functions()])
 
 
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    module = _EXPORTS.get(name) or ("api" if name in _metric_functions() else None)
+    if module is not None:
+        value = getattr(import_module(f".{module}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'maeprobe' has no attribute {name!r}")

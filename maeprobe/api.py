@@ -7,15 +7,15 @@ import os
 from pathlib import Path
 
 from .errors import MaeprobeError
-from .metrics import (AttentionDistance, AttentionEntropy, DecoderAttentionSimilarity, DecoderSemanticSimilarity,
-                      FeatureSpectrum)
+from .metrics import registry
 from .probe import resolve_model, run_probe
 from .results import to_frame
 
 # Bootstrap replicates for ci_low/ci_high by default, as the CLI (0 turns intervals off).
 BOOTSTRAP = 200
 
-METRICS = ("attn-distance", "attn-entropy", "decoder-attn-sim", "decoder-semantics", "spectrum")
+METRICS = tuple(registry.metrics())  # every registered metric (maeprobe/metrics/registry.py)
+DEFAULT_MASK_RATIOS = {name: spec.mask_ratio for name, spec in registry.metrics().items()}
 
 
 def run_context(model, *, mask_ratio: float, seed: int, shared_mask: bool, dtype: str | None) -> dict:
@@ -83,13 +83,7 @@ def _layers(value, what: str = "layers"):
 
 def _flag(what: str, value) -> bool:
     """A true/false option: ``True`` or ``False`` (numpy's too), never text such as ``"no"``, which is truthy."""
-    import numpy as np
-
-    if not isinstance(value, (bool, np.bool_)):
-        from .validate import short
-
-        raise MaeprobeError(f"{what}: expected True or False, got {short(value, 60)}")
-    return bool(value)
+    return registry.check_flag(what, value)
 
 
 def _images(images):
@@ -120,70 +114,101 @@ def _images(images):
 
 
 def _tau(value):
-    """tau of Eq. 8: None (continuous affinities) or a finite cosine threshold in [-1, 1]. NaN would binarise
-    every affinity to eps (W > NaN is false) and report S = 1."""
-    from .validate import real
+    """tau of Eq. 8: None (continuous affinities) or a finite cosine threshold in [-1, 1]."""
+    from .metrics.semantic_similarity import check_tau
 
-    return real("tau", value, -1.0, 1.0, allow_none=True)
+    return check_tau("tau", value)
 
 
-def attention_distance(model, images=None, *, layers=None, module: str = "encoder", mask_ratio: float = 0.0,
-                       seed: int = 0, shared_mask: bool = True, units: str = "px", renormalize: bool = False,
-                       bootstrap: int = BOOTSTRAP, batch_size: int = 16, device: str | None = None,
-                       dtype: str | None = None, progress: bool = False, num_workers: int | None = None,
-                       block_queries: int | None = None, resample_by="image", **load_kwargs) -> pd.DataFrame:
-    """Mean attention distance per (layer, head).
+# The probe settings every metric takes (the metric's own options come from its spec), with the API's defaults.
+PROBE_DEFAULTS = {"layers": None, "mask_ratio": None, "seed": 0, "shared_mask": True, "bootstrap": BOOTSTRAP,
+                  "batch_size": 16, "device": None, "dtype": None, "progress": False, "num_workers": None,
+                  "block_queries": None, "resample_by": "image"}
 
-    Args:
-        model: a loaded model or a checkpoint path (``load_kwargs`` such as num_heads go to ``load``).
+PROBE_HELP = """
+        model: a loaded model or a checkpoint path (``load_kwargs`` such as num_heads go to ``maeprobe.load``).
         images: folder, None (built-in photos), list of PIL images, or a normalised tensor [N, 3, H, W].
-        layers: 0-based layers (None: all).
-        module: ``'encoder'`` or ``'decoder'``.
-        mask_ratio, seed, shared_mask: the seeded mask; visible tokens keep their grid positions.
-        units: ``'px'`` (default) or ``'patches'``.
-        renormalize: divide each query row by its attention mass on patch keys.
-        bootstrap: number of bootstrap replicates for ``ci_low``/``ci_high`` (default 200, as the CLI; 0: none).
-            Replicates resample independent units (``resample_by``), never copies of one photo as if independent.
+        layers: 0-based layers (None: the metric's default, see its ``--layers`` help).
+        mask_ratio, seed, shared_mask: the seeded probe mask (None: the metric's default ratio); visible tokens
+            keep their grid positions; ``shared_mask=False`` (metrics that allow it) draws one mask per image.
+        bootstrap: bootstrap replicates for ``ci_low``/``ci_high`` (default 200, as the CLI; 0: none). Replicates
+            resample independent units (``resample_by``), never copies of one photo as if independent.
         batch_size, device, dtype, progress: how to run (dtype ``'bf16'`` for autocast).
         num_workers: DataLoader processes decoding a folder of images (None: on CUDA CPU cores - 1, at most 8;
             on CPU 0, i.e. in this process). Results do not depend on it.
-        block_queries: compute the statistics from q and k in blocks of this many query rows, no N x N map
+        block_queries: compute attention statistics from q and k in blocks of this many query rows, no N x N map
             kept (None: ``probe.DEFAULT_BLOCK_QUERIES``); 0: full [B, H, N, N] maps.
         resample_by: what the intervals resample: ``'image'`` (each image or file; the built-in stereo pair is
             one photo), ``'folder'`` (each image's parent folder is one unit), or one label per image (e.g. the
-            photo each crop was cut from). Rows say how many units they rest on (``n_units``).
+            photo each crop was cut from). Rows say how many units they rest on (``n_units``)."""
+
+
+def _options(spec, given: dict) -> tuple[dict, dict]:
+    """``given`` split into the metric's options (its defaults filled in, each checked) and the rest (load
+    options for ``maeprobe.load``)."""
+    fields = {f.name: f for f in spec.fields()}
+    options = {name: field.default for name, field in fields.items()}
+    rest = {}
+    for name, value in given.items():
+        if name in fields:
+            check = fields[name].metadata.get("check")
+            options[name] = check(name, value) if check else value
+        else:
+            rest[name] = value
+    return options, rest
+
+
+def _reducer(spec, model, reference, options: dict, *, layers, bootstrap: int, seed: int):
+    """The metric's streaming reducer for ``model`` (and ``reference``)."""
+    args = (model, reference) if spec.needs_reference else (model,)
+    return spec.reducer(*args, layers=layers, bootstrap=bootstrap, bootstrap_seed=seed, **options)
+
+
+def _warn(spec, table) -> None:
+    """The metric's own warning about its rows (e.g. a saturated W of Eq. 8), for notebooks and the CLI alike."""
+    if spec.warn is not None and len(table):
+        import warnings
+
+        message = spec.warn(table)
+        if message:
+            warnings.warn(message, stacklevel=3)
+
+
+def measure(model, metric: str, images=None, *, reference=None, ref_num_heads: int | None = None, layers=None,
+            mask_ratio: float | None = None, seed: int = 0, shared_mask: bool = True, bootstrap: int = BOOTSTRAP,
+            batch_size: int = 16, device: str | None = None, dtype: str | None = None, progress: bool = False,
+            num_workers: int | None = None, block_queries: int | None = None, resample_by="image",
+            **options) -> pd.DataFrame:
+    """Any registered metric (``maeprobe.metrics.registry``) of one model, as a tidy table.
+
+    ``metric`` is its name (``maeprobe.api.METRICS``, e.g. ``'attn-distance'``); ``options`` are the metric's own options (see its function,
+    e.g. ``help(maeprobe.attention_distance)``), anything else goes to ``maeprobe.load``. Metrics that compare with a
+    reference model take ``reference`` (a model, a checkpoint path or ``'dino'``) and ``ref_num_heads``.
+    Args:""" + PROBE_HELP + """
 
     Returns:
-        DataFrame with one row per (layer, head): metric, module, layer, head, value, n_images, std,
-        ci_low, ci_high and the run's settings.
+        DataFrame with one row per (layer, head) (or per the metric's unit): metric, module, layer, head, value,
+        n_images, std, ci_low, ci_high, the metric's settings and the run's settings.
     """
+    spec = registry.spec(metric)
     layers, images = _layers(layers), _images(images)
-    renormalize, shared_mask = _flag("renormalize", renormalize), _flag("shared_mask", shared_mask)
+    options, load_kwargs = _options(spec, options)
+    if spec.per_image_mask:
+        shared_mask = _flag("shared_mask", shared_mask)
+    elif shared_mask is not True:
+        raise MaeprobeError(f"shared_mask: {spec.name} compares images under one shared mask; leave it True")
+    if block_queries is not None and not spec.block_queries:
+        raise MaeprobeError(f"block_queries: {spec.name} does not read attention maps; leave it None")
+    if spec.needs_reference and reference is None:
+        raise MaeprobeError(f"{spec.name} needs a reference model (reference: a checkpoint or 'dino')")
     model = _model(model, load_kwargs)
-    reducer = AttentionDistance(model, module=module, layers=layers, units=units, renormalize=renormalize,
-                                bootstrap=bootstrap, bootstrap_seed=seed)
-    return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
-                  batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers,
-                  block_queries=block_queries, resample_by=resample_by)
-
-
-def attention_entropy(model, images=None, *, layers=None, module: str = "encoder", patch_keys_only: bool = False,
-                      mask_ratio: float = 0.0, seed: int = 0, shared_mask: bool = True, bootstrap: int = BOOTSTRAP,
-                      batch_size: int = 16, device: str | None = None, dtype: str | None = None,
-                      progress: bool = False, num_workers: int | None = None, block_queries: int | None = None,
-                      resample_by="image", **load_kwargs) -> pd.DataFrame:
-    """Mean attention entropy (nats) per (layer, head): each patch query's row entropy -sum_j a_ij ln a_ij,
-    averaged over patch queries and images. ``patch_keys_only`` renormalises the rows over patch keys first.
-    ``uniform_level`` is ln(number of keys), the value of uniform attention. Other arguments as
-    ``attention_distance``."""
-    layers, images = _layers(layers), _images(images)
-    patch_keys_only, shared_mask = _flag("patch_keys_only", patch_keys_only), _flag("shared_mask", shared_mask)
-    model = _model(model, load_kwargs)
-    reducer = AttentionEntropy(model, module=module, layers=layers, patch_keys_only=patch_keys_only,
-                               bootstrap=bootstrap, bootstrap_seed=seed)
-    return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
-                  batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers,
-                  block_queries=block_queries, resample_by=resample_by)
+    reference = load_reference(reference, num_heads=ref_num_heads) if spec.needs_reference else None
+    reducer = _reducer(spec, model, reference, options, layers=layers, bootstrap=bootstrap, seed=seed)
+    table = _probe(model, [reducer], images, mask_ratio=spec.mask_ratio if mask_ratio is None else mask_ratio,
+                   seed=seed, shared_mask=shared_mask, batch_size=batch_size, device=device, dtype=dtype,
+                   progress=progress, num_workers=num_workers, block_queries=block_queries, resample_by=resample_by)
+    _warn(spec, table)
+    return table
 
 
 def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size, device, dtype, progress,
@@ -195,78 +220,87 @@ def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size
                                           dtype=dtype))
 
 
-def decoder_attention_similarity(model, images=None, *, layers=None, per_head: bool = False,
-                                 include_cls_key: bool = False, mask_ratio: float = 0.75, seed: int = 0,
-                                 bootstrap: int = BOOTSTRAP, groups: int = 16, batch_size: int = 16,
-                                 device: str | None = None, dtype: str | None = None, progress: bool = False,
-                                 num_workers: int | None = None, block_queries: int | None = None,
-                                 resample_by="image", **load_kwargs) -> pd.DataFrame:
-    """LC-MAE Eq. 7: mean pairwise cosine of the masked queries' decoder attention across images.
+def _signature(spec):
+    """The named function's signature: model[, reference], images, the probe settings, the metric's options."""
+    import inspect
 
-    All images share one seeded mask. A_{l,i} holds the masked queries' attention over the n patch keys
-    (Eq. 7: k x h x n); ``include_cls_key=True`` adds the CLS key column. ``per_head`` adds one row per head.
-    ``bootstrap`` replicates resample ``groups`` fixed image groups for ``ci_low``/``ci_high``. Other
-    arguments as ``attention_distance``.
-    """
-    layers, images = _layers(layers), _images(images)
-    per_head, include_cls_key = _flag("per_head", per_head), _flag("include_cls_key", include_cls_key)
-    model = _model(model, load_kwargs)
-    reducer = DecoderAttentionSimilarity(model, layers=layers, per_head=per_head, include_cls_key=include_cls_key,
-                                         bootstrap=bootstrap,
-                                         bootstrap_seed=seed, groups=groups)
-    return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
-                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
-                  num_workers=num_workers, block_queries=block_queries, resample_by=resample_by)
+    P = inspect.Parameter
+    params = [P("model", P.POSITIONAL_OR_KEYWORD)]
+    if spec.needs_reference:
+        params.append(P("reference", P.POSITIONAL_OR_KEYWORD))
+    params.append(P("images", P.POSITIONAL_OR_KEYWORD, default=None))
+    params.append(P("layers", P.KEYWORD_ONLY, default=None))
+    params += [P(f.name, P.KEYWORD_ONLY, default=f.default) for f in spec.fields()]
+    for name, default in PROBE_DEFAULTS.items():
+        if name == "layers" or (name == "shared_mask" and not spec.per_image_mask) or \
+                (name == "block_queries" and not spec.block_queries):
+            continue
+        params.append(P(name, P.KEYWORD_ONLY, default=spec.mask_ratio if name == "mask_ratio" else default))
+    if spec.needs_reference:
+        params.append(P("ref_num_heads", P.KEYWORD_ONLY, default=None))
+    params.append(P("load_kwargs", P.VAR_KEYWORD))
+    return inspect.Signature(params)
 
 
-def decoder_semantic_similarity(model, reference, images=None, *, layers=None, ref_features: str = "keys",
-                                decoder_features: str | None = None, tau: float | None = 0.15, eps: float = 1e-5,
-                                mask_ratio: float = 0.75, seed: int = 0, bootstrap: int = BOOTSTRAP, batch_size: int = 16, device: str | None = None,
-                                dtype: str | None = None, progress: bool = False, num_workers: int | None = None,
-                                ref_num_heads: int | None = None, center: bool = False,
-                                tau_quantile: float | None = None, resample_by="image", **load_kwargs) -> pd.DataFrame:
-    """LC-MAE Eq. 8: similarity of each decoder layer's patch affinities to a reference model's.
+def _named(spec):
+    """``maeprobe.<function>`` of a registered metric: ``measure(model, spec.name, ...)`` with the metric's options
+    as keyword arguments, its signature and docstring built from the spec (so ``help()`` shows them)."""
+    signature = _signature(spec)
 
-    Args:
-        model: MAE with a decoder (model or checkpoint path).
-        reference: a loaded model, a checkpoint path, or ``'dino'`` (timm's vit_base_patch16_224.dino from
-            the local cache or ``$MAEPROBE_DINO``).
-        ref_features: ``'keys'`` (last block's attention keys, CutLER's MaskCut) or ``'tokens'`` (last block
-            output) of the reference.
-        decoder_features: the same choice for each decoder layer (None: as ``ref_features``).
-        tau, eps: binarise affinities as CutLER's MaskCut does (W > tau -> 1, else eps; default 0.15, CutLER's
-            README/demo value (``maskcut.py``'s own default is 0.2), and 1e-5; eps in [0, 1)).
-            None: the continuous cosine matrix.
-        center: subtract each image's mean feature before the cosines (for references whose keys share a
-            large common component, e.g. DINOv2; off = the paper's setting).
-        tau_quantile: tau per image as this quantile of its cosines (replaces ``tau``; off = the paper's).
-        Rows also carry ``w_density`` / ``ref_w_density`` (fraction of W above tau) and ``w_flag``
-        ('saturated' above 0.95, 'empty' below 0.05): a saturated W makes S measure only a density.
-        Other arguments as ``attention_distance``.
-    """
-    layers, images, tau, center = _layers(layers), _images(images), _tau(tau), _flag("center", center)
-    model = _model(model, load_kwargs)
-    reference = load_reference(reference, num_heads=ref_num_heads)
-    reducer = DecoderSemanticSimilarity(model, reference, layers=layers, ref_features=ref_features,
-                                        decoder_features=decoder_features, tau=tau, center=center,
-                                        tau_quantile=tau_quantile, eps=eps, bootstrap=bootstrap, bootstrap_seed=seed)
-    return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
-                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
-                  num_workers=num_workers, resample_by=resample_by)
+    def function(*args, **kwargs):
+        arguments = dict(signature.bind(*args, **kwargs).arguments)
+        load_kwargs = arguments.pop("load_kwargs", {})
+        return measure(metric=spec.name, **arguments, **load_kwargs)
+
+    options = "".join(f"\n        {f.name}: {f.metadata['help']} (default {f.default!r})" for f in spec.fields())
+    function.__name__ = function.__qualname__ = spec.function
+    function.__module__ = __name__
+    function.__signature__ = signature
+    function.__doc__ = (f"{spec.doc}\n\n    Args:{PROBE_HELP}{options}\n\n    Returns:\n        DataFrame with one "
+                        f"row per (layer, head) or per the metric's unit, its settings and the run's settings.\n")
+    return function
 
 
-def feature_spectrum(model, images=None, *, layers=None, mask_ratio: float = 0.0, seed: int = 0, bootstrap: int = BOOTSTRAP,
-                     groups: int = 16, batch_size: int = 16, device: str | None = None, dtype: str | None = None,
-                     progress: bool = False, num_workers: int | None = None, resample_by="image", **load_kwargs) -> pd.DataFrame:
-    """U-MAE feature-collapse spectrum: singular values (``feature_spectrum`` rows, one per component) and
-    effective rank (``effective_rank`` rows) of CLS and mean-pooled patch features of encoder layers
-    (default: the last block)."""
-    layers, images = _layers(layers), _images(images)
-    model = _model(model, load_kwargs)
-    reducer = FeatureSpectrum(model, layers=layers, bootstrap=bootstrap, bootstrap_seed=seed, groups=groups)
-    return _probe(model, [reducer], images, mask_ratio=mask_ratio, seed=seed, shared_mask=True,
-                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
-                  num_workers=num_workers, resample_by=resample_by)
+for _spec in registry.metrics().values():  # attention_distance, attention_entropy, ...: one per registered metric
+    globals()[_spec.function] = _named(_spec)
+del _spec
+
+
+def report(table: pd.DataFrame) -> str:
+    """The console summary of a table of one or more metrics (what the CLI prints): per checkpoint and metric, a
+    header line naming the checkpoint, images and mask, then the values per layer."""
+    by_column = {spec.column: spec for spec in registry.metrics().values()}
+    lines = []
+    for (checkpoint, metric), rows in table.groupby(["checkpoint", "metric"], sort=False):
+        spec = by_column.get(metric)
+        if spec is not None and spec.report is not None:  # e.g. effective_rank rows come with feature_spectrum
+            lines += spec.report(rows if metric != "feature_spectrum" else
+                                 table[table["checkpoint"] == checkpoint])
+    return "\n".join(lines)
+
+
+def describe(model) -> list[tuple[str, str]]:
+    """What ``maeprobe info`` prints about a loaded model: (what, value) pairs naming its file, family, format,
+    encoder and decoder sizes, prefix tokens, head, parameter counts, mean/std and the loader's notes."""
+    model = _model(model)
+    cfg, info = model.config, model.checkpoint
+    encoder_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("decoder", "mask_token")))
+    total = sum(p.numel() for p in model.parameters())
+    prefix = [name for name, present in (("cls", cfg.class_token), ("dist", cfg.dist_token)) if present]
+    prefix += [f"{cfg.num_reg_tokens} registers"] if cfg.num_reg_tokens else []
+    lines = [
+        ("family", info.family_label),
+        ("format", info.format),
+        ("encoder", f"ViT width {cfg.embed_dim}, depth {cfg.depth}, {cfg.num_heads} heads, patch {cfg.patch_size}, "
+                    f"input {cfg.img_size}px ({cfg.grid_size}x{cfg.grid_size} patches), mlp ratio {cfg.mlp_ratio:g}"),
+        ("prefix tokens", ", ".join(prefix) or "none"),
+        ("decoder", f"width {cfg.decoder_embed_dim}, depth {cfg.decoder_depth}, {cfg.decoder_num_heads} heads"
+         if cfg.decoder_depth else "none (encoder only)"),
+        ("head", f"{cfg.num_classes} classes" if cfg.num_classes else "none"),
+        ("parameters", f"{total:,} ({encoder_params:,} encoder)"),
+        ("mean / std", f"{info.mean} / {info.std}"),
+    ]
+    return lines + [("note", note) for note in info.notes]
 
 
 DINO_REFERENCES = (  # what --ref dino looks for, in order: (hub repository or release file, label)
@@ -326,9 +360,6 @@ def load_reference(reference, *, num_heads: int | None = None):
                             "--ref dino); looked for " + ", ".join(s for s, _ in DINO_REFERENCES) +
                             " in the HuggingFace and torch hub caches; or set MAEPROBE_DINO=/path/to/checkpoint")
     return load(reference, num_heads=num_heads)
-
-
-DEFAULT_MASK_RATIOS = {"attn-distance": 0.0, "attn-entropy": 0.0, "spectrum": 0.0, "decoder-attn-sim": 0.75, "decoder-semantics": 0.75}
 
 
 def _mask_ratios(metrics, mask_ratio, mask_ratios) -> dict[str, float]:
@@ -436,42 +467,83 @@ def _labels(models: list) -> list[str]:
     return short_names(paths)
 
 
+def _run_options(metrics: list[str], options, flat: dict) -> dict[str, dict]:
+    """Each metric's options for ``run``: ``flat`` options apply to every metric that has an option of that name,
+    ``options`` (``{"attn-distance": {"units": "patches"}}``) to one metric; a name that no metric has is
+    refused."""
+    from collections.abc import Mapping
+
+    from .validate import short
+
+    specs = registry.metrics()
+    known = {f.name for spec in specs.values() for f in spec.fields()}
+    unknown = sorted(set(flat) - known)
+    if unknown:
+        raise MaeprobeError(f"{', '.join(unknown)}: not an option of run or of any metric; metric options are "
+                            f"{', '.join(sorted(known))}")
+    if options is not None and not isinstance(options, Mapping):
+        raise MaeprobeError(f"options: expected a dict such as {{'attn-distance': {{'units': 'patches'}}}}, got "
+                            f"{short(options, 60)}")
+    out = {}
+    for name in metrics:
+        spec = specs[name]
+        mine = {f.name for f in spec.fields()}
+        given = {k: v for k, v in flat.items() if k in mine}
+        own = (options or {}).get(name, {})
+        if not isinstance(own, Mapping) or set(own) - mine:
+            raise MaeprobeError(f"options of {name}: expected a dict of {', '.join(sorted(mine)) or 'nothing'}, got "
+                                f"{short(own, 60)}")
+        checked, _ = _options(spec, {**given, **own})
+        out[name] = checked
+    for name in set(options or {}) - set(metrics):
+        raise MaeprobeError(f"options given for {short(name, 60)}, which is not among the metrics "
+                            f"({', '.join(metrics)})")
+    return out
+
+
 def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None, layers=None,
         decoder_layers=None, mask_ratio: float | None = None, mask_ratios: dict | None = None, seed: int = 0,
-        bootstrap: int = BOOTSTRAP, per_head: bool = False, include_cls_key: bool = False, ref_features: str = "keys",
-        decoder_features: str | None = None, tau: float | None = 0.15, units: str = "px", batch_size: int = 16,
-        device: str | None = None, dtype: str | None = None, progress: bool = False,
-        num_workers: int | None = None, num_heads=None,
-        decoder_num_heads=None, ref_num_heads=None, img_size: int | None = None,
-        block_queries: int | None = None, resample_by="image") -> pd.DataFrame:
+        bootstrap: int = BOOTSTRAP, batch_size: int = 16, device: str | None = None, dtype: str | None = None,
+        progress: bool = False, num_workers: int | None = None, num_heads=None, decoder_num_heads=None,
+        ref_num_heads=None, img_size: int | None = None, block_queries: int | None = None, resample_by="image",
+        options: dict | None = None, **metric_options) -> pd.DataFrame:
     """Several metrics for each checkpoint, one table for all; metrics with the same mask share one hooked pass.
 
     Each metric keeps its own probe mask (one seeded mask shared by all images): by default attention
     distance and the spectrum see the unmasked image (as Fig. 5/6 compare MAE with DINO and DeiT) and the
     decoder metrics a 0.75 mask (Section 4.1). ``mask_ratio`` sets one ratio for every metric; ``mask_ratios``
     (e.g. ``{"attn-distance": 0.75}``) sets single metrics. Metrics whose ratios agree run in one pass per
-    batch; the ``mask_ratio`` column of every row says which mask it was measured under. Metrics:
-    ``attn-distance``, ``attn-entropy``, ``decoder-attn-sim``, ``decoder-semantics`` (needs ``reference``),
-    ``spectrum``.
+    batch; the ``mask_ratio`` column of every row says which mask it was measured under. Metrics: every
+    registered one (``maeprobe.api.METRICS``); ``decoder-semantics`` needs ``reference``.
+
+    Every option of every metric reaches it: given by name (``units="patches"``, ``patch_keys_only=True``,
+    ``tau=0.2``) it applies to each selected metric that has an option of that name (``module`` to attention
+    distance and entropy alike); ``options={"attn-distance": {"module": "decoder"}}`` sets one metric's.
+    ``layers`` are the encoder layers, ``decoder_layers`` the decoder's (a metric reading the decoder takes
+    ``decoder_layers``).
     Each checkpoint keeps its own rows: ``checkpoint`` is the shortest path suffix that tells the checkpoints
     apart (``a/checkpoint-last.pth`` and ``b/checkpoint-last.pth``), ``checkpoint_path`` the file; the same
     checkpoint given twice is refused.
-    Other arguments as the single-metric functions.
+    Other arguments as ``measure``.
     """
     metrics = _metric_names(metrics)
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise MaeprobeError(f"unknown metrics {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
-    if "decoder-semantics" in metrics and reference is None:
-        raise MaeprobeError("decoder-semantics needs a reference model (--ref CKPT or --ref dino)")
+    specs = registry.metrics()
+    chosen = [specs[name] for name in METRICS if name in metrics]  # the registry's order: one row order
+    needs_reference = [spec.name for spec in chosen if spec.needs_reference]
+    if needs_reference and reference is None:
+        raise MaeprobeError(f"{', '.join(needs_reference)} needs a reference model (reference: a checkpoint or "
+                            "'dino')")
     from .checkpoints import load
 
     ratios = _mask_ratios(metrics, mask_ratio, mask_ratios)
     checkpoints = _checkpoint_list(checkpoints)
-    tau, layers, decoder_layers = _tau(tau), _layers(layers), _layers(decoder_layers, "decoder_layers")
-    per_head, include_cls_key, images = _flag("per_head", per_head), _flag("include_cls_key", include_cls_key), \
-        _images(images)
-    ref_model = load_reference(reference, num_heads=ref_num_heads) if "decoder-semantics" in metrics else None
+    layers, decoder_layers = _layers(layers), _layers(decoder_layers, "decoder_layers")
+    per_metric = _run_options(metrics, options, metric_options)
+    images = _images(images)
+    ref_model = load_reference(reference, num_heads=ref_num_heads) if needs_reference else None
     tables, models, loaded = [], [], {}
     for index, checkpoint in enumerate(checkpoints):
         model = load(checkpoint, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size) \
@@ -491,31 +563,21 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
             loaded[digest] = index
         models.append(model)
         first = len(tables)
-        needs_decoder = {"decoder-attn-sim", "decoder-semantics"} & set(metrics)
+        needs_decoder = [spec.name for spec in chosen if spec.module_of(per_metric[spec.name]) == "decoder"]
         if needs_decoder and not model.has_decoder:
             raise MaeprobeError(f"{getattr(model, 'checkpoint', None) and model.checkpoint.path}: "
                                 f"{', '.join(sorted(needs_decoder))} need a checkpoint with a decoder")
         for ratio in dict.fromkeys(ratios[m] for m in metrics):  # one pass per distinct mask, in metric order
-            group = [m for m in metrics if ratios[m] == ratio]
-            reducers = []
-            if "attn-distance" in group:
-                reducers.append(AttentionDistance(model, layers=layers, units=units, bootstrap=bootstrap,
-                                                  bootstrap_seed=seed))
-            if "attn-entropy" in group:
-                reducers.append(AttentionEntropy(model, layers=layers, bootstrap=bootstrap, bootstrap_seed=seed))
-            if "decoder-attn-sim" in group:
-                reducers.append(DecoderAttentionSimilarity(model, layers=decoder_layers, per_head=per_head,
-                                                           include_cls_key=include_cls_key, bootstrap=bootstrap,
-                                                           bootstrap_seed=seed))
-            if "decoder-semantics" in group:
-                reducers.append(DecoderSemanticSimilarity(model, ref_model, layers=decoder_layers,
-                                                          ref_features=ref_features, decoder_features=decoder_features,
-                                                          tau=tau, bootstrap=bootstrap, bootstrap_seed=seed))
-            if "spectrum" in group:
-                reducers.append(FeatureSpectrum(model, bootstrap=bootstrap, bootstrap_seed=seed))
+            group = [spec for spec in chosen if ratios[spec.name] == ratio]
+            reducers = [_reducer(spec, model, ref_model, per_metric[spec.name], bootstrap=bootstrap, seed=seed,
+                                 layers=decoder_layers if spec.module_of(per_metric[spec.name]) == "decoder"
+                                 else layers)
+                        for spec in group]
             tables.append(_probe(model, reducers, images, mask_ratio=ratio, seed=seed, shared_mask=True,
                                  batch_size=batch_size, device=device, dtype=dtype, progress=progress,
                                  num_workers=num_workers, block_queries=block_queries, resample_by=resample_by))
+            for spec in group:
+                _warn(spec, tables[-1][tables[-1]["metric"] == spec.column])
         for table in tables[first:]:
             table["_model_index"] = index
     table = pd.concat(tables, ignore_index=True)

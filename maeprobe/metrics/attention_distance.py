@@ -16,12 +16,17 @@ float64; per image, with per-image masks). They are kept for a whole batch only 
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
+from dataclasses import dataclass
 
-from ..capture import ActivationCache, AttentionRows, attention_rows, blocks_of, resolve_layers
 from ..errors import MaeprobeError
 from .base import LayerHeadMean
+from .._lazy import lazy
+from .registry import (FigureSpec, MetricSpec, check_flag, checkpoint_name, heads_by_layer, images_text, option,
+                       register)
+
+np = lazy("numpy")
+torch = lazy("torch")
+_capture = lazy("maeprobe.capture")
 
 
 # The distances from every query to every key of a batch are computed once per batch when they take at most this
@@ -57,11 +62,11 @@ class AttentionDistance(LayerHeadMean):
         if units not in ("px", "patches"):
             raise MaeprobeError(f"units must be 'px' or 'patches', got {units!r}")
         self.module, self.units, self.renormalize = module, units, renormalize
-        self.layers = resolve_layers(model, module, layers)
+        self.layers = _capture.resolve_layers(model, module, layers)
         from ..limits import check_attention
 
         check_attention(model, module)  # before any [B, heads, N, N] map
-        self.num_heads = blocks_of(model, module)[0].attn.num_heads
+        self.num_heads = _capture.blocks_of(model, module)[0].attn.num_heads
         self.num_prefix = model.num_prefix_tokens
         cfg = model.config
         self.grid_size, self.scale = cfg.grid_size, cfg.patch_size if units == "px" else 1
@@ -75,14 +80,14 @@ class AttentionDistance(LayerHeadMean):
     def settings(self) -> dict:
         return {"units": self.units, "renormalize": self.renormalize}
 
-    def _token_positions(self, cache: ActivationCache, batch_size: int) -> torch.Tensor:
+    def _token_positions(self, cache: _capture.ActivationCache, batch_size: int) -> torch.Tensor:
         """Grid index of every patch token in the sequence, [B, K] (decoder: all patches in order)."""
         if self.module == "encoder" and cache.mask is not None:
             return cache.mask.ids_keep
         L = self.grid_size ** 2
         return torch.arange(L).expand(batch_size, L)
 
-    def _prepare(self, cache: ActivationCache, batch_size: int, device) -> None:
+    def _prepare(self, cache: _capture.ActivationCache, batch_size: int, device) -> None:
         """Grid coordinates of this batch's patch tokens ([K, 2] when all images share the token positions, else
         [B, K, 2]), and the distances of all queries to all keys when they are small (``DISTANCE_CACHE_BYTES``)."""
         positions = self._token_positions(cache, batch_size).to(device)  # [B, K]
@@ -111,7 +116,7 @@ class AttentionDistance(LayerHeadMean):
 
     def _layer_values(self, attn) -> torch.Tensor:
         """Per-image mean distance of one layer: attention (a [B, H, N, N] map or ``AttentionRows``) -> [B, H]."""
-        rows: AttentionRows = attention_rows(attn)
+        rows: _capture.AttentionRows = _capture.attention_rows(attn)
         P = self.num_prefix
         B, H, N, _ = rows.shape
         total = torch.zeros(B, H, device=self._centres.device)
@@ -126,3 +131,38 @@ class AttentionDistance(LayerHeadMean):
             else:
                 total += (probs.reshape(B, H, -1) @ d.reshape(B, -1, 1)).reshape(B, H)
         return total / (N - P)
+
+
+@dataclass(frozen=True)
+class AttentionDistanceOptions:
+    module: str = option("encoder", "encoder or decoder.", choices=("encoder", "decoder"))
+    units: str = option("px", "px or patches.", choices=("px", "patches"))
+    renormalize: bool = option(False, "Renormalise each query row over patch keys (prefix keys otherwise count "
+                                      "distance 0, the ViT authors' convention).", check=check_flag)
+
+
+def _report(table) -> list[str]:
+    return heads_by_layer(table, f"{checkpoint_name(table)}: mean attention distance ({table['units'].iloc[0]}) of the "
+                                 f"{table['module'].iloc[0]}, {images_text(table)}, mask ratio "
+                                 f"{table['mask_ratio'].iloc[0]:g}", 2, True)
+
+
+SPEC = register(MetricSpec(
+    name="attn-distance", function="attention_distance", column="attention_distance", reducer=AttentionDistance,
+    options=AttentionDistanceOptions,
+    summary="Mean attention distance per layer and head (ViT authors' convention), in pixels by default.",
+    doc="""Mean attention distance per (layer, head) (ViT Fig. 7; LC-MAE Fig. 5/6), in pixels by default: for each
+    patch query the attention-weighted distance to the key patches, averaged over queries and images.
+    ``uniform_level`` is the value of uniform attention.""",
+    report=_report,
+    figures=(FigureSpec("fig5", "Mean attention distance per layer", "heads", quantity="mean attention distance",
+                        module="encoder", settings={"units": "px", "renormalize": False}, default=True),
+             FigureSpec("fig6", "Attention distance vs pretraining mask ratio", "heads",
+                        quantity="mean attention distance", module="encoder",
+                        settings={"units": "px", "renormalize": False}, label_by="pretrain_mask_ratio"),
+             FigureSpec("figA1", "Attention distance per layer (Fig. A.1 layout)", "heads",
+                        quantity="mean attention distance", module="encoder",
+                        settings={"units": "px", "renormalize": False}, names_in_title=True,
+                        note="Fig. A.1 compares autoencoders AE(k) that predict a k x k pixel block per patch; the "
+                             "table does not record what a checkpoint predicts, so these lines are not known to be "
+                             "AE(k) models"))))

@@ -11,13 +11,19 @@ The rows come in query blocks (``AttentionRows``), so no [B, H, N, N] map is nee
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 
-import torch
 
-from ..capture import attention_rows, blocks_of, resolve_layers
 from ..errors import MaeprobeError
 from .base import LayerHeadMean
+from .._lazy import lazy
+from .registry import (FigureSpec, MetricSpec, check_flag, checkpoint_name, heads_by_layer, images_text, option,
+                       register)
+
+torch = lazy("torch")
+_capture = lazy("maeprobe.capture")
 
 
 class AttentionEntropy(LayerHeadMean):
@@ -30,11 +36,11 @@ class AttentionEntropy(LayerHeadMean):
         if module not in ("encoder", "decoder"):
             raise MaeprobeError(f"module must be 'encoder' or 'decoder', got {module!r}")
         self.module, self.patch_keys_only = module, bool(patch_keys_only)
-        self.layers = resolve_layers(model, module, layers)
+        self.layers = _capture.resolve_layers(model, module, layers)
         from ..limits import check_attention
 
         check_attention(model, module)
-        self.num_heads = blocks_of(model, module)[0].attn.num_heads
+        self.num_heads = _capture.blocks_of(model, module)[0].attn.num_heads
         self.num_prefix = model.num_prefix_tokens
         self.uniform_level = float("nan")  # ln of the number of keys, known at the first batch
         super().__init__((len(self.layers), self.num_heads), bootstrap, bootstrap_seed)
@@ -44,7 +50,7 @@ class AttentionEntropy(LayerHeadMean):
 
     def _layer_values(self, attn) -> torch.Tensor:
         """Attention (a [B, H, N, N] map or ``AttentionRows``) -> mean row entropy per image and head [B, H]."""
-        rows = attention_rows(attn)
+        rows = _capture.attention_rows(attn)
         P = self.num_prefix
         B, H, N, _ = rows.shape
         queries = torch.arange(P, N)
@@ -57,3 +63,30 @@ class AttentionEntropy(LayerHeadMean):
         keys = N - P if self.patch_keys_only else N
         self.uniform_level = math.log(keys)
         return (total / (N - P)).cpu()
+
+
+@dataclass(frozen=True)
+class AttentionEntropyOptions:
+    module: str = option("encoder", "encoder or decoder.", choices=("encoder", "decoder"))
+    patch_keys_only: bool = option(False, "Renormalise each row over patch keys (drop CLS/registers) first.",
+                                   check=check_flag)
+
+
+def _report(table) -> list[str]:
+    title = (f"{checkpoint_name(table)}: mean attention entropy (nats) of the {table['module'].iloc[0]}, "
+             f"{images_text(table)}, mask ratio {table['mask_ratio'].iloc[0]:g}; uniform attention: "
+             f"{table['uniform_level'].iloc[0]:.3f}")
+    return heads_by_layer(table, title, 3, False)
+
+
+SPEC = register(MetricSpec(
+    name="attn-entropy", function="attention_entropy", column="attention_entropy", reducer=AttentionEntropy,
+    options=AttentionEntropyOptions,
+    summary="Mean attention entropy per layer and head, in nats; uniform attention gives ln(number of keys).",
+    doc="""Mean attention entropy (nats) per (layer, head): each patch query's row entropy -sum_j a_ij ln a_ij,
+    averaged over patch queries and images. ``patch_keys_only`` renormalises the rows over patch keys first.
+    ``uniform_level`` is ln(number of keys), the value of uniform attention.""",
+    report=_report,
+    figures=(FigureSpec("entropy", "Mean attention entropy per layer", "heads", quantity="mean attention entropy",
+                        units="nats", module="encoder", default=True,
+                        variant=("patch_keys_only", " (patch keys)", " (all keys)", " over patch keys")),)))

@@ -16,12 +16,13 @@ whole units (``unit_groups``) and resample or delete groups.
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-import torch.distributed as dist
-
-from ..capture import ActivationCache, CaptureRequest
 from ..errors import MaeprobeError
+from .._lazy import lazy
+
+np = lazy("numpy")
+torch = lazy("torch")
+dist = lazy("torch.distributed")
+_capture = lazy("maeprobe.capture")
 
 
 def check_bootstrap(bootstrap, seed, groups=None) -> tuple:
@@ -56,7 +57,7 @@ def poisson_weights(image_indices: torch.Tensor, num_replicates: int, seed: int)
     return torch.as_tensor(np.stack(rows), dtype=torch.float64)
 
 
-def units_of(cache: ActivationCache) -> torch.Tensor:
+def units_of(cache: _capture.ActivationCache) -> torch.Tensor:
     """The independent unit of every image of the batch ([B]; each image its own unit when none are given)."""
     units = cache.unit_indices if cache.unit_indices is not None else cache.image_indices
     if units is None:
@@ -78,7 +79,7 @@ class Reducer:
         self._state: dict[str, torch.Tensor] = {}
         self._units: set[int] = set()
 
-    def note_units(self, cache: ActivationCache) -> torch.Tensor:
+    def note_units(self, cache: _capture.ActivationCache) -> torch.Tensor:
         units = units_of(cache)
         self._units.update(int(u) for u in units.tolist())
         return units
@@ -117,10 +118,10 @@ class Reducer:
         self._units = {int(u) for part in seen for u in part}
 
     # --- interface -----------------------------------------------------------------------------
-    def request(self) -> CaptureRequest:  # pragma: no cover - interface
+    def request(self) -> _capture.CaptureRequest:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def update(self, cache: ActivationCache) -> None:  # pragma: no cover - interface
+    def update(self, cache: _capture.ActivationCache) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def rows(self) -> list[dict]:  # pragma: no cover - interface
@@ -137,7 +138,7 @@ class Reducer:
         return set()
 
     def consume(self, kind: str, module: str, layer: int, tensor: torch.Tensor,
-                cache: ActivationCache) -> None:  # pragma: no cover - interface
+                cache: _capture.ActivationCache) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
     def settings(self) -> dict:
@@ -210,13 +211,13 @@ class LayerHeadMean(ImageMean):
     num_heads: int
     uniform_level: float
 
-    def request(self) -> CaptureRequest:
-        return CaptureRequest.of(attention={self.module: self.layers})
+    def request(self) -> _capture.CaptureRequest:
+        return _capture.CaptureRequest.of(attention={self.module: self.layers})
 
     def consumes(self) -> set[tuple[str, str, int]]:
         return {("attention", self.module, layer) for layer in self.layers}
 
-    def _prepare(self, cache: ActivationCache, batch_size: int, device) -> None:
+    def _prepare(self, cache: _capture.ActivationCache, batch_size: int, device) -> None:
         """Per-batch set-up shared by the batch's layers (default: none)."""
 
     def _layer_values(self, attention) -> torch.Tensor:  # pragma: no cover - interface
@@ -231,7 +232,7 @@ class LayerHeadMean(ImageMean):
             self._prepared_for, self._pending = batch, {}
         self._pending[layer] = self._layer_values(tensor)  # the attention tensor itself is not kept
 
-    def update(self, cache: ActivationCache) -> None:
+    def update(self, cache: _capture.ActivationCache) -> None:
         pending, self._pending = getattr(self, "_pending", None) or {}, {}
         prepared = getattr(self, "_prepared_for", None)
         if pending and (prepared is None or prepared[0] is not cache.mask):

@@ -32,14 +32,18 @@ refuses a run beyond ``MAEPROBE_MAX_METRIC_MEMORY`` with a ``LimitError``.
 """
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import torch
+from dataclasses import dataclass
 
-from ..capture import ActivationCache, CaptureRequest, attention_rows, blocks_of, resolve_layers
 from ..errors import MaeprobeError
 from .base import (MIN_UNITS, Reducer, check_bootstrap, group_bootstrap_weights, pairwise_bootstrap_replicates, percentile_interval,
                    unit_groups)
+from .._lazy import lazy
+from .registry import FigureSpec, MetricSpec, check_flag, checkpoint_name, images_text, option, per_layer, register
+
+np = lazy("numpy")
+pd = lazy("pandas")
+torch = lazy("torch")
+_capture = lazy("maeprobe.capture")
 
 
 # Bytes of one float64 temporary of the reduction (a piece of a query block, [max(B, G), H, rows, n]): blocks are
@@ -65,11 +69,11 @@ class DecoderAttentionSimilarity(Reducer):
         super().__init__()
         bootstrap, bootstrap_seed, groups = check_bootstrap(bootstrap, bootstrap_seed, groups)
         self.include_cls_key = include_cls_key
-        self.layers = resolve_layers(model, "decoder", layers)
+        self.layers = _capture.resolve_layers(model, "decoder", layers)
         from ..limits import check_attention
 
         check_attention(model, "decoder")
-        self.num_heads = blocks_of(model, "decoder")[0].attn.num_heads
+        self.num_heads = _capture.blocks_of(model, "decoder")[0].attn.num_heads
         self.num_prefix = model.num_prefix_tokens
         self.num_patches = model.config.num_patches
         self.num_keys = self.num_patches + (self.num_prefix if include_cls_key else 0)  # n of A_{l,i}
@@ -110,13 +114,13 @@ class DecoderAttentionSimilarity(Reducer):
               f"layer(s) x {self.num_heads} heads x {masked} masked queries x {self.num_keys} keys x 8 bytes"
               f"{copies}; fewer --layers{' or --bootstrap 0' if self.groups else ''} need less)")
 
-    def request(self) -> CaptureRequest:
-        return CaptureRequest.of(attention={"decoder": self.layers})
+    def request(self) -> _capture.CaptureRequest:
+        return _capture.CaptureRequest.of(attention={"decoder": self.layers})
 
     def consumes(self):
         return {("attention", "decoder", layer) for layer in self.layers}
 
-    def _rows_of(self, cache: ActivationCache) -> torch.Tensor:
+    def _rows_of(self, cache: _capture.ActivationCache) -> torch.Tensor:
         mask = cache.mask.mask
         if not bool((mask == mask[:1]).all()):
             raise MaeprobeError("decoder attention similarity (Eq. 7) needs one mask shared by all images; "
@@ -158,7 +162,7 @@ class DecoderAttentionSimilarity(Reducer):
     def _reduce_layer(self, layer: int, attn, rows, cache) -> None:
         """Add one batch's unit vectors of one layer to its sums, in place: overall, per head and per group, with
         A_i laid out as [H, k, n] (heads, masked queries, keys) and flattened."""
-        source = attention_rows(attn)
+        source = _capture.attention_rows(attn)
         first_key = 0 if self.include_cls_key else self.num_prefix
         B, H = source.shape[:2]
         k, n = len(rows), source.shape[3] - first_key
@@ -197,7 +201,7 @@ class DecoderAttentionSimilarity(Reducer):
                 if onehot is not None:
                     group_whole[:, :, first:stop] += torch.einsum("gb,bhqn->ghqn", onehot, unit)
 
-    def update(self, cache: ActivationCache) -> None:
+    def update(self, cache: _capture.ActivationCache) -> None:
         done, self._done = self._done, set()
         for layer in self.layers:
             if layer not in done:  # not digested in the hook: from the cache
@@ -290,3 +294,39 @@ class DecoderAttentionSimilarity(Reducer):
     def settings(self) -> dict:
         return {"masked_queries": int(self.masked_rows.numel()) if self.masked_rows is not None else 0,
                 "cls_key": bool(self.include_cls_key)}
+
+
+@dataclass(frozen=True)
+class DecoderAttentionSimilarityOptions:
+    per_head: bool = option(False, "Also one row per head.", check=check_flag)
+    include_cls_key: bool = option(False, "Keep the CLS key column in A_{l,i} (Eq. 7 as written has the n patch keys "
+                                          "only).", flag="--cls-key", check=check_flag)
+    groups: int = option(16, "Fixed image groups that the interval of the pairwise statistic resamples.", low=1,
+                         high=4096)
+
+
+def _report(table) -> list[str]:
+    first = table.iloc[0]
+    keys = "CLS key included" if bool(first["cls_key"]) else "patch keys only"
+    lines = per_layer(table, f"{checkpoint_name(table)}: S_attn per decoder layer ({images_text(table)}, mask ratio "
+                             f"{first['mask_ratio']:g}, seed {first['seed']}, {keys})")
+    heads = table[table["head"].notna()][["layer", "head", "value", "ci_low", "ci_high"]]
+    if len(heads):
+        lines += ["per head (layer and head 0-based, as in the table):", heads.to_string(index=False,
+                                                                                        float_format="%.4f")]
+    return lines
+
+
+SPEC = register(MetricSpec(
+    name="decoder-attn-sim", function="decoder_attention_similarity", column="decoder_attention_similarity",
+    reducer=DecoderAttentionSimilarity, options=DecoderAttentionSimilarityOptions,
+    summary="LC-MAE Eq. 7: similarity of the masked queries' decoder attention across images (one shared mask).",
+    doc="""LC-MAE Eq. 7: mean pairwise cosine of the masked queries' decoder attention across images.
+
+    All images share one seeded mask. A_{l,i} holds the masked queries' attention over the n patch keys
+    (Eq. 7: k x h x n); ``include_cls_key=True`` adds the CLS key column. ``per_head`` adds one row per head.
+    ``bootstrap`` replicates resample ``groups`` fixed image groups for ``ci_low``/``ci_high``.""",
+    mask_ratio=0.75, per_image_mask=False, needs_decoder=True,
+    layers_help="0-based decoder layers, e.g. 0,7 or 0-3 (default all).", report=_report,
+    figures=(FigureSpec("fig2", "Decoder attention similarity (Eq. 7)", "layers", ylabel="$S_{attn}$",
+                        settings={"cls_key": False}, default=True, uniform=1.0),)))

@@ -32,13 +32,20 @@ refuse a run beyond ``MAEPROBE_MAX_METRIC_MEMORY`` before any image (``LimitErro
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from dataclasses import dataclass
 
-from ..capture import ActivationCache, CaptureRequest, resolve_layers
+
 from ..errors import MaeprobeError
-from ..reference import Reference
 from .base import ImageMean, units_of
+from .._lazy import lazy
+from .registry import FigureSpec, MetricSpec, check_flag, checkpoint_name, option, per_layer, register
+
+pd = lazy("pandas")
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+_capture = lazy("maeprobe.capture")
+_reference = lazy("maeprobe.reference")
 
 
 SATURATED_ABOVE, EMPTY_BELOW = 0.95, 0.05
@@ -115,14 +122,14 @@ class DecoderSemanticSimilarity(ImageMean):
         for name, value in (("ref_features", ref_features), ("decoder_features", decoder_features)):
             if value not in ("keys", "tokens"):
                 raise MaeprobeError(f"{name} must be 'keys' or 'tokens', got {value!r}")
-        self.layers = resolve_layers(model, "decoder", layers)
+        self.layers = _capture.resolve_layers(model, "decoder", layers)
         self.num_prefix = model.num_prefix_tokens
         self.ref_features, self.decoder_features, self.tau, self.eps = ref_features, decoder_features, tau, eps
         self.ref_layer = len(reference_model.blocks) - 1
         self._ref_kind = "keys" if ref_features == "keys" else "features"
         self._dec_kind = "keys" if decoder_features == "keys" else "features"
-        self.reference = Reference(reference_name, reference_model,
-                                   CaptureRequest.of(**{self._ref_kind: {"encoder": [self.ref_layer]}}))
+        self.reference = _reference.Reference(reference_name, reference_model,
+                                   _capture.CaptureRequest.of(**{self._ref_kind: {"encoder": [self.ref_layer]}}))
         self.ref_prefix = reference_model.num_prefix_tokens
         info = getattr(reference_model, "checkpoint", None)
         self.reference_label = info.name if info else reference_name
@@ -162,8 +169,8 @@ class DecoderSemanticSimilarity(ImageMean):
               f"reference's and a layer's) and the features of {len(self.layers)} decoder layer(s) for batches of "
               f"{batch_size} image(s), in bytes")
 
-    def request(self) -> CaptureRequest:
-        return CaptureRequest.of(**{self._dec_kind: {"decoder": self.layers}})
+    def request(self) -> _capture.CaptureRequest:
+        return _capture.CaptureRequest.of(**{self._dec_kind: {"decoder": self.layers}})
 
     def settings(self) -> dict:
         return {"reference": self.reference_label, "ref_features": self.ref_features,
@@ -172,7 +179,7 @@ class DecoderSemanticSimilarity(ImageMean):
                 "center_keys": self.center,
                 "tau_quantile": self.tau_quantile if self.tau_quantile is not None else float("nan")}
 
-    def update(self, cache: ActivationCache) -> None:
+    def update(self, cache: _capture.ActivationCache) -> None:
         ref_cache = cache.references[self.reference.name]
         ref = getattr(ref_cache, self._ref_kind)[("encoder", self.ref_layer)][:, self.ref_prefix:]  # [B, n, D]
         options = dict(center=self.center, tau_quantile=self.tau_quantile)
@@ -206,3 +213,92 @@ class DecoderSemanticSimilarity(ImageMean):
                  "w_density": float(s["value"][i, 1]), "ref_w_density": float(s["value"][i, 2]),
                  "w_flag": w_flag(float(s["value"][i, 1]), float(s["value"][i, 2]))}
                 for i, layer in enumerate(self.layers)]
+
+
+def parse_tau(text: str):
+    """``--tau`` as typed: '0.15' -> 0.15; 'none' (or 'off', '') -> None, the continuous cosine matrix."""
+    import math
+
+    from ..validate import one_line
+
+    if text.strip().lower() in ("none", "off", ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise MaeprobeError(f"--tau: expected a number or 'none', got {one_line(text)!r}") from None
+    if not math.isfinite(value):
+        raise MaeprobeError(f"--tau: expected a finite number or 'none', got {text!r}")
+    return value
+
+
+def check_tau(name: str, value):
+    """tau of Eq. 8: None (continuous affinities) or a finite cosine threshold in [-1, 1]. NaN would binarise
+    every affinity to eps (W > NaN is false) and report S = 1."""
+    from ..validate import real
+
+    return real(name, value, -1.0, 1.0, allow_none=True)
+
+
+@dataclass(frozen=True)
+class DecoderSemanticSimilarityOptions:
+    ref_features: str = option("keys", "Reference features: keys of the last block (CutLER) or tokens (its "
+                                       "output).", choices=("keys", "tokens"))
+    decoder_features: str | None = option(None, "Decoder features: keys or tokens (default: as --ref-features).",
+                                          choices=("keys", "tokens"))
+    tau: float | None = option(0.15, "Binarise affinities as CutLER's MaskCut: W > tau -> 1, else --eps (default "
+                                     "0.15, CutLER's README and demo value; maskcut.py's own default is 0.2); 'none' "
+                                     "keeps the continuous cosine matrix.", cli_default="0.15", parse=parse_tau,
+                               check=check_tau)
+    eps: float = option(1e-5, "Value replacing zeros after --tau.", low=0.0, high=1.0)
+    center: bool = option(False, "Subtract each image's mean feature before the cosines (for references whose keys "
+                                 "share a common component, e.g. DINOv2; off = the paper's setting).",
+                          flag="--center-keys", check=check_flag)
+    tau_quantile: float | None = option(None, "tau per image = this quantile of its cosines (replaces --tau; off = "
+                                              "the paper's setting).", low=0.0, high=1.0)
+
+
+def _report(table) -> list[str]:
+    first = table.iloc[0]
+    tau = "none" if pd.isna(first["tau"]) else f"{first['tau']:g}"
+    tau = tau if pd.isna(first["tau_quantile"]) else f"quantile {first['tau_quantile']:g}"
+    lines = per_layer(table, f"{checkpoint_name(table)}: S_sim per decoder layer vs {first['reference']} (features: "
+                             f"reference {first['ref_features']}, decoder {first['decoder_features']}; tau {tau}"
+                             f"{', keys centred' if bool(first['center_keys']) else ''})")
+    lines.append("density of W: reference {:.3f}; decoder layers {}".format(
+        float(first["ref_w_density"]), ", ".join(f"{d:.3f}" for d in table["w_density"])))
+    return lines
+
+
+def saturation_warning(table) -> str | None:
+    """The warning for a saturated or empty W (density outside [0.05, 0.95]): S then measures only a density."""
+    flagged = table[table["w_flag"] != ""]
+    if not len(flagged):
+        return None
+    sides = [f"the reference's W is {flagged['w_flag'].iloc[0].split(';')[0].split()[1]}"] \
+        if "reference" in flagged["w_flag"].iloc[0] else []
+    decoder = flagged[flagged["w_flag"].str.contains("decoder")]
+    for state in ("saturated", "empty"):
+        layers = [str(int(layer)) for layer, f in zip(decoder["layer"], decoder["w_flag"]) if f"decoder {state}" in f]
+        if layers:
+            sides.append(f"W is {state} in decoder layer(s) {', '.join(layers)}")
+    return (f"{'; '.join(sides)} (density outside [{EMPTY_BELOW:g}, {SATURATED_ABOVE:g}]): S then measures only a "
+            "density; try --center-keys or --tau-quantile (README, Eq. 8)")
+
+
+SPEC = register(MetricSpec(
+    name="decoder-semantics", function="decoder_semantic_similarity", column="decoder_semantic_similarity",
+    reducer=DecoderSemanticSimilarity, options=DecoderSemanticSimilarityOptions,
+    summary="LC-MAE Eq. 8: semantic similarity of each decoder layer to a reference model (e.g. DINO).",
+    doc="""LC-MAE Eq. 8: similarity of each decoder layer's patch affinities to a reference model's.
+
+    ``reference``: a loaded model, a checkpoint path, or ``'dino'`` (DINO ViT-B/16, LC-MAE says only "DINO";
+    CutLER's own reference is DINO ViT-B/8; else DINOv2, from the local caches or ``$MAEPROBE_DINO``, never
+    downloaded). ``tau``/``eps`` binarise affinities as CutLER's MaskCut does (W > tau -> 1, else eps). Rows also
+    carry ``w_density`` / ``ref_w_density`` (fraction of W above tau) and ``w_flag`` ('saturated' above 0.95,
+    'empty' below 0.05): a saturated W makes S measure only a density, and a warning says so.""",
+    mask_ratio=0.75, per_image_mask=False, needs_decoder=True, needs_reference=True, block_queries=False,
+    layers_help="0-based decoder layers, e.g. 0,7 or 0-3 (default all).", report=_report, warn=saturation_warning,
+    figures=(FigureSpec("fig3", "Decoder semantic similarity (Eq. 8)", "layers", ylabel="$S_{sim}$",
+                        settings={"ref_features": "keys", "decoder_features": None, "tau": None, "eps": None,
+                                  "center_keys": False, "tau_quantile": None}, default=True),)))

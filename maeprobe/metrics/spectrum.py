@@ -22,12 +22,16 @@ bytes, allocated here) are checked against ``MAEPROBE_MAX_METRIC_MEMORY`` before
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
+from dataclasses import dataclass
 
-from ..capture import ActivationCache, CaptureRequest, resolve_layers
 from ..errors import MaeprobeError
 from .base import MIN_UNITS, Reducer, check_bootstrap, unit_groups
+from .._lazy import lazy
+from .registry import FigureSpec, MetricSpec, checkpoint_name, images_text, option, register
+
+np = lazy("numpy")
+torch = lazy("torch")
+_capture = lazy("maeprobe.capture")
 
 
 def effective_rank(singular_values: np.ndarray) -> float:
@@ -56,7 +60,7 @@ class FeatureSpectrum(Reducer):
         super().__init__()
         bootstrap, bootstrap_seed, groups = check_bootstrap(bootstrap, bootstrap_seed, groups)
         depth = len(model.blocks)
-        self.layers = resolve_layers(model, "encoder", layers if layers is not None else [depth - 1])
+        self.layers = _capture.resolve_layers(model, "encoder", layers if layers is not None else [depth - 1])
         self.num_prefix = model.num_prefix_tokens
         self.kinds = (["cls"] if model.config.class_token else []) + ["patch_mean"]
         self.bootstrap, self.bootstrap_seed = bootstrap, bootstrap_seed
@@ -81,8 +85,8 @@ class FeatureSpectrum(Reducer):
         if self.groups:
             self.add_state("gcount", torch.zeros(self.groups))
 
-    def request(self) -> CaptureRequest:
-        return CaptureRequest.of(features={"encoder": self.layers})
+    def request(self) -> _capture.CaptureRequest:
+        return _capture.CaptureRequest.of(features={"encoder": self.layers})
 
     def consumes(self):
         return {("features", "encoder", layer) for layer in self.layers}
@@ -97,7 +101,7 @@ class FeatureSpectrum(Reducer):
     def consume(self, kind, module, layer, tensor, cache) -> None:
         self._pending[layer] = self._pooled(tensor)  # the block output itself is not kept
 
-    def update(self, cache: ActivationCache) -> None:
+    def update(self, cache: _capture.ActivationCache) -> None:
         onehot = None
         units = self.note_units(cache)
         if self.groups:
@@ -158,3 +162,26 @@ class FeatureSpectrum(Reducer):
                 out.append({**base, "metric": "effective_rank", "component": None, "value": float(estimate[-1]),
                             "std": np.nan, "ci_low": float(low[-1]), "ci_high": float(high[-1])})
         return out
+
+
+@dataclass(frozen=True)
+class FeatureSpectrumOptions:
+    groups: int = option(16, "Fixed image groups that the interval of the spectrum resamples.", low=1, high=4096)
+
+
+def _report(table) -> list[str]:
+    ranks = table[table["metric"] == "effective_rank"]
+    return [f"{checkpoint_name(table)}: effective rank of encoder features ({images_text(ranks)})",
+            ranks[["layer", "feature", "value", "ci_low", "ci_high"]].to_string(index=False, float_format="%.2f")]
+
+
+SPEC = register(MetricSpec(
+    name="spectrum", function="feature_spectrum", column="feature_spectrum", reducer=FeatureSpectrum,
+    options=FeatureSpectrumOptions,
+    summary="U-MAE feature-collapse spectrum: singular values and effective rank of encoder features.",
+    doc="""U-MAE feature-collapse spectrum: singular values (``feature_spectrum`` rows, one per component) and
+    effective rank (``effective_rank`` rows) of CLS and mean-pooled patch features of encoder layers (default:
+    the last block).""",
+    per_image_mask=False, block_queries=False, layers_help="0-based encoder layers (default: the last).",
+    report=_report,
+    figures=(FigureSpec("spectrum", "Feature spectrum (U-MAE)", "spectrum", default=True),)))

@@ -31,15 +31,14 @@ import pandas as pd
 
 from ..errors import MaeprobeError
 
-FIGURES = {
-    "fig2": ("decoder_attention_similarity", "Decoder attention similarity (Eq. 7)", "$S_{attn}$"),
-    "fig3": ("decoder_semantic_similarity", "Decoder semantic similarity (Eq. 8)", "$S_{sim}$"),
-    "fig5": ("attention_distance", "Mean attention distance per layer", None),
-    "fig6": ("attention_distance", "Attention distance vs pretraining mask ratio", None),
-    "figA1": ("attention_distance", "Attention distance per layer (Fig. A.1 layout)", None),
-    "spectrum": ("feature_spectrum", "Feature spectrum (U-MAE)", None),
-    "entropy": ("attention_entropy", "Mean attention entropy per layer", None),
-}
+from ..metrics import registry  # the figures each metric declares (data only; no torch)
+
+# name -> (metric column, title, y label), from the metrics' declarations (``FigureSpec``)
+FIGURES = {name: (metric.column, figure.title, figure.ylabel) for name, (metric, figure) in registry.figures().items()}
+
+
+def _figure(name: str) -> registry.FigureSpec:
+    return registry.figures()[name][1]
 
 
 def _style():
@@ -208,10 +207,10 @@ def _caption(rows: pd.DataFrame, name: str) -> str:
     """What convention the plotted numbers used: probe mask, and for Eq. 7 / Eq. 8 their options."""
     settings = _mask_settings(rows)
     parts = [settings[0] if len(settings) == 1 else "probe masks differ (see legend)"] if settings else []
-    if name == "fig2" and "cls_key" in rows:
+    if "cls_key" in _figure(name).settings and "cls_key" in rows:
         parts.append("A: CLS key included" if rows["cls_key"].fillna(False).astype(bool).any()
                      else "A: patch keys only")
-    if name == "fig3":
+    if "ref_features" in _figure(name).settings:
         first = rows.iloc[0]
         if "ref_features" in rows:
             dec = first["decoder_features"] if "decoder_features" in rows and pd.notna(first.get("decoder_features")) \
@@ -320,7 +319,8 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
     if rows.empty:
         return []
     labels = _labels(rows, label_by)
-    if name == "fig3" and "reference" in rows and rows["reference"].astype(str).nunique() > 1:
+    referenced = "reference" in rows and rows["reference"].notna().any()  # Eq. 8: lines compare with a model
+    if referenced and rows["reference"].astype(str).nunique() > 1:
         labels = labels + " [ref " + rows["reference"].astype(str) + "]"  # which reference each line is against
     rows, dropped = _lines_of(rows, name, label_by, ["layer"], labels)
     labels = list(dict.fromkeys(rows["label"]))
@@ -334,19 +334,20 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
         ax.plot(x, y, marker="o", ms=3, lw=1.4, color=colour, ls=_line_style(i), label=_legend_label(label))
         if part["ci_low"].notna().any():
             ax.fill_between(x, part["ci_low"], part["ci_high"], color=colour, alpha=0.2, lw=0)
-    if name == "fig2":
-        ax.axhline(1.0, color="0.3", lw=0.8, ls=":", label="uniform attention (= 1)")
+    if _figure(name).uniform is not None:
+        level = _figure(name).uniform
+        ax.axhline(level, color="0.3", lw=0.8, ls=":", label=f"uniform attention (= {level:g})")
     ax.set_xlabel("decoder layer (1 = first; tables count from 0)")
     ax.set_ylabel(f"{ylabel} (unitless)")
     parts, subtitle = [_caption(rows, name)], ""
-    if name == "fig3" and "reference" in rows:
+    if referenced:
         references = ", ".join(dict.fromkeys(rows["reference"].astype(str)))
         subtitle = f"reference: {references}"
         parts.append(subtitle)
     parts.append(_interval_text(rows, labels=rows["label"]))
     parts.append(dropped)
     caption = "; ".join(part for part in parts if part)
-    if name == "fig3" and "w_flag" in rows and (rows["w_flag"].fillna("") != "").any():
+    if "w_flag" in rows and (rows["w_flag"].fillna("") != "").any():
         flagged = rows[rows["w_flag"].fillna("") != ""]
         caption += (f". WARNING: W {flagged['w_flag'].iloc[0]} for {', '.join(dict.fromkeys(flagged['label']))} "
                     "(density outside 0.05-0.95): S measures only a density there")
@@ -367,17 +368,18 @@ def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="enco
     if rows.empty:
         return []
     rows["label"] = _labels(rows, label_by)
-    if metric == "attention_entropy":
-        units, quantity = "nats", "mean attention entropy"
+    figure = _figure(name)
+    quantity = figure.quantity
+    units = figure.units or _setting(rows, "units").iloc[0]  # one unit: make_figures checks
+    if figure.variant is not None:  # e.g. entropy over all keys or over patch keys only
+        column, on, off, all_on = figure.variant
         # a stored table is data: only a true boolean (True, "True", 1) counts, not any non-empty text
-        patch_only = rows["patch_keys_only"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")) \
-            if "patch_keys_only" in rows else pd.Series(False, index=rows.index)
-        if patch_only.all():
-            quantity += " over patch keys"
-        elif patch_only.any():  # both kinds on one plot: each line says which (their uniform levels differ)
-            rows["label"] = rows["label"] + np.where(patch_only, " (patch keys)", " (all keys)")
-    else:
-        units, quantity = _setting(rows, "units").iloc[0], "mean attention distance"  # one unit: make_figures
+        flagged = rows[column].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")) \
+            if column in rows else pd.Series(False, index=rows.index)
+        if flagged.all():
+            quantity += all_on
+        elif flagged.any():  # both kinds on one plot: each line says which (their uniform levels differ)
+            rows["label"] = rows["label"] + np.where(flagged, on, off)
     rows, dropped = _lines_of(rows, name, label_by, ["layer", "head"], rows["label"])
     labels = list(dict.fromkeys(rows["label"]))
     plt, sns = _style()
@@ -401,7 +403,7 @@ def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="enco
         for level in levels:
             ax.axhline(level, color="0.3", lw=0.8, ls=":",
                        label=f"uniform attention ({level:.{1 if units != 'nats' else 2}f} {units})"
-                       if level == levels[0] or metric == "attention_entropy" else None)
+                       if level == levels[0] or figure.variant is not None else None)
     ax.set_ylim(bottom=0)  # from 0: differences of a tenth of a pixel (or nat) are not magnified
     ax.set_xlabel(f"{module} layer (1 = first; tables count from 0)")
     ax.set_ylabel(f"{quantity} ({units})")
@@ -409,12 +411,11 @@ def _per_head_layers(frame, metric, title, out_dir, name, label_by, module="enco
     if not interval.startswith("no interval"):
         interval += ", per layer the mean of the heads' bounds"
     parts = [_caption(rows, name), "line: mean over heads", interval, dropped]
-    if name == "figA1":
-        parts.append("Fig. A.1 compares autoencoders AE(k) that predict a k x k pixel block per patch; the table "
-                     "does not record what a checkpoint predicts, so these lines are not known to be AE(k) models")
+    if figure.note:
+        parts.append(figure.note)
     names = ", ".join(labels)
     _title(ax, title, (names if len(names) <= TITLE_CHARS else f"{len(labels)} checkpoints (see legend)")
-           if name == "figA1" else "")
+           if figure.names_in_title else "")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     sns.despine(fig)
@@ -503,15 +504,6 @@ def _spectrum(frame, out_dir, name, label_by):
     return paths
 
 
-# Settings that define what a figure's numbers mean: rows that differ in one are refused on one axis (with the
-# default a table of an older maeprobe implies where the column is missing)
-SETTINGS = {"fig2": {"cls_key": False},
-            "fig3": {"ref_features": "keys", "decoder_features": None, "tau": None, "eps": None,
-                     "center_keys": False, "tau_quantile": None},
-            "fig5": {"units": "px", "renormalize": False}}
-SETTINGS["fig6"] = SETTINGS["figA1"] = SETTINGS["fig5"]
-
-
 def _setting(rows: pd.DataFrame, column: str, default=None) -> pd.Series:
     """``column`` as comparable text: numbers as ``%g``, missing values as the default (``decoder_features``: as
     ``ref_features``; ``units``: px), booleans from files (True, 'True', 1) as True/False."""
@@ -542,7 +534,7 @@ def _check_settings(rows: pd.DataFrame, name: str) -> None:
     states one convention, and lines of different ones are not comparable."""
     from ..validate import one_line
 
-    for column, default in SETTINGS.get(name, {}).items():
+    for column, default in _figure(name).settings.items():
         values = list(dict.fromkeys(_setting(rows, column, default)))
         if len(values) > 1:
             raise MaeprobeError(f"{name}: the rows were measured with different {column} "
@@ -582,31 +574,9 @@ def _table(frame, label_by) -> pd.DataFrame:
 
 
 def _rows_of(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    metric = FIGURES[name][0]
-    rows = frame[frame["metric"] == metric]
-    if metric in ("attention_distance", "attention_entropy"):
-        rows = rows[rows["module"] == "encoder"]
-    return rows
-
-
-def bar_figure(labels: list[str], rows: pd.DataFrame, title: str, ylabel: str, out_dir: Path, name: str,
-               lines: tuple[float, ...] = ()) -> list[Path]:
-    """One bar per label with its ``ci_low``/``ci_high`` interval as error bar; dashed reference ``lines``."""
-    plt, sns = _style()
-    values = rows["value"].to_numpy(dtype=float)
-    errors = np.vstack([values - rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float) - values])
-    fig, ax = plt.subplots(figsize=(3.4, 2.5))
-    ax.bar(labels, values, yerr=np.clip(errors, 0, None), color=sns.color_palette("colorblind", len(labels)),
-           capsize=3, width=0.6)
-    for y in lines:
-        ax.axhline(y, color="0.4", lw=0.8, ls="--")
-    ax.set_ylabel(ylabel)
-    _title(ax, title)
-    sns.despine(fig)
-    _finish(fig, _interval_text(rows, "bars", labels=pd.Series(labels, index=rows.index)))
-    paths = _save(fig, Path(out_dir), name)
-    plt.close(fig)
-    return paths
+    rows = frame[frame["metric"] == FIGURES[name][0]]
+    module = _figure(name).module
+    return rows if module is None else rows[rows["module"] == module]
 
 
 def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, label_by: str = "checkpoint",
@@ -635,7 +605,8 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, labe
                             f"{short(figures, 60)}")
     metrics = set(frame["metric"])
     if figures is None:
-        figures = [f for f in ("fig2", "fig3", "fig5", "entropy", "spectrum") if FIGURES[f][0] in metrics]
+        figures = [name for name, (metric, figure) in registry.figures().items()
+                   if figure.default and metric.column in metrics]
     figures = list(figures)
     # every file of every figure is checked before anything is drawn: a file maeprobe did not write is not replaced
     check_outputs([out_dir / f"{name}{suffix}" for name in figures if isinstance(name, str) and name in FIGURES
@@ -659,11 +630,12 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, labe
             shared = frame_used["shared_mask"] if "shared_mask" in frame_used else True
             frame_used["_mask_suffix"] = [f" [{_mask_text(r, sh)}]" for r, sh in
                                           zip(frame_used["mask_ratio"], pd.Series(shared, index=frame_used.index))]
-        if name in ("fig2", "fig3"):
+        figure = _figure(name)
+        if figure.kind == "layers":
             paths += _per_layer_lines(frame_used, metric, title, ylabel, out_dir, name, label_by)
-        elif name == "spectrum":
+        elif figure.kind == "spectrum":
             paths += _spectrum(frame_used, out_dir, name, label_by)
         else:
-            by = "pretrain_mask_ratio" if name == "fig6" and label_by == "checkpoint" else label_by
-            paths += _per_head_layers(frame_used, metric, title, out_dir, name, by)
+            by = figure.label_by if figure.label_by and label_by == "checkpoint" else label_by
+            paths += _per_head_layers(frame_used, metric, title, out_dir, name, by, figure.module or "encoder")
     return paths
