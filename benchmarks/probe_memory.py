@@ -63,7 +63,8 @@ def main() -> None:
                                   "--layers", "all" if layers == "all" else "0"],
                                  capture_output=True, text=True, check=True)
             results.append(json.loads(out.stdout.strip().splitlines()[-1]) | {"layers": layers})
-    print(f"{args.device} | {args.preset} | attention distance + Eq. 7 + spectrum, bootstrap 200, batch {args.batch_size}")
+    print(f"{args.device} | {args.preset} | attention distance + Eq. 7 + spectrum, bootstrap 200, "
+          f"batch {args.batch_size}")
     print(f"{'images':>7} {'layers':>7} {'RSS before probe MB':>20} {'peak RSS MB':>12} {'GPU peak MB':>12}")
     for r in results:
         print(f"{r['images']:>7} {r['layers']:>7} {r['rss_before_probe_mb']:>20.0f} {r['peak_rss_mb']:>12.0f} "

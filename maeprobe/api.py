@@ -181,8 +181,8 @@ def measure(model, metric: str, images=None, *, reference=None, ref_num_heads: i
             **options) -> pd.DataFrame:
     """Any registered metric (``maeprobe.metrics.registry``) of one model, as a tidy table.
 
-    ``metric`` is its name (``maeprobe.api.METRICS``, e.g. ``'attn-distance'``); ``options`` are the metric's own options (see its function,
-    e.g. ``help(maeprobe.attention_distance)``), anything else goes to ``maeprobe.load``. Metrics that compare with a
+    ``metric`` is its name (``maeprobe.api.METRICS``, e.g. ``'attn-distance'``); ``options`` are the metric's own
+    options (see its function, e.g. ``help(maeprobe.attention_distance)``), anything else goes to ``maeprobe.load``. Metrics that compare with a
     reference model take ``reference`` (a model, a checkpoint path or ``'dino'``) and ``ref_num_heads``.
     Args:""" + PROBE_HELP + """
 

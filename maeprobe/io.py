@@ -51,8 +51,8 @@ def _shown(path) -> str:
 
 def check_output_file(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> Path:
     """Check, before anything is computed, that ``path`` can receive an output file: a new name, or an existing
-    regular file (never a symbolic link, folder, device, FIFO or socket: only regular files are replaced), in a folder that is
-    a folder; ``suffixes`` restricts the extension. Raises MaeprobeError with one line."""
+    regular file (never a symbolic link, folder, device, FIFO or socket: only regular files are replaced), in a
+    folder that is a folder; ``suffixes`` restricts the extension. Raises MaeprobeError with one line."""
     path = Path(path)
     try:
         mode = os.lstat(path).st_mode

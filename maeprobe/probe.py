@@ -209,7 +209,8 @@ def run_probe(model, reducers: Sequence[Reducer], images=None, *, mask_ratio: fl
         reducer.check_memory(mask_ratio=mask_ratio, batch_size=batch_size)
     run_decoder = request.needs("decoder")
     if run_decoder and not getattr(model, "has_decoder", False):
-        raise MaeprobeError("this model has no decoder; decoder metrics need a full MAE checkpoint at its own input size (no --img-size)")
+        raise MaeprobeError("this model has no decoder; decoder metrics need a full MAE checkpoint at its own input "
+                            "size (no --img-size)")
     model = model.to(device).eval()
     batches, total, units = _batches(model, images, batch_size, num_workers, device, resample_by)
     L = model.config.num_patches

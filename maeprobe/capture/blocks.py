@@ -15,7 +15,8 @@ def blocks_of(model: nn.Module, module: str) -> nn.ModuleList:
         return model.blocks
     if module == "decoder":
         if not getattr(model, "has_decoder", False):
-            raise MaeprobeError("this model has no decoder; decoder analyses need a full MAE checkpoint at its own input size (no --img-size)")
+            raise MaeprobeError("this model has no decoder; decoder analyses need a full MAE checkpoint at its own "
+                                "input size (no --img-size)")
         if not hasattr(model, "decoder_blocks"):
             raise MaeprobeError(f"this checkpoint's decoder ({model.config.decoder_type}) has no attention blocks; "
                                 "decoder analyses need a transformer decoder")
@@ -32,7 +33,8 @@ def resolve_layers(model: nn.Module, module: str, layers: Iterable[int] | None) 
     for layer in layers:
         index = layer + depth if layer < 0 else layer
         if not 0 <= index < depth:
-            raise MaeprobeError(f"{module} layer {layer} does not exist (the {module} has {depth} layers, 0-{depth - 1})")
+            raise MaeprobeError(f"{module} layer {layer} does not exist (the {module} has {depth} layers, "
+                                f"0-{depth - 1})")
         out.append(index)
     return sorted(set(out))
 

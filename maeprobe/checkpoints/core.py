@@ -270,7 +270,8 @@ def infer_config(raw: RawCheckpoint, *, num_heads: int | None = None,
             raise CheckpointError(raw.path, f"pos_embed has {pos_len} positions, which is not a square patch "
                                             f"grid plus {num_prefix} prefix tokens")
     else:  # BEiT without absolute positions: the grid from the relative position bias table
-        table = sd.get("blocks.0.attn.relative_position_bias_table", sd.get("rel_pos_bias.relative_position_bias_table"))
+        table = sd.get("blocks.0.attn.relative_position_bias_table",
+                       sd.get("rel_pos_bias.relative_position_bias_table"))
         if table is None:
             raise CheckpointError(raw.path, "no position embedding and no relative position bias")
         side = math.isqrt(max(table.shape[0] - 3, 0)) if table.ndim == 2 else 0

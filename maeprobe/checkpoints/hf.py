@@ -135,7 +135,8 @@ def _read_weights(path: Path) -> dict:
     if (path / "pytorch_model.bin").exists():
         weights = torch_load(path / "pytorch_model.bin")
         if not isinstance(weights, dict):
-            raise CheckpointError(path / "pytorch_model.bin", f"holds a {type(weights).__name__}; expected a state dict")
+            raise CheckpointError(path / "pytorch_model.bin",
+                                  f"holds a {type(weights).__name__}; expected a state dict")
         weights = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
         check_storage(weights, path / "pytorch_model.bin")
         return weights
@@ -145,7 +146,8 @@ def _read_weights(path: Path) -> dict:
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(index, "has no weight_map of tensor names to shard files")
         files = sorted(set(weight_map.values()))
-        bad = next((f for f in files if "/" in f or "\\" in f or f.startswith(".") or not f.endswith(".safetensors")), None)
+        bad = next((f for f in files
+                    if "/" in f or "\\" in f or f.startswith(".") or not f.endswith(".safetensors")), None)
         if bad is not None:
             raise CheckpointError(index, f"names the shard {bad!r}; expected .safetensors files in the folder")
         tensors: dict = {}

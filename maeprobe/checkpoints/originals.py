@@ -104,7 +104,8 @@ def read_npz_vit(path: Path, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]
         raise CheckpointError(path, f"a .npz without a ViT patch embedding (embedding/kernel); expected {EXPECTED}")
     kernel = arrays[f"{prefix}embedding/kernel"]  # [p, p, C, D]
     p, C, D = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-    depth = len({m.group(1) for k in arrays if (m := re.match(rf"{re.escape(prefix)}Transformer/encoderblock_(\d+)/", k))})
+    block = re.compile(rf"{re.escape(prefix)}Transformer/encoderblock_(\d+)/")
+    depth = len({m.group(1) for k in arrays if (m := block.match(k))})
     block = f"{prefix}Transformer/encoderblock_0/"
     heads = arrays[f"{block}MultiHeadDotProductAttention_1/query/kernel"].shape[1]
     hidden = arrays[f"{block}MlpBlock_3/Dense_0/kernel"].shape[1]

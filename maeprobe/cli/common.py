@@ -115,16 +115,19 @@ def _parse_mask_ratios(text: Optional[str]) -> Optional[dict]:
     return out
 
 
-NUM_WORKERS = typer.Option(None, "--num-workers", min=0, max=1024, help="Processes decoding image files (default: on CUDA CPU "
+NUM_WORKERS = typer.Option(None, "--num-workers", min=0, max=1024,
+                           help="Processes decoding image files (default: on CUDA CPU "
                                                          "cores - 1, at most 8; on CPU 0, i.e. in this process).")
 CKPT = typer.Argument(..., help="Checkpoint file (.pth/.pt/.bin/.safetensors/.npz), HuggingFace folder, or a "
                                  "model name (hf-hub:org/name, timm/name, an official release file name).")
-IMG_SIZE = typer.Option(None, "--img-size", min=1, max=65536, help="Probe the encoder at this input size: the position "
-                        "embedding is resampled as the family's own code does (MAE: bicubic without antialias; default: "
-                        "the trained size). An MAE decoder keeps its trained grid, so decoder metrics need the "
-                        "checkpoint's own size.")
-NUM_HEADS = typer.Option(None, "--num-heads", min=1, max=1024, help="Encoder heads (only for checkpoints of unknown releases).")
-DEC_HEADS = typer.Option(None, "--decoder-num-heads", min=1, max=1024, help="Decoder heads (only for unknown decoders).")
+IMG_SIZE = typer.Option(None, "--img-size", min=1, max=65536,
+                        help="Probe the encoder at this input size: the position embedding is resampled as the "
+                             "family's own code does (MAE: bicubic without antialias; default: the trained size). An "
+                             "MAE decoder keeps its trained grid, so decoder metrics need the checkpoint's own size.")
+NUM_HEADS = typer.Option(None, "--num-heads", min=1, max=1024,
+                         help="Encoder heads (only for checkpoints of unknown releases).")
+DEC_HEADS = typer.Option(None, "--decoder-num-heads", min=1, max=1024,
+                         help="Decoder heads (only for unknown decoders).")
 
 
 BLOCK_QUERIES = typer.Option(None, "--block-queries", min=0, max=1 << 20,
@@ -136,7 +139,8 @@ IMAGES = typer.Option(None, "--images", help="Folder of images (recursive). Defa
 OUT_TABLE = typer.Option(None, "--out", help="Write the table: .csv, .json or .parquet.")
 SEED = typer.Option(0, "--seed", min=0, max=2**63 - 1, help="Mask seed (and bootstrap seed).")
 RESAMPLE = typer.Option("image", "--resample-by", help=RESAMPLE_HELP)
-BOOTSTRAP = typer.Option(200, "--bootstrap", min=0, max=100_000, help="Bootstrap replicates for ci_low/ci_high (0: off).")
+BOOTSTRAP = typer.Option(200, "--bootstrap", min=0, max=100_000,
+                         help="Bootstrap replicates for ci_low/ci_high (0: off).")
 BATCH = typer.Option(16, "--batch-size", min=1, max=1 << 20)
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 DTYPE = typer.Option(DType.fp32, "--dtype", help="fp32 or bf16 (autocast).")

@@ -26,7 +26,8 @@ def reproduce_cmd(
                                                              "(default: the built-in photographs)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Labelled ImageFolder-style folder for the "
                                              "linear probes (DIR/<class>/*.jpg, or DIR/train and DIR/val; e.g. "
-                                             "CIFAR-10 or Imagenette exported to folders). Default: scikit-learn digits."),
+                                             "CIFAR-10 or Imagenette exported to folders). Default: scikit-learn "
+                                             "digits."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference for decoder-semantic (checkpoint or 'dino'); "
                                                          "without one that finding is inconclusive (released: DINO)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=100, help="Independently trained runs per "
