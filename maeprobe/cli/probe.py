@@ -28,10 +28,10 @@ def _choices(field) -> type[Enum]:
     return Enum(f"{field.name.title().replace('_', '')}Choice", {c: c for c in field.metadata["choices"]}, type=str)
 
 
-def option_parameters(spec, fields=None) -> list[inspect.Parameter]:
-    """The typer parameters of a metric's options: ``--flag`` with the declared help, choices, bounds and default."""
+def option_parameters(fields) -> list[inspect.Parameter]:
+    """The typer parameters of metric options: ``--flag`` with the declared help, choices, bounds and default."""
     params = []
-    for field in fields or spec.fields():
+    for field in fields:
         meta, default = field.metadata, field.default
         if meta.get("parse"):  # typed as text, e.g. --tau none
             annotation, value = str, meta["cli_default"]
@@ -81,7 +81,7 @@ def _common(spec) -> list[inspect.Parameter]:
             False, "--per-image-mask", help="A different seeded mask per image.")))
     params.append(P("layers", P.KEYWORD_ONLY, annotation=Optional[str],
                     default=typer.Option(None, "--layers", help=spec.layers_help)))
-    params += option_parameters(spec)
+    params += option_parameters(spec.fields())
     params += [P("bootstrap", P.KEYWORD_ONLY, default=BOOTSTRAP, annotation=int),
                P("resample_by", P.KEYWORD_ONLY, default=RESAMPLE, annotation=ResampleBy),
                P("batch_size", P.KEYWORD_ONLY, default=BATCH, annotation=int),
@@ -160,7 +160,7 @@ def run_command():
             None, "--layers", help="0-based encoder layers of the encoder metrics (default: each metric's).")),
         P("decoder_layers", P.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
             None, "--decoder-layers", help="0-based decoder layers of the decoder metrics (default all).")),
-        *option_parameters(None, _run_fields()),
+        *option_parameters(_run_fields()),
         P("bootstrap", P.KEYWORD_ONLY, default=BOOTSTRAP, annotation=int),
         P("resample_by", P.KEYWORD_ONLY, default=RESAMPLE, annotation=ResampleBy),
         P("batch_size", P.KEYWORD_ONLY, default=BATCH, annotation=int),
