@@ -16,16 +16,25 @@ from maeprobe.cli import app
 from maeprobe.findings import FINDINGS, reproduce
 from maeprobe.findings.runner import encoder_spread_ratio, linear_probe, output_spread
 
-IDS = ["lcmae-collapse", "decoder-positional", "decoder-semantic", "mask-ratio-distance", "ae-block-distance",
-       "ae-linear-probe", "umae-rank", "local-decoders", "mae-local-attention"]
+IDS = list(FINDINGS)  # the catalogue's order (maeprobe/findings/catalogue/)
 NEW_COLUMNS = ["unit", "control", "seeds", "rule_version", "amended_after_results"]
 
 
-def test_list_prints_the_nine_ids():
+def test_list_prints_the_catalogue():
     result = CliRunner().invoke(app, ["reproduce", "--list"])
     assert result.exit_code == 0, result.output
     listed = [line.split()[0] for line in result.output.strip().splitlines()]
-    assert listed == IDS == list(FINDINGS)
+    assert listed == IDS and len(IDS) == 9
+
+
+def test_each_finding_is_one_catalogue_module_named_by_its_id():
+    from maeprobe.findings import catalogue
+
+    for module in catalogue.MODULES:
+        finding = module.FINDING
+        assert module.__name__.rsplit(".", 1)[1] == finding.id.replace("-", "_")
+        assert finding.rule.__doc__ and finding.on_runs.__module__ == module.__name__
+        assert set(finding.runs) <= set(maeprobe.findings.suite.RUNS)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import torch
 import maeprobe
 from conftest import load_benchmark
 from maeprobe.findings import reproduce
+from maeprobe.findings.catalogue import RELEASED_FINDINGS
 
 timm = pytest.importorskip("timm")
 
@@ -25,7 +26,7 @@ def test_released_scale_on_random_stand_ins_is_inconclusive(caches):
     out, lines = caches / "out", []
     full = reproduce(None, scale="released", out=out, probe_images=8, device="cpu", echo=lines.append)
     table = full[full["verdict"] != "superseded"]  # version 3; version 2 on the same evidence follows each
-    assert table["finding"].tolist() == ["decoder-positional", "decoder-semantic", "mae-local-attention"]
+    assert table["finding"].tolist() == list(RELEASED_FINDINGS)
     assert full["finding"].tolist()[1::2] == [f"{f}-v2" for f in table["finding"]]
     assert set(table["verdict"]) == {"inconclusive"} and set(table["rule_version"]) == {3}
     assert all(str(d).startswith(("no power at this scale", "W carries no semantics")) for d in table["detail"])
@@ -39,11 +40,11 @@ def test_released_scale_on_random_stand_ins_is_inconclusive(caches):
     assert set(evidence["model"]) == {"mae", "dino", "deit", "init"}
     semantic = pd.read_csv(out / "findings" / "decoder-semantic" / "evidence.csv")
     assert semantic["reference"].iloc[0] == "dino_vitbase16_pretrain.pth"  # the released DINO is the reference
-    for name in ("decoder-positional", "decoder-semantic", "mae-local-attention", "fig4-render-0"):
+    for name in (*RELEASED_FINDINGS, "fig4-render-0"):
         assert (out / "figures" / f"{name}.png").is_file()
     lines.clear()
     again = reproduce(None, scale="released", out=out, probe_images=8, device="cpu", echo=lines.append)
-    assert sum("(reused)" in line for line in lines) == 3, lines
+    assert sum("(reused)" in line for line in lines) == len(RELEASED_FINDINGS), lines
     assert again["verdict"].tolist() == full["verdict"].tolist()
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..plots.figures import _style
 from . import rules
-from .suite import FINDINGS
+from .catalogue import FINDINGS
 
 
 def _combined(table: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -92,8 +92,7 @@ def finding_figure(finding_id: str, measured, labels: dict, folder: Path) -> lis
         if spec.get("uniform") is not None:
             ax.axhline(spec["uniform"], color="0.3", lw=0.8, ls=":", label="uniform attention (Eq. 7 = 1)")
         ax.set_xlabel("decoder layer (1 = first)")
-        ax.set_ylabel("S_attn, Eq. 7 (cosine, unitless)" if finding_id == "decoder-positional"
-                      else "S_sim, Eq. 8 (unitless)")
+        ax.set_ylabel(FINDINGS[finding_id].axis)
         ax.xaxis.get_major_locator().set_params(integer=True)
     elif kind == "distance":  # attention distance per encoder layer for each mask ratio
         trained = evidence[evidence["condition"] == "trained"]

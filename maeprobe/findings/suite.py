@@ -1,63 +1,12 @@
-"""The papers' claims as data: for each finding, the runs it needs, what to measure, and its verdict rule
-(``rules.py``). Scales say how big those runs are.
+"""The runs the findings train (each a bundled tiny-* recipe with overrides, and the paper's recipe behind it),
+the scales that say how big those runs are, and the released checkpoints ``--scale released`` loads. The
+findings themselves are declared in ``catalogue/``.
 
 Run names are shared between findings (the 0.75-mask MAE serves five of them), so each run trains once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-
-@dataclass(frozen=True)
-class Finding:
-    id: str
-    claim: str
-    paper: str
-    runs: tuple[str, ...]
-    measure: str  # what is measured, in words (the README and ``--list`` print it)
-
-
-FINDINGS: dict[str, Finding] = {f.id: f for f in (
-    Finding("lcmae-collapse", "L_cross alone collapses to a constant; with L_in or L_MAE it does not",
-            "LC-MAE Table 1, Section 3.3", ("lcmae-c", "lcmae-e", "lcmae-g"),
-            "across-image spread of the encoder's output (patch tokens and CLS, unmasked images), 1 - mean over "
-            "positions of |mean over images of the unit vectors|^2, as a ratio to the same seed's initial weights "
-            "(unitless; 1 = unchanged by training), settings (c), (e), (g)"),
-    Finding("decoder-positional", "decoder attention similarity (Eq. 7) is highest at decoder layer 1, the first "
-            "two layers above the rest", "LC-MAE Fig. 2, Section 4.1", ("mae",),
-            "Eq. 7 (cosine similarity of decoder attention maps across images, unitless) per layer of an 8-layer "
-            "decoder under one shared 0.75 mask; headline: mean of layers 1-2 minus the mean of the later layers"),
-    Finding("decoder-semantic", "semantic similarity to a reference (Eq. 8) rises with decoder depth",
-            "LC-MAE Fig. 3, Section 4.1", ("mae",),
-            "Eq. 8 (S_sim, unitless, 0-1) per decoder layer against the reference (CutLER convention: keys, "
-            "W > 0.15); headline: last layer minus first"),
-    Finding("mask-ratio-distance", "attention distance grows with the pretraining mask ratio, more in deeper "
-            "layers", "LC-MAE Fig. 6, Section 4.2", ("mae-mask30", "mae-mask45", "mae-mask60", "mae", "mae-mask90"),
-            "mean attention distance in pixels per encoder layer (unmasked probe) for mask ratios 0.3 ... 0.9; "
-            "headline: the mean over layers at 0.9 minus at 0.3, px"),
-    Finding("ae-block-distance", "AE(k) attention distance grows with k; AE(patch size) is the smallest",
-            "LC-MAE Fig. A.1, Appendix A", ("ae1", "ae3", "ae5", "ae7"),
-            "mean attention distance in pixels (over layers and heads) of AE(k), k = 1, 3, 5, 7 patches "
-            "(AE(16/48/80/112) at patch 16); headline: largest k minus AE(patch), px"),
-    Finding("ae-linear-probe", "AE linear probing is far below MAE's", "LC-MAE Table 3",
-            ("mae", "ae1", "ae3", "ae5", "ae7"),
-            "linear-probe top-1 (%) of the frozen CLS feature on the labelled set; headline: best AE / MAE (ratio)"),
-    Finding("umae-rank", "the uniformity term reduces dimensional collapse", "U-MAE (How Mask Matters), Section 5",
-            ("umae", "mae"), "effective rank (exp of the spectral entropy, in dimensions) of the encoder's CLS "
-            "feature; headline: U-MAE minus MAE, dimensions"),
-    Finding("local-decoders", "Gaussian weighted-average and conv decoders come close to the transformer decoder",
-            "LC-MAE Table 2, Section 4.1", ("mae", "mae-gaussian", "mae-conv"),
-            "linear-probe top-1 (%) of the frozen encoder on the labelled set for the three decoders (the paper "
-            "fine-tunes on ImageNet: a different protocol); headline: transformer minus the worst local decoder, "
-            "percentage points"),
-    Finding("mae-local-attention", "MAE's attention distance is significantly smaller than DINO's and DeiT's",
-            "LC-MAE Fig. 5, Section 4.1", (),
-            "mean attention distance in pixels (over layers and heads, unmasked probe) of the released MAE, DINO "
-            "and DeiT ViT-B/16 encoders; headline: MAE minus the smaller of DINO and DeiT, px"),
-)}
-
-# Findings that need no pretraining: what ``--scale released`` measures on the public checkpoints.
-RELEASED_FINDINGS = ("decoder-positional", "decoder-semantic", "mae-local-attention")
 
 # Runs: (bundled recipe, overrides). Block sizes are given in patches so that one table serves every scale.
 RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
