@@ -1,5 +1,7 @@
 """Checks of user-supplied settings (CLI options and their Python twins), each failing with one line that names
-the setting and what was expected; and ``printable`` for text from files and paths shown on a terminal."""
+the setting and what was expected; the checkers of declared settings (``number``, ``choice``, ``flag``, ``text``,
+``pair``: recipe keys are declared with them in ``train.config.KEYS``); and ``printable`` for text from files and paths
+shown on a terminal."""
 from __future__ import annotations
 
 import math
@@ -131,3 +133,86 @@ def device(value):
     elif dev.type != "cpu":
         raise MaeprobeError(f"--device {dev}: expected cpu, cuda, cuda:N or mps")
     return dev
+
+
+# --------------------------------------------------------------------------- checkers of declared settings
+# Each factory returns ``check(name, value) -> value``, the check of one declared setting (a recipe key, whose
+# ``name`` the caller gives as "recipe key optim.epochs"): the value as stored, or one line naming the setting.
+def number(lo=None, hi=None, *, lo_open=False, hi_open=False, whole=False, none=False):
+    """A number in bounds; text that spells one (a value a program passes as a string) is read as it, as a whole
+    number first (no float rounding of a long seed). Returns a plain int or float (never a subclass, such as the
+    numbers a recipe file's YAML loader keeps their text on)."""
+    def check(name, value):
+        if value is None and none:
+            return None
+        if isinstance(value, str):
+            for parse in (int, float):
+                try:
+                    value = parse(value.strip())
+                    break
+                except (ValueError, OverflowError):
+                    continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(value, float):
+            ok = math.isfinite(value)
+        if ok and whole and not isinstance(value, int):
+            ok = value.is_integer()
+            value = int(value) if ok else value
+        if ok:  # int and float compare exactly, whatever the size of the int
+            ok = not ((lo is not None and (value <= lo if lo_open else value < lo))
+                      or (hi is not None and (value >= hi if hi_open else value > hi)))
+        if not ok:
+            kind = "a whole number" if whole else "a number"
+            shown = value if not isinstance(value, int) or abs(value) < 10**30 else \
+                f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+            raise MaeprobeError(f"{name}: expected {kind}{_range(lo, hi, lo_open, hi_open)}"
+                                f"{' or null' if none else ''}, got {one_line(shown, 300)!r}")
+        return int(value) if isinstance(value, int) else float(value)
+    return check
+
+
+def choice(*choices, none=False):
+    """One of ``choices`` (text), or None when ``none``."""
+    def check(name, value):
+        if value is None and none:
+            return None
+        if not isinstance(value, str) or value not in choices:
+            raise MaeprobeError(f"{name}: expected one of {', '.join(choices)}{' or null' if none else ''}, got "
+                                f"{one_line(value, 300)!r}")
+        return value
+    return check
+
+
+def flag(name, value):
+    """true or false (YAML's own booleans; 'yes' or 1 are refused, not guessed)."""
+    if not isinstance(value, bool):
+        raise MaeprobeError(f"{name}: expected true or false, got {one_line(value, 300)!r}")
+    return value
+
+
+def text(none=False, max_len=4096):
+    """Non-blank text without NUL of at most ``max_len`` characters. A number is taken as the text it was written
+    as (its ``text`` attribute when the YAML loader kept it: ``0123`` stays '0123')."""
+    def check(name, value):
+        if value is None and none:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = getattr(value, "text", None) or str(value)
+        if isinstance(value, str):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip() or len(value) > max_len or "\x00" in value:
+            raise MaeprobeError(f"{name}: expected text{' or null' if none else ''}, got {one_line(value, 300)!r}")
+        return value
+    return check
+
+
+def pair(lo, hi, *, ordered=False):
+    """Two numbers in [lo, hi] (as a list); ``ordered``: the first at most the second."""
+    def check(name, value):
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise MaeprobeError(f"{name}: expected two numbers in [{lo}, {hi}], got {one_line(value, 300)!r}")
+        out = [number(lo, hi)(name, v) for v in value]
+        if ordered and out[0] > out[1]:
+            raise MaeprobeError(f"{name}: expected [low, high], got {out}")
+        return out
+    return check

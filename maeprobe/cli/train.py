@@ -16,7 +16,8 @@ app = typer.Typer()
 def pretrain_cmd(
     out: Path = typer.Option(Path("outputs/pretrain/checkpoint.pth"), "--out", help="Checkpoint path (.pth)."),
     preset: str = typer.Option("mae_vit_tiny_patch8_64", "--preset", help="Architecture preset."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Folder of training images (default: built-in photos)."),
+    images: Optional[Path] = typer.Option(None, "--images",
+                                          help="Folder of training images (default: built-in photos)."),
     steps: int = typer.Option(300, "--steps", min=1, max=10_000_000),
     batch_size: int = typer.Option(32, "--batch-size", min=1, max=1 << 20),
     base_lr: float = typer.Option(1.5e-4, "--base-lr", min=0.0, max=10.0, help="lr = base_lr * batch_size / 256."),
@@ -46,12 +47,14 @@ def pretrain_cmd(
     _echo(f"wrote {path} (log.csv and config.yaml beside it)")
 
 
-recipe_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Bundled pretraining and evaluation recipes (recipes/*.yaml).")
+recipe_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="Bundled pretraining and evaluation recipes (recipes/*.yaml).")
 
 
 def _recipe_dir() -> Path:
-    here = Path(__file__).resolve().parent.parent / "recipes"
-    return here if here.is_dir() else Path("recipes")
+    from ..train.config import recipe_dir  # package data: found wherever maeprobe is installed
+
+    return recipe_dir()
 
 
 def _recipe_path(recipe: Path) -> Path:
@@ -88,7 +91,8 @@ def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder 
 def recipe_show(
     recipe: Path = typer.Argument(..., help="Recipe YAML, or a bundled recipe's name as `recipe ls` prints it."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=3"),
-    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, max=1 << 16, help="Processes to derive the batch split for "
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, max=1 << 16,
+                                        help="Processes to derive the batch split for "
                                                               "(default: $WORLD_SIZE, else 1)."),
 ):
     """Print the fully resolved recipe as YAML (what `recipe run` would run; nothing is started), with the

@@ -17,9 +17,10 @@ STEPS_PER_EPOCH = 10
 
 
 def recipe_dir() -> Path:
-    """The bundled recipes (the repository's ``recipes/``; the current directory's when not found)."""
-    here = Path(__file__).resolve().parents[2] / "recipes"
-    return here if here.is_dir() else Path("recipes")
+    """The bundled recipes (package data, wherever maeprobe is installed)."""
+    from ..train.config import recipe_dir as bundled
+
+    return bundled()
 
 
 def _run_steps(name: str, scale: Scale, steps: int | None) -> int:
@@ -124,20 +125,13 @@ def saved_config(folder: Path) -> dict:
     when flattened), and only recipe keys in recipe sections. One line otherwise."""
     import yaml
 
-    from ..train.config import DEFAULTS, _check
+    from ..train.config import DEFAULTS, _check, load_saved_yaml
 
     path = folder / "config.yaml"
     what = "the config.yaml of a maeprobe run"
     text = _small_text(path, what)
-
-    class Plain(yaml.SafeLoader):
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None) is not None:
-                raise yaml.YAMLError("YAML anchors and aliases")
-            return super().compose_node(parent, index)
-
     try:
-        data = yaml.load(text, Loader=Plain)
+        data = load_saved_yaml(text)  # the engine's own reader: no anchors, aliases or keys given twice
     except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
         problem = getattr(exc, "problem", None) or (exc.args[0] if exc.args and isinstance(exc.args[0], str) else
                                                     type(exc).__name__)

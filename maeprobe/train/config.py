@@ -1,69 +1,27 @@
 """Recipe configuration: YAML files with ``base:`` inheritance and ``key.sub=value`` overrides, both read by YAML
-1.2's core schema (``RecipeLoader``: no YAML 1.1 octals, sexagesimals, dates or yes/no booleans)."""
+1.2's core schema (``RecipeLoader``: no YAML 1.1 octals, sexagesimals, dates or yes/no booleans); each recipe key's
+default, check and meaning declared once (``KEYS``); the bundled recipes (``recipe_dir``, package data); and the
+one reader of the ``config.yaml`` a run saved (``load_saved_yaml``)."""
 from __future__ import annotations
 
 import copy
-import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
+from .. import validate as checks
 from ..errors import MaeprobeError
 
-DEFAULTS: dict = {
-    "name": "run",
-    # reading: the name of one of the recipe file's ``readings:`` (alternative readings of the paper, e.g.
-    # lcmae_b's reading=plain_mae), merged over the recipe before the command line's other overrides.
-    "reading": None,
-    "task": "pretrain",  # pretrain | finetune | linprobe | knn
-    "method": "mae",  # mae | lcmae | ae | umae   (pretraining)
-    "model": {"preset": "mae_vit_base_patch16", "decoder_depth": None, "decoder_embed_dim": None,
-              "decoder_num_heads": None, "decoder_type": "transformer", "pred_size": None,
-              "norm_pix_loss": False, "mask_ratio": 0.75},
-    # LC-MAE (Section 3.3): loss weights of L_MAE, L_cross (Eq. 5), L_in (Eq. 6); projector output 1024-d
-    # (Section 5). projector_input: 'pred' = v = p(h(x, m)) on the Eq. 1 output (the paper), 'features' =
-    # the normalised decoder features before decoder_pred. in_view_target: 'target' = the reconstruction
-    # target of L_MAE (normalised patches under norm_pix_loss), 'pixels' = the input patches.
-    # reduction: 'mean' (over the positions / pairs of the batch, as MAE's own loss) or 'sum' (Eq. 5/6 as
-    # written: per-image sums, averaged over images).
-    "lcmae": {"proj_dim": 1024, "mae": 1.0, "cross": 1.0, "in_view": 1.0, "projector_input": "pred",
-              "in_view_target": "target", "reduction": "mean"},
-    # U-MAE: weight x uniformity loss (tau) of the CLS feature over the gathered batch. gather: 'exact' (the
-    # full-batch gradient, independent of the number of processes) or 'reference' (zhangq327/U-MAE's
-    # GatherLayer: each process keeps only its own slice of the gradient, i.e. 1/W of the full-batch one).
-    # feature: 'cls' = the CLS token after the encoder's final norm (once); 'double_norm' = U-MAE's code
-    # (models_mae.py: ``self.norm(latent)[:, 0]`` on the already normed latent, i.e. the norm applied twice)
-    # batch: 'global' = the term over the whole global batch whatever its split into processes and gradient-
-    # accumulation micro-steps (features of all micro-steps first, then each micro-step's backward carries its
-    # slice of the full-batch gradient, as gradient-cache methods do: one extra no-grad encoder pass per
-    # micro-step when accumulating); 'micro' = one term per micro-step over the processes' micro-batches (what
-    # U-MAE's code does under --accum_iter).
-    "umae": {"weight": 1.25e-5, "tau": 0.1, "gather": "exact", "feature": "cls", "batch": "global"},
-    "data": {"path": None, "single_image": None, "samples_per_epoch": None, "crop_scale": [0.2, 1.0],
-             "num_workers": 8},
-    # global_batch: images per optimiser step over all processes (the papers' "batch size");
-    # per-process batch and gradient accumulation follow from the number of processes (``batch_plan``);
-    # batch_per_process caps what one process holds at once (more accumulation instead).
-    # lr = base_lr x global_batch / 256 (MAE's rule, LC-MAE Section 5).
-    "optim": {"optimizer": "adamw", "epochs": 100, "global_batch": 1024, "batch_per_process": None,
-              "base_lr": 1.5e-4, "weight_decay": 0.05, "warmup_epochs": 20, "min_lr": 0.0, "betas": [0.9, 0.95],
-              "layer_decay": 0.75, "label_smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.25,
-              "drop_path": 0.1,
-              # MAE's RandAugment (main_finetune.py --aa): magnitudes from N(9, 0.5), clipped to [0, 10] by timm;
-              # the 0-bit posterize of a magnitude-10 draw, which current Pillow refuses, is computed by
-              # evaluate._posterize as older Pillow did (a black image)
-              "auto_augment": "rand-m9-mstd0.5-inc1"},
-    "eval": {"checkpoint": None, "knn_k": 20, "knn_temperature": 0.07},
-    # bf16: true = bf16 autocast on CUDA (float32 on other devices), always = on every device (CPU autocast
-    # included: the GPU run's mixed-precision code on a CPU), false = float32. compile: torch.compile of the
-    # pretraining step (evaluation recipes run eager).
-    "run": {"output_dir": "runs/{name}", "seed": 0, "checkpoint_every": 1000, "log_every": 20, "bf16": True,
-            "compile": False, "device": None, "resume": True, "max_minutes": None,
-            "checkpoint_name": "checkpoint-last.pth"},
-}
+
+def recipe_dir() -> Path:
+    """The folder of the bundled recipes: ``maeprobe/recipes``, package data found through ``importlib.resources``
+    (so a wheel install has them wherever it runs; in the repository ``recipes/`` links to it)."""
+    return Path(str(resources.files("maeprobe") / "recipes")).resolve()
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -95,15 +53,8 @@ _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
 _BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
 
 
-class RecipeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` resolving plain scalars by YAML 1.2's core schema instead of YAML 1.1's: ``010`` is 10
-    (1.1: octal 8), ``1:00`` and ``2001-12-14`` are text (1.1: 60 and a date), ``yes``/``no``/``on``/``off`` are text
-    (1.1: booleans), ``1e-4`` is a number (1.1: text); only true/false are booleans, only null/~/nothing is null.
-    Numbers remember their text (``_Int``, ``_Float``). Recipe files and ``key=value`` overrides are read with it,
-    so a value means the same in both and nothing is silently reinterpreted: text where a number or true/false is
-    expected is refused by the schema, naming the key."""
-
-    yaml_implicit_resolvers: dict = {}
+class _UniqueKeys:
+    """A YAML loader part that refuses a key given twice in one mapping."""
 
     def construct_mapping(self, node, deep=False):
         """A key given twice in one mapping is refused (YAML says keys are unique; PyYAML would keep the last one
@@ -117,6 +68,17 @@ class RecipeLoader(yaml.SafeLoader):
                                                             key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+class RecipeLoader(_UniqueKeys, yaml.SafeLoader):
+    """``yaml.SafeLoader`` resolving plain scalars by YAML 1.2's core schema instead of YAML 1.1's: ``010`` is 10
+    (1.1: octal 8), ``1:00`` and ``2001-12-14`` are text (1.1: 60 and a date), ``yes``/``no``/``on``/``off`` are text
+    (1.1: booleans), ``1e-4`` is a number (1.1: text); only true/false are booleans, only null/~/nothing is null.
+    Numbers remember their text (``_Int``, ``_Float``). Recipe files and ``key=value`` overrides are read with it,
+    so a value means the same in both and nothing is silently reinterpreted: text where a number or true/false is
+    expected is refused by the schema, naming the key."""
+
+    yaml_implicit_resolvers: dict = {}
 
 
 RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"),
@@ -169,6 +131,24 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=RecipeLoader)
 
 
+class SavedLoader(_UniqueKeys, yaml.SafeLoader):
+    """The loader of the ``config.yaml`` a run saved (``yaml.safe_dump``'s output, read back as untrusted input):
+    YAML 1.1 scalars as ``yaml.safe_dump`` wrote them (its exact inverse, so a saved value compares equal to the
+    setting it came from: the text '1e5' stays text, which YAML 1.2 would read as a number), no anchors or aliases
+    (maeprobe never writes them; aliases would let a small file expand when flattened) and no key given twice."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None) is not None:
+            raise yaml.YAMLError("YAML anchors and aliases")
+        return super().compose_node(parent, index)
+
+
+def load_saved_yaml(text: str):
+    """``text`` (a saved ``config.yaml``) read by ``SavedLoader``. Raises ``yaml.YAMLError`` (also ``ValueError``,
+    ``OverflowError``, ``RecursionError`` for values or nesting YAML cannot read), which the caller words."""
+    return yaml.load(text, Loader=SavedLoader)
+
+
 def _read(path: Path, seen: tuple = ()) -> dict:
     if path in seen:
         raise MaeprobeError(f"{_shown(path)}: circular 'base:'")
@@ -203,7 +183,7 @@ def _read(path: Path, seen: tuple = ()) -> dict:
             raise MaeprobeError(f"{_shown(path)}: 'base: {base_name!r}' must name another recipe file, e.g. "
                                 "base: _tiny.yaml")
         base_path = (path.parent / base_name).resolve()
-        allowed = [path.parent.resolve(), _bundled_recipes()]
+        allowed = [path.parent.resolve(), recipe_dir()]
         if base_path.suffix not in (".yaml", ".yml") or not any(base_path.is_relative_to(a) for a in allowed):
             raise MaeprobeError(f"{_shown(path)}: 'base: {_shown(base_name)}' must name a .yaml recipe in the same "
                                 "folder (or a bundled recipe); a recipe never reads other files")
@@ -211,9 +191,6 @@ def _read(path: Path, seen: tuple = ()) -> dict:
         data = _merge(base, data)
     return data
 
-
-def _bundled_recipes() -> Path:
-    return (Path(__file__).resolve().parent.parent.parent / "recipes").resolve()
 
 
 def _check_file_paths(data: dict, path: Path) -> None:
@@ -360,104 +337,20 @@ def _check(config: dict, reference: dict, prefix: str) -> None:
             _check(value, reference[key], f"{prefix}{key}.")
 
 
-# --------------------------------------------------------------------------- the recipe schema
-def _number(lo=None, hi=None, *, lo_open=False, hi_open=False, whole=False, none=False):
-    """A number in bounds; text that spells one (a value a program passes as a string) is read as it, as a whole
-    number first (no float rounding of a long seed). Returns a plain int or float (never ``_Int``/``_Float``)."""
-    def check(name, value):
-        if value is None and none:
-            return None
-        if isinstance(value, str):
-            for parse in (int, float):
-                try:
-                    value = parse(value.strip())
-                    break
-                except (ValueError, OverflowError):
-                    continue
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and isinstance(value, float):
-            ok = math.isfinite(value)
-        if ok and whole and not isinstance(value, int):
-            ok = value.is_integer()
-            value = int(value) if ok else value
-        if ok:  # int and float compare exactly, whatever the size of the int
-            ok = not ((lo is not None and (value <= lo if lo_open else value < lo))
-                      or (hi is not None and (value >= hi if hi_open else value > hi)))
-        if not ok:
-            kind = "a whole number" if whole else "a number"
-            bounds = _bounds(lo, hi, lo_open, hi_open)
-            shown = value if not isinstance(value, int) or abs(value) < 10**30 else \
-                f"a number of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
-            raise MaeprobeError(f"recipe key {name}: expected {kind}{bounds}{' or null' if none else ''}, "
-                                f"got {_shown(shown)!r}")
-        return int(value) if isinstance(value, int) else float(value)
-    return check
-
-
-def _bounds(lo, hi, lo_open, hi_open) -> str:
-    if lo is None and hi is None:
-        return ""
-    if hi is None:
-        return f" {'>' if lo_open else '>='} {lo}"
-    return f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-
-
-def _choice(*choices, none=False):
-    def check(name, value):
-        if value is None and none:
-            return None
-        if not isinstance(value, str) or value not in choices:
-            raise MaeprobeError(f"recipe key {name}: expected one of {', '.join(choices)}"
-                                f"{' or null' if none else ''}, got {_shown(value)!r}")
-        return value
-    return check
-
-
-def _flag(name, value):
-    if not isinstance(value, bool):
-        raise MaeprobeError(f"recipe key {name}: expected true or false, got {_shown(value)!r}")
-    return value
-
-
+# --------------------------------------------------------------------------- the recipe keys, each declared once
 def _bf16(name, value):
     """true (bf16 autocast on CUDA), false or 'always' (on every device, CPU autocast included)."""
     if isinstance(value, bool) or value == "always":
         return value
-    raise MaeprobeError(f"recipe key {name}: expected true (bf16 on CUDA), false or always (any device, CPU "
-                        f"autocast included), got {_shown(value)!r}")
-
-
-def _text(none=False, max_len=4096):
-    def check(name, value):
-        if value is None and none:
-            return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = getattr(value, "text", None) or str(value)  # as written: YAML's 0123 stays '0123'
-        if isinstance(value, str):
-            value = str(value)
-        if not isinstance(value, str) or not value.strip() or len(value) > max_len or "\x00" in value:
-            raise MaeprobeError(f"recipe key {name}: expected text{' or null' if none else ''}, got "
-                                f"{_shown(value)!r}")
-        return value
-    return check
-
-
-def _pair(lo, hi, *, ordered=False):
-    def check(name, value):
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise MaeprobeError(f"recipe key {name}: expected two numbers in [{lo}, {hi}], got {_shown(value)!r}")
-        out = [_number(lo, hi)(name, v) for v in value]
-        if ordered and out[0] > out[1]:
-            raise MaeprobeError(f"recipe key {name}: expected [low, high], got {out}")
-        return out
-    return check
+    raise MaeprobeError(f"{name}: expected true (bf16 on CUDA), false or always (any device, CPU autocast included), "
+                        f"got {_shown(value)!r}")
 
 
 def _file_name(name, value):
     """A plain file name inside run.output_dir (no folders, no '..'), ending in .pth."""
-    value = _text()(name, value)
+    value = checks.text()(name, value)
     if "/" in value or "\\" in value or value in (".", "..") or value.startswith(".") or not value.endswith(".pth"):
-        raise MaeprobeError(f"recipe key {name}: expected a plain file name ending in .pth (it is written inside "
+        raise MaeprobeError(f"{name}: expected a plain file name ending in .pth (it is written inside "
                             f"run.output_dir), got {_shown(value)!r}")
     return value
 
@@ -468,77 +361,169 @@ def _device(name, value):
         return None
     import torch
 
-    value = _text(max_len=64)(name, value)
+    value = checks.text(max_len=64)(name, value)
     try:
         device = torch.device(value.strip())
     except (RuntimeError, ValueError, TypeError):
         device = None
     if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise MaeprobeError(f"recipe key {name}: expected cpu, cuda, cuda:N, mps or null, got {_shown(value)!r}")
+        raise MaeprobeError(f"{name}: expected cpu, cuda, cuda:N, mps or null, got {_shown(value)!r}")
     return value.strip()
 
 
 def _preset(name, value):
     from ..models import PRESETS
 
-    return _choice(*PRESETS)(name, value)
+    return checks.choice(*PRESETS)(name, value)
 
 
 def _run_name(name, value):
     """A run name: letters, digits, '-', '_', '.', not starting with '.' (it becomes part of paths)."""
-    import re
-
-    value = _text(max_len=200)(name, value)
+    value = checks.text(max_len=200)(name, value)
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value):
-        raise MaeprobeError(f"recipe key {name}: expected a plain run name (letters, digits, '-', '_', '.'), got "
+        raise MaeprobeError(f"{name}: expected a plain run name (letters, digits, '-', '_', '.'), got "
                             f"{_shown(value)!r}")
     return value
 
 
-SCHEMA = {
-    "name": _run_name, "reading": _text(none=True, max_len=100), "task": _choice("pretrain", "finetune", "linprobe", "knn"),
-    "method": _choice("mae", "lcmae", "ae", "umae"),
-    "model.preset": _preset, "model.decoder_depth": _number(1, 64, whole=True, none=True),
-    "model.decoder_embed_dim": _number(1, 8192, whole=True, none=True),
-    "model.decoder_num_heads": _number(1, 1024, whole=True, none=True),
-    "model.decoder_type": _choice("transformer", "gaussian", "conv"),
-    "model.pred_size": _number(1, 1024, whole=True, none=True), "model.norm_pix_loss": _flag,
-    "model.mask_ratio": _number(0, 1, hi_open=True),
-    "lcmae.proj_dim": _number(1, 65536, whole=True), "lcmae.mae": _number(0, 1e6), "lcmae.cross": _number(0, 1e6),
-    "lcmae.in_view": _number(0, 1e6), "lcmae.projector_input": _choice("pred", "features"),
-    "lcmae.in_view_target": _choice("target", "pixels"), "lcmae.reduction": _choice("mean", "sum"),
-    "umae.weight": _number(0, 1e6), "umae.tau": _number(0, 1e3, lo_open=True),
-    "umae.gather": _choice("exact", "reference"), "umae.feature": _choice("cls", "double_norm"),
-    "umae.batch": _choice("global", "micro"),
-    "data.path": _text(none=True), "data.single_image": _text(none=True),
-    "data.samples_per_epoch": _number(1, 1e9, whole=True, none=True),
-    "data.crop_scale": _pair(0.0, 1.0, ordered=True), "data.num_workers": _number(0, 1024, whole=True),
-    "optim.optimizer": _choice("adamw", "sgd", "lars"), "optim.epochs": _number(1, 1e6, whole=True),
-    "optim.global_batch": _number(1, 1 << 24, whole=True),
-    "optim.batch_per_process": _number(1, 1 << 24, whole=True, none=True),
-    "optim.base_lr": _number(0, 10), "optim.weight_decay": _number(0, 10), "optim.warmup_epochs": _number(0, 1e6),
-    "optim.min_lr": _number(0, 10), "optim.betas": _pair(0.0, 0.999999),
-    "optim.layer_decay": _number(0, 1, lo_open=True), "optim.label_smoothing": _number(0, 1, hi_open=True),
-    "optim.mixup": _number(0, 100), "optim.cutmix": _number(0, 100), "optim.reprob": _number(0, 1),
-    "optim.drop_path": _number(0, 1, hi_open=True), "optim.auto_augment": _text(none=True, max_len=200),
-    "eval.checkpoint": _text(none=True), "eval.knn_k": _number(1, 1e6, whole=True),
-    "eval.knn_temperature": _number(0, 1e3, lo_open=True),
-    "run.output_dir": _text(), "run.seed": _number(0, 2**63 - 1, whole=True),
-    "run.checkpoint_every": _number(1, 1e12, whole=True), "run.log_every": _number(1, 1e12, whole=True),
-    "run.bf16": _bf16, "run.compile": _flag, "run.device": _device, "run.resume": _flag,
-    "run.max_minutes": _number(0, 1e9, lo_open=True, none=True), "run.checkpoint_name": _file_name,
+@dataclass(frozen=True)
+class Key:
+    """One recipe key: its default, its check (type, range, choices; a ``maeprobe.validate`` checker) and what it
+    means. ``DEFAULTS`` and ``SCHEMA`` are read off ``KEYS``, so a key is added in one place."""
+
+    default: object
+    check: Callable
+    doc: str
+
+
+_number, _choice, _text, _pair = checks.number, checks.choice, checks.text, checks.pair
+_TASKS = ("pretrain", "finetune", "linprobe", "knn")
+
+KEYS: dict[str, Key] = {
+    "name": Key("run", _run_name, "the run's name: its folder (run.output_dir's {name}) and the findings' run names"),
+    "reading": Key(None, _text(none=True, max_len=100),
+                   "the name of one of the recipe file's ``readings:`` (alternative readings of the paper, e.g. "
+                   "lcmae_b's reading=plain_mae), merged over the recipe before the command line's other overrides"),
+    "task": Key("pretrain", _choice(*_TASKS), "pretrain | finetune | linprobe | knn"),
+    "method": Key("mae", _choice("mae", "lcmae", "ae", "umae"), "mae | lcmae | ae | umae (pretraining)"),
+    "model.preset": Key("mae_vit_base_patch16", _preset, "the architecture (``maeprobe.models.PRESETS``)"),
+    "model.decoder_depth": Key(None, _number(1, 64, whole=True, none=True), "decoder blocks (null: the preset's)"),
+    "model.decoder_embed_dim": Key(None, _number(1, 8192, whole=True, none=True),
+                                   "decoder width (null: the preset's)"),
+    "model.decoder_num_heads": Key(None, _number(1, 1024, whole=True, none=True),
+                                   "decoder heads (null: the preset's); must divide the decoder width"),
+    "model.decoder_type": Key("transformer", _choice("transformer", "gaussian", "conv"),
+                              "transformer (MAE) or the LC-MAE paper's gaussian / conv decoders"),
+    "model.pred_size": Key(None, _number(1, 1024, whole=True, none=True),
+                           "AE(k): the side k of the predicted block, centred on its patch (method ae only)"),
+    "model.norm_pix_loss": Key(False, checks.flag, "MAE's per-patch normalised pixel targets"),
+    "model.mask_ratio": Key(0.75, _number(0, 1, hi_open=True), "the share of patches masked"),
+    # LC-MAE (Section 3.3): loss weights of L_MAE, L_cross (Eq. 5), L_in (Eq. 6); projector output 1024-d (Section 5)
+    "lcmae.proj_dim": Key(1024, _number(1, 65536, whole=True), "the projector's output width (Section 5: 1024)"),
+    "lcmae.mae": Key(1.0, _number(0, 1e6), "weight of L_MAE (Section 3.3)"),
+    "lcmae.cross": Key(1.0, _number(0, 1e6), "weight of L_cross (Eq. 5)"),
+    "lcmae.in_view": Key(1.0, _number(0, 1e6), "weight of L_in (Eq. 6)"),
+    "lcmae.projector_input": Key("pred", _choice("pred", "features"),
+                                 "'pred' = v = p(h(x, m)) on the Eq. 1 output (the paper), 'features' = the "
+                                 "normalised decoder features before decoder_pred"),
+    "lcmae.in_view_target": Key("target", _choice("target", "pixels"),
+                                "'target' = the reconstruction target of L_MAE (normalised patches under "
+                                "norm_pix_loss), 'pixels' = the input patches"),
+    "lcmae.reduction": Key("mean", _choice("mean", "sum"),
+                           "'mean' (over the positions / pairs of the batch, as MAE's own loss) or 'sum' (Eq. 5/6 "
+                           "as written: per-image sums, averaged over images)"),
+    # U-MAE: weight x uniformity loss (tau) of the CLS feature over the gathered batch
+    "umae.weight": Key(1.25e-5, _number(0, 1e6), "weight of the uniformity term"),
+    "umae.tau": Key(0.1, _number(0, 1e3, lo_open=True), "the uniformity term's temperature"),
+    "umae.gather": Key("exact", _choice("exact", "reference"),
+                       "'exact' (the full-batch gradient, independent of the number of processes) or 'reference' "
+                       "(zhangq327/U-MAE's GatherLayer: each process keeps only its own slice of the gradient, i.e. "
+                       "1/W of the full-batch one)"),
+    "umae.feature": Key("cls", _choice("cls", "double_norm"),
+                        "'cls' = the CLS token after the encoder's final norm (once); 'double_norm' = U-MAE's code "
+                        "(models_mae.py: ``self.norm(latent)[:, 0]`` on the already normed latent, i.e. the norm "
+                        "applied twice)"),
+    "umae.batch": Key("global", _choice("global", "micro"),
+                      "'global' = the term over the whole global batch whatever its split into processes and "
+                      "gradient-accumulation micro-steps (features of all micro-steps first, then each micro-step's "
+                      "backward carries its slice of the full-batch gradient, as gradient-cache methods do: one extra "
+                      "no-grad encoder pass per micro-step when accumulating); 'micro' = one term per micro-step over "
+                      "the processes' micro-batches (what U-MAE's code does under --accum_iter)"),
+    "data.path": Key(None, _text(none=True), "an ImageFolder root (or folder of images); null: the built-in photos"),
+    "data.single_image": Key(None, _text(none=True), "one image whose crops make the data set (single-image MAE)"),
+    "data.samples_per_epoch": Key(None, _number(1, 1e9, whole=True, none=True),
+                                  "samples per epoch (null: the images found; 1281 crops of a single image)"),
+    "data.crop_scale": Key([0.2, 1.0], _pair(0.0, 1.0, ordered=True), "RandomResizedCrop's area range (MAE: 0.2-1)"),
+    "data.num_workers": Key(8, _number(0, 1024, whole=True), "DataLoader worker processes"),
+    "optim.optimizer": Key("adamw", _choice("adamw", "sgd", "lars"),
+                           "adamw (pretraining, fine-tuning), lars or sgd (linear probing)"),
+    "optim.epochs": Key(100, _number(1, 1e6, whole=True), "passes over the data"),
+    "optim.global_batch": Key(1024, _number(1, 1 << 24, whole=True),
+                              "images per optimiser step over all processes (the papers' \"batch size\"); the "
+                              "per-process batch and gradient accumulation follow from the number of processes "
+                              "(``batch_plan``)"),
+    "optim.batch_per_process": Key(None, _number(1, 1 << 24, whole=True, none=True),
+                                   "caps what one process holds at once (more accumulation instead)"),
+    "optim.base_lr": Key(1.5e-4, _number(0, 10), "lr = base_lr x global_batch / 256 (MAE's rule, LC-MAE Section 5)"),
+    "optim.weight_decay": Key(0.05, _number(0, 10), "decoupled weight decay (norms and biases excepted)"),
+    "optim.warmup_epochs": Key(20, _number(0, 1e6), "linear warmup before the half-cycle cosine"),
+    "optim.min_lr": Key(0.0, _number(0, 10), "the cosine's floor"),
+    "optim.betas": Key([0.9, 0.95], _pair(0.0, 0.999999), "AdamW's betas in pretraining (MAE: 0.9, 0.95)"),
+    "optim.layer_decay": Key(0.75, _number(0, 1, lo_open=True), "fine-tuning: layer-wise lr decay"),
+    "optim.label_smoothing": Key(0.1, _number(0, 1, hi_open=True), "fine-tuning: label smoothing"),
+    "optim.mixup": Key(0.0, _number(0, 100), "fine-tuning: mixup alpha (0: off)"),
+    "optim.cutmix": Key(0.0, _number(0, 100), "fine-tuning: cutmix alpha (0: off)"),
+    "optim.reprob": Key(0.25, _number(0, 1), "fine-tuning: random erasing probability"),
+    "optim.drop_path": Key(0.1, _number(0, 1, hi_open=True), "fine-tuning: stochastic depth rate"),
+    "optim.auto_augment": Key("rand-m9-mstd0.5-inc1", _text(none=True, max_len=200),
+                              "fine-tuning: MAE's RandAugment (main_finetune.py --aa): magnitudes from N(9, 0.5), "
+                              "clipped to [0, 10] by timm; the 0-bit posterize of a magnitude-10 draw, which current "
+                              "Pillow refuses, is computed by evaluate._posterize as older Pillow did (a black image)"),
+    "eval.checkpoint": Key(None, _text(none=True), "the pretrained checkpoint an evaluation starts from"),
+    "eval.knn_k": Key(20, _number(1, 1e6, whole=True), "k-NN: neighbours voting"),
+    "eval.knn_temperature": Key(0.07, _number(0, 1e3, lo_open=True), "k-NN: votes weighted by exp(sim / T)"),
+    "run.output_dir": Key("runs/{name}", _text(), "the run folder ({name}: the run's name)"),
+    "run.seed": Key(0, _number(0, 2**63 - 1, whole=True), "every random choice derives from it"),
+    "run.checkpoint_every": Key(1000, _number(1, 1e12, whole=True), "optimiser steps between checkpoints"),
+    "run.log_every": Key(20, _number(1, 1e12, whole=True),
+                         "optimiser steps between log rows (the loss is read from the device only then)"),
+    "run.bf16": Key(True, _bf16, "true = bf16 autocast on CUDA (float32 on other devices), always = on every device "
+                                 "(CPU autocast included: the GPU run's mixed-precision code on a CPU), false = "
+                                 "float32"),
+    "run.compile": Key(False, checks.flag, "torch.compile of the pretraining step (evaluation recipes run eager)"),
+    "run.device": Key(None, _device, "cpu, cuda, cuda:N or mps (null: cuda when there is one)"),
+    "run.resume": Key(True, checks.flag, "continue from the run folder's checkpoint when there is one"),
+    "run.max_minutes": Key(None, _number(0, 1e9, lo_open=True, none=True),
+                           "stop (and checkpoint) after this wall time; starting again resumes"),
+    "run.checkpoint_name": Key("checkpoint-last.pth", _file_name, "the training checkpoint's file name"),
 }
 
 
+def _nested(flat: dict) -> dict:
+    """{'a.b': v} -> {'a': {'b': v}}, keeping the declaration order (config.yaml lists keys in it)."""
+    out: dict = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = copy.deepcopy(value)
+    return out
+
+
+DEFAULTS: dict = _nested({dotted: key.default for dotted, key in KEYS.items()})
+SCHEMA: dict = {dotted: key.check for dotted, key in KEYS.items()}
+
+
 def check_recipe(config: dict) -> dict:
-    """Check every key of a resolved recipe against ``SCHEMA`` (types, ranges, choices) and store the checked
+    """Check every key of a resolved recipe against ``KEYS`` (types, ranges, choices) and store the checked
     values (numbers written as text become numbers). Raises MaeprobeError naming the key."""
-    for dotted, check in SCHEMA.items():
+    for dotted, key in KEYS.items():
         node = config
         *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = check(dotted, node.get(leaf))
+        for part in parents:
+            node = node[part]
+        node[leaf] = key.check(f"recipe key {dotted}", node.get(leaf))
     return config
 
 

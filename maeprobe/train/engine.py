@@ -16,7 +16,6 @@ and a run folder belongs to one run at a time (``runfolder``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import math
 import os
@@ -40,6 +39,7 @@ from ..models import IMAGENET_MEAN, IMAGENET_STD, build_mae
 from .accel import adamw, autocast, bf16_enabled, make_loader
 from .config import batch_plan, check_recipe
 from .losses import cross_view_loss, gather_rows, in_view_loss, uniformity, uniformity_loss
+from .loop import NonFiniteWatch, optimizer_step
 
 METHODS = ("mae", "lcmae", "ae", "umae")
 
@@ -448,164 +448,263 @@ def steps_per_epoch(config: dict, samples: int, rank: int, world: int, plan) -> 
     return share // step
 
 
-def _pretrain(config: dict, data, plan, steps_per_epoch: int, device, rank: int, world: int, progress: bool,
-              stop_after_steps: int | None) -> tuple[Path, str | None]:
-    """The training loop of ``pretrain_recipe`` in its claimed run folder. Returns the checkpoint path and, when
-    SIGTERM stopped the run, what to tell the caller (else None)."""
-    run, optim_cfg = config["run"], config["optim"]
-    out_dir = Path(run["output_dir"])
-    objective = initial_objective(config).to(device)
-    model = objective.model
-    batch, accum, global_batch = plan.micro, plan.accum, plan.global_batch
-    total_steps = steps_per_epoch * optim_cfg["epochs"]
-    warmup_steps = int(round(optim_cfg["warmup_epochs"] * steps_per_epoch))
-    peak_lr = plan.lr
-    if optim_cfg["optimizer"] != "adamw":
-        raise MaeprobeError(f"pretraining uses AdamW (LC-MAE Section 5); optim.optimizer={optim_cfg['optimizer']!r}")
-    from timm.optim import param_groups_weight_decay
+class PretrainRecipe:
+    """A pretraining run in its claimed run folder, as torchtune's recipes: ``setup()`` builds what the run needs
+    (``_setup_*``, in the order that keeps the RNG draws of a run fixed), ``train()`` is the loop, read top to bottom,
+    ``save_checkpoint()`` writes the resumable training checkpoint, ``cleanup()`` releases what setup took (log files,
+    the loader's workers, the SIGTERM handler). The optimiser step is ``loop.optimizer_step``, shared with the
+    evaluation recipes.
 
-    optimizer = adamw(param_groups_weight_decay(objective, optim_cfg["weight_decay"]), lr=peak_lr,
-                      betas=optim_cfg["betas"], device=device)  # fused on CUDA (accel)
-    use_bf16 = bf16_enabled(run["bf16"], device)
-    step, epoch, position = 0, 0, 0
-    last = out_dir / run["checkpoint_name"]
-    resumed = bool(run["resume"] and last.is_file())
-    if resumed:
-        step, epoch, position = _resume(last, config, model, objective, optimizer, steps_per_epoch)
-    if rank == 0:  # after the resume check: a refused resume leaves the earlier run's files as they were
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    base = objective  # the uncompiled, unwrapped module (U-MAE's full-batch pass calls it directly)
-    if run["compile"]:
-        objective = torch.compile(objective)
-    ddp = objective
-    if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    GPU sync policy (``loop``): a step never waits for the device. The named sync points are the logging interval
+    (``run.log_every``: the loss and its parts are read, the progress bar updated, a non-finite loss since the last
+    check reported), each checkpoint (weights copied to the host; a non-finite loss is reported first, so a
+    checkpoint never holds its weights) and the end of the run. The mask noise and the images reach the device
+    asynchronously."""
 
-    stop = {"flag": False, "signal": False}
+    def __init__(self, config: dict, data, plan, steps_per_epoch: int, device, rank: int, world: int,
+                 progress: bool, stop_after_steps: int | None):
+        self.config, self.data, self.plan, self.steps_per_epoch = config, data, plan, steps_per_epoch
+        self.device, self.rank, self.world = device, rank, world
+        self.progress, self.stop_after_steps = progress, stop_after_steps
+        self.run, self.optim_cfg = config["run"], config["optim"]
+        self.out_dir = Path(self.run["output_dir"])
+        self.last = self.out_dir / self.run["checkpoint_name"]
+        self.total_steps = steps_per_epoch * self.optim_cfg["epochs"]
+        self.step, self.epoch, self.position, self.steps_this_call = 0, 0, 0, 0
+        self.stop = {"flag": False, "signal": False}
+        self.watch = NonFiniteWatch()
+        self.previous_handler = self.log_file = self.log = self.board = self.bar = self.loader = None
 
-    def on_sigterm(*_):
-        stop.update(flag=True, signal=True)
+    # ------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Build the run: model, optimiser, resumed state and saved settings, wrappers, signal handler, logs, loader."""
+        self._setup_model()
+        self._setup_optimizer()
+        self._setup_state()
+        self._setup_parallel()
+        self._setup_signals()
+        self._setup_logging()
+        self._setup_loader()
 
-    previous_handler = None
-    if threading_main() and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # an ignored SIGTERM stays so
-        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-        previous_handler = signal.SIG_DFL if previous_handler is None else previous_handler  # set outside Python
+    def _setup_model(self) -> None:
+        """The run's initial weights (seeded with ``run.seed``: ``initial_objective``) on the device."""
+        self.objective = initial_objective(self.config).to(self.device)
+        self.model = self.objective.model
 
-    def save(path: Path) -> None:
-        if rank != 0:
+    def _setup_optimizer(self) -> None:
+        """AdamW (LC-MAE Section 5) without weight decay on norms and biases; fused on CUDA (``accel``)."""
+        optim_cfg = self.optim_cfg
+        if optim_cfg["optimizer"] != "adamw":
+            raise MaeprobeError(f"pretraining uses AdamW (LC-MAE Section 5); optim.optimizer={optim_cfg['optimizer']!r}")
+        from timm.optim import param_groups_weight_decay
+
+        self.warmup_steps = int(round(optim_cfg["warmup_epochs"] * self.steps_per_epoch))
+        self.optimizer = adamw(param_groups_weight_decay(self.objective, optim_cfg["weight_decay"]), lr=self.plan.lr,
+                               betas=optim_cfg["betas"], device=self.device)
+        self.use_bf16 = bf16_enabled(self.run["bf16"], self.device)
+
+    def _setup_state(self) -> None:
+        """Resume from the run folder's checkpoint when there is one, then write ``config.yaml`` (after the resume
+        check: a refused resume leaves the earlier run's files as they were)."""
+        self.resumed = bool(self.run["resume"] and self.last.is_file())
+        if self.resumed:
+            self.step, self.epoch, self.position = _resume(self.last, self.config, self.model, self.objective,
+                                                           self.optimizer, self.steps_per_epoch)
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.out_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+
+    def _setup_parallel(self) -> None:
+        """``base``: the uncompiled, unwrapped module (U-MAE's full-batch pass calls it directly); ``ddp``: what the
+        step calls (compiled under ``run.compile``, wrapped in DDP over several processes)."""
+        self.base = objective = self.objective
+        if self.run["compile"]:
+            objective = torch.compile(objective)
+        self.ddp = objective
+        if self.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(objective, device_ids=[self.device.index]
+                                                           if self.device.type == "cuda" else None)
+
+    def _setup_signals(self) -> None:
+        """SIGTERM asks the loop to checkpoint and stop (an ignored SIGTERM stays so)."""
+        def on_sigterm(*_):
+            self.stop.update(flag=True, signal=True)
+
+        if threading_main() and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+            previous = signal.signal(signal.SIGTERM, on_sigterm)
+            self.previous_handler = signal.SIG_DFL if previous is None else previous  # None: set outside Python
+
+    def _setup_logging(self) -> None:
+        """Rank 0: ``log.csv`` (appended to on resume), TensorBoard when installed, the progress bar."""
+        if self.rank != 0:
             return
-        extra = {"optimizer": optimizer.state_dict(), "epoch": epoch, "scaler": {}, "step": step,
-                 "position": position, "args": argparse.Namespace(**_flat(config))}
-        if hasattr(base, "projector"):
-            extra["projector"] = base.projector.state_dict()
-        save_checkpoint(model, path, **extra)
-
-    log_path = out_dir / "log.csv"
-    log_file = open(log_path, "a" if resumed else "w", newline="") if rank == 0 else None
-    log = csv.writer(log_file) if log_file else None
-    if log and log_path.stat().st_size == 0:
-        log.writerow(["step", "epoch", "lr", "loss", "parts", "images_per_s"])
-    board = None
-    if rank == 0:
+        log_path = self.out_dir / "log.csv"
+        self.log_file = open(log_path, "a" if self.resumed else "w", newline="")
+        self.log = csv.writer(self.log_file)
+        if log_path.stat().st_size == 0:
+            self.log.writerow(["step", "epoch", "lr", "loss", "parts", "images_per_s"])
         try:  # TensorBoard when installed (the CSV log is always written)
             from torch.utils.tensorboard import SummaryWriter
 
-            board = SummaryWriter(str(out_dir / "tensorboard"))
+            self.board = SummaryWriter(str(self.out_dir / "tensorboard"))
         except ImportError:
-            board = None
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
+            self.board = None
+        if self.progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, unit="step", desc=config["name"],
-                   mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a short log when not a terminal
-        bar.write(f"[{config['name']}] {plan.describe()}; {run_description(device, use_bf16, run['compile'])}")
-    steps_this_call, tic = 0, time.monotonic()
-    model.train()
-    # one loader for the whole run: workers (image folders only; decoded photos are in memory) persist across
-    # epochs, batches are pinned on CUDA (accel.loader_options)
-    sampler = EpochSampler(len(data), run["seed"], rank, world, steps_per_epoch * batch * accum)
-    loader = make_loader(data, device=device, num_workers=config["data"]["num_workers"] if config["data"]["path"]
-                         else 0, batch_size=batch, sampler=sampler, drop_last=True)
-    try:
-        while step < total_steps and not stop["flag"]:
-            data.epoch = epoch
-            sampler.set(epoch, position * batch * accum)
-            start_step, start_position = step, position
-            for group in _grouped(loader, accum):  # the micro-batches of one optimiser step
-                lr = lr_at(step, total_steps, warmup_steps, peak_lr, optim_cfg["min_lr"])  # one lr per optimiser
-                for g in optimizer.param_groups:  # step, as MAE's lr_sched with accum_iter
-                    g["lr"] = lr * g.get("lr_scale", 1.0)
+            name = self.config["name"]
+            self.bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=name,
+                            mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a short log when not a terminal
+            self.bar.write(f"[{name}] {self.plan.describe()}; "
+                           f"{run_description(self.device, self.use_bf16, self.run['compile'])}")
 
-                def on_device(imgs, sample_ids):
-                    imgs = imgs.to(device, non_blocking=True)
-                    views = range(2 if config["method"] == "lcmae" else 1)
-                    return imgs, [mask_noises(model.config.num_patches, run["seed"], epoch, sample_ids, v).to(device)
-                                  for v in views]
+    def _setup_loader(self) -> None:
+        """One loader for the whole run: workers (image folders only; decoded photos are in memory) persist across
+        epochs, batches are pinned on CUDA (``accel.loader_options``)."""
+        plan, config = self.plan, self.config
+        self.sampler = EpochSampler(len(self.data), self.run["seed"], self.rank, self.world,
+                                    self.steps_per_epoch * plan.micro * plan.accum)
+        self.loader = make_loader(self.data, device=self.device, num_workers=config["data"]["num_workers"]
+                                  if config["data"]["path"] else 0, batch_size=plan.micro, sampler=self.sampler,
+                                  drop_last=True)
 
-                extras = [{} for _ in group]
-                if base.needs_full_batch(accum):
-                    with autocast(device, use_bf16):
-                        extras = base.uniformity_targets([lambda b=b: on_device(*b) for b in group], accum)
-                for micro, (batch_cpu, extra) in enumerate(zip(group, extras)):
-                    imgs, noises = on_device(*batch_cpu)
-                    sync = (micro + 1) == accum
-                    context = ddp.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-                    with context, autocast(device, use_bf16):
-                        loss, parts = ddp(imgs, noises, **extra)
-                    if not math.isfinite(loss.item()):
-                        raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-                    (loss / accum).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step, position, steps_this_call = step + 1, position + 1, steps_this_call + 1
-                if log and (step % run["log_every"] == 0 or step == total_steps):
-                    speed = steps_this_call * global_batch / max(time.monotonic() - tic, 1e-9)
-                    log.writerow([step, epoch, f"{lr:.4e}", f"{loss.item():.5f}",
-                                  ";".join(f"{k}={v.item():.5f}" for k, v in parts.items()), f"{speed:.1f}"])
-                    log_file.flush()
-                    if board is not None:
-                        board.add_scalar("train/loss", loss.item(), step)
-                        board.add_scalar("train/lr", lr, step)
-                        for k, v in parts.items():
-                            board.add_scalar(f"train/{k}", v.item(), step)
-                if bar:
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)  # shown at the next
-                    bar.update(1)  # refresh, at most every mininterval seconds
-                if step % run["checkpoint_every"] == 0:
-                    save(last)
-                if run["max_minutes"] is not None and time.monotonic() - tic > 60 * run["max_minutes"]:
-                    stop["flag"] = True  # time budget spent: checkpoint and stop (resume continues)
-                if stop["flag"] or step >= total_steps or (stop_after_steps and steps_this_call >= stop_after_steps):
-                    stop["flag"] = stop["flag"] or bool(stop_after_steps and steps_this_call >= stop_after_steps)
+    # ------------------------------------------------------------------------- the loop
+    def train(self) -> None:
+        """Train until ``optim.epochs`` are done, the time budget is spent, SIGTERM arrives or ``stop_after_steps``
+        steps of this call ran; then save. Sync points: the logging interval, checkpoints, the end."""
+        run, accum = self.run, self.plan.accum
+        self.tic = time.monotonic()
+        self.model.train()
+        while self.step < self.total_steps and not self.stop["flag"]:
+            # epoch: this process's order of the epoch, from the run's position in it
+            self.data.epoch = self.epoch
+            self.sampler.set(self.epoch, self.position * self.plan.micro * accum)
+            start_step, start_position = self.step, self.position
+            for group in _grouped(self.loader, accum):  # the micro-batches of one optimiser step
+                # step: forward, backward and update, the loss left on the device (no sync)
+                lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.plan.lr, self.optim_cfg["min_lr"])
+                loss, parts = self._train_step(group, lr)
+                self.step, self.position, self.steps_this_call = self.step + 1, self.position + 1, \
+                    self.steps_this_call + 1
+                # log: SYNC POINT, every run.log_every steps and at the last
+                if self.step % run["log_every"] == 0 or self.step == self.total_steps:
+                    self._log_step(lr, loss, parts)
+                if self.bar:
+                    self.bar.update(1)  # host-side only; drawn at most every mininterval seconds
+                # checkpoint: SYNC POINT
+                if self.step % run["checkpoint_every"] == 0:
+                    self.save_checkpoint(self.last)
+                # stop: time budget (checkpoint and stop; resume continues), SIGTERM, stop_after_steps
+                if run["max_minutes"] is not None and time.monotonic() - self.tic > 60 * run["max_minutes"]:
+                    self.stop["flag"] = True
+                stop_after = bool(self.stop_after_steps and self.steps_this_call >= self.stop_after_steps)
+                if self.stop["flag"] or self.step >= self.total_steps or stop_after:
+                    self.stop["flag"] = self.stop["flag"] or stop_after
                     break
             else:
-                if step == start_step and start_position == 0:  # a whole epoch without a step: never loop on
-                    raise MaeprobeError(f"epoch {epoch} gave no optimiser step ({plan.describe()}, {len(data)} "
-                                        "samples per epoch); lower optim.global_batch")
-                epoch, position = epoch + 1, 0
+                if self.step == start_step and start_position == 0:  # a whole epoch without a step: never loop on
+                    raise MaeprobeError(f"epoch {self.epoch} gave no optimiser step ({self.plan.describe()}, "
+                                        f"{len(self.data)} samples per epoch); lower optim.global_batch")
+                self.epoch, self.position = self.epoch + 1, 0
                 continue
-            if position >= steps_per_epoch:
-                epoch, position = epoch + 1, 0
-        if steps_this_call or not resumed:  # a finished run started again writes nothing
-            save(last)
-        if rank == 0 and step >= total_steps and (steps_this_call or not resumed):
-            save_checkpoint(model, out_dir / f"{_final_stem(run)}.safetensors")
+            if self.position >= self.steps_per_epoch:
+                self.epoch, self.position = self.epoch + 1, 0
+        # end: SYNC POINT; a finished run started again writes nothing
+        if self.steps_this_call or not self.resumed:
+            self.save_checkpoint(self.last)
+        if self.rank == 0 and self.step >= self.total_steps and (self.steps_this_call or not self.resumed):
+            save_checkpoint(self.model, self.out_dir / f"{_final_stem(run)}.safetensors")
+
+    def _train_step(self, group: list, lr: float) -> tuple[torch.Tensor, dict]:
+        """One optimiser step over ``group`` (``loop.optimizer_step``); U-MAE's full-batch term first when it
+        accumulates. Returns the last micro-batch's loss and parts, on the device."""
+        base, device, accum, seed = self.base, self.device, self.plan.accum, self.run["seed"]
+        views = range(2 if self.config["method"] == "lcmae" else 1)
+
+        def on_device(imgs, sample_ids):
+            imgs = imgs.to(device, non_blocking=True)  # [B, C, H, W]
+            noises = [mask_noises(self.model.config.num_patches, seed, self.epoch, sample_ids, v)
+                      .to(device, non_blocking=True) for v in views]  # each [B, L]
+            return imgs, noises
+
+        extras = [{} for _ in group]
+        if base.needs_full_batch(accum):
+            with autocast(device, self.use_bf16):
+                extras = base.uniformity_targets([lambda b=b: on_device(*b) for b in group], accum)
+
+        def forward(micro, item):
+            batch_cpu, extra = item
+            imgs, noises = on_device(*batch_cpu)
+            with autocast(device, self.use_bf16):
+                return self.ddp(imgs, noises, **extra)
+
+        out = optimizer_step(zip(group, extras), forward, optimizer=self.optimizer, ddp=self.ddp, world=self.world,
+                             accum=accum, lr=lr, step=self.step, watch=self.watch)
+        return out[-1]
+
+    def _log_step(self, lr: float, loss: torch.Tensor, parts: dict) -> None:
+        """SYNC POINT: report a non-finite loss since the last check, then (rank 0) the log row, TensorBoard and the
+        progress bar."""
+        self.watch.check()
+        if self.rank != 0:
+            return
+        value, part_values = loss.item(), {k: v.item() for k, v in parts.items()}
+        if self.log:
+            speed = self.steps_this_call * self.plan.global_batch / max(time.monotonic() - self.tic, 1e-9)
+            self.log.writerow([self.step, self.epoch, f"{lr:.4e}", f"{value:.5f}",
+                               ";".join(f"{k}={v:.5f}" for k, v in part_values.items()), f"{speed:.1f}"])
+            self.log_file.flush()
+        if self.board is not None:
+            self.board.add_scalar("train/loss", value, self.step)
+            self.board.add_scalar("train/lr", lr, self.step)
+            for k, v in part_values.items():
+                self.board.add_scalar(f"train/{k}", v, self.step)
+        if self.bar:
+            self.bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", refresh=False)  # shown at the next refresh
+
+    def save_checkpoint(self, path: Path) -> None:
+        """SYNC POINT: report a non-finite loss first, then (rank 0) write the resumable training checkpoint at
+        ``path`` (facebookresearch/mae's layout plus the step, the position in the epoch and the settings)."""
+        self.watch.check()
+        if self.rank != 0:
+            return
+        extra = {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "scaler": {}, "step": self.step,
+                 "position": self.position, "args": argparse.Namespace(**_flat(self.config))}
+        if hasattr(self.base, "projector"):
+            extra["projector"] = self.base.projector.state_dict()
+        save_checkpoint(self.model, path, **extra)
+
+    def cleanup(self) -> None:
+        """End the loader's workers, close the logs and give SIGTERM back to the handler the caller had."""
+        self.loader = None  # ends its worker processes
+        if self.bar:
+            self.bar.close()
+        if self.log_file:
+            self.log_file.close()
+        if self.board is not None:
+            self.board.close()
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGTERM, self.previous_handler)
+
+    def stopped_by(self) -> str | None:
+        """When SIGTERM stopped the run, what to tell the caller (else None)."""
+        if not self.stop["signal"]:
+            return None
+        return (f"{self.config['name']}: SIGTERM stopped training at step {self.step} of {self.total_steps}; "
+                f"{self.last} holds it (start the same run again to resume)")
+
+
+def _pretrain(config: dict, data, plan, steps_per_epoch: int, device, rank: int, world: int, progress: bool,
+              stop_after_steps: int | None) -> tuple[Path, str | None]:
+    """``PretrainRecipe`` set up, trained and cleaned up in ``pretrain_recipe``'s claimed run folder. Returns the
+    checkpoint path and, when SIGTERM stopped the run, what to tell the caller (else None)."""
+    recipe = PretrainRecipe(config, data, plan, steps_per_epoch, device, rank, world, progress, stop_after_steps)
+    try:
+        recipe.setup()
+        recipe.train()
     finally:
-        del loader  # ends its worker processes
-        if bar:
-            bar.close()
-        if log_file:
-            log_file.close()
-        if board is not None:
-            board.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-    if stop["signal"]:
-        return last, (f"{config['name']}: SIGTERM stopped training at step {step} of {total_steps}; {last} holds it "
-                      "(start the same run again to resume)")
-    return last, None
+        recipe.cleanup()
+    return recipe.last, recipe.stopped_by()
 
 
 def run_description(device: torch.device, bf16: bool, compiled: bool) -> str:

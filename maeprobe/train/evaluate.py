@@ -9,13 +9,14 @@ the MAE paper, and a k-NN probe on frozen features. Each reports top-1 on ``val/
   momentum).
 * k-NN: cosine similarity of L2-normalised CLS features, k nearest training images, votes weighted by
   exp(sim / T) (DINO's protocol).
+
+Fine-tuning and linear probing train with pretraining's optimiser step (``loop.optimizer_step``) and its sync
+policy: the losses stay on the device until the end of each epoch (the history row and validation).
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from ..models import ArchConfig, MaskedAutoencoderViT
 from .accel import adamw, autocast, bf16_enabled, make_loader
 from .config import batch_plan
 from .engine import init_distributed, lr_at
+from .loop import NonFiniteWatch, optimizer_step
 
 
 def _folders(config: dict):
@@ -251,40 +253,39 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
                 criterion = SoftTargetCrossEntropy()
             else:
                 criterion = nn.CrossEntropyLoss(label_smoothing=optim_cfg["label_smoothing"] if task == "finetune" else 0.0)
-            step, history = 0, []
+            step, history, watch = 0, [], NonFiniteWatch()
+
+            def forward(micro, batch):  # one micro-batch's classification loss, float32 under bf16 autocast
+                x, y = batch
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # [B, C, H, W], [B]
+                if mixup is not None and len(x) % 2 == 0:
+                    x, y_soft = mixup(x, y)
+                else:
+                    y_soft = y if mixup is None else nn.functional.one_hot(y, num_classes).float()
+                with autocast(device, bf16):
+                    logits = predict(x)  # [B, classes]
+                return criterion(logits.float(), y_soft), {}
+
             for epoch in range(optim_cfg["epochs"]):
+                # epoch: the sampler's order, the frozen encoder kept in eval mode under a linear probe
                 if isinstance(sampler, DistributedSampler):
                     sampler.set_epoch(epoch)
                 trainable.train()
                 if task == "linprobe":
                     encoder.eval()
-                running, micro = 0.0, 0
-                for x, y in itertools.islice(train_loader, steps_per_epoch * accum):
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    if mixup is not None and len(x) % 2 == 0:
-                        x, y_soft = mixup(x, y)
-                    else:
-                        y_soft = y if mixup is None else nn.functional.one_hot(y, num_classes).float()
-                    if micro == 0:  # one lr per optimiser step
-                        lr = lr_at(step, total, warmup, peak, optim_cfg["min_lr"])
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr * group.get("lr_scale", 1.0)
-                    sync = micro + 1 == accum
-                    context = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-                    with context:
-                        with autocast(device, bf16):
-                            logits = predict(x)
-                        loss = criterion(logits.float(), y_soft)  # float32 loss under bf16 autocast
-                        if not math.isfinite(loss.item()):
-                            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-                        (loss / accum).backward()
-                    running += loss.item() / accum
-                    micro += 1
-                    if not sync:
-                        continue
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    micro, step = 0, step + 1
+                batches, losses = itertools.islice(train_loader, steps_per_epoch * accum), []
+                for _ in range(steps_per_epoch):
+                    # step: the shared optimiser step (loop.optimizer_step), the losses left on the device
+                    lr = lr_at(step, total, warmup, peak, optim_cfg["min_lr"])
+                    out = optimizer_step(itertools.islice(batches, accum), forward, optimizer=optimizer,
+                                         ddp=ddp_model, world=world, accum=accum, lr=lr, step=step, watch=watch)
+                    losses.extend(loss for loss, _ in out)
+                    step += 1
+                # end of epoch: SYNC POINT (non-finite losses reported, the epoch's losses read, validation)
+                watch.check()
+                running = 0.0
+                for value in torch.stack(losses).tolist():
+                    running += value / accum
                 trainable.eval()
                 top1 = _top1(predict, val_loader, device, bf16)
                 history.append({"epoch": epoch, "loss": running / steps_per_epoch, "top1": top1})

@@ -35,11 +35,11 @@ def _shown(value) -> str:
 
 def saved_settings(path: Path) -> dict:
     """The flat settings of the ``config.yaml`` at ``path``, read as untrusted input: a regular UTF-8 file of at most
-    ``MAX_RECIPE_BYTES``, YAML (``RecipeLoader``) without anchors or aliases (maeprobe never writes them; aliases would
-    let a small file expand when flattened), holding a mapping. One line otherwise."""
+    ``MAX_RECIPE_BYTES``, YAML as the run wrote it without anchors or aliases (``config.load_saved_yaml``), holding a
+    mapping. One line otherwise."""
     import yaml
 
-    from .config import MAX_RECIPE_BYTES, RecipeLoader
+    from .config import MAX_RECIPE_BYTES, load_saved_yaml
     from .engine import _flat
 
     what = "expected the config.yaml of a maeprobe run; maeprobe does not replace a file it did not write"
@@ -53,14 +53,8 @@ def saved_settings(path: Path) -> dict:
     except OSError as exc:
         raise MaeprobeError(f"{_shown(path)}: cannot be read ({exc.strerror or type(exc).__name__}); {what}") from None
 
-    class Plain(RecipeLoader):
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None) is not None:
-                raise yaml.YAMLError("YAML anchors or aliases")
-            return super().compose_node(parent, index)
-
     try:
-        data = yaml.load(text, Loader=Plain)
+        data = load_saved_yaml(text)
     except (yaml.YAMLError, ValueError, OverflowError, RecursionError):
         data = None
     if not isinstance(data, dict):
