@@ -1,5 +1,5 @@
 """A wheel carries the bundled recipes as package data: installed outside the repository, ``recipe_dir`` finds
-them and ``load_recipe`` reads them (no fallback to the current folder)."""
+them, ``load_recipe`` reads them and ``maeprobe recipe ls`` lists them (no fallback to the current folder)."""
 import subprocess
 import sys
 import zipfile
@@ -19,6 +19,10 @@ names = sorted(p.name for p in recipe_dir().glob("*.yaml"))
 assert "tiny-mae.yaml" in names and "mae_vit_b16_mask75.yaml" in names, names
 config = load_recipe(recipe_dir() / "tiny-mae.yaml")
 assert config["task"] == "pretrain" and not list(Path(os.getcwd()).iterdir())
+from typer.testing import CliRunner
+from maeprobe.cli import app
+listed = CliRunner().invoke(app, ["recipe", "ls"])  # the command line finds them too
+assert listed.exit_code == 0 and "tiny-mae" in listed.output and "lcmae_c" in listed.output, listed.output
 print(len(names))
 """
 
