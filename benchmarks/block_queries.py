@@ -1,5 +1,6 @@
 """Attention statistics without N x N maps: maeprobe's attention distance (all layers) computed from q and k in
-query blocks (no N x N map; on CPU the layer output is p @ v of the same blocks) and from full maps (``--block-queries 0``), against a bare
+query blocks (no N x N map; on CPU the layer output is p @ v of the same blocks) and from full maps
+(``--block-queries 0``), against a bare
 forward of the same model with fused attention (no statistics at all). Each contestant runs in fresh processes;
 each reports its median time and its extra peak memory (peak RSS during the timed runs, sampled every 2 ms, minus
 the RSS before them after a warm-up run and ``malloc_trim``; on CUDA ``max_memory_allocated`` minus the memory

@@ -91,7 +91,8 @@ def main():
         return
     k = int(0.75 * (args.tokens - 1) + 0.999)  # masked queries (upper bound for printing)
     print(f"Eq. 7 on synthetic decoder attention: {args.heads} heads, {args.tokens} tokens, "
-          f"~{k} masked queries -> vectors of {args.heads * k * args.tokens:,} values; {torch.get_num_threads()} threads")
+          f"~{k} masked queries -> vectors of {args.heads * k * args.tokens:,} values; "
+          f"{torch.get_num_threads()} threads")
     print(f"{'N':>6} | {'streaming s':>11} {'MB':>7} | {'pairwise s':>10} {'MB':>7} | {'time ratio':>10} "
           f"{'mem ratio':>9} | {'|diff|':>8}")
     for n in [int(s) for s in args.sizes.split(",")]:

@@ -3,7 +3,7 @@ images, in one process: timm's ``AttentionExtract`` + the distance, transformers
 + the distance, and a bare timm forward with fused attention (no maps at all). Alternating rounds, median
 time per contestant, ratios to the bare forward.
 
-    python benchmarks/peers.py                       # ViT-S/16 at 224 px, random weights, 32 images, batch 16, 2 threads
+    python benchmarks/peers.py                      # ViT-S/16 at 224 px, random weights, 32 images, batch 16, 2 threads
     python benchmarks/peers.py --device cuda --images 512 --batch-size 64 --dtype bf16
 """
 from __future__ import annotations
@@ -83,8 +83,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    import maeprobe
     from timm.utils import AttentionExtract
+
+    import maeprobe
 
     vit, hf, probe = build(args.depth, 384, 6, device)
     images = torch.randn(args.images, 3, 224, 224, generator=torch.Generator().manual_seed(1))

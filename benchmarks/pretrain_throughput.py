@@ -96,7 +96,8 @@ def main():
     args = parser.parse_args()
     base_speed, base_mem = (float("nan"), float("nan")) if args.no_baseline else measure(args, recipe=False)
     speed, mem = measure(args, recipe=True)
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+              else f"CPU, {torch.get_num_threads()} threads")
     how = f"{'bf16' if recipe_bf16(args) else 'fp32'} + SDPA"
     how += f" + compile ({args.compile_backend})" if args.compile else ""
     if args.json:

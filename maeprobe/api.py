@@ -1,10 +1,10 @@
 """The notebook-facing API: one function per metric, each returning a tidy DataFrame."""
 from __future__ import annotations
 
-import pandas as pd
-
 import os
 from pathlib import Path
+
+import pandas as pd
 
 from .errors import MaeprobeError
 from .metrics import registry
@@ -182,8 +182,9 @@ def measure(model, metric: str, images=None, *, reference=None, ref_num_heads: i
     """Any registered metric (``maeprobe.metrics.registry``) of one model, as a tidy table.
 
     ``metric`` is its name (``maeprobe.api.METRICS``, e.g. ``'attn-distance'``); ``options`` are the metric's own
-    options (see its function, e.g. ``help(maeprobe.attention_distance)``), anything else goes to ``maeprobe.load``. Metrics that compare with a
-    reference model take ``reference`` (a model, a checkpoint path or ``'dino'``) and ``ref_num_heads``.
+    options (see its function, e.g. ``help(maeprobe.attention_distance)``), anything else goes to ``maeprobe.load``.
+    Metrics that compare with a reference model take ``reference`` (a model, a checkpoint path or ``'dino'``) and
+    ``ref_num_heads``.
     Args:""" + PROBE_HELP + """
 
     Returns:
@@ -366,7 +367,8 @@ def _mask_ratios(metrics, mask_ratio, mask_ratios) -> dict[str, float]:
     """Each metric's probe mask ratio: its default, or ``mask_ratio`` for all, then ``mask_ratios`` per metric."""
     from collections.abc import Mapping
 
-    from .validate import mask_ratio as checked, short
+    from .validate import mask_ratio as checked
+    from .validate import short
 
     ratios = {m: (DEFAULT_MASK_RATIOS[m] if mask_ratio is None else checked(mask_ratio, None, "mask_ratio"))
               for m in metrics}
@@ -597,19 +599,16 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
     """
     import numpy as np
     import torch
-
-    from .capture import CaptureRequest, capture, resolve_layers
-    from .data import fit_to_size, make_transform, open_image
-    from .masking import MaskInfo, mask_noise
-    from .plots import default_queries, render_decoder_attention, render_encoder_attention
-    from .probe import default_device
-
-    from . import validate
-
     from PIL import Image
 
+    from . import validate
+    from .capture import CaptureRequest, capture, resolve_layers
+    from .data import fit_to_size, make_transform, open_image
     from .io import check_output_file
+    from .masking import MaskInfo, mask_noise
+    from .plots import default_queries, render_decoder_attention, render_encoder_attention
     from .plots.render import check_panels
+    from .probe import default_device
     from .results import output_path
 
     out = output_path(out, "out", kind="stem")  # before anything is loaded or computed

@@ -33,7 +33,8 @@ def run_demo(out_dir: str | Path = "outputs/demo", *, max_minutes: float | None 
     done = int(read_pickle(trained_path).get("step", 0))
     final = _final_loss(trained_path.parent / "log.csv")
     if done < steps:
-        echo(f"      STOPPED EARLY by --max-minutes {max_minutes:g} at step {done} of {steps} (final loss {final:.4f}); "
+        echo(f"      STOPPED EARLY by --max-minutes {max_minutes:g} at step {done} of {steps} "
+             f"(final loss {final:.4f}); "
              "the trained model may not differ from the untrained one yet")
     else:
         echo(f"      trained {done} steps, final loss {final:.4f}")

@@ -12,8 +12,17 @@
 * ``hub``: model names (``hf-hub:org/name``, ``timm/name``, official release names) from the local caches.
 * ``core``: ``read_checkpoint``, ``infer_config``, ``load``, ``save_checkpoint``.
 """
-from .core import (CheckpointInfo, RawCheckpoint, checkpoint_metadata, infer_config, load, normalization,
-                   read_checkpoint, resize, save_checkpoint)
+from .core import (
+                   CheckpointInfo,
+                   RawCheckpoint,
+                   checkpoint_metadata,
+                   infer_config,
+                   load,
+                   normalization,
+                   read_checkpoint,
+                   resize,
+                   save_checkpoint,
+)
 from .families import FAMILIES
 from .files import SAFE_GLOBALS, read_pickle
 

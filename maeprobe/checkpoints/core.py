@@ -21,8 +21,19 @@ from ..models.factory import MAX_WEIGHT, build, resize, resized  # noqa: F401  (
 from ..models.mae import ArchConfig, MaskedAutoencoderViT
 from . import hf, originals
 from .families import FAMILIES, detect
-from .files import (EXPECTED, check_storage, memory_error, out_of_memory, read_json, read_npz, read_safetensors,
-                    refuse_code, refuse_pickle, sniff, torch_load)
+from .files import (
+    EXPECTED,
+    check_storage,
+    memory_error,
+    out_of_memory,
+    read_json,
+    read_npz,
+    read_safetensors,
+    refuse_code,
+    refuse_pickle,
+    sniff,
+    torch_load,
+)
 from .meta import clean_meta
 
 

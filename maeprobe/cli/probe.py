@@ -11,9 +11,30 @@ from typing import Optional
 import typer
 
 from ..metrics import registry
-from .common import (BATCH, BLOCK_QUERIES, BOOTSTRAP, CKPT, DEC_HEADS, DEVICE, DTYPE, IMAGES, IMG_SIZE, NUM_HEADS,
-                     NUM_WORKERS, OUT_TABLE, RESAMPLE, SEED, DType, ResampleBy, _check_table_out, _echo, _friendly,
-                     _parse_layers, _parse_mask_ratios, _write)
+from .common import (
+    BATCH,
+    BLOCK_QUERIES,
+    BOOTSTRAP,
+    CKPT,
+    DEC_HEADS,
+    DEVICE,
+    DTYPE,
+    IMAGES,
+    IMG_SIZE,
+    NUM_HEADS,
+    NUM_WORKERS,
+    OUT_TABLE,
+    RESAMPLE,
+    SEED,
+    DType,
+    ResampleBy,
+    _check_table_out,
+    _echo,
+    _friendly,
+    _parse_layers,
+    _parse_mask_ratios,
+    _write,
+)
 
 P = inspect.Parameter
 REF_NUM_HEADS = typer.Option(None, "--ref-num-heads", min=1, max=1024, help="Reference heads, if unknown.")

@@ -69,9 +69,8 @@ def _recipe_path(recipe: Path) -> Path:
 @_friendly
 def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder (default: the bundled recipes/).")):
     """List recipes with their task, method and launch command."""
-    from ..train.config import launch_command, load_recipe
-
     from ..errors import MaeprobeError
+    from ..train.config import launch_command, load_recipe
 
     folder = folder or _recipe_dir()
     for path in sorted(folder.glob("*.yaml")):
@@ -99,9 +98,8 @@ def recipe_show(
     derived per-process batch, gradient accumulation and lr as comments."""
     import os
 
-    from ..train.config import load_recipe, show_recipe
-
     from ..errors import MaeprobeError
+    from ..train.config import load_recipe, show_recipe
 
     config = load_recipe(_recipe_path(recipe), overrides or [])
     world = os.environ.get("WORLD_SIZE", "1")

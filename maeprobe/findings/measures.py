@@ -34,7 +34,7 @@ def output_spread(folder: Path, images: torch.Tensor, *, mask_ratio: float = 0.7
     pixel prediction, before the projector) is returned as ``h_value`` for the report; the verdict uses v."""
     from ..checkpoints import read_pickle
     from ..masking import mask_noise
-    from ..metrics.base import poisson_weights, percentile_interval
+    from ..metrics.base import percentile_interval, poisson_weights
 
     state = read_pickle(folder / "checkpoint-last.pth")
     if "projector" not in state:

@@ -86,7 +86,8 @@ def report_markdown(table: pd.DataFrame, scale: str, settings: dict) -> str:
         unlike = (" Files named like a release whose contents do not match it are not that release: what is said "
                   "here of the released models does not apply to them." if "do not match" in str(settings.get(
                       "checkpoints")) else "")
-        lines += ["", f"Checkpoints: {settings.get('checkpoints')}.{unlike} Probe set: {settings.get('probe-images') or spec.probe_images} "
+        lines += ["", f"Checkpoints: {settings.get('checkpoints')}.{unlike} "
+                  f"Probe set: {settings.get('probe-images') or spec.probe_images} "
                   f"images ({settings.get('data') or 'crops of the built-in photographs'}). The released models were "
                   "trained far longer than the paper's 100-epoch runs (MAE 1600 epochs, DINO 400, DeiT 300): judge the "
                   "shape of the curves, not their levels. Controls: random initial weights of MAE's architecture "
@@ -97,10 +98,13 @@ def report_markdown(table: pd.DataFrame, scale: str, settings: dict) -> str:
                  for n in ("mae", "lcmae-c")]  # whole epochs of 10 steps, as trained
         lines += ["", f"Runs: {spec.preset}, global batch {spec.global_batch}, {steps[0]} "
                   f"steps per run ({steps[1]} for LC-MAE), "
-                  f"{settings.get('seeds')} seed(s) per run; probe set {settings.get('probe-images') or spec.probe_images} "
-                  f"images ({settings.get('data') or 'crops of the built-in photographs'}); labelled set for the probes: "
+                  f"{settings.get('seeds')} seed(s) per run; "
+                  f"probe set {settings.get('probe-images') or spec.probe_images} "
+                  f"images ({settings.get('data') or 'crops of the built-in photographs'}); "
+                  f"labelled set for the probes: "
                   f"{settings.get('evalset') or '-'}.", "", STRENGTHS + " " + deviations(scale, settings)]
-    lines += ["", f"Verdict rules: version {rules.RULE_VERSION}, `maeprobe/findings/rules.py` and the README, *Reproducing "
+    lines += ["", f"Verdict rules: version {rules.RULE_VERSION}, `maeprobe/findings/rules.py` and the README, "
+              f"*Reproducing "
               f"the findings*. Intervals: 95%, {over} (bootstrap of whole photos, never of their crops as if "
               "independent; Wilson for accuracies) and across seeds (Student t), combined. A verdict needs "
               + ("one training run per model (the claims concern these published checkpoints; rules v3 ask our own "

@@ -596,7 +596,8 @@ def ae_distance_rule(distance: pd.DataFrame, uniform: float, units: str = "px", 
         verdict = INCONCLUSIVE
         if not power:
             detail = f"{_no_power_distance(d_init, uniform, units)}; {detail}"
-    return _result(headline, verdict, detail, control=control, unit=unit, min_seeds=min_seeds, used=tuple(by_k.values()))
+    return _result(headline, verdict, detail, control=control, unit=unit, min_seeds=min_seeds,
+                   used=tuple(by_k.values()))
 
 
 # --------------------------------------------------------------------------- mae-local-attention (Fig. 5)

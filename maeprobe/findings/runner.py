@@ -27,16 +27,46 @@ from .catalogue import FINDINGS, RELEASED_FINDINGS
 from .checks import CHECKED, NAME_MAX, PATH_MAX, check_inputs, check_out_tree, check_paths  # noqa: F401
 from .evidence import _PROBES, Inputs, _cached_probe, _rows  # noqa: F401
 from .finding import Measured
-from .fingerprints import (_file_digest, _folder_fingerprint, _reference_fingerprint, _run_digest,  # noqa: F401
-                           _walk_files, code_version)
-from .measures import (BOOTSTRAP, PIXEL_SIDE, _cls_rank, _mean_over_heads, _reference_name,  # noqa: F401
-                       _state_digest, _uniform_of, _units, encoder_spread_ratio, linear_probe, output_spread,
-                       pixel_probe, random_like)
+from .fingerprints import (  # noqa: F401
+    _file_digest,
+    _folder_fingerprint,
+    _reference_fingerprint,
+    _run_digest,
+    _walk_files,
+    code_version,
+)
+from .measures import (  # noqa: F401
+    BOOTSTRAP,
+    PIXEL_SIDE,
+    _cls_rank,
+    _mean_over_heads,
+    _reference_name,
+    _state_digest,
+    _uniform_of,
+    _units,
+    encoder_spread_ratio,
+    linear_probe,
+    output_spread,
+    pixel_probe,
+    random_like,
+)
 from .released import _cached, _release_label, _released_renders, load_released, released_checkpoints, resize_to_mae  # noqa: F401
 from .reporting import COLUMNS, STRENGTHS, _table_line, _write_report, deviations, report_markdown  # noqa: F401
-from .runs import (STEPS_PER_EPOCH, _check_checkpoint, _check_reusable, _flat_config, _load,  # noqa: F401
-                   _run_steps, _small_text, final_loss_parts, initial_weights, recipe_dir, run_config, saved_config,
-                   train)
+from .runs import (  # noqa: F401
+    STEPS_PER_EPOCH,
+    _check_checkpoint,
+    _check_reusable,
+    _flat_config,
+    _load,
+    _run_steps,
+    _small_text,
+    final_loss_parts,
+    initial_weights,
+    recipe_dir,
+    run_config,
+    saved_config,
+    train,
+)
 from .store import _record, _result_row, _stored, _valid_row  # noqa: F401
 from .suite import SCALES
 
@@ -96,7 +126,8 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
         echo: where progress lines go (one per run and per finding; only rank 0 prints).
     """
     from ..probe import default_device
-    from ..validate import device as validate_device, integer
+    from ..validate import device as validate_device
+    from ..validate import integer
 
     if scale not in SCALES:
         raise MaeprobeError(f"unknown scale {scale!r}; choose tiny, small, released or base")
@@ -187,7 +218,8 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
             results += stored
             continue
         if images is None and finding.runs:
-            from .toydata import EvalSet, probe_images as make_probe_images, probe_units
+            from .toydata import EvalSet, probe_units
+            from .toydata import probe_images as make_probe_images
 
             images = make_probe_images(n_probe, size, seed=0, folder=data)
             units = probe_units(n_probe, data)
@@ -212,7 +244,8 @@ def reproduce(ids=None, *, scale: str = "tiny", out="outputs/reproduce", data=No
 def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, device, say, settings) -> pd.DataFrame:
     """``reproduce --scale released``: the findings with evidence there (``Finding.on_released``), measured on the
     public checkpoints against random initial weights of MAE's architecture."""
-    from .toydata import probe_images as make_probe_images, probe_units
+    from .toydata import probe_images as make_probe_images
+    from .toydata import probe_units
 
     found, missing = released_checkpoints()
     if missing:

@@ -164,7 +164,8 @@ def _check_reusable(folder: Path, config: dict) -> None:
     now = _flat(config)
     changed = changed_settings(saved, now)
     if changed:
-        raise MaeprobeError(f"{folder}: holds a run trained with {changed[0]}={saved_setting(saved, changed[0])!r}, not "
+        raise MaeprobeError(f"{folder}: holds a run trained with "
+                            f"{changed[0]}={saved_setting(saved, changed[0])!r}, not "
                             f"{now.get(changed[0])!r}; use another --out or move the folder away")
 
 

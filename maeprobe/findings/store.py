@@ -15,7 +15,6 @@ from .catalogue import FINDINGS
 from .finding import Measured
 from .runs import _small_text
 
-
 _NUMBERS = ("measured", "ci_low", "ci_high", "control", "control_low", "control_high")
 _TEXTS = ("claim", "paper", "unit", "detail", "measure", "scale")
 

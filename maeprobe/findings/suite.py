@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 # Runs: (bundled recipe, overrides). Block sizes are given in patches so that one table serves every scale.
 RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mae": ("tiny-mae.yaml", ("model.decoder_depth=8",)),
-    **{f"mae-mask{r}": ("tiny-mae.yaml", ("model.decoder_depth=8", f"model.mask_ratio=0.{r}")) for r in (30, 45, 60, 90)},
+    **{f"mae-mask{r}": ("tiny-mae.yaml", ("model.decoder_depth=8", f"model.mask_ratio=0.{r}"))
+       for r in (30, 45, 60, 90)},
     **{f"ae{k}": ("tiny-ae24.yaml", ("model.decoder_depth=8",)) for k in (1, 3, 5, 7)},  # + pred_size = k x patch
     # U-MAE at the paper's effective strength (recipes/umae_vit_b16.yaml: 1e-4 / 8 processes = 1.25e-5 with an
     # exact gather), not tiny-umae.yaml's 0.01 (800x, chosen there to show an effect in a minute)
@@ -70,6 +71,8 @@ SCALES = {
 RELEASED = (
     ("mae", "MAE ViT-B/16 with its 8-layer decoder (facebookresearch/mae, 1600 epochs)",
      ("mae_pretrain_vit_base_full.pth", "mae_visualize_vit_base.pth")),
-    ("dino", "DINO ViT-B/16 (facebookresearch/dino)", ("dino_vitbase16_pretrain.pth", "timm/vit_base_patch16_224.dino")),
-    ("deit", "DeiT-B/16, supervised (facebookresearch/deit)", ("timm/deit_base_patch16_224.fb_in1k", "deit_base_patch16_224-b5f2ef4d.pth")),
+    ("dino", "DINO ViT-B/16 (facebookresearch/dino)",
+     ("dino_vitbase16_pretrain.pth", "timm/vit_base_patch16_224.dino")),
+    ("deit", "DeiT-B/16, supervised (facebookresearch/deit)",
+     ("timm/deit_base_patch16_224.fb_in1k", "deit_base_patch16_224-b5f2ef4d.pth")),
 )

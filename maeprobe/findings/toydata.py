@@ -17,8 +17,8 @@ from PIL import Image
 
 from ..data import builtin_images, builtin_source, find_images, open_image
 from ..errors import MaeprobeError
-from ..validate import one_line
 from ..models import IMAGENET_MEAN, IMAGENET_STD
+from ..validate import one_line
 
 
 def _normalise(images: list[Image.Image]) -> torch.Tensor:
@@ -97,7 +97,8 @@ def probe_images(count: int, size: int, seed: int = 0, folder=None) -> torch.Ten
     for j in range(used if count > n else 0):
         img = source(j)
         if img.size != sizes[j]:
-            raise MaeprobeError(f"{one_line(paths[j]) if folder else j}: changed while it was read (was {sizes[j]}, now "
+            raise MaeprobeError(f"{one_line(paths[j]) if folder else j}: changed while it was read "
+                                f"(was {sizes[j]}, now "
                                 f"{img.size}); expected image files that stay the same")
         for i in range(j + n, count, n):
             out[i] = _normalise([img.crop(boxes[i]).resize((size, size), Image.BICUBIC)])[0]
@@ -242,7 +243,8 @@ def _image_folder_split(folder):
     classes = sorted({p.name for p in _class_folders(splits["train"] if explicit else root)})
     if not 2 <= len(classes) <= MAX_CLASSES:
         raise MaeprobeError(f"--eval-data {folder}: expected 2 ... {MAX_CLASSES} class folders "
-                            f"({'train/ and val/ with ' if explicit else ''}one sub-folder per class), found {len(classes)}")
+                            f"({'train/ and val/ with ' if explicit else ''}one sub-folder per class), "
+                            f"found {len(classes)}")
     per_class = {"train": MAX_TRAIN // len(classes), "val": MAX_VAL // len(classes)}
     paths: dict[str, list] = {"train": [], "val": []}
     labels: dict[str, list] = {"train": [], "val": []}

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._lazy import lazy
 from ..errors import MaeprobeError
 from .base import LayerHeadMean
-from .._lazy import lazy
-from .registry import (FigureSpec, MetricSpec, check_flag, checkpoint_name, heads_by_layer, images_text, option,
-                       register)
+from .registry import FigureSpec, MetricSpec, check_flag, checkpoint_name, heads_by_layer, images_text, option, register
 
 np = lazy("numpy")
 torch = lazy("torch")

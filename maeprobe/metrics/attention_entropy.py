@@ -11,16 +11,13 @@ The rows come in query blocks (``AttentionRows``), so no [B, H, N, N] map is nee
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import math
-
-
+from .._lazy import lazy
 from ..errors import MaeprobeError
 from .base import LayerHeadMean
-from .._lazy import lazy
-from .registry import (FigureSpec, MetricSpec, check_flag, checkpoint_name, heads_by_layer, images_text, option,
-                       register)
+from .registry import FigureSpec, MetricSpec, check_flag, checkpoint_name, heads_by_layer, images_text, option, register
 
 torch = lazy("torch")
 _capture = lazy("maeprobe.capture")

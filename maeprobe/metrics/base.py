@@ -16,8 +16,8 @@ whole units (``unit_groups``) and resample or delete groups.
 """
 from __future__ import annotations
 
-from ..errors import MaeprobeError
 from .._lazy import lazy
+from ..errors import MaeprobeError
 
 np = lazy("numpy")
 torch = lazy("torch")

@@ -34,10 +34,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import MaeprobeError
-from .base import (MIN_UNITS, Reducer, check_bootstrap, group_bootstrap_weights, pairwise_bootstrap_replicates,
-                   percentile_interval, unit_groups)
 from .._lazy import lazy
+from ..errors import MaeprobeError
+from .base import (
+    MIN_UNITS,
+    Reducer,
+    check_bootstrap,
+    group_bootstrap_weights,
+    pairwise_bootstrap_replicates,
+    percentile_interval,
+    unit_groups,
+)
 from .registry import FigureSpec, MetricSpec, check_flag, checkpoint_name, images_text, option, per_layer, register
 
 np = lazy("numpy")

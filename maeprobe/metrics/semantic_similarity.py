@@ -34,10 +34,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
+from .._lazy import lazy
 from ..errors import MaeprobeError
 from .base import ImageMean, units_of
-from .._lazy import lazy
 from .registry import FigureSpec, MetricSpec, check_flag, checkpoint_name, option, per_layer, register
 
 pd = lazy("pandas")

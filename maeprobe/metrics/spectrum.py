@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._lazy import lazy
 from ..errors import MaeprobeError
 from .base import MIN_UNITS, Reducer, check_bootstrap, unit_groups
-from .._lazy import lazy
 from .registry import FigureSpec, MetricSpec, checkpoint_name, images_text, option, register
 
 np = lazy("numpy")

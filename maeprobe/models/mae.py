@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import torch
-from torch import nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
+from torch import nn
 
 from ..errors import MaeprobeError
 from ..masking import random_masking

@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 
 from ..errors import MaeprobeError
-
 from ..metrics import registry  # the figures each metric declares (data only; no torch)
 
 # name -> (metric column, title, y label), from the metrics' declarations (``FigureSpec``)

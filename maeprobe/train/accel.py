@@ -36,8 +36,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..errors import MaeprobeError
 

@@ -295,7 +295,8 @@ def _readings(value, path) -> dict:
         raise MaeprobeError(f"{_shown(path)}: 'readings:' must map at most 16 names to sections of recipe keys")
     for name, block in value.items():
         if not isinstance(name, str) or not isinstance(block, dict):
-            raise MaeprobeError(f"{_shown(path)}: reading {_shown(name)!r} must be a name with a section of recipe keys")
+            raise MaeprobeError(f"{_shown(path)}: reading {_shown(name)!r} "
+                                "must be a name with a section of recipe keys")
         bad = next((key for key, part in block.items() if isinstance(DEFAULTS.get(key), dict)
                     and part is not None and not isinstance(part, dict)), None)
         if bad is not None:

@@ -33,13 +33,13 @@ from torch.utils.data import Dataset, Sampler
 from ..checkpoints import read_pickle, save_checkpoint
 from ..data import ImageItem, image_items, open_image, to_rgb
 from ..errors import MaeprobeError
-from ..validate import first_line
 from ..io import write_text
 from ..models import IMAGENET_MEAN, IMAGENET_STD, build_mae
+from ..validate import first_line
 from .accel import adamw, autocast, bf16_enabled, make_loader
 from .config import batch_plan, check_recipe
-from .losses import cross_view_loss, gather_rows, in_view_loss, uniformity, uniformity_loss
 from .loop import NonFiniteWatch, optimizer_step
+from .losses import cross_view_loss, gather_rows, in_view_loss, uniformity, uniformity_loss
 
 METHODS = ("mae", "lcmae", "ae", "umae")
 
@@ -274,7 +274,8 @@ class Objective(nn.Module):
             elif lc["projector_input"] == "features":
                 width = model.config.decoder_embed_dim
             else:
-                raise MaeprobeError(f"lcmae.projector_input must be 'pred' or 'features', got {lc['projector_input']!r}")
+                raise MaeprobeError("lcmae.projector_input must be 'pred' or 'features', "
+                                    f"got {lc['projector_input']!r}")
             if lc["in_view_target"] not in ("target", "pixels"):
                 raise MaeprobeError(f"lcmae.in_view_target must be 'target' or 'pixels', got {lc['in_view_target']!r}")
             self.projector = nn.Linear(width, lc["proj_dim"])
@@ -495,7 +496,8 @@ class PretrainRecipe:
         """AdamW (LC-MAE Section 5) without weight decay on norms and biases; fused on CUDA (``accel``)."""
         optim_cfg = self.optim_cfg
         if optim_cfg["optimizer"] != "adamw":
-            raise MaeprobeError(f"pretraining uses AdamW (LC-MAE Section 5); optim.optimizer={optim_cfg['optimizer']!r}")
+            raise MaeprobeError("pretraining uses AdamW (LC-MAE Section 5); "
+                                f"optim.optimizer={optim_cfg['optimizer']!r}")
         from timm.optim import param_groups_weight_decay
 
         self.warmup_steps = int(round(optim_cfg["warmup_epochs"] * self.steps_per_epoch))

@@ -218,7 +218,8 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
                                      nn.Linear(encoder.config.embed_dim, num_classes)).to(device)
                 nn.init.trunc_normal_(head[1].weight, std=0.01)
                 nn.init.zeros_(head[1].bias)
-                trainable, groups = head, [{"params": list(head.parameters()), "weight_decay": optim_cfg["weight_decay"]}]
+                trainable, groups = head, [{"params": list(head.parameters()),
+                                            "weight_decay": optim_cfg["weight_decay"]}]
 
                 def predict(x):
                     with torch.no_grad():
@@ -226,8 +227,8 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
                     return ddp_model(feats)  # DDP-wrapped head: gradients are averaged across processes
             else:
                 raise MaeprobeError(f"unknown task {task!r}; choose pretrain, finetune, linprobe or knn")
-            ddp_model = nn.parallel.DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda"
-                                                            else None) if world > 1 else trainable
+            ddp_model = nn.parallel.DistributedDataParallel(
+                trainable, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else trainable
             if task == "finetune":
                 predict = ddp_model
             if len(train_loader) < accum:
@@ -252,7 +253,8 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
                               label_smoothing=optim_cfg["label_smoothing"], num_classes=num_classes)
                 criterion = SoftTargetCrossEntropy()
             else:
-                criterion = nn.CrossEntropyLoss(label_smoothing=optim_cfg["label_smoothing"] if task == "finetune" else 0.0)
+                criterion = nn.CrossEntropyLoss(
+                    label_smoothing=optim_cfg["label_smoothing"] if task == "finetune" else 0.0)
             step, history, watch = 0, [], NonFiniteWatch()
 
             def forward(micro, batch):  # one micro-batch's classification loss, float32 under bf16 autocast
@@ -290,7 +292,8 @@ def evaluate_recipe(config: dict, *, progress: bool = True) -> dict:
                 top1 = _top1(predict, val_loader, device, bf16)
                 history.append({"epoch": epoch, "loss": running / steps_per_epoch, "top1": top1})
                 if progress and rank == 0:
-                    print(f"[{config['name']}] epoch {epoch}: loss {running / steps_per_epoch:.4f}, val top-1 {top1:.2f}%")
+                    print(f"[{config['name']}] epoch {epoch}: loss {running / steps_per_epoch:.4f}, "
+                          f"val top-1 {top1:.2f}%")
             result = {"task": task, "top1": history[-1]["top1"], "history": history}
             if rank == 0 and task == "finetune":
                 from ..checkpoints import save_checkpoint

@@ -8,8 +8,8 @@ run over. Recipes (``maeprobe recipe run``) expose every other setting.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DEFAULTS, _merge

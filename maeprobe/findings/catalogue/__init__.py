@@ -4,8 +4,17 @@ finding is one module here and its line in ``MODULES`` (the order of ``--list`` 
 from __future__ import annotations
 
 from ..finding import Finding
-from . import (ae_block_distance, ae_linear_probe, decoder_positional, decoder_semantic, lcmae_collapse,
-               local_decoders, mae_local_attention, mask_ratio_distance, umae_rank)
+from . import (
+               ae_block_distance,
+               ae_linear_probe,
+               decoder_positional,
+               decoder_semantic,
+               lcmae_collapse,
+               local_decoders,
+               mae_local_attention,
+               mask_ratio_distance,
+               umae_rank,
+)
 
 MODULES = (lcmae_collapse, decoder_positional, decoder_semantic, mask_ratio_distance, ae_block_distance,
            ae_linear_probe, umae_rank, local_decoders, mae_local_attention)

@@ -36,7 +36,8 @@ def on_runs(runs: dict, inputs) -> Measured:
     evidence, old = pd.DataFrame(ratios), pd.DataFrame(v1)
     measured = FINDING.judged(evidence)
     beside = "; ".join(
-        f"({s}) spread of v {old[old.setting == s]['value'].mean():.3f}, of h {old[old.setting == s]['h_value'].mean():.3f}, "
+        f"({s}) spread of v {old[old.setting == s]['value'].mean():.3f}, "
+        f"of h {old[old.setting == s]['h_value'].mean():.3f}, "
         f"final L_cross {np.nanmean(notes[s]):.4f}" for s in SETTINGS)
     measured.verdict = replace(measured.verdict, detail=f"{measured.verdict.detail}. Beside the verdict, not used by "
                                                         f"it (means over seeds): {beside}")
