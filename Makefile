@@ -1,10 +1,11 @@
 # Two commands on a fresh machine with Python 3.11 and pip:  make demo   /   make test
+# While editing: make test-fast (the tests not marked slow, under 3 minutes on 2 cores; make test runs them all)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv pip install --compile-bytecode --python $(BIN)/python
 
-.PHONY: demo test test-latest lock bench notebook clean
+.PHONY: demo test test-fast test-latest lock bench notebook clean
 
 # Installs come from lock files of the tested set (requirements/*.lock: every version pinned, with hashes; one
 # universal resolution, Linux/macOS/Windows, Python >= 3.10; CI tests the Python 3.11 Linux set), so a fresh
@@ -29,8 +30,16 @@ $(VENV)/.installed-test: pyproject.toml $(LOCK_TEST) | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/maeprobe demo --out outputs/demo
 
+# Every test, the slow ones included (CI: .ci/run). At most 8 minutes on 2 cores.
 test: $(VENV)/.installed-test
+	$(BIN)/ruff check maeprobe tests benchmarks scripts
 	$(BIN)/python -m pytest -q -ra
+
+# The contributor loop: every module's fast tests, without those marked slow (trainings, several processes,
+# the notebook, the GPU check's dry run). At most 3 minutes on 2 cores.
+test-fast: $(VENV)/.installed-test
+	$(BIN)/ruff check maeprobe tests benchmarks scripts
+	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 # The newest versions the registry has (no lock), in a separate environment: run before each change, so that a
 # dependency that changed behaviour is seen before users see it. Prints what differs from the lock.

@@ -1,8 +1,12 @@
-"""Shared fixtures: tiny models built in the tests, images the tests generate. No downloads."""
+"""Shared fixtures: tiny models built in the tests, images the tests generate, one trained checkpoint for the
+whole session. No downloads. Plain functions shared by the test modules live in ``helpers/`` (``from helpers
+import ...``; tests/ is on sys.path because this file's folder is the rootdir of the tests): test modules never
+import each other or this file."""
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import load_benchmark
 
 torch.set_num_threads(2)
 
@@ -59,18 +63,6 @@ def hf_mae(tmp_path_factory, hf_config_kwargs):
     return model, folder
 
 
-def load_benchmark(name: str):
-    """A module of benchmarks/ (the GPU check's stand-in builders are shared with the tests)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def caches(tmp_path, monkeypatch):
     """Empty HuggingFace and torch hub caches in tmp_path, offline, no DINO override; tmp_path is the cwd."""
@@ -98,16 +90,29 @@ def images32():
     return torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False)
 
 
-def _gloo_entry(rank, world, init_file, fn, args):
-    import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        fn(rank, *args)
-    finally:
-        dist.destroy_process_group()
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """One tiny MAE pretrained a few steps through ``maeprobe.train.pretrain`` (``helpers.training.TRAINED``), once
+    for the session: for the tests that need "a trained model", not a particular training. Its folder also holds
+    log.csv and config.yaml. Treat it as read-only (copy it before resuming or writing next to it)."""
+    from helpers.training import train_tiny
+
+    torch.manual_seed(0)
+    return train_tiny(tmp_path_factory.mktemp("trained"))
 
 
-def spawn_gloo(fn, world: int, init_file, *args) -> None:
-    """Run ``fn(rank, *args)`` in ``world`` CPU processes joined in a gloo process group."""
-    torch.multiprocessing.spawn(_gloo_entry, nprocs=world, args=(world, str(init_file), fn, args))
+@pytest.fixture
+def captured(monkeypatch):
+    """The figure objects as they are saved (the drawing code closes them after saving)."""
+    from maeprobe.plots import figures as figmod
+
+    seen = []
+
+    def keep(fig, paths, dpi):
+        fig.canvas.draw()
+        seen.append(fig)
+        return paths
+
+    monkeypatch.setattr(figmod, "save_figure", keep)
+    return seen

@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
+from helpers.oracles import hf_forward
 
 import maeprobe
 from maeprobe.capture import ActivationCache
 from maeprobe.masking import MaskInfo, mask_noise
 from maeprobe.metrics import AttentionDistance
-from test_hf_reference import hf_forward
 
 
 def brute_force(attn, positions, patch_size, num_prefix=1, renormalize=False):

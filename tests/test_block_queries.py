@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
+from helpers.oracles import hf_forward
 from typer.testing import CliRunner
 
 import maeprobe
 from maeprobe.capture import AttentionMap, CaptureRequest, capture
 from maeprobe.metrics import AttentionEntropy
-from test_hf_reference import hf_forward
 
 
 def _block_rows(model, x, noise, mask_ratio, block):
@@ -247,7 +247,8 @@ def test_more_than_256_tokens_full_maps_in_slices_equal_the_blocks():
         full = metric(model, images, device="cpu", block_queries=0, bootstrap=0)
         for block in (64, 300):
             blocked = metric(model, images, device="cpu", block_queries=block, bootstrap=0)
-            torch.testing.assert_close(torch.tensor(blocked["value"].to_numpy()), torch.tensor(full["value"].to_numpy()),
+            torch.testing.assert_close(torch.tensor(blocked["value"].to_numpy()),
+                                       torch.tensor(full["value"].to_numpy()),
                                        atol=1e-5, rtol=1e-5)
     attn = torch.randn(2, 2, 290, 290).softmax(-1)
     got = AttentionEntropy(model)._layer_values(AttentionMap(attn))

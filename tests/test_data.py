@@ -31,7 +31,8 @@ def test_modes_become_rgb():
 def test_image_at_input_size_is_used_as_is_others_resized_and_cropped():
     arr = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     tensor = make_transform(16, MEAN, STD)(Image.fromarray(arr))
-    expected = (torch.from_numpy(arr).permute(2, 0, 1) / 255.0 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    expected = ((torch.from_numpy(arr).permute(2, 0, 1) / 255.0 - torch.tensor(MEAN)[:, None, None])
+                / torch.tensor(STD)[:, None, None])
     torch.testing.assert_close(tensor, expected.float(), atol=1e-6, rtol=1e-6)
     wide = np.zeros((20, 60, 3), np.uint8)
     wide[:, 20:40] = 255  # the centre third is white: after resize to 16x48 and centre crop, all white

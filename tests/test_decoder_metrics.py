@@ -6,33 +6,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from helpers import spawn_gloo, tiny_mae
+from helpers.oracles import hf_decoder_outputs
 from timm.models.vision_transformer import VisionTransformer
 
 import maeprobe
-from conftest import spawn_gloo
 from maeprobe.masking import mask_noise
-from test_hf_reference import hf_forward
-
-
-def _key_projection(layer):
-    """HF's key projection of a decoder layer (transformers 5.x ``k_proj``, 4.x ``attention.key``)."""
-    attention = layer.attention
-    return getattr(attention, "k_proj", None) or attention.attention.key
-
-
-def hf_decoder_outputs(hf, x, noise, keys: bool = False):
-    """HF attentions plus the output of every HF decoder layer (before decoder_norm); with ``keys`` the output
-    of every decoder layer's key projection instead (all heads concatenated)."""
-    outputs = {}
-    targets = [_key_projection(layer) if keys else layer for layer in hf.decoder.decoder_layers]
-    hooks = [module.register_forward_hook(lambda m, i, o, k=k: outputs.__setitem__(k, o[0] if isinstance(o, tuple) else o))
-             for k, module in enumerate(targets)]
-    try:
-        out, enc, dec = hf_forward(hf, x, noise)
-    finally:
-        for h in hooks:
-            h.remove()
-    return out, enc, dec, [outputs[k] for k in sorted(outputs)]
 
 
 def brute_force_eq7(attn_per_image):
@@ -205,8 +184,7 @@ def test_spectrum_matches_numpy_svd_of_hf_hidden_states(hf_mae, images32):
 
 
 def _eq7_worker(rank, state, images, out):
-    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3,
-                               decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
+    model = tiny_mae(depth=1, decoder_depth=2, seed=None)
     model.load_state_dict(state)
     table = maeprobe.decoder_attention_similarity(model, images, per_head=True, bootstrap=10, device="cpu")
     if rank == 0:
@@ -216,9 +194,7 @@ def _eq7_worker(rank, state, images, out):
 @pytest.mark.slow
 def test_eq7_under_torch_distributed_with_an_idle_process(tmp_path):
     """Three processes, two images: the third process sees none and must still join the all-reduce."""
-    torch.manual_seed(0)
-    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3,
-                               decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
+    model = tiny_mae(depth=1, decoder_depth=2)
     images = torch.randn(2, 3, 32, 32)
     single = maeprobe.decoder_attention_similarity(model, images, per_head=True, bootstrap=10, device="cpu")
     spawn_gloo(_eq7_worker, 3, tmp_path / "init", model.state_dict(), images, tmp_path / "out.csv")
@@ -265,4 +241,5 @@ def test_effective_rank_interval_is_a_group_jackknife(hf_mae, images32):
     assert row["n_units"] == 4 and row["n_images"] == 6
     first = lambda feats: svals(feats)[:3]  # the three largest singular values (n - 1 = 3 left out of 4 images)
     np.testing.assert_allclose(spectrum["ci_low"].to_numpy()[:3], svals(X)[:3] - jackknife(first), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(spectrum["ci_high"].to_numpy()[:3], svals(X)[:3] + jackknife(first), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(spectrum["ci_high"].to_numpy()[:3], svals(X)[:3] + jackknife(first),
+                               rtol=1e-3, atol=1e-4)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import tiny_mae
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,9 +22,7 @@ from maeprobe.results import write_table
 @pytest.fixture(scope="module")
 def checkpoint_and_images(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist_cli")
-    torch.manual_seed(0)
-    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, decoder_embed_dim=32,
-                               decoder_depth=2, decoder_num_heads=2)
+    model = tiny_mae(depth=2, decoder_depth=2)
     ckpt = maeprobe.save_checkpoint(model, root / "tiny.pth")
     images = root / "images"
     images.mkdir()

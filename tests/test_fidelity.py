@@ -14,16 +14,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import RECIPES, spawn_gloo, tiny_mae
 from typer.testing import CliRunner
 
 import maeprobe
-from conftest import spawn_gloo
 from maeprobe.cli import app
 from maeprobe.train.config import batch_plan, load_recipe
 from maeprobe.train.engine import Objective
 from maeprobe.train.losses import uniformity_loss
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 # --------------------------------------------------------------------------- the papers' values, per recipe
 # LC-MAE Section 5: every ImageNet pretraining of the paper. Section 5 does not give the pretraining length: the
@@ -73,7 +71,8 @@ def _resolved(config: dict, key: str):
              "pred_size": ("model", "pred_size"), "proj_dim": ("lcmae", "proj_dim"),
              "projector_input": ("lcmae", "projector_input"), "in_view_target": ("lcmae", "in_view_target"),
              "w_mae": ("lcmae", "mae"), "w_cross": ("lcmae", "cross"), "w_in": ("lcmae", "in_view"),
-             "tau": ("umae", "tau"), "feature": ("umae", "feature"), "knn_k": ("eval", "knn_k"), "knn_temperature": ("eval", "knn_temperature")}
+             "tau": ("umae", "tau"), "feature": ("umae", "feature"), "knn_k": ("eval", "knn_k"),
+             "knn_temperature": ("eval", "knn_temperature")}
     node = config
     for part in where.get(key, ("optim", key)):
         node = node[part]
@@ -245,7 +244,8 @@ def test_lcmae_losses_match_hand_loops(reduction):
     noises = [torch.rand(3, 16, generator=g), torch.rand(3, 16, generator=g)]  # independent masks per view
     with torch.no_grad():
         loss, parts = objective(imgs, noises)
-        model, W, bias = objective.model, objective.projector.weight.double().numpy(), objective.projector.bias.double().numpy()
+        model, W, bias = (objective.model, objective.projector.weight.double().numpy(),
+                          objective.projector.bias.double().numpy())
         assert W.shape == (6, 4 * 4 * 3)  # v = p(h(x, m)): the projector reads the 48-d pixel prediction
         masks, vs, mae_losses = [], [], []
         # targets by hand: MAE's patch order (row, col, channel) and norm-pix (unbiased variance + 1e-6)
@@ -321,22 +321,34 @@ def _uniformity_gradient_by_hand(features: np.ndarray, tau: float) -> np.ndarray
     return projected / norms
 
 
-def _gather_worker(rank, features, mode, out):
-    local = features[rank * 3:(rank + 1) * 3].clone().requires_grad_(True)
-    loss = uniformity_loss(local, tau=0.5, gather=mode)
-    loss.backward()
-    torch.save({"loss": loss.item(), "grad": local.grad}, out / f"{mode}-{rank}.pt")
+GATHER_MODES = ("exact", "reference")
+
+
+def _gather_worker(rank, features, out):
+    for mode in GATHER_MODES:  # one process group for both modes: starting the processes is the slow part
+        local = features[rank * 3:(rank + 1) * 3].clone().requires_grad_(True)
+        loss = uniformity_loss(local, tau=0.5, gather=mode)
+        loss.backward()
+        torch.save({"loss": loss.item(), "grad": local.grad}, out / f"{mode}-{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def gathered(tmp_path_factory):
+    """(features, folder of ``{mode}-{rank}.pt``): each mode's loss and gradient on each of 2 gloo processes."""
+    out = tmp_path_factory.mktemp("gather")
+    features = torch.randn(6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    spawn_gloo(_gather_worker, 2, out / "init", features, out)
+    return features, out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["exact", "reference"])
-def test_uniformity_gather_semantics_with_two_processes(tmp_path, mode):
-    features = torch.randn(6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    spawn_gloo(_gather_worker, 2, tmp_path / f"init-{mode}", features, mode, tmp_path)
+@pytest.mark.parametrize("mode", GATHER_MODES)
+def test_uniformity_gather_semantics_with_two_processes(gathered, mode):
+    features, out = gathered
     expected = _uniformity_gradient_by_hand(features.numpy(), tau=0.5)
     unit = features.numpy() / np.linalg.norm(features.numpy(), axis=1, keepdims=True)
     for rank in range(2):
-        got = torch.load(tmp_path / f"{mode}-{rank}.pt")
+        got = torch.load(out / f"{mode}-{rank}.pt")
         assert got["loss"] == pytest.approx(((unit @ unit.T / 0.5) ** 2).mean())  # the global value everywhere
         # exact: the gather's backward sums both processes' gradients (2x each slice), so DDP's average of the
         # two processes equals one process with all six features; reference (U-MAE's GatherLayer): 1x, i.e.
@@ -348,9 +360,7 @@ def test_uniformity_gather_semantics_with_two_processes(tmp_path, mode):
 # --------------------------------------------------------------------------- per-metric probe masks
 @pytest.fixture(scope="module")
 def tiny_mae_with_decoder():
-    torch.manual_seed(0)
-    return maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, decoder_embed_dim=32,
-                              decoder_depth=2, decoder_num_heads=2)
+    return tiny_mae(depth=2, decoder_depth=2)
 
 
 def test_run_gives_each_metric_its_own_mask(tiny_mae_with_decoder, monkeypatch):

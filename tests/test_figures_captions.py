@@ -12,12 +12,12 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from helpers.figures import inside  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
 from maeprobe.plots import figures as figmod  # noqa: E402
 
-
-from test_figures_read import _inside, captured  # noqa: E402,F401  (the figure objects as saved)
+# ``captured`` (the figure objects as saved) is a fixture of conftest.py
 
 
 def _caption(fig) -> str:
@@ -126,9 +126,9 @@ def test_titles_stay_short_and_warnings_go_below(tmp_path, captured):
             if ax.get_title():
                 assert ax.get_title().count("\n") <= 1, ax.get_title()
                 assert len(max(ax.get_title().split("\n"), key=len)) <= 70, ax.get_title()
-                assert _inside(fig, ax.title)
+                assert inside(fig, ax.title)
         caption = [t for t in fig.texts if t.get_text()]
-        assert caption and all(_inside(fig, t) for t in caption)
+        assert caption and all(inside(fig, t) for t in caption)
         top_of_caption = max(t.get_window_extent().y1 for t in caption)
         assert all(ax.xaxis.label.get_window_extent().y0 >= top_of_caption - 1 for ax in fig.axes)  # below
     fig3 = captured[1]
@@ -144,7 +144,7 @@ def test_long_legend_entry_keeps_title_and_labels_on_the_canvas(tmp_path, captur
     for fig in captured:
         ax = fig.axes[0]
         for artist in (ax.title, ax.xaxis.label, ax.yaxis.label, ax.get_legend()):
-            assert _inside(fig, artist), artist
+            assert inside(fig, artist), artist
         assert ax.get_window_extent().width > 0.4 * fig.bbox.width  # the axes were not squeezed away
     texts = [t.get_text().replace("\n", "") for t in captured[0].axes[0].get_legend().get_texts()]
     assert any("mask ratio 0.75" in t and "mae_vit_base_mask0.75" in t for t in texts)  # ratio and file named

@@ -10,38 +10,15 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from helpers.figures import inside  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
 from maeprobe.plots import figures as figmod  # noqa: E402
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    """The figure objects as they are saved (the drawing code closes them after saving)."""
-    seen = []
-
-    def keep(fig, paths, dpi):
-        fig.canvas.draw()
-        seen.append(fig)
-        return paths
-
-    monkeypatch.setattr(figmod, "save_figure", keep)
-    return seen
-
-
-def _inside(fig, artist) -> bool:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)  # closing the figure detached its canvas
-    canvas.draw()
-    box = artist.get_window_extent(canvas.get_renderer())
-    W, H = fig.bbox.width, fig.bbox.height
-    return box.x0 >= -1 and box.y0 >= -1 and box.x1 <= W + 1 and box.y1 <= H + 1
-
-
 def _check(fig, *, legend_names=(), bands=True, uniform=None, units=True):
     ax = fig.axes[0]
-    assert ax.get_title() and _inside(fig, ax.title)
+    assert ax.get_title() and inside(fig, ax.title)
     assert ax.get_xlabel() and ax.get_ylabel()
     if units:
         assert "(" in ax.get_ylabel()  # the unit, or "(unitless)"
@@ -183,9 +160,9 @@ def test_renders_have_titles_colour_bar_and_labelled_rows(tmp_path, captured):
     render_encoder_attention(image, cache, layers=[0], grid=grid, out=tmp_path / "enc", title="mae_tiny_trained.pth")
     for fig in captured:
         assert fig._suptitle is not None and "mae_tiny_trained.pth" in fig._suptitle.get_text()
-        assert _inside(fig, fig._suptitle)
+        assert inside(fig, fig._suptitle)
         assert any("map's max" in ax.get_ylabel() for ax in fig.axes)  # the colour bar and its label
-        assert all(_inside(fig, ax.title) for ax in fig.axes if ax.get_title())
+        assert all(inside(fig, ax.title) for ax in fig.axes if ax.get_title())
     decoder, encoder = captured
     assert any("query patch 5" in t.get_text() for ax in decoder.axes for t in ax.texts)
     assert [ax.get_title() for ax in encoder.axes if ax.get_title().startswith("head")] == ["head 1", "head 2"]

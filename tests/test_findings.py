@@ -39,10 +39,11 @@ def test_each_finding_is_one_catalogue_module_named_by_its_id():
 
 @pytest.fixture(scope="module")
 def tiny_collapse(tmp_path_factory):
-    """The collapse finding at tiny scale, run once: three LC-MAE settings x 3 seeds of 30 steps (~2 min)."""
+    """The collapse finding at tiny scale, run once: three LC-MAE settings x 3 seeds of 3 steps (the pipeline, not
+    the verdict, is under test here)."""
     out = tmp_path_factory.mktemp("reproduce")
     lines = []
-    table = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=30, seeds=3, probe_images=32,
+    table = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=3, seeds=3, probe_images=32,
                       echo=lines.append)
     return out, table, lines
 
@@ -57,14 +58,15 @@ def test_lcmae_collapse_at_tiny_scale_writes_the_report_and_is_reused(tiny_colla
     assert saved["finding"].tolist() == ["lcmae-collapse", "lcmae-collapse-v2", "lcmae-collapse-v1"]
     assert saved["verdict"].iloc[1:].tolist() == ["superseded"] * 2
     assert "superseded by version 3" in saved["detail"].iloc[1] and "superseded by version 2" in saved["detail"].iloc[2]
-    assert saved["rule_version"].tolist() == [3, 2, 1] and saved["amended_after_results"].tolist() == [True, True, False]
+    assert (saved["rule_version"].tolist() == [3, 2, 1]
+            and saved["amended_after_results"].tolist() == [True, True, False])
     assert saved["seeds"].iloc[0] == 3 and saved["control"].iloc[0] == 1.0
-    # the report: a smoke test, its deviations from what ran (30 steps, not the scale's 240), its code version,
+    # the report: a smoke test, its deviations from what ran (3 steps, not the scale's 240), its code version,
     # the amendments, intervals over the 13 source photographs (12 units: the stereo pair is one photograph)
     report = (out / "findings.md").read_text()
     title = report.splitlines()[0]
     assert "pipeline smoke test" in title
-    assert "30 steps per run (30 for LC-MAE)" in report and "240 steps" not in report
+    assert "3 steps per run (3 for LC-MAE)" in report and "240 steps" not in report
     assert "Code: maeprobe" in report and "source sha256:" in report and "[0, 100]" in report
     assert "independent source photos" in report
     evidence_units = pd.read_csv(out / "findings.csv")
@@ -78,7 +80,7 @@ def test_lcmae_collapse_at_tiny_scale_writes_the_report_and_is_reused(tiny_colla
     assert (evidence["ci_low"] <= evidence["value"]).all() and (evidence["value"] <= evidence["ci_high"]).all()
     lines.clear()
     tic = time.monotonic()
-    again = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=30, seeds=3, probe_images=32,
+    again = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=3, seeds=3, probe_images=32,
                       echo=lines.append)
     assert time.monotonic() - tic < 30
     assert sum("reused" in line for line in lines) == 10  # nine runs and the finding
@@ -97,7 +99,7 @@ def test_a_replaced_checkpoint_is_measured_again(tiny_collapse):
     state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
     torch.save(state, folder / "checkpoint-last.pth")
     lines = []
-    reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=30, seeds=3, probe_images=32, echo=lines.append)
+    reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=3, seeds=3, probe_images=32, echo=lines.append)
     finding = [line for line in lines if "[finding" in line]
     assert len(finding) == 1 and "(reused)" not in finding[0]
 

@@ -5,13 +5,12 @@ random weights must give inconclusive verdicts; a missing file is one line namin
 file and its download URL."""
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 import torch
+from helpers import load_benchmark
 
 import maeprobe
-from conftest import load_benchmark
 from maeprobe.findings import reproduce
 from maeprobe.findings.catalogue import RELEASED_FINDINGS
 
@@ -94,7 +93,8 @@ def _encoder(g) -> dict:
 def _mae_full(g) -> dict:
     sd = _encoder(g)
     sd.update({"mask_token": 0.02 * torch.randn(1, 1, DEC_W, generator=g),
-               "decoder_embed.weight": 0.02 * torch.randn(DEC_W, W, generator=g), "decoder_embed.bias": torch.zeros(DEC_W),
+               "decoder_embed.weight": 0.02 * torch.randn(DEC_W, W, generator=g),
+               "decoder_embed.bias": torch.zeros(DEC_W),
                "decoder_pos_embed": 0.02 * torch.randn(1, GRID * GRID + 1, DEC_W, generator=g)})
     sd.update(_block("decoder_blocks.0", DEC_W, g))
     sd.update({"decoder_norm.weight": torch.ones(DEC_W), "decoder_norm.bias": torch.zeros(DEC_W),

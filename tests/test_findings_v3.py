@@ -7,10 +7,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.evidence import (
+    AE_MODELS,
+    FLAT,
+    POSITIONAL,
+    UNIFORM,
+    accuracies,
+    ae,
+    distances,
+    models,
+    profile,
+    ranks,
+    ratios,
+)
 
 from maeprobe.findings import rules, rules_v2
-from test_findings_rules import (AE_MODELS, FLAT, POSITIONAL, UNIFORM, accuracies, ae, distances, models, profile,
-                                 ranks, ratios)
 
 
 def test_version_3_is_current_and_discloses_every_amendment():
@@ -94,7 +105,8 @@ def test_control_is_the_same_quantity_as_the_headline():
                        [60.0, 12, 15, 11, 13, 30, 25, 25, 25, 25, 25])
     assert rules.linear_probe_rule(probe).control == pytest.approx(1.0)  # best AE init / MAE init
     assert rules_v2.linear_probe_rule(probe).control == pytest.approx(30.0)
-    rank = pd.concat([ranks(20.0, 12.0, 5.0), ranks(20.0, 12.0, 5.0).query("model == 'init'").assign(model="init:umae")])
+    rank = pd.concat([ranks(20.0, 12.0, 5.0),
+                      ranks(20.0, 12.0, 5.0).query("model == 'init'").assign(model="init:umae")])
     assert rules.umae_rank_rule(rank).control == 0.0 and rules_v2.umae_rank_rule(rank).control == 5.0
 
 
@@ -208,7 +220,7 @@ def test_partial_or_empty_evidence_is_inconclusive_not_a_crash(rule, args):
 def test_few_units_give_no_interval_and_an_empty_replicate_is_not_zero():
     """A Poisson replicate that drew no unit counted as 0 and pulled ci_low below every value; with two units a
     pairwise replicate is the estimate or undefined (a zero-width band)."""
-    from maeprobe.metrics.base import ImageMean, MIN_UNITS
+    from maeprobe.metrics.base import MIN_UNITS, ImageMean
 
     assert MIN_UNITS == 3
     reducer = ImageMean((1,), bootstrap=400, bootstrap_seed=1)

@@ -41,6 +41,7 @@ def test_refusals_are_one_line(tmp_path):
         assert result.stderr.startswith("error: ")
 
 
+@pytest.mark.slow
 def test_a_stage_out_of_time_is_reported_and_the_script_goes_on(tmp_path):
     result = _run("--dry-run", "--only", "pretrain", "--budget", "env=1", "--out", str(tmp_path))
     assert result.returncode == 1, result.stdout + result.stderr

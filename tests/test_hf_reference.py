@@ -5,24 +5,11 @@ import json
 import shutil
 
 import torch
+from helpers.oracles import hf_forward
 from safetensors.torch import load_file
 
 import maeprobe
 from maeprobe.capture import CaptureRequest, capture
-
-
-def hf_forward(model, x, noise):
-    """HF outputs plus decoder attentions read from hooks on its decoder layers."""
-    decoder = {}
-    hooks = [layer.attention.register_forward_hook(lambda m, i, o, k=k: decoder.__setitem__(k, o[1]))
-             for k, layer in enumerate(model.decoder.decoder_layers)]
-    try:
-        with torch.no_grad():
-            out = model(pixel_values=x, noise=noise, output_attentions=True)
-    finally:
-        for h in hooks:
-            h.remove()
-    return out, list(out.attentions), [decoder[k] for k in sorted(decoder)]
 
 
 def ours_forward(model, x, noise, mask_ratio):

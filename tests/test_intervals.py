@@ -12,10 +12,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from helpers import builders
+from helpers.oracles import hf_decoder_outputs
 
 import maeprobe
 from maeprobe.masking import mask_noise
-from test_decoder_metrics import hf_decoder_outputs
 
 R = 60  # replicates
 
@@ -128,9 +129,7 @@ def test_one_unit_has_no_interval():
 
 @pytest.fixture(scope="module")
 def tiny_mae():
-    torch.manual_seed(0)
-    return maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
-                              decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=2)
+    return builders.tiny_mae(depth=2, decoder_depth=2)
 
 
 def test_copies_declared_as_one_unit_give_the_interval_of_the_originals(tiny_mae, images32):

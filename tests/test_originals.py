@@ -143,7 +143,8 @@ def test_unilm_beit_matches_timm(tmp_path, layout):
             sd[f"blocks.{i}.attn.relative_position_index"] = reference.blocks[i].attn.relative_position_index
     if pretraining:
         sd["rel_pos_bias.relative_position_index"] = reference.rel_pos_bias.relative_position_index
-        sd.update({"mask_token": torch.zeros(1, 1, D), "lm_head.weight": torch.randn(99, D), "lm_head.bias": torch.zeros(99)})
+        sd.update({"mask_token": torch.zeros(1, 1, D), "lm_head.weight": torch.randn(99, D),
+                   "lm_head.bias": torch.zeros(99)})
     torch.save({"model": sd}, tmp_path / "beit.pth")
     model = maeprobe.load(tmp_path / "beit.pth", num_heads=HEADS)
     assert model.checkpoint.family_label == "BEiT"
@@ -271,7 +272,8 @@ def test_timm_eva_files_match_timm(tmp_path, style):
     eva02 = style == "eva02"
     kwargs = dict(img_size=56, patch_size=14, embed_dim=D, depth=DEPTH, num_heads=HEADS, num_classes=0,
                   qkv_fused=not eva02, swiglu_mlp=eva02, scale_mlp=eva02, mlp_ratio=4 * 2 / 3 if eva02 else 4,
-                  use_rot_pos_emb=eva02, ref_feat_shape=(4, 4) if eva02 else None, init_values=0.1 if not eva02 else None)
+                  use_rot_pos_emb=eva02, ref_feat_shape=(4, 4) if eva02 else None,
+                  init_values=0.1 if not eva02 else None)
     net = Eva(**kwargs).eval()
     net.load_state_dict(_random_state(net))
     torch.save(net.state_dict(), tmp_path / f"{style}.pth")

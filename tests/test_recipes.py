@@ -7,12 +7,12 @@ import math
 import os
 import signal
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import RECIPES
 from typer.testing import CliRunner
 
 import maeprobe
@@ -23,7 +23,6 @@ from maeprobe.train.engine import Objective, build_pretrain_model, pretrain_reci
 from maeprobe.train.evaluate import evaluate_recipe
 from maeprobe.train.losses import cross_view_loss, in_view_loss, uniformity_loss
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TINY_PRETRAIN = sorted(p.stem for p in RECIPES.glob("tiny-*.yaml")
                        if load_recipe(p)["task"] == "pretrain")
 
@@ -47,7 +46,8 @@ def test_in_view_loss_matches_loop():
     for b in range(2):
         masked = [p for p in range(5) if mask[b, p]]
         for i, j in itertools.permutations(masked, 2):
-            terms.append(abs(F.cosine_similarity(z[b, i], z[b, j], dim=0) - F.cosine_similarity(x[b, i], x[b, j], dim=0)))
+            terms.append(abs(F.cosine_similarity(z[b, i], z[b, j], dim=0)
+                             - F.cosine_similarity(x[b, i], x[b, j], dim=0)))
     assert in_view_loss(z, x, mask).item() == pytest.approx(torch.stack(terms).mean().item(), abs=1e-6)
 
 
@@ -104,7 +104,9 @@ def single_image(tmp_path_factory):
 
 @pytest.mark.parametrize("name", TINY_PRETRAIN)
 def test_tiny_pretrain_recipe_runs_and_its_checkpoint_runs_every_metric(name, tmp_path, single_image):
-    overrides = [f"run.output_dir={tmp_path / name}"]
+    # one optimiser step: the recipe's pipeline (build, train, save, reload, probe) is under test, not its training
+    overrides = [f"run.output_dir={tmp_path / name}", "optim.epochs=1", "data.samples_per_epoch=16",
+                 "optim.global_batch=16", "optim.warmup_epochs=0"]
     if name == "tiny-single-image":
         overrides.append(f"data.single_image={single_image}")
     config = load_recipe(RECIPES / f"{name}.yaml", overrides)
@@ -123,15 +125,11 @@ def test_tiny_pretrain_recipe_runs_and_its_checkpoint_runs_every_metric(name, tm
             maeprobe.decoder_attention_similarity(model, images, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-mae")
-    return pretrain_recipe(load_recipe(RECIPES / "tiny-mae.yaml", [f"run.output_dir={out}"]), progress=False)
-
-
 @pytest.mark.parametrize("task", ["finetune", "linprobe", "knn"])
-def test_tiny_evaluation_recipes(task, tmp_path, image_folder, tiny_checkpoint):
-    config = load_recipe(RECIPES / f"tiny-{task}.yaml", [f"data.path={image_folder}", f"eval.checkpoint={tiny_checkpoint}",
+def test_tiny_evaluation_recipes(task, tmp_path, image_folder, trained_checkpoint):
+    """Each evaluation recipe on a trained tiny MAE (the session's ``trained_checkpoint``: any trained one will do)."""
+    config = load_recipe(RECIPES / f"tiny-{task}.yaml", [f"data.path={image_folder}",
+                                                         f"eval.checkpoint={trained_checkpoint}",
                                                          f"run.output_dir={tmp_path}"])
     result = evaluate_recipe(config, progress=False)
     assert 0 <= result["top1"] <= 100 and result["num_classes"] == 2 and result["val_images"] == 8
@@ -264,7 +262,8 @@ def test_recipe_cli(tmp_path):
     runner = CliRunner()
     listing = runner.invoke(app, ["recipe", "ls"])
     assert listing.exit_code == 0
-    for name in ("mae_vit_b16_dec2", "mae_vit_b16_dec8", "mae_vit_b16_mask30", "mae_vit_b16_mask90", "lcmae_a", "lcmae_g",
+    for name in ("mae_vit_b16_dec2", "mae_vit_b16_dec8", "mae_vit_b16_mask30", "mae_vit_b16_mask90", "lcmae_a",
+                 "lcmae_g",
                  "ae16", "ae112", "umae_vit_b16", "single_image", "finetune_vit_b16", "linprobe_vit_b16", "knn_vit_b16",
                  "mae_vit_b16_decoder_gaussian", "mae_vit_b16_decoder_conv", "tiny-mae"):
         assert name in listing.output

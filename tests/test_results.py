@@ -2,9 +2,9 @@
 import pandas as pd
 import pytest
 import torch
+from helpers import spawn_gloo, tiny_mae
 
 import maeprobe
-from conftest import spawn_gloo
 from maeprobe.metrics import AttentionDistance
 from maeprobe.probe import run_probe
 from maeprobe.results import read_table, write_table
@@ -12,9 +12,7 @@ from maeprobe.results import read_table, write_table
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
-                              decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2).eval()
+    return tiny_mae(depth=2, decoder_depth=1).eval()
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +50,7 @@ def test_merging_shards_equals_one_pass(model, images):
 
 
 def _distributed_worker(rank, model_state, images, out_file):
-    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
-                               decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    model = tiny_mae(depth=2, decoder_depth=1, seed=None)
     model.load_state_dict(model_state)
     table = maeprobe.attention_distance(model, images, mask_ratio=0.5, shared_mask=False, bootstrap=25,
                                         batch_size=2, device="cpu")

@@ -57,7 +57,8 @@ def test_masking_values_are_unchanged():
     seed + 2^64, as torch has it), and random_masking keeps the lowest-noise patches."""
     expected = torch.rand(1, 6, generator=torch.Generator().manual_seed(7))
     assert torch.equal(maeprobe.mask_noise(6, 7), expected)
-    assert torch.equal(maeprobe.mask_noise(6, -3), torch.rand(1, 6, generator=torch.Generator().manual_seed(2 ** 64 - 3)))
+    assert torch.equal(maeprobe.mask_noise(6, -3),
+                       torch.rand(1, 6, generator=torch.Generator().manual_seed(2 ** 64 - 3)))
     x = torch.arange(4.0).reshape(1, 4, 1)
     kept, mask, _ = maeprobe.random_masking(x, 0.5, noise=torch.tensor([[0.9, 0.1, 0.5, 0.2]]))
     assert kept.flatten().tolist() == [1.0, 3.0] and mask.tolist() == [[1.0, 0.0, 1.0, 0.0]]

@@ -1,5 +1,5 @@
 """Class 1 of issue 15: nothing in a file runs code, reaches the network or makes maeprobe read a file the user
-did not name. Every hostile input is generated here; each runs in a limited child (``tests/hostile.py``) that
+did not name. Every hostile input is generated here; each runs in a limited child (``tests/helpers/hostile.py``) that
 records network attempts, and a payload that ran would leave its marker file."""
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers.hostile import (
+    MARKER,
+    assert_clean_exit,
+    assert_refused,
+    changed_outside,
+    payload_pickle,
+    run_cases,
+    snapshot,
+)
 from safetensors.torch import save_file
-
-from hostile import MARKER, assert_clean_exit, assert_refused, changed_outside, payload_pickle, run_cases, snapshot
 
 D, HEADS = 32, 2
 
@@ -120,6 +127,7 @@ def attack(tmp_path_factory):
                                                                                              ["out"])}
 
 
+@pytest.mark.slow
 def test_no_payload_ran_no_network_nothing_written(attack):
     assert not attack["marker"].exists()
     assert not any(r.network for r in attack["results"])
@@ -127,6 +135,7 @@ def test_no_payload_ran_no_network_nothing_written(attack):
 
 
 @pytest.mark.parametrize("index", [0, 1, 2, 3, 4])
+@pytest.mark.slow
 def test_metadata_never_reaches_timm_as_arguments(attack, index):
     """Metadata asking timm to load a file, to use the hub or a pretrained tag is ignored (dropped by the
     allow-list); the file itself loads as what its weights say."""
@@ -136,23 +145,28 @@ def test_metadata_never_reaches_timm_as_arguments(attack, index):
 
 
 @pytest.mark.parametrize("index", [5, 6, 7, 8, 9])
+@pytest.mark.slow
 def test_code_in_pickles_is_refused(attack, index):
     assert_refused(attack["results"][index], "refused to load", "allow-list")
 
 
+@pytest.mark.slow
 def test_object_arrays_in_npz_are_refused(attack):
     assert_refused(attack["results"][10], "refused to load")
 
 
 @pytest.mark.parametrize("index", [11, 12])
+@pytest.mark.slow
 def test_yaml_python_tags_are_refused(attack, index):
     assert_refused(attack["results"][index], "invalid YAML")
 
 
+@pytest.mark.slow
 def test_a_payload_reference_is_refused(attack):
     assert_refused(attack["results"][13], "refused to load")
 
 
+@pytest.mark.slow
 def test_a_timm_folder_is_probed_with_its_config_as_data(attack):
     assert_clean_exit(attack["results"][14])
     assert (attack["root"] / "out" / "ad.csv").is_file()

@@ -8,11 +8,9 @@ import os
 
 import pytest
 import torch
+from helpers import QUICK, RECIPES, tiny_state
+from helpers.hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot
 from safetensors.torch import save_file
-
-from hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot
-from test_untrusted_resources import _tiny_state
-from test_untrusted_results import QUICK, RECIPES
 
 META = {"maeprobe": json.dumps({"num_heads": 2})}
 
@@ -25,10 +23,10 @@ def _safetensors(path, state, meta=META):
 def _broken_states() -> dict:
     """name -> a state dict with one thing wrong."""
     def without(*keys):
-        return {k: v for k, v in _tiny_state(depth=3).items() if not any(k.startswith(p) for p in keys)}
+        return {k: v for k, v in tiny_state(depth=3).items() if not any(k.startswith(p) for p in keys)}
 
     def changed(**values):
-        state = _tiny_state()
+        state = tiny_state()
         state.update({k.replace("__", "."): v for k, v in values.items()})
         return state
 
@@ -48,8 +46,8 @@ def _broken_states() -> dict:
         "fc1_1d": changed(blocks__0__mlp__fc1__weight=torch.zeros(64)),
         "cls_wrong": changed(cls_token=torch.zeros(2, 16)),
         "int_weights": changed(blocks__0__attn__qkv__weight=torch.zeros(48, 16, dtype=torch.int64)),
-        "decoder_half": {**_tiny_state(), "decoder_embed.weight": torch.zeros(8, 16)},
-        "decoder_pred": {**_tiny_state(), "decoder_embed.weight": torch.zeros(8, 16),
+        "decoder_half": {**tiny_state(), "decoder_embed.weight": torch.zeros(8, 16)},
+        "decoder_pred": {**tiny_state(), "decoder_embed.weight": torch.zeros(8, 16),
                          "decoder_pred.weight": torch.zeros(190, 8),
                          "decoder_blocks.0.attn.qkv.weight": torch.zeros(24, 8)},
     }
@@ -60,9 +58,9 @@ def attack(tmp_path_factory):
     root = tmp_path_factory.mktemp("errors")
     inputs, out = root / "in", root / "out"
     inputs.mkdir()
-    ok = _safetensors(inputs / "ok.safetensors", _tiny_state())
+    ok = _safetensors(inputs / "ok.safetensors", tiny_state())
     broken = {name: _safetensors(inputs / f"{name}.safetensors", state) for name, state in _broken_states().items()}
-    odd_heads = {h: _safetensors(inputs / f"heads{h}.safetensors", _tiny_state(), {"maeprobe": json.dumps(
+    odd_heads = {h: _safetensors(inputs / f"heads{h}.safetensors", tiny_state(), {"maeprobe": json.dumps(
         {"num_heads": h})}) for h in (3, 7)}
     pickles = {
         "int_keys": {0: torch.zeros(1), 1: torch.zeros(2)},
@@ -71,8 +69,8 @@ def attack(tmp_path_factory):
         "a_string": "not a checkpoint",
         "model_is_list": {"model": [1, 2, 3]},
         "empty": {},
-        "meta_not_dict": {"model": _tiny_state(), "maeprobe": {"num_heads": [2]}},
-        "mixed_keys": {**_tiny_state(), 5: torch.zeros(1)},
+        "meta_not_dict": {"model": tiny_state(), "maeprobe": {"num_heads": [2]}},
+        "mixed_keys": {**tiny_state(), 5: torch.zeros(1)},
     }
     pickle_files = {}
     for name, obj in pickles.items():
@@ -86,7 +84,7 @@ def attack(tmp_path_factory):
         raw_files[name] = inputs / f"{name}.bin"
         raw_files[name].write_bytes(data)
     # HuggingFace folders with a bad config.json or preprocessor_config.json
-    weights = _safetensors(inputs / "hf_weights.safetensors", _tiny_state())
+    weights = _safetensors(inputs / "hf_weights.safetensors", tiny_state())
     configs = {
         "bad_json": "{model_type: vit",
         "list": json.dumps([1, 2]),
@@ -226,17 +224,20 @@ def _section(attack, name):
     return attack["results"][start:]
 
 
+@pytest.mark.slow
 def test_nothing_written_outside_the_output(attack):
     assert attack["changed"] == [], attack["changed"]
 
 
 @pytest.mark.parametrize("kind", ["broken", "heads", "pickles", "raw", "hf", "named", "recipes", "overrides",
                                   "numbers", "tables"])
+@pytest.mark.slow
 def test_every_malformed_input_is_one_line(attack, kind):
     for result in _section(attack, kind)[:-1] if kind == "recipes" else _section(attack, kind):
         assert_refused(result)
 
 
+@pytest.mark.slow
 def test_broken_checkpoints_say_what_was_expected(attack):
     lines = [assert_refused(r) for r in _section(attack, "broken")]
     assert "blocks.1 is missing" in lines[0]
@@ -245,6 +246,7 @@ def test_broken_checkpoints_say_what_was_expected(attack):
     assert "3 (RGB)" in lines[10]
 
 
+@pytest.mark.slow
 def test_hub_names_stay_inside_the_cache(attack):
     lines = [assert_refused(r) for r in _section(attack, "named")]
     assert "not valid JSON" in lines[0] and "model_args" in lines[1]
@@ -252,6 +254,7 @@ def test_hub_names_stay_inside_the_cache(attack):
     assert "not a hub repository id" in lines[4] and "not a revision" in lines[5]
 
 
+@pytest.mark.slow
 def test_fifos_are_refused_without_hanging(attack):
     fifo, fifo_image, fifo_recipe = _section(attack, "special")[:3]
     assert_refused(fifo, "FIFO")
@@ -259,6 +262,7 @@ def test_fifos_are_refused_without_hanging(attack):
     assert_refused(fifo_recipe)
 
 
+@pytest.mark.slow
 def test_control_characters_in_names_are_escaped(attack):
     escape, bidi, missing = _section(attack, "special")[3:6]
     assert "\\x1b[31mred" in assert_refused(escape)
@@ -266,6 +270,7 @@ def test_control_characters_in_names_are_escaped(attack):
     assert "\\x1b]0;pwned\\x07" in assert_refused(missing, "no such file")
 
 
+@pytest.mark.slow
 def test_recipe_files_and_overrides_name_the_problem(attack):
     lines = [assert_refused(r) for r in _section(attack, "recipes")[:-1]]
     assert "must name another recipe file" in lines[0] and "must name another recipe file" in lines[1]
@@ -277,12 +282,14 @@ def test_recipe_files_and_overrides_name_the_problem(attack):
     assert "model.mask_ratio" in overrides[2] and "run.checkpoint_every" in overrides[3]
 
 
+@pytest.mark.slow
 def test_yaml_11_numbers_are_read_as_numbers(attack):
     result = _section(attack, "recipes")[-1]
     assert_clean_exit(result)
     assert "base_lr: 0.0001" in result.stdout
 
 
+@pytest.mark.slow
 def test_bad_numbers_name_the_option(attack):
     lines = [assert_refused(r) for r in _section(attack, "numbers")]
     options = ["--img-size", "--img-size", "--img-size", "--img-size", "--batch-size", "--layers", "--layers",
@@ -292,6 +299,7 @@ def test_bad_numbers_name_the_option(attack):
         assert option in line, (option, line)
 
 
+@pytest.mark.slow
 def test_the_rest(attack):
     rest = _section(attack, "rest")
     tau, tau_nan, ratios, missing_image, text_image, query, figures, images, trained, resume, _, rank1 = rest
@@ -322,6 +330,7 @@ def test_under_torchrun_only_the_main_process_prints_the_error(monkeypatch, tmp_
     assert result.exit_code == 2 and result.output.startswith("error: ") and "no such file" in result.output
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_damaged_or_foreign_checkpoint(attack, tmp_path):
     """A negative step, or a checkpoint of another model without training arguments, is one line and leaves
     the run folder as it was."""
@@ -357,7 +366,7 @@ def attack2(tmp_path_factory):
     root = tmp_path_factory.mktemp("errors2")
     inputs, out = root / "in", root / "out"
     inputs.mkdir()
-    state = _tiny_state()
+    state = tiny_state()
     complex_state = {**state, "blocks.0.attn.qkv.weight": state["blocks.0.attn.qkv.weight"].to(torch.complex64)}
     torch.save({"model": complex_state, "maeprobe": {"num_heads": 2}}, inputs / "complex.pth")
     _safetensors(inputs / "huge.safetensors", {**state, "blocks.0.attn.qkv.weight": torch.full((48, 16), 3e38)})
@@ -440,6 +449,7 @@ def attack2(tmp_path_factory):
     return {"root": root, "results": results, "changed": changed_outside(before, snapshot(root), ["out"])}
 
 
+@pytest.mark.slow
 def test_found_later_nothing_written(attack2):
     assert attack2["changed"] == []
 
@@ -448,11 +458,13 @@ def test_found_later_nothing_written(attack2):
     (0, "expected real floating-point weights"), (1, "expected the weights of a network"), (2, "'std'"),
     (3, "holds"), (6, "JSON cannot read"), (7, "cannot read"), (8, "cannot read"),
     (10, "same folder"), (11, "same folder"), (12, "WORLD_SIZE"), (14, "--metrics"), (15, "numbers")])
+@pytest.mark.slow
 def test_found_later_is_one_line(attack2, index, text):
     line = assert_refused(attack2["results"][index], text)
     assert "TOPSECRET" not in line
 
 
+@pytest.mark.slow
 def test_shards_follow_the_index_and_equal_the_single_file(attack2):
     import pandas as pd
 
@@ -463,6 +475,7 @@ def test_shards_follow_the_index_and_equal_the_single_file(attack2):
     assert indexed["value"].tolist() == pytest.approx(single["value"].tolist())
 
 
+@pytest.mark.slow
 def test_recipe_ls_lists_around_a_bad_file(attack2):
     result = attack2["results"][13]
     assert_clean_exit(result)
@@ -470,6 +483,7 @@ def test_recipe_ls_lists_around_a_bad_file(attack2):
     assert "not listed" in result.stdout and "TOPSECRET" not in result.stdout
 
 
+@pytest.mark.slow
 def test_an_override_yaml_cannot_read_is_taken_as_text(attack2):
     result = attack2["results"][9]
     assert_clean_exit(result)

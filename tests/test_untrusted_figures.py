@@ -2,7 +2,7 @@
 mixes units or settings on one axis nor drops values without a word, its size and a render's are bounded by named
 limits, output paths are checked before anything is computed, CSV cells cannot become spreadsheet formulas, a
 Parquet table is bounded by what its metadata says it decodes to, and the Python API refuses bad arguments with a
-MaeprobeError. Command-line cases run in limited children (``tests/hostile.py``); figure contents are read from
+MaeprobeError. Command-line cases run in limited children (``tests/helpers/hostile.py``); figure contents are read from
 the figure objects; expectations are computed here from the generated numbers."""
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-from hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot  # noqa: E402
+from helpers.hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot  # noqa: E402
 
 
 def _tiny_mae(seed: int, **kwargs):
@@ -159,11 +158,13 @@ def _result(attack, name: str):
     return attack["results"][name]
 
 
+@pytest.mark.slow
 def test_nothing_written_outside_the_output(attack):
     assert attack["changed"] == [], attack["changed"]
 
 
 # -------------------------------------------------------------------------------- 1. no silent merge of inputs
+@pytest.mark.slow
 def test_run_keeps_same_named_checkpoints_apart(attack):
     for name in ("run two", "alone a", "alone b"):
         assert_clean_exit(_result(attack, name))
@@ -180,14 +181,17 @@ def test_run_keeps_same_named_checkpoints_apart(attack):
 
 
 @pytest.mark.parametrize("name", ["run twice", "run twice, two spellings"])
+@pytest.mark.slow
 def test_the_same_checkpoint_twice_is_refused(attack, name):
     assert_refused(_result(attack, name), "given twice")
 
 
+@pytest.mark.slow
 def test_the_same_results_file_twice_is_refused(attack):
     assert_refused(_result(attack, "figures twice"), "given twice")
 
 
+@pytest.mark.slow
 def test_figures_of_two_same_named_runs_succeed(attack):
     assert_clean_exit(_result(attack, "figures apart"))
 
@@ -214,6 +218,7 @@ def _lines(fig) -> dict[str, np.ndarray]:
             if not line.get_label().startswith(("_", "uniform"))}
 
 
+@pytest.mark.slow
 def test_figures_draw_same_named_tables_as_two_lines(attack, captured, tmp_path):
     from maeprobe.plots import make_figures
     from maeprobe.results import read_tables
@@ -249,10 +254,12 @@ def test_one_input_measured_twice_under_one_label_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------- 2. one unit and one setting per axis
+@pytest.mark.slow
 def test_units_are_not_mixed_on_one_axis(attack):
     assert_refused(_result(attack, "figures units"), "units", "px", "patches")
 
 
+@pytest.mark.slow
 def test_eq8_settings_are_not_mixed_on_one_axis(attack):
     assert_refused(_result(attack, "figures taus"), "tau", "0.15", "0.3")
 
@@ -267,6 +274,7 @@ def test_eq8_feature_settings_are_not_mixed(tmp_path):
 
 
 # -------------------------------------------------------------------------------- 3. non-finite values named
+@pytest.mark.slow
 def test_non_finite_values_are_counted_on_the_console(attack):
     result = _result(attack, "figures non-finite")
     assert_clean_exit(result)
@@ -291,17 +299,20 @@ def test_non_finite_values_are_counted_in_the_caption(captured, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- 4. bounded figure size
+@pytest.mark.slow
 def test_thousands_of_labels_are_refused_quickly(attack):
     result = _result(attack, "figures many")
     assert_refused(result, "3,000", "MAEPROBE_MAX_FIGURE_LINES")
 
 
 # ------------------------------------------------------------------------------------ 5. bounded renders
+@pytest.mark.slow
 def test_render_query_count_is_bounded(attack):
     assert_refused(_result(attack, "render queries"), "64", "MAEPROBE_MAX_PANELS")  # 16 queries x (2 + 2 layers)
     assert not list(attack["out"].glob("r_queries*"))
 
 
+@pytest.mark.slow
 def test_render_head_count_is_bounded(attack):
     assert_refused(_result(attack, "render heads"), "264", "MAEPROBE_MAX_PANELS")  # 8 layers x (32 heads + 1)
     assert not list(attack["out"].glob("r_heads*"))
@@ -311,11 +322,13 @@ def test_render_head_count_is_bounded(attack):
 @pytest.mark.parametrize("name, text", [("out .", "names a folder"), ("out /", "--out"), ("out empty", "--out"),
                                         ("out long", "255 bytes"), ("out folder", "is a folder"),
                                         ("out fifo", "not a regular file"), ("out /dev/stdout", "/dev")])
+@pytest.mark.slow
 def test_render_output_paths_are_checked(attack, name, text):
     assert_refused(_result(attack, name), "--out", text)
     assert not attack["written_in_dev"]
 
 
+@pytest.mark.slow
 def test_render_next_to_a_device_is_refused(attack):
     if attack["device"] is None:
         pytest.skip("creating a device node needs root")
@@ -340,6 +353,7 @@ def test_api_writers_check_output_paths(tmp_path, monkeypatch, out):
 
 
 # ------------------------------------------------------------------------------------ 7. CSV formula injection
+@pytest.mark.slow
 def test_checkpoint_names_never_become_formulas(attack):
     assert_clean_exit(_result(attack, "run formula"))
     with open(attack["out"] / "formula.csv", newline="") as f:
@@ -360,15 +374,18 @@ def test_csv_cells_are_neutralised_and_read_back(tmp_path, text):
 
 
 # ------------------------------------------------------------------------------------------- 8. Parquet bombs
+@pytest.mark.slow
 def test_parquet_rows_are_bounded_before_reading(attack):
     assert_refused(_result(attack, "parquet rows"), "2,000,000", "MAEPROBE_MAX_TABLE_ROWS", budget_mb=300)
 
 
+@pytest.mark.slow
 def test_parquet_decoded_size_is_bounded_before_reading(attack):
     assert_refused(_result(attack, "parquet bytes"), "MAEPROBE_MAX_TABLE_BYTES", budget_mb=300)
 
 
 # --------------------------------------------------------------------- 9. the label check on every string dtype
+@pytest.mark.slow
 def test_text_columns_read_as_pandas_strings_are_checked(attack, tmp_path):
     assert pd.read_csv(attack["root"] / "in" / "long.csv")["checkpoint"].dtype != object  # pandas 3: str dtype
     for suffix in (".csv", ".parquet", ".json"):

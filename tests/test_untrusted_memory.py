@@ -3,7 +3,7 @@ without bound, nor make image decoding print tracebacks, forged lines or two gre
 
 Every checkpoint here is built in the test with few weights but a large declared size (patch 1 on a 64 x 64 or
 128 x 128 grid, decoder heads of width 1), every image and folder is generated in ``tmp_path``. The CLI cases run
-in the limited child of ``tests/hostile.py`` (1.5 GB of address space above the runner); expected sizes are
+in the limited child of ``tests/helpers/hostile.py`` (1.5 GB of address space above the runner); expected sizes are
 computed here from the shapes (an independent lower bound of what the metric must hold), never read from
 maeprobe."""
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.hostile import Result, assert_clean_exit, assert_refused, run_cases
 from PIL import Image
 
 import maeprobe
-from hostile import Result, assert_clean_exit, assert_refused, run_cases
 from maeprobe.checkpoints import save_checkpoint
 from maeprobe.errors import MaeprobeError
 from maeprobe.limits import LimitError
@@ -195,11 +195,13 @@ def attack(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["eq7:bootstrap", "eq7:plain", "eq7:run", "eq7:one_layer"])
+@pytest.mark.slow
 def test_eq7_sums_beyond_the_limit_are_refused_before_any_image(attack, case):
     assert_refused(attack["results"][case], LIMIT, budget_mb=300)
     assert not (attack["out"] / "eq7.csv").exists()
 
 
+@pytest.mark.slow
 def test_eq8_affinities_stream_in_bounded_memory(attack):
     # 4 images of 4096 tokens: a batch-wide W is 268 MB, and its binarisation made three more of them
     assert_clean_exit(attack["results"]["eq8:tau"], budget_mb=600)
@@ -208,10 +210,12 @@ def test_eq8_affinities_stream_in_bounded_memory(attack):
     assert 0 < table["value"].item() <= 1 + 1e-6  # cosine of two matrices of positive entries
 
 
+@pytest.mark.slow
 def test_eq8_affinities_beyond_the_limit_are_refused(attack):
     assert_refused(attack["results"]["eq8:limit"], LIMIT, budget_mb=300)
 
 
+@pytest.mark.slow
 def test_attention_distance_needs_no_patch_by_patch_distance_matrix(attack):
     # [16384, 16384] distances: 2 GB (float64), 1 GB (float32); per image with per-image masks
     assert_clean_exit(attack["results"]["dist"], budget_mb=700)
@@ -221,6 +225,7 @@ def test_attention_distance_needs_no_patch_by_patch_distance_matrix(attack):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.slow
 def test_images_that_cannot_be_used_are_one_warning_each_naming_them(attack, workers):
     """A decoder's RuntimeError (the AVIF), NaN pixels, names with newlines: each one line ``warning: skipping``
     naming the file, also when a DataLoader worker decoded it (its traceback was the error before)."""
@@ -235,27 +240,32 @@ def test_images_that_cannot_be_used_are_one_warning_each_naming_them(attack, wor
     assert "1 images" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_bad_image_limit_is_refused_not_every_image_skipped(attack):
     result = attack["results"]["bad_limit"]
     assert_refused(result, "MAEPROBE_MAX_IMAGE_PIXELS", "positive whole number", budget_mb=300)
     assert "warning" not in result.stderr, result.describe()
 
 
+@pytest.mark.slow
 def test_a_folder_name_too_long_is_one_line(attack):
     assert_refused(attack["results"]["long"], "not a folder", "File name too long", budget_mb=300)
 
 
+@pytest.mark.slow
 def test_a_folder_nested_1200_levels_is_walked(attack):
     assert_clean_exit(attack["results"]["deep"], budget_mb=500)
     assert pd.read_csv(attack["out"] / "deep.csv")["n_images"].tolist() == [1]
 
 
+@pytest.mark.slow
 def test_a_folder_nested_beyond_path_max_is_one_line(attack):
     result = attack["results"]["deeper"]
     assert_refused(result, "no image files", budget_mb=300)
     assert result.stderr.count("warning: ") == 1 and "File name too long" in result.stderr, result.describe()
 
 
+@pytest.mark.slow
 def test_symlink_loops_are_not_followed(attack):
     assert_clean_exit(attack["results"]["loops"], budget_mb=500)
     assert pd.read_csv(attack["out"] / "loops.csv")["n_images"].tolist() == [1]

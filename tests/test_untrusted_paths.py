@@ -1,7 +1,7 @@
 """Issue 27 (scripts, checkpoint file loading, generic command-line error handling): hostile output folders,
 checkpoints whose name lies about their content, pickles that ask for callables, over-long and deeply nested
 paths, file names carrying newlines, and allocations that fail under an address-space cap. Every refusal is one
-line ``error: ...`` with exit status 2 (``tests/hostile.py``); nothing the tool did not create is written or
+line ``error: ...`` with exit status 2 (``tests/helpers/hostile.py``); nothing the tool did not create is written or
 removed; the expectations come from the generated inputs, never from the code under test."""
 from __future__ import annotations
 
@@ -18,26 +18,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_state
+from helpers.hostile import assert_clean_exit, assert_refused, run_cases
 from PIL import Image
 from safetensors.torch import save_file
-
-from hostile import assert_clean_exit, assert_refused, run_cases
-from test_untrusted_resources import _tiny_state
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 HELPER = ROOT / "benchmarks" / "gpu_check.py"
 META = {"maeprobe": json.dumps({"num_heads": 2})}
-WIDTH, DEPTH = 16, 1  # the architecture of _tiny_state(), which `info` must report
+WIDTH, DEPTH = 16, 1  # the architecture of tiny_state(), which `info` must report
 
 
 def _safetensors(path: Path, state=None) -> Path:
-    save_file({k: v.contiguous() for k, v in (state or _tiny_state()).items()}, str(path), metadata=META)
+    save_file({k: v.contiguous() for k, v in (state or tiny_state()).items()}, str(path), metadata=META)
     return path
 
 
 def _pickled(path: Path, **kwargs) -> Path:
-    torch.save({"model": _tiny_state(), "maeprobe": {"num_heads": 2}}, path, **kwargs)
+    torch.save({"model": tiny_state(), "maeprobe": {"num_heads": 2}}, path, **kwargs)
     return path
 
 
@@ -270,7 +269,7 @@ def attack(tmp_path_factory, request):
             expect[f"callable:{path.name}"] = _qualname(fn)
         for kind, kwargs in (("zip", {}), ("legacy", {"_use_new_zipfile_serialization": False})):
             path = inputs / f"{fname}_torch_{kind}.pth"
-            torch.save({"model": _tiny_state(), "args": Evil(fn, *args)}, path, **kwargs)
+            torch.save({"model": tiny_state(), "args": Evil(fn, *args)}, path, **kwargs)
             cases[f"callable:{path.name}"] = {"argv": ["info", path]}
             expect[f"callable:{path.name}"] = _qualname(fn)
     nested = Path.write_text  # a qualified name inside a class (protocol 4+: STACK_GLOBAL)
@@ -335,6 +334,7 @@ def attack(tmp_path_factory, request):
 # --------------------------------------------------------------------------- 2. content, not name
 @pytest.mark.parametrize("case", ["content:zip_as_safetensors", "content:legacy_as_safetensors",
                                   "content:safetensors_as_pth", "content:safetensors_as_bin"])
+@pytest.mark.slow
 def test_a_checkpoint_is_read_by_its_content_not_its_name(attack, case):
     result = attack["results"][case]
     assert_clean_exit(result)
@@ -342,6 +342,7 @@ def test_a_checkpoint_is_read_by_its_content_not_its_name(attack, case):
 
 
 @pytest.mark.parametrize("case", ["content:hf_pickle_as_safetensors", "content:hf_safetensors_as_bin"])
+@pytest.mark.slow
 def test_a_folder_file_of_the_wrong_format_is_named(attack, case):
     """In a HuggingFace folder the file names are the format: a mismatch is one line saying what the bytes are."""
     name, actual = attack["expect"][case]
@@ -360,6 +361,7 @@ def test_python_api_reads_by_content(tmp_path):
 
 
 # --------------------------------------------------------------------------- 3. the callable a pickle asks for
+@pytest.mark.slow
 def test_a_refused_pickle_names_the_callable(attack):
     failures = []
     for case, expected in attack["expect"].items():
@@ -391,11 +393,13 @@ def test_python_api_names_the_callable(tmp_path):
 @pytest.mark.parametrize("case", ["long:info:ascii_256", "long:info:utf8_256_bytes", "long:info:long_folder",
                                   "long:info:long_ext", "long:images", "long:deep_file", "long:deep_folder",
                                   "long:deep_below_file"])
+@pytest.mark.slow
 def test_an_over_long_path_is_one_line_naming_it(attack, case):
     line = assert_refused(attack["results"][case])
     assert attack["expect"][case] in line, line
 
 
+@pytest.mark.slow
 def test_folders_nested_beyond_the_recursion_limit_are_one_line(attack):
     line = assert_refused(attack["results"]["deep:images"])
     assert "nested" in line, line
@@ -431,6 +435,7 @@ def test_bugs_still_show_a_traceback():
 
 # --------------------------------------------------------------------------- 5. newlines in names
 @pytest.mark.parametrize("key", sorted(NEWLINE_NAMES))
+@pytest.mark.slow
 def test_a_name_cannot_forge_a_line(attack, key):
     results = attack["results"]
     info = results[f"newline:info:{key}"]
@@ -452,6 +457,7 @@ def test_a_name_cannot_forge_a_line(attack, key):
     assert not _forged(listed.stdout + listed.stderr), listed.describe()
 
 
+@pytest.mark.slow
 def test_info_prints_one_line_per_field(attack):
     """`info` prints key: value lines; a name with newlines stays on its own line."""
     for key in NEWLINE_NAMES:
@@ -473,7 +479,7 @@ def capped(tmp_path_factory):
     cases, expect = {}, {}
     # torch: a bf16 tensor broadcast from 2 MB of storage to 48 M elements (within MAEPROBE_MAX_INFLATE), which
     # becomes 192 MB of float32 when the weights are converted
-    state = _tiny_state()
+    state = tiny_state()
     state["extra.weight"] = torch.zeros(1 << 20, dtype=torch.bfloat16).expand(48, 1 << 20)
     torch.save({"model": state, "maeprobe": {"num_heads": 2}}, inputs / "broadcast.pth")
     cases["torch_alloc"] = {"argv": ["info", inputs / "broadcast.pth"]}
@@ -483,7 +489,7 @@ def capped(tmp_path_factory):
     cases["numpy_alloc"] = {"argv": ["info", inputs / "big.npz"]}
     expect["numpy_alloc"] = ("MAEPROBE_MAX_INFLATE",)
     # attention statistics: a 120 x 120 patch grid (within MAEPROBE_MAX_PATCHES): [14400, 14400] distances
-    _safetensors(inputs / "grid.safetensors", _tiny_state(grid=120))
+    _safetensors(inputs / "grid.safetensors", tiny_state(grid=120))
     cases["attention_alloc"] = {"argv": ["attn-distance", inputs / "grid.safetensors", "--images", photo,
                                          "--bootstrap", "0", "--block-queries", "0"]}
     expect["attention_alloc"] = ("MAEPROBE_MAX_PATCHES", "MAEPROBE_MAX_ATTENTION")
@@ -493,6 +499,7 @@ def capped(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["torch_alloc", "numpy_alloc", "attention_alloc"])
+@pytest.mark.slow
 def test_a_failed_allocation_is_one_line_naming_the_limit(capped, case):
     """One line naming the step's limit: the allocation failed (out of memory), or a limit refused it up front."""
     results, expect = capped

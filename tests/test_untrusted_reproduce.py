@@ -18,10 +18,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import load_benchmark
+from helpers.hostile import assert_clean_exit, assert_refused, run_cases
 from PIL import Image
-
-from conftest import load_benchmark
-from hostile import assert_clean_exit, assert_refused, run_cases
 
 timm = pytest.importorskip("timm")
 place_stand_ins = load_benchmark("gpu_check").place_stand_ins

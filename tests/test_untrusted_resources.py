@@ -1,7 +1,7 @@
 """Class 2 of issue 15: small files cannot make maeprobe allocate, decode or build without bound. Each case runs
-in a child whose address space is limited to what the runner already mapped plus 1.5 GB (``tests/hostile.py``);
-its peak resident memory above the runner's must stay under 1 GB, and the refusal names the limit and the
-environment variable that raises it."""
+in a child whose address space is limited to what the runner already mapped plus 1.5 GB
+(``tests/helpers/hostile.py``); its peak resident memory above the runner's must stay under 1 GB, and the refusal
+names the limit and the environment variable that raises it."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,10 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_state
+from helpers.hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot
 from PIL import Image
 from safetensors.torch import save_file
-
-from hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot
 
 
 def _png_with_header_size(path, width: int, height: int) -> None:
@@ -42,27 +42,6 @@ def _zip_bomb_entry(path, name: str, size: int, header: bytes = b"") -> None:
                 f.write(chunk)
 
 
-def _tiny_state(depth: int = 1, grid: int = 2, width: int = 16) -> dict:
-    g = torch.Generator().manual_seed(0)
-    sd = {"patch_embed.proj.weight": torch.randn(width, 3, 8, 8, generator=g) * 0.02,
-          "patch_embed.proj.bias": torch.zeros(width), "cls_token": torch.zeros(1, 1, width),
-          "pos_embed": torch.randn(1, 1 + grid * grid, width, generator=g) * 0.02,
-          "norm.weight": torch.ones(width), "norm.bias": torch.zeros(width)}
-    for i in range(depth):
-        p = f"blocks.{i}."
-        sd.update({p + "norm1.weight": torch.ones(width), p + "norm1.bias": torch.zeros(width),
-                   p + "attn.qkv.weight": torch.randn(3 * width, width, generator=g) * 0.05,
-                   p + "attn.qkv.bias": torch.zeros(3 * width),
-                   p + "attn.proj.weight": torch.randn(width, width, generator=g) * 0.05,
-                   p + "attn.proj.bias": torch.zeros(width),
-                   p + "norm2.weight": torch.ones(width), p + "norm2.bias": torch.zeros(width),
-                   p + "mlp.fc1.weight": torch.randn(4 * width, width, generator=g) * 0.05,
-                   p + "mlp.fc1.bias": torch.zeros(4 * width),
-                   p + "mlp.fc2.weight": torch.randn(width, 4 * width, generator=g) * 0.05,
-                   p + "mlp.fc2.bias": torch.zeros(width)})
-    return sd
-
-
 def _deep_json(depth: int) -> str:
     return '{"a": ' * depth + "1" + "}" * depth
 
@@ -74,7 +53,7 @@ def attack(tmp_path_factory):
     inputs.mkdir()
     meta = {"maeprobe": json.dumps({"num_heads": 2})}
     ckpt = inputs / "tiny.safetensors"
-    save_file(_tiny_state(), str(ckpt), metadata=meta)
+    save_file(tiny_state(), str(ckpt), metadata=meta)
     # images: tall and wide strips (their resize to the model's size would be gigabytes), header bombs
     Image.new("L", (1, 100_000)).save(inputs / "tall.png")  # 274 bytes
     Image.new("L", (1_000_000, 1)).save(inputs / "wide.png")
@@ -87,22 +66,23 @@ def attack(tmp_path_factory):
         (folder / name).write_bytes((inputs / name).read_bytes())
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(folder / "ok.png")
     # checkpoints: a zip entry that inflates 256 MB (torch.save stores entries uncompressed), an npz likewise
-    torch.save({"model": _tiny_state()}, inputs / "zipbomb.pth")
+    torch.save({"model": tiny_state()}, inputs / "zipbomb.pth")
     _zip_bomb_entry(inputs / "zipbomb.pth", "zipbomb/data/99", 256 << 20)
-    header = b"\x93NUMPY\x01\x00" + b"{'descr': '<f4', 'fortran_order': False, 'shape': (67108864,), }".ljust(118) + b"\n"
+    header = (b"\x93NUMPY\x01\x00"
+              + b"{'descr': '<f4', 'fortran_order': False, 'shape': (67108864,), }".ljust(118) + b"\n")
     with zipfile.ZipFile(inputs / "bomb.npz", "w") as archive:
         archive.writestr("embedding/kernel.npy", header)
     _zip_bomb_entry(inputs / "bomb.npz", "Transformer/posembed_input/pos_embedding.npy", 256 << 20, header)
     # a key naming block 999,999,999; one whose index would need a billion-digit number
-    deep = _tiny_state()
+    deep = tiny_state()
     deep["blocks.999999999.norm1.weight"] = torch.ones(16)
     save_file(deep, str(inputs / "deep.safetensors"), metadata=meta)
-    long_index = _tiny_state()
+    long_index = tiny_state()
     long_index["blocks." + "9" * 40 + ".norm1.weight"] = torch.ones(16)
     save_file(long_index, str(inputs / "long_index.safetensors"), metadata=meta)
     # metadata and config files nested 2000 deep or larger than any configuration
-    save_file(_tiny_state(), str(inputs / "nested.safetensors"), metadata={"maeprobe": _deep_json(2000)})
-    save_file(_tiny_state(), str(inputs / "bigmeta.safetensors"),
+    save_file(tiny_state(), str(inputs / "nested.safetensors"), metadata={"maeprobe": _deep_json(2000)})
+    save_file(tiny_state(), str(inputs / "bigmeta.safetensors"),
               metadata={"maeprobe": json.dumps({"num_heads": 2, "pad": "x" * 2_000_000})})
     hf_deep = inputs / "hf_deep"
     hf_deep.mkdir()
@@ -113,7 +93,7 @@ def attack(tmp_path_factory):
     # a safetensors header that claims 90 MB
     (inputs / "header.safetensors").write_bytes(struct.pack("<Q", 90_000_000) + b'{"__metadata__": {}}')
     # a 1.3 MB encoder whose position embedding asks for a 200 x 200 grid
-    save_file(_tiny_state(grid=200, width=8), str(inputs / "biggrid.safetensors"),
+    save_file(tiny_state(grid=200, width=8), str(inputs / "biggrid.safetensors"),
               metadata={"maeprobe": json.dumps({"num_heads": 2})})
 
     cases = [
@@ -145,6 +125,7 @@ def attack(tmp_path_factory):
     return {"root": root, "results": results, "changed": changed_outside(before, snapshot(root), ["out"])}
 
 
+@pytest.mark.slow
 def test_nothing_written_outside_the_named_output(attack):
     assert attack["changed"] == [], attack["changed"]
 
@@ -152,16 +133,19 @@ def test_nothing_written_outside_the_named_output(attack):
 @pytest.mark.parametrize("index, limit", [(0, "MAEPROBE_MAX_ASPECT"), (1, "MAEPROBE_MAX_ASPECT"),
                                           (2, "MAEPROBE_MAX_IMAGE_PIXELS"), (3, "MAEPROBE_MAX_IMAGE_PIXELS"),
                                           (4, "MAEPROBE_MAX_ASPECT")])
+@pytest.mark.slow
 def test_image_beyond_a_limit_is_refused_before_decoding(attack, index, limit):
     assert_refused(attack["results"][index], limit, "exceeds" if "PIXELS" in limit else "aspect ratio",
                    budget_mb=300)
 
 
+@pytest.mark.slow
 def test_raising_a_limit_lets_the_image_through(attack):
     assert_clean_exit(attack["results"][5])
     assert (attack["root"] / "out" / "r6.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_folder_skips_images_beyond_the_limits_with_a_warning(attack):
     result = attack["results"][6]
     assert_clean_exit(result, budget_mb=500)
@@ -172,14 +156,17 @@ def test_a_folder_skips_images_beyond_the_limits_with_a_warning(attack):
 
 
 @pytest.mark.parametrize("index", [7, 8])
+@pytest.mark.slow
 def test_zip_entries_that_inflate_are_refused_before_reading(attack, index):
     assert_refused(attack["results"][index], "MAEPROBE_MAX_INFLATE", budget_mb=200)
 
 
+@pytest.mark.slow
 def test_a_block_index_beyond_the_depth_limit_builds_nothing(attack):
     assert_refused(attack["results"][9], "MAEPROBE_MAX_DEPTH", budget_mb=200)
 
 
+@pytest.mark.slow
 def test_an_absurd_block_index_is_an_unknown_key(attack):
     assert_refused(attack["results"][10], "unexpected", budget_mb=200)
 
@@ -187,21 +174,25 @@ def test_an_absurd_block_index_is_an_unknown_key(attack):
 @pytest.mark.parametrize("index, text", [(11, "nested too deeply"), (12, "MAEPROBE_MAX_METADATA"),
                                          (13, "nested too deeply"), (14, "MAEPROBE_MAX_METADATA"),
                                          (15, "MAEPROBE_MAX_METADATA")])
+@pytest.mark.slow
 def test_metadata_is_bounded(attack, index, text):
     assert_refused(attack["results"][index], text, budget_mb=200)
 
 
 @pytest.mark.parametrize("index, text", [(16, "MAEPROBE_MAX_PATCHES"), (17, "MAEPROBE_MAX_PATCHES"),
                                          (18, "longer than any model")])
+@pytest.mark.slow
 def test_sizes_are_bounded_before_building(attack, index, text):
     assert_refused(attack["results"][index], text, budget_mb=200)
 
 
+@pytest.mark.slow
 def test_raising_the_patch_limit_builds_the_model(attack):
     assert_clean_exit(attack["results"][19])
     assert "200x200 patches" in attack["results"][19].stdout
 
 
+@pytest.mark.slow
 def test_a_bad_limit_value_is_one_line(attack):
     assert_refused(attack["results"][20], "MAEPROBE_MAX_DEPTH", "positive whole number")
 
@@ -216,14 +207,14 @@ def attack2(tmp_path_factory):
     shared = [0.1, 0.2]
     for _ in range(60):
         shared = [shared, shared]
-    torch.save({"model": _tiny_state(), "maeprobe": {"num_heads": 2, "mean": shared}}, inputs / "dag.pth")
+    torch.save({"model": tiny_state(), "maeprobe": {"num_heads": 2, "mean": shared}}, inputs / "dag.pth")
     # broadcast (zero-stride) tensors: a ~100 KB file that claims a 4096-wide, 16-deep model
     one = torch.zeros(1)
     big = {k: one.expand(v.shape[:1] * 0 + tuple(s * 256 if s == 16 else (s * 256 if s in (48, 64) else s)
-                                                  for s in v.shape)) for k, v in _tiny_state(depth=16).items()}
+                                                  for s in v.shape)) for k, v in tiny_state(depth=16).items()}
     torch.save(big, inputs / "expanded.pth")
     # a model within every size limit whose attention maps are 69 GB per image (patch 1, 128 x 128, 64 heads)
-    wide = _tiny_state(grid=128, width=64)
+    wide = tiny_state(grid=128, width=64)
     wide["patch_embed.proj.weight"] = torch.randn(64, 3, 1, 1) * 0.02
     save_file(wide, str(inputs / "attention.safetensors"), metadata={"maeprobe": json.dumps({"num_heads": 64})})
     Image.new("RGB", (128, 128)).save(inputs / "one.png")
@@ -271,6 +262,7 @@ def attack2(tmp_path_factory):
     return {"results": results, "changed": changed_outside(before, snapshot(root), ["out"])}
 
 
+@pytest.mark.slow
 def test_found_later_nothing_written(attack2):
     assert attack2["changed"] == []
 
@@ -279,5 +271,6 @@ def test_found_later_nothing_written(attack2):
                                          (3, "MAEPROBE_MAX_ATTENTION"), (4, "not a readable image"),
                                          (5, "not a readable image"), (6, "not a readable image"),
                                          (7, "recipe key name"), (8, "MAEPROBE_MAX_INFLATE")])
+@pytest.mark.slow
 def test_found_later_is_refused_in_bounded_memory(attack2, index, text):
     assert_refused(attack2["results"][index], text, budget_mb=400)

@@ -3,28 +3,14 @@ weights, impossible normalisation or head counts in metadata, a mask that leaves
 changed settings and an output path that YAML would cut all end in one line (exit 2) instead of a table."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
-from hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot
-from test_untrusted_resources import _tiny_state
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-QUICK = ["optim.epochs=1", "data.samples_per_epoch=8", "optim.global_batch=8", "optim.warmup_epochs=0",
-         "run.checkpoint_every=1"]
-
-
-def _save(path, meta=None, **changes):
-    state = _tiny_state()
-    for key, (index, value) in changes.items():
-        state[key.replace("__", ".")].view(-1)[index] = value
-    save_file(state, str(path), metadata={"maeprobe": json.dumps({"num_heads": 2} if meta is None else meta)})
-    return path
+from helpers import QUICK, RECIPES
+from helpers import save_tiny_safetensors as _save
+from helpers.hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +57,13 @@ def attack(tmp_path_factory):
             "changed": changed_outside(before, snapshot(root), ["out"]), "config": config_after_refusals}
 
 
+@pytest.mark.slow
 def test_nothing_written_outside_the_named_output(attack):
     assert attack["changed"] == [], attack["changed"]
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.slow
 def test_non_finite_weights_are_refused(attack, index):
     assert_refused(attack["results"][index], "NaN or infinite", "expected finite weights")
 
@@ -84,6 +72,7 @@ def test_non_finite_weights_are_refused(attack, index):
                                           (4, "'num_heads'"), (5, "'num_heads'"), (6, "'num_heads'"),
                                           (7, "'num_heads'"), (8, "'num_heads'"), (9, "not divisible by 5 heads"),
                                           (10, "'norm_eps'"), (11, "'pretrain_mask_ratio'"), (12, "'act_layer'")])
+@pytest.mark.slow
 def test_metadata_out_of_bounds_is_refused(attack, offset, text):
     assert_refused(attack["results"][attack["n_weights"] + offset], text)
 
@@ -92,20 +81,24 @@ def _after_meta(attack, k):
     return attack["results"][attack["n_weights"] + attack["n_meta"] + k]
 
 
+@pytest.mark.slow
 def test_zero_heads_is_refused(attack):
     assert_refused(_after_meta(attack, 0), "--num-heads")
 
 
 @pytest.mark.parametrize("k, text", [(1, "leaves no visible patch of 4"), (2, "--mask-ratio"),
                                      (3, "--mask-ratio")])
+@pytest.mark.slow
 def test_impossible_masks_are_refused(attack, k, text):
     assert_refused(_after_meta(attack, k), text)
 
 
+@pytest.mark.slow
 def test_a_possible_mask_runs(attack):
     assert_clean_exit(_after_meta(attack, 4))
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings_and_keeps_the_run(attack):
     assert_clean_exit(_after_meta(attack, 5), budget_mb=1200)
     for k, key in ((6, "run_seed"), (7, "mask_ratio"), (8, "optim_base_lr")):
@@ -115,6 +108,7 @@ def test_resume_refuses_changed_settings_and_keeps_the_run(attack):
     assert saved is not None and "seed: 0" in saved and "mask_ratio: 0.75" in saved
 
 
+@pytest.mark.slow
 def test_override_values_are_taken_as_typed(attack):
     """'o/rep #2' is not cut at ' #' (YAML's comment sign); '1e-4' (YAML 1.1 text) is the number 0.0001."""
     result = _after_meta(attack, 10)

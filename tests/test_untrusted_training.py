@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot
+from helpers.hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -217,6 +216,7 @@ def _with_int_key(args):
 
 
 # --------------------------------------------------------------------------- 1. files maeprobe did not write
+@pytest.mark.slow
 def test_files_maeprobe_did_not_write_are_never_replaced(attack):
     r = attack["results"]
     assert "config.yaml" in assert_refused(r["user_config"])
@@ -228,6 +228,7 @@ def test_files_maeprobe_did_not_write_are_never_replaced(attack):
     assert (attack["out"] / "user" / "log.csv").read_text() == "when,what\nmonday,my own log\n"
 
 
+@pytest.mark.slow
 def test_a_second_run_cannot_take_over_a_run_folder(attack):
     r = attack["results"]
     assert_clean_exit(r["first_run"], budget_mb=1200)
@@ -239,12 +240,14 @@ def test_a_second_run_cannot_take_over_a_run_folder(attack):
     assert config["run"]["checkpoint_name"] == "a.pth"
 
 
+@pytest.mark.slow
 def test_the_same_run_started_again_is_allowed(attack):
     result = attack["results"]["same_run"]
     assert_clean_exit(result, budget_mb=1200)
     assert "already finished" in result.stdout
 
 
+@pytest.mark.slow
 def test_nothing_written_outside_the_run_folders(attack):
     allowed = ["out/two_runs", "out/same", "out/bad_image"]  # runs that started (the bad image is met in training)
     changed = changed_outside(attack["before"], attack["after"], allowed)
@@ -254,11 +257,13 @@ def test_nothing_written_outside_the_run_folders(attack):
 # --------------------------------------------------------------------------- 4. resume settings
 @pytest.mark.parametrize("name", ["args_missing", "args_number", "args_dict", "args_no_lr", "args_tensor",
                                   "args_int_key", "args_list"])
+@pytest.mark.slow
 def test_a_resume_that_cannot_compare_settings_is_refused(attack, name):
     line = assert_refused(attack["results"][name])
     assert "cannot resume" in line, line
 
 
+@pytest.mark.slow
 def test_resume_compares_settings_stored_as_a_dict(attack):
     assert "seed" in assert_refused(attack["results"]["args_dict"])
 
@@ -270,6 +275,7 @@ def test_resume_compares_settings_stored_as_a_dict(attack):
                                             ("huge_batch", "MAEPROBE_MAX_BATCH_BYTES"),
                                             ("many_workers", "MAEPROBE_MAX_WORKERS"),
                                             ("lowered_limit", "MAEPROBE_MAX_MODEL_BYTES")])
+@pytest.mark.slow
 def test_sizes_are_bounded_before_anything_is_built(attack, name, variable):
     assert_refused(attack["results"][name], variable, budget_mb=600)
     assert not (attack["out"] / name).exists()
@@ -277,6 +283,7 @@ def test_sizes_are_bounded_before_anything_is_built(attack, name, variable):
 
 # --------------------------------------------------------------------------- 6. no loop without progress
 @pytest.mark.parametrize("name", ["batch_over_folder", "batch_over_epoch"])
+@pytest.mark.slow
 def test_an_epoch_smaller_than_one_global_batch_is_refused(attack, name):
     line = assert_refused(attack["results"][name])
     assert "optim.global_batch" in line, line
@@ -286,6 +293,7 @@ def test_an_epoch_smaller_than_one_global_batch_is_refused(attack, name):
 @pytest.mark.parametrize("name, text", [("missing_peer", "MAEPROBE_DIST_TIMEOUT"), ("no_master_addr", "MASTER_ADDR"),
                                         ("port_too_big", "MASTER_PORT"), ("port_text", "MASTER_PORT"),
                                         ("timeout_text", "MAEPROBE_DIST_TIMEOUT")])
+@pytest.mark.slow
 def test_torchrun_variables_are_checked_and_the_wait_is_bounded(attack, name, text):
     assert_refused(attack["results"][name], text)
 
@@ -294,11 +302,13 @@ def test_torchrun_variables_are_checked_and_the_wait_is_bounded(attack, name, te
 @pytest.mark.parametrize("name, key", [("readings_run_number", "readings"), ("readings_number", "readings"),
                                        ("seed_huge", "run.seed"), ("heads_not_dividing", "model.decoder_num_heads"),
                                        ("betas_mapping", "optim.betas"), ("crop_nested", "data.crop_scale")])
+@pytest.mark.slow
 def test_wrongly_typed_recipe_fields_name_the_field(attack, name, key):
     assert_refused(attack["results"][name], key)
 
 
 # --------------------------------------------------------------------------- 10. data from elsewhere, bad images
+@pytest.mark.slow
 def test_a_recipe_reading_data_from_outside_says_so(attack):
     result = attack["results"]["outside"]
     assert_clean_exit(result)
@@ -306,6 +316,7 @@ def test_a_recipe_reading_data_from_outside_says_so(attack):
     assert len(notices) == 1 and str(attack["root"] / "in" / "images") in notices[0], result.stderr
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_under_workers_is_one_line_naming_it(attack):
     """Met during training (the progress bar is already on stderr): the last line, the only error line."""
     result = attack["results"]["bad_image"]

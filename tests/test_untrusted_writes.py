@@ -8,9 +8,9 @@ import stat
 from pathlib import Path
 
 import pytest
-
-from hostile import assert_clean_exit, assert_refused, changed_outside, run_cases, snapshot
-from test_untrusted_results import QUICK, RECIPES, _save
+from helpers import QUICK, RECIPES
+from helpers import save_tiny_safetensors as _save
+from helpers.hostile import assert_refused, changed_outside, run_cases, snapshot
 
 VICTIM = "victim: an existing file that no maeprobe run may touch\n"
 
@@ -77,6 +77,7 @@ def attack(tmp_path_factory):
                                                                                      "r3", "r4", "evil")])}
 
 
+@pytest.mark.slow
 def test_nothing_outside_the_output_changed(attack):
     root = attack["root"]
     assert attack["changed"] == [], attack["changed"]
@@ -84,17 +85,20 @@ def test_nothing_outside_the_output_changed(attack):
 
 
 @pytest.mark.parametrize("index", [0, 1, 2, 3, 4])
+@pytest.mark.slow
 def test_checkpoint_name_must_be_a_plain_name(attack, index):
     assert_refused(attack["results"][index], "run.checkpoint_name", "plain file name")
     assert not any((attack["out"] / f"r{index + 1}").glob("*"))  # refused before the run folder was written
 
 
 @pytest.mark.parametrize("index", [5, 6])
+@pytest.mark.slow
 def test_only_regular_files_are_replaced(attack, index):
     assert_refused(attack["results"][index], "not a regular file")
     assert stat.S_ISFIFO(os.stat(attack["out"] / "fifo.csv").st_mode)
 
 
+@pytest.mark.slow
 def test_a_device_node_is_never_replaced(attack):
     if attack["device"] is None:
         pytest.skip("creating a device node needs root")
@@ -106,21 +110,25 @@ def test_a_device_node_is_never_replaced(attack):
                                          (10, "not a folder"), (11, "not a folder"), (12, "is a folder"),
                                          (13, "unknown output format"), (14, "not a folder"),
                                          (16, "not a folder")])
+@pytest.mark.slow
 def test_outputs_are_checked_before_computing(attack, index, text):
     line = assert_refused(attack["results"][index], text)
     assert "missing.pth" not in line  # the checkpoint was never opened
 
 
+@pytest.mark.slow
 def test_a_bad_override_writes_nothing(attack):
     assert_refused(attack["results"][15], "optim.epochs")
     assert not (attack["out"] / "r5").exists()
 
 
+@pytest.mark.slow
 def test_a_refused_run_keeps_the_earlier_output(attack):
     assert_refused(attack["results"][17], "--mask-ratio")
     assert (attack["out"] / "previous.csv").read_text() == "metric,value\nearlier,1\n"
 
 
+@pytest.mark.slow
 def test_a_link_in_the_output_folder_is_refused_not_followed(attack):
     """Issue 27: a symbolic link at an output name is neither followed nor replaced (the link was the user's)."""
     assert_refused(attack["results"][18], "symbolic link")
@@ -141,6 +149,7 @@ def test_atomic_path_refuses_non_regular_targets(tmp_path):
         write_text(Path(tmp_path / "dir"), "x")
 
 
+@pytest.mark.slow
 def test_a_recipe_file_cannot_send_outputs_elsewhere(attack):
     """A recipe's name goes into paths and its output folder is relative to where it is run; a place outside
     is the user's to name on the command line."""

@@ -1,7 +1,7 @@
-"""Child side of ``tests/hostile.py``: import maeprobe once, then fork one limited child per case.
+"""Child side of ``helpers/hostile.py``: import maeprobe once, then fork one limited child per case.
 
 Reads ``{"cases": [...], "budget_mb": N, "network_log": path}`` as JSON on stdin and prints one JSON list of
-results on the last line of stdout. Not a test module (its name starts with an underscore)."""
+results on the last line of stdout. Run as a script (``python hostile_runner.py``), never imported by the tests."""
 from __future__ import annotations
 
 import json

@@ -1,7 +1,7 @@
 """Running maeprobe's command line on hostile inputs, the way an attacker's file would reach it.
 
-``run_cases`` starts one fresh Python process (``_hostile_runner.py``) that imports maeprobe once, then forks one
-child per case. Each child:
+``run_cases`` starts one fresh Python process (``hostile_runner.py``, next to this file) that imports maeprobe once,
+then forks one child per case. Each child:
 
 * runs ``maeprobe <argv>`` in its own working folder with ``HOME`` and the hub caches inside the test's
   temporary folder, offline mode on;
@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-RUNNER = Path(__file__).with_name("_hostile_runner.py")
+RUNNER = Path(__file__).with_name("hostile_runner.py")
 MARKER = "PAYLOAD_RAN"
 
 
