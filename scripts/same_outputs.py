@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300, help="demo pretraining steps (default: the demo's 300)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (printed)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed check still removes its worktrees
     parts = [p for p in args.parts.split(",") if p]
     work = Path(tempfile.mkdtemp(prefix="maeprobe-same-"))
     base = work / "base"
