@@ -39,8 +39,8 @@ def test_each_finding_is_one_catalogue_module_named_by_its_id():
 
 @pytest.fixture(scope="module")
 def tiny_collapse(tmp_path_factory):
-    """The collapse finding at tiny scale, run once: three LC-MAE settings x 3 seeds of 3 steps (the pipeline, not
-    the verdict, is under test here)."""
+    """The collapse finding at tiny scale, run once: three LC-MAE settings x 3 seeds of one 10-step epoch (the
+    pipeline, not the verdict, is under test here)."""
     out = tmp_path_factory.mktemp("reproduce")
     lines = []
     table = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=3, seeds=3, probe_images=32,
@@ -61,12 +61,13 @@ def test_lcmae_collapse_at_tiny_scale_writes_the_report_and_is_reused(tiny_colla
     assert (saved["rule_version"].tolist() == [3, 2, 1]
             and saved["amended_after_results"].tolist() == [True, True, False])
     assert saved["seeds"].iloc[0] == 3 and saved["control"].iloc[0] == 1.0
-    # the report: a smoke test, its deviations from what ran (3 steps, not the scale's 240), its code version,
+    # the report: a smoke test, its deviations from what ran (3 steps asked: one whole epoch of 10, not the scale's
+    # 240), its code version,
     # the amendments, intervals over the 13 source photographs (12 units: the stereo pair is one photograph)
     report = (out / "findings.md").read_text()
     title = report.splitlines()[0]
     assert "pipeline smoke test" in title
-    assert "3 steps per run (3 for LC-MAE)" in report and "240 steps" not in report
+    assert "10 steps per run (10 for LC-MAE)" in report and "240 steps" not in report
     assert "Code: maeprobe" in report and "source sha256:" in report and "[0, 100]" in report
     assert "independent source photos" in report
     evidence_units = pd.read_csv(out / "findings.csv")
