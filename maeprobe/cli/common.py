@@ -29,11 +29,6 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-class Module(str, Enum):
-    encoder = "encoder"
-    decoder = "decoder"
-
-
 class ResampleBy(str, Enum):
     image = "image"
     folder = "folder"
@@ -41,11 +36,6 @@ class ResampleBy(str, Enum):
 
 RESAMPLE_HELP = ("What the 95% intervals resample, the independent unit: image (each file; default) or folder (all "
                  "images of one sub-folder are one unit, e.g. crops or frames of one scene).")
-
-
-class Units(str, Enum):
-    px = "px"
-    patches = "patches"
 
 
 class DType(str, Enum):
