@@ -289,12 +289,14 @@ def results(inputs, trained):
 
 
 # --------------------------------------------------------------------------- 1. memory of the probe set
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 def test_probe_set_from_large_images_holds_one_decoded_image_at_a_time(results):
     """24 tiny PNGs that decode to 48 MB each: the probe set of 4 crops reads 4 of them, one at a time (the old
     code decoded all of them at once, 1.1 GB)."""
     assert_clean_exit(results["big"], budget_mb=450)
 
 
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 @pytest.mark.parametrize("case", ["probe-limit-tiny", "probe-limit-released", "probe-limit-env"])
 def test_probe_set_beyond_the_limit_is_refused_before_anything_is_built(results, inputs, case):
     line = assert_refused(results[case], "MAEPROBE_MAX_PROBE_BYTES", "--probe-images", budget_mb=400)
@@ -331,6 +333,7 @@ def test_probe_images_equal_the_same_crops_decoded_all_at_once(tmp_path):
 
 
 # --------------------------------------------------------------------------- 2. unreadable images, before training
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 @pytest.mark.parametrize("name", list(CORRUPT))
 @pytest.mark.parametrize("option", ["data", "eval"])
 def test_an_unusable_image_is_refused_naming_it_before_any_training(results, inputs, option, name):
@@ -355,12 +358,14 @@ def test_a_checked_folder_is_recorded_and_not_decoded_again(trained, inputs):
 
 
 # --------------------------------------------------------------------------- 3. released files at other sizes
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 def test_released_dino_at_another_input_size_is_resampled_to_mae(results, inputs):
     assert_clean_exit(results["big"], budget_mb=450)  # DINO at 48 px, MAE at 32 px
     report = (inputs["root"] / "o-big" / "findings.md").read_text()
     assert "resampled from 48 px to MAE's 32 px" in report
 
 
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 def test_released_sizes_that_cannot_be_compared_are_one_line(results, inputs):
     assert_refused(results["released:dino36p12"], "dino_vitbase16_pretrain.pth", "32 px")
     assert_refused(results["released:semantic-p16"], "patch 16", "patch 8")
@@ -370,6 +375,7 @@ def test_released_sizes_that_cannot_be_compared_are_one_line(results, inputs):
 
 
 # --------------------------------------------------------------------------- 4. releases by content, not by name
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 def test_files_named_like_releases_are_not_described_as_them(results, inputs):
     report = (inputs["root"] / "o-big" / "findings.md").read_text()
     for name in ("mae_pretrain_vit_base_full.pth", "dino_vitbase16_pretrain.pth", "timm/deit_base_patch16_224.fb_in1k"):
@@ -441,17 +447,20 @@ def test_mae_release_and_deit_hash_prefix():
 
 
 # --------------------------------------------------------------------------- 5. stale stored runs and results
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 @pytest.mark.parametrize("name, text", [("seed", "run_seed"), ("early", "stopped at step 5 of 10")])
 def test_a_checkpoint_of_another_run_is_refused(results, name, text):
     assert_refused(results[f"stale:{name}"], "checkpoint-last.pth", text)
 
 
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 @pytest.mark.parametrize("name, text", [("alias", "aliases"), ("fifo", "not a regular file"),
                                         ("huge", "MAEPROBE_MAX_METADATA")])
 def test_a_hostile_config_yaml_is_one_line(results, name, text):
     assert_refused(results[f"stale:{name}"], "config.yaml", text, budget_mb=400)
 
 
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 @pytest.mark.parametrize("name", ["deep-verdict", "forged", "same-size"])
 def test_an_unusable_or_changed_stored_result_is_measured_again(results, trained, inputs, name):
     """Measured again and stored anew: a valid verdict.json for this finding (the forged row is gone); after a
@@ -469,6 +478,7 @@ def test_an_unusable_or_changed_stored_result_is_measured_again(results, trained
         assert stored["results"][0]["measured"] != before["results"][0]["measured"]
 
 
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 @pytest.mark.parametrize("name", ["link-findings", "link-run"])
 def test_a_link_leading_outside_out_is_refused_and_nothing_is_written_there(results, inputs, name):
     assert_refused(results[f"stale:{name}"], "symbolic link", "outside --out")
@@ -512,12 +522,14 @@ def test_a_long_log_is_read_from_its_end(tmp_path):
 
 
 # --------------------------------------------------------------------------- 6. path names and nesting
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 @pytest.mark.parametrize("option", ["--data", "--out", "--eval-data"])
 @pytest.mark.parametrize("form", ["name", "inner", "total"])
 def test_a_path_the_system_cannot_take_is_one_line(results, option, form):
     assert_refused(results[f"path:{option}:{form}"], option, "bytes")
 
 
+@pytest.mark.slow  # shares the module's 40 s `results` fixture (reproduce on attacked folders)
 @pytest.mark.parametrize("option", ["--data", "--eval-data"])
 @pytest.mark.parametrize("levels", [1200, 2100])
 def test_folders_nested_thousands_deep_are_one_line(results, option, levels):

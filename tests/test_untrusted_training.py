@@ -397,6 +397,7 @@ def _log_rows(folder: Path) -> list[str]:
     return path.read_text().splitlines()[1:] if path.is_file() else []
 
 
+@pytest.mark.slow  # two training processes, about 10 s
 def test_two_runs_into_one_folder_at_once(tmp_path):
     """The first run is frozen (SIGSTOP) while it writes the folder; a second run into the same folder is refused
     with one line naming the folder and writes nothing; the first then finishes with one log of its own steps."""
@@ -422,6 +423,7 @@ def test_two_runs_into_one_folder_at_once(tmp_path):
     assert {p.name for p in folder.iterdir()} == RUN_FILES
 
 
+@pytest.mark.slow  # command-line trainings in subprocesses, about 10 s
 def test_a_dead_runs_folder_can_be_run_again(tmp_path):
     """A run killed outright (no clean-up) does not keep its folder from the same run started again."""
     folder = tmp_path / "run"
@@ -489,6 +491,7 @@ def test_sigterm_checkpoints_then_still_ends_the_run(tmp_path, mode):
     assert {p.name for p in folder.iterdir()} == {"checkpoint-last.pth", "config.yaml", "log.csv"}
 
 
+@pytest.mark.slow  # command-line trainings in subprocesses, about 10 s
 def test_sigterm_ends_the_command_line_run_and_it_resumes(tmp_path):
     folder = tmp_path / "run"
     argv = [sys.executable, "-m", "maeprobe", "recipe", "run", str(TINY), "optim.epochs=1", "data.samples_per_epoch=80",
