@@ -30,16 +30,21 @@ $(VENV)/.installed-test: pyproject.toml $(LOCK_TEST) | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/maeprobe demo --out outputs/demo
 
+# The tests run in one pytest-xdist worker per core (TEST_WORKERS; 0 = one process), each test module whole in one
+# worker (--dist loadscope: a module's shared fixtures are built once).
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+
 # Every test, the slow ones included (CI: .ci/run). At most 8 minutes on 2 cores.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check maeprobe tests benchmarks scripts
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra $(XDIST)
 
 # The contributor loop: every module's fast tests, without those marked slow (trainings, several processes,
 # the notebook, the GPU check's dry run). At most 3 minutes on 2 cores.
 test-fast: $(VENV)/.installed-test
 	$(BIN)/ruff check maeprobe tests benchmarks scripts
-	$(BIN)/python -m pytest -q -ra -m "not slow"
+	$(BIN)/python -m pytest -q -ra -m "not slow" $(XDIST)
 
 # The newest versions the registry has (no lock), in a separate environment: run before each change, so that a
 # dependency that changed behaviour is seen before users see it. Prints what differs from the lock.

@@ -4,11 +4,14 @@ import ...``; tests/ is on sys.path because this file's folder is the rootdir of
 import each other or this file."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from helpers import load_benchmark
 
-torch.set_num_threads(2)
+# one thread per pytest-xdist worker (make test runs one worker per core), two in a single process
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def pytest_collection_modifyitems(config, items):
