@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv pip install --compile-bytecode --python $(BIN)/python
 
-.PHONY: demo test test-fast test-latest lock bench notebook clean
+.PHONY: demo test test-fast test-latest lock bench notebook notebook-run clean
 
 # Installs come from lock files of the tested set (requirements/*.lock: every version pinned, with hashes; one
 # universal resolution, Linux/macOS/Windows, Python >= 3.10; CI tests the Python 3.11 Linux set), so a fresh
@@ -62,9 +62,23 @@ lock: | $(BIN)/python
 	$(BIN)/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.10 --no-header \
 	  -c $(LOCK_TEST) -o $(LOCK_MAIN)
 
+# JupyterLab refuses to start as root unless told (containers often run as root): --allow-root then.
+RUN_UID ?= $(shell id -u 2>/dev/null)
+ALLOW_ROOT = $(if $(filter 0,$(RUN_UID)),--allow-root)
+NOTEBOOK_RUN ?= outputs/notebook
+
 notebook: | $(BIN)/python
 	$(UV) -e '.[notebook]' || $(BIN)/python -m pip install -e '.[notebook]'
-	$(BIN)/jupyter lab examples/quickstart.ipynb
+	$(BIN)/jupyter lab $(ALLOW_ROOT) examples/quickstart.ipynb
+
+# The quickstart executed headless, top to bottom; the executed copy goes to $(NOTEBOOK_RUN)/ (ignored), never over
+# the committed notebook.
+notebook-run: | $(BIN)/python
+	$(UV) -e '.[notebook]' || $(BIN)/python -m pip install -e '.[notebook]'
+	mkdir -p $(NOTEBOOK_RUN)
+	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=1800 \
+	  --output-dir $(NOTEBOOK_RUN) --output quickstart.executed.ipynb examples/quickstart.ipynb
+	@echo "executed copy: $(NOTEBOOK_RUN)/quickstart.executed.ipynb"
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/probe_overhead.py

@@ -200,10 +200,11 @@ def measure(model, metric: str, images=None, *, reference=None, ref_num_heads: i
         raise MaeprobeError(f"shared_mask: {spec.name} compares images under one shared mask; leave it True")
     if block_queries is not None and not spec.block_queries:
         raise MaeprobeError(f"block_queries: {spec.name} does not read attention maps; leave it None")
-    if spec.needs_reference and reference is None:
+    if spec.needs_reference and reference is None and not spec.reference_optional:
         raise MaeprobeError(f"{spec.name} needs a reference model (reference: a checkpoint or 'dino')")
     model = _model(model, load_kwargs)
-    reference = load_reference(reference, num_heads=ref_num_heads) if spec.needs_reference else None
+    reference = load_reference(reference, num_heads=ref_num_heads) \
+        if spec.needs_reference and reference is not None else None  # None: an optional reference left out
     reducer = _reducer(spec, model, reference, options, layers=layers, bootstrap=bootstrap, seed=seed)
     table = _probe(model, [reducer], images, mask_ratio=spec.mask_ratio if mask_ratio is None else mask_ratio,
                    seed=seed, shared_mask=shared_mask, batch_size=batch_size, device=device, dtype=dtype,
@@ -214,6 +215,9 @@ def measure(model, metric: str, images=None, *, reference=None, ref_num_heads: i
 
 def _probe(model, reducers, images, *, mask_ratio, seed, shared_mask, batch_size, device, dtype, progress,
            num_workers=None, block_queries=None, resample_by="image"):
+    for reducer in reducers:  # a metric that reads more of its images than pixels (k-NN: each file's class folder)
+        if hasattr(reducer, "bind_images"):
+            reducer.bind_images(images)
     run_probe(model, reducers, images, mask_ratio=mask_ratio, seed=seed, shared_mask=shared_mask,
               batch_size=batch_size, device=device, dtype=dtype, progress=progress, num_workers=num_workers,
               block_queries=block_queries, resample_by=resample_by)
@@ -227,9 +231,11 @@ def _signature(spec):
 
     P = inspect.Parameter
     params = [P("model", P.POSITIONAL_OR_KEYWORD)]
-    if spec.needs_reference:
+    if spec.needs_reference and not spec.reference_optional:
         params.append(P("reference", P.POSITIONAL_OR_KEYWORD))
     params.append(P("images", P.POSITIONAL_OR_KEYWORD, default=None))
+    if spec.reference_optional:  # keyword only: f(model, images) never takes the images for a reference
+        params.append(P("reference", P.KEYWORD_ONLY, default=None))
     params.append(P("layers", P.KEYWORD_ONLY, default=None))
     params += [P(f.name, P.KEYWORD_ONLY, default=f.default) for f in spec.fields()]
     for name, default in PROBE_DEFAULTS.items():
@@ -354,11 +360,11 @@ def load_reference(reference, *, num_heads: int | None = None):
                 model = load(path, num_heads=num_heads)
                 why = release_mismatch(path.name, model) if path.is_file() else None
                 if why is not None and not why.startswith("maeprobe knows no contents"):
-                    raise MaeprobeError(f"--ref dino: {one_line(path, 300)} is named like the DINO release but its "
-                                        f"contents do not match ({why}); set MAEPROBE_DINO to a genuine copy")
+                    raise MaeprobeError(f"reference='dino': {one_line(path, 300)} is named like the DINO release but "
+                                        f"its contents do not match ({why}); set MAEPROBE_DINO to a genuine copy")
                 return model
-        raise MaeprobeError("--ref dino: no local copy of DINO or DINOv2 found (maeprobe never downloads it for "
-                            "--ref dino); looked for " + ", ".join(s for s, _ in DINO_REFERENCES) +
+        raise MaeprobeError("reference='dino': no local copy of DINO or DINOv2 found (maeprobe never downloads it "
+                            "for reference='dino'); looked for " + ", ".join(s for s, _ in DINO_REFERENCES) +
                             " in the HuggingFace and torch hub caches; or set MAEPROBE_DINO=/path/to/checkpoint")
     return load(reference, num_heads=num_heads)
 
@@ -534,7 +540,7 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
         raise MaeprobeError(f"unknown metrics {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
     specs = registry.metrics()
     chosen = [specs[name] for name in METRICS if name in metrics]  # the registry's order: one row order
-    needs_reference = [spec.name for spec in chosen if spec.needs_reference]
+    needs_reference = [spec.name for spec in chosen if spec.needs_reference and not spec.reference_optional]
     if needs_reference and reference is None:
         raise MaeprobeError(f"{', '.join(needs_reference)} needs a reference model (reference: a checkpoint or "
                             "'dino')")
@@ -545,7 +551,8 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
     layers, decoder_layers = _layers(layers), _layers(decoder_layers, "decoder_layers")
     per_metric = _run_options(metrics, options, metric_options)
     images = _images(images)
-    ref_model = load_reference(reference, num_heads=ref_num_heads) if needs_reference else None
+    ref_model = load_reference(reference, num_heads=ref_num_heads) \
+        if reference is not None and any(spec.needs_reference for spec in chosen) else None
     tables, models, loaded = [], [], {}
     for index, checkpoint in enumerate(checkpoints):
         model = load(checkpoint, num_heads=num_heads, decoder_num_heads=decoder_num_heads, img_size=img_size) \
@@ -567,8 +574,11 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
         first = len(tables)
         needs_decoder = [spec.name for spec in chosen if spec.module_of(per_metric[spec.name]) == "decoder"]
         if needs_decoder and not model.has_decoder:
+            from .models.factory import decoder_left_out
+
+            why = decoder_left_out(model) or "need a checkpoint with a decoder"
             raise MaeprobeError(f"{getattr(model, 'checkpoint', None) and model.checkpoint.path}: "
-                                f"{', '.join(sorted(needs_decoder))} need a checkpoint with a decoder")
+                                f"{', '.join(sorted(needs_decoder))}: {why}")
         for ratio in dict.fromkeys(ratios[m] for m in metrics):  # one pass per distinct mask, in metric order
             group = [spec for spec in chosen if ratios[spec.name] == ratio]
             reducers = [_reducer(spec, model, ref_model, per_metric[spec.name], bootstrap=bootstrap, seed=seed,
@@ -586,6 +596,14 @@ def run(checkpoints, images=None, *, metrics=("attn-distance",), reference=None,
     labels = _labels(models)  # every checkpoint its own label: two files of one name never become one row
     table["checkpoint"] = [labels[i] for i in table.pop("_model_index")]
     return table
+
+
+def _no_decoder(model) -> str:
+    """Why ``render_attention`` cannot draw decoder maps of ``model``, and what draws encoder maps instead."""
+    from .models.factory import decoder_left_out
+
+    why = decoder_left_out(model) or "this checkpoint has no decoder"
+    return f"{why}; or use encoder=True for encoder attention maps"
 
 
 def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio: float = 0.75, seed: int = 0,
@@ -647,7 +665,7 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
         check_panels(len(shown), cfg.num_heads + 1)
     else:
         if not model.has_decoder:
-            raise MaeprobeError("this checkpoint has no decoder; use --encoder for encoder attention maps")
+            raise MaeprobeError(_no_decoder(model))
         shown = resolve_layers(model, "decoder", layers if layers is not None else
                                [layer for layer in (0, 1, 2, 4, 7) if layer < cfg.decoder_depth])
         check_panels(len(queries) if queries is not None else 2, 2 + len(shown))
@@ -666,7 +684,7 @@ def render_attention(model, image, out, *, layers=None, queries=None, mask_ratio
             model.forward_encoder(x, 0.0)
             return render_encoder_attention(pixels, cache, layers=layers, grid=cfg.grid_size, out=out, title=name)
     if not model.has_decoder:
-        raise MaeprobeError("this checkpoint has no decoder; use --encoder for encoder attention maps")
+        raise MaeprobeError(_no_decoder(model))
     if layers is None:
         layers = [layer for layer in (0, 1, 2, 4, 7) if layer < cfg.decoder_depth]
     layers = resolve_layers(model, "decoder", layers)

@@ -122,7 +122,7 @@ def test_img_size_on_an_mae_file_with_decoder_probes_the_encoder(tmp_path):
     torch.testing.assert_close(big.pos_embed[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 36, 48))
     table = maeprobe.attention_distance(big, torch.randn(2, 3, 48, 48))
     assert len(table) == 2 * 3
-    with pytest.raises(maeprobe.MaeprobeError, match="no --img-size"):
+    with pytest.raises(maeprobe.MaeprobeError, match=r"img_size=48 left out the MAE decoder.*\(img_size=32\)"):
         maeprobe.decoder_attention_similarity(big, torch.randn(2, 3, 48, 48))
 
 

@@ -15,8 +15,10 @@ def blocks_of(model: nn.Module, module: str) -> nn.ModuleList:
         return model.blocks
     if module == "decoder":
         if not getattr(model, "has_decoder", False):
-            raise MaeprobeError("this model has no decoder; decoder analyses need a full MAE checkpoint at its own "
-                                "input size (no --img-size)")
+            from ..models.factory import decoder_left_out
+
+            raise MaeprobeError(f"this model has no decoder: {decoder_left_out(model)}" if decoder_left_out(model)
+                                else "this model has no decoder; decoder analyses need a full MAE checkpoint")
         if not hasattr(model, "decoder_blocks"):
             raise MaeprobeError(f"this checkpoint's decoder ({model.config.decoder_type}) has no attention blocks; "
                                 "decoder analyses need a transformer decoder")
@@ -33,8 +35,8 @@ def resolve_layers(model: nn.Module, module: str, layers: Iterable[int] | None) 
     for layer in layers:
         index = layer + depth if layer < 0 else layer
         if not 0 <= index < depth:
-            raise MaeprobeError(f"{module} layer {layer} does not exist (the {module} has {depth} layers, "
-                                f"0-{depth - 1})")
+            raise MaeprobeError(f"layers: {module} layer {layer} does not exist; the {module} has {depth} layers, "
+                                f"valid 0 to {depth - 1} (or -{depth} to -1 from the end)")
         out.append(index)
     return sorted(set(out))
 
@@ -48,5 +50,5 @@ def check_layers(model: nn.Module, request: CaptureRequest) -> None:
             depth = 0
         bad = [i for i in layers if not 0 <= i < depth]
         if bad:
-            raise MaeprobeError(f"capture: the {module} has {depth} layers (0-{depth - 1}); {kind} of layer "
-                                f"{bad[0]} asked")
+            raise MaeprobeError(f"request: {kind} of {module} layer {bad[0]} asked, but the {module} has {depth} "
+                                f"layers" + (f", valid 0 to {depth - 1}" if depth else ""))

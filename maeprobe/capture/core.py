@@ -79,7 +79,7 @@ def _attach_attention(block: nn.Module, probed: tuple[str, int], record: _Record
         attn.fused_attn = by_rows  # block path: the fused branch, its SDPA call served by ``server``
     elif by_rows:
         raise MaeprobeError(f"{module} layer {layer}: {type(attn).__name__} has no fused attention "
-                            "path; use --block-queries 0 (full maps)")
+                            "path; use block_queries=0 (full maps)")
     if by_rows:
         return intercept(attn, probed, server)
     return [point_for("attention", block).attach(block, partial(record, "attention", module, layer))]

@@ -61,7 +61,7 @@ class BlockServer:
                  scale=None, **kwargs) -> torch.Tensor:
         if is_causal or kwargs or key.shape[1] != query.shape[1]:
             raise MaeprobeError(f"{probed[0]} layer {probed[1]}: its attention call (causal, grouped heads or extra "
-                                "arguments) cannot be computed in query blocks; use --block-queries 0 (full maps)")
+                                "arguments) cannot be computed in query blocks; use block_queries=0 (full maps)")
         trains = bool(dropout_p) or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (query, key, value, attn_mask)))
         source = output_source(trains, query.shape[2], self.block_queries, self.block_output, query.device.type)
@@ -117,7 +117,7 @@ def intercept(attn: nn.Module, probed: tuple[str, int],
         if mode.pending:
             raise MaeprobeError(f"{probed[0]} layer {probed[1]}: {type(module).__name__} did not call "
                                 "scaled_dot_product_attention, so its attention cannot be computed in query "
-                                "blocks; use --block-queries 0 (full maps)")
+                                "blocks; use block_queries=0 (full maps)")
 
     def leave(_module, _inputs, _output):  # also after a forward (or ``check``) that raised
         mode.close()

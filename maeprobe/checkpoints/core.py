@@ -62,6 +62,7 @@ class CheckpointInfo:
     family: str = "vit"
     pos_resample: str = "timm"  # how the position embedding is resampled for another input size
     rel_pos_resample: str = "timm"  # the same for BEiT's relative position bias tables
+    decoder_img_size: int | None = None  # the checkpoint's own input size when img_size= left its MAE decoder out
 
     @property
     def name(self) -> str:
@@ -433,8 +434,10 @@ def _load(path, num_heads, decoder_num_heads, prefer, img_size, device):
     rel_rule = raw.meta.get("rel_pos_resample", "timm")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in raw.state_dict.items()}
     notes = list(raw.notes)
+    decoder_img_size = None
     if img_size is not None and img_size != cfg.img_size:
-        if cfg.decoder_depth:
+        if cfg.decoder_depth or "decoder_embed.weight" in state:  # ``resized`` leaves the decoder out
+            decoder_img_size = cfg.img_size
             notes.append(f"--img-size {img_size}: encoder only; the MAE decoder has a fixed {cfg.grid_size}x"
                          f"{cfg.grid_size} patch grid, so decoder metrics run at the checkpoint's own "
                          f"{cfg.img_size} px (without --img-size)")
@@ -443,7 +446,8 @@ def _load(path, num_heads, decoder_num_heads, prefer, img_size, device):
     mean = tuple(raw.meta.get("mean", family.mean))
     std = tuple(raw.meta.get("std", family.std))
     model.checkpoint = CheckpointInfo(str(path), raw.format, mean, std, notes,
-                                      raw.meta.get("pretrain_mask_ratio"), raw.family, rule, rel_rule)
+                                      raw.meta.get("pretrain_mask_ratio"), raw.family, rule, rel_rule,
+                                      decoder_img_size)
     return model.to(device).eval()
 
 

@@ -70,7 +70,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 probe.register_commands(app)
 for _group in (inspect, findings, train):
     app.registered_commands += _group.app.registered_commands
-app.add_typer(train.recipe_app, name="recipe")
+app.add_typer(train.recipe_app, name="recipe", short_help="Bundled pretraining and evaluation recipes.")
 
 
 def main() -> None:

@@ -146,10 +146,16 @@ def _check_table_out(out) -> None:
         check_output_file(output_path(out, "--out"), (".csv", ".json", ".parquet"))
 
 
+NOT_SAVED = "(not saved: add --out FILE.csv|.parquet|.json to keep the table)"
+
+
 def _write(table, out) -> None:
+    """Write the table to ``out``, or say in one line that nothing was saved."""
     if out is not None:
         from ..results import write_table
 
         _echo(f"wrote {write_table(table, out)}")
+    else:
+        _echo(NOT_SAVED)
 
 from .errors import _friendly  # noqa: E402  (the commands' decorator, re-exported for them)

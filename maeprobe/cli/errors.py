@@ -33,7 +33,7 @@ def _friendly(fn):
             init_from_env()
             return fn(*args, **kwargs)
         except MaeprobeError as exc:  # every process hits the same refusal; the main one prints it
-            _refuse(exc)
+            _refuse(as_flags(str(exc)))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
@@ -50,6 +50,50 @@ def _friendly(fn):
                 dist.destroy_process_group()
 
     return wrapper
+
+
+# The API's parameters that a message may name and the flags that set them on the command line (metric options:
+# their declared flags, added by ``_flags``). ``layers`` is left as it is: ``run`` sets decoder layers by
+# --decoder-layers, and the message names the module.
+PARAMETER_FLAGS = {
+    "reference": "--ref", "ref_num_heads": "--ref-num-heads", "img_size": "--img-size",
+    "block_queries": "--block-queries", "mask_ratio": "--mask-ratio", "mask_ratios": "--mask-ratios",
+    "decoder_layers": "--decoder-layers", "batch_size": "--batch-size", "num_workers": "--num-workers",
+    "num_heads": "--num-heads", "decoder_num_heads": "--decoder-num-heads", "resample_by": "--resample-by",
+    "bootstrap": "--bootstrap", "seed": "--seed", "encoder": "--encoder", "queries": "--query",
+}
+
+
+def _flags() -> dict[str, str]:
+    """API parameter -> flag: the probe settings above and every registered metric option."""
+    from ..metrics import registry
+
+    flags = dict(PARAMETER_FLAGS)
+    for spec in registry.metrics().values():
+        for field in spec.fields():
+            flags.setdefault(field.name, field.metadata.get("flag") or "--" + field.name.replace("_", "-"))
+    return flags
+
+
+def as_flags(message: str) -> str:
+    """A library message (which names API parameters, e.g. ``reference='dino'``, ``block_queries=0``,
+    ``img_size=64``, ``encoder=True``, or ``tau:`` / ``eps must`` at its start) in the command line's words
+    (``--ref dino``, ``--block-queries 0``, ``--img-size 64``, ``--encoder``, ``--tau:``). A parameter whose flag
+    the message already names (``--decoder-num-heads N (decoder_num_heads=N in Python)``) is left as it is."""
+    import re
+
+    flags = {name: flag for name, flag in _flags().items() if flag not in message}
+    if not flags:
+        return message
+    names = "|".join(sorted(map(re.escape, flags), key=len, reverse=True))
+
+    def assignment(match: re.Match) -> str:
+        flag, value = flags[match.group(1)], match.group(3) if match.group(3) is not None else match.group(2)
+        return flag if value == "True" else f"{flag} {value}"
+
+    # not inside a path or a quoted name ('runs/seed=3/x.pth')
+    message = re.sub(rf"(?<![\w./\\'\"=-])({names})=(?:'([^'\s]*)'|([^\s,;:()']+))", assignment, message)
+    return re.sub(rf"^({names})(:| must )", lambda m: flags[m.group(1)] + m.group(2), message)
 
 
 def _refuse(message) -> None:

@@ -12,7 +12,7 @@ from .common import DEVICE, _echo, _friendly
 app = typer.Typer()
 
 
-@app.command("reproduce")
+@app.command("reproduce", short_help="Reproduce the papers' findings and judge each claim.")
 @_friendly
 def reproduce_cmd(
     ids: Optional[list[str]] = typer.Argument(None, help="Finding ids (default: all of the scale; --list shows them)."),
@@ -51,7 +51,9 @@ def reproduce_cmd(
             _echo(f"{row.finding:<20} {row.claim} ({row.paper})")
         return
     from ..findings.runner import check_paths
+    from ..results import output_path
 
+    output_path(out, "--out", kind="folder")  # /dev, /proc, /sys refused before anything is read or trained
     check_paths(out=out, data=data, eval_data=eval_data)  # names the file system can take, before anything runs
     check_output_folder(out)
     table = reproduce(ids or None, scale=scale, out=out, data=data, eval_data=eval_data, ref=ref, steps=steps,
@@ -60,7 +62,7 @@ def reproduce_cmd(
         index=False, float_format="%.3g", max_colwidth=48), block=True)
 
 
-@app.command()
+@app.command(short_help="Pretrain a small MAE and run every metric on it.")
 @_friendly
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), "--out", help="Output folder."),
@@ -74,8 +76,9 @@ def demo(
     the table, the paper's figures and attention renders."""
     from ..demo import run_demo
     from ..io import check_output_folder
+    from ..results import output_path
 
-    check_output_folder(out)
+    check_output_folder(output_path(out, "--out", kind="folder"))  # before the pretraining starts
     paths = run_demo(out, max_minutes=max_minutes, steps=steps,
                      echo=functools.partial(_echo, block=True))  # its tables; its own lines name no user input
     _echo()

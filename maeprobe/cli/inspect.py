@@ -11,7 +11,7 @@ from .common import CKPT, DEC_HEADS, DEVICE, IMG_SIZE, NUM_HEADS, SEED, _echo, _
 app = typer.Typer()
 
 
-@app.command()
+@app.command(short_help="Show a checkpoint's format, architecture, decoder and parameter count.")
 @_friendly
 def info(ckpt: Path = CKPT, num_heads: Optional[int] = NUM_HEADS, decoder_num_heads: Optional[int] = DEC_HEADS,
          img_size: Optional[int] = IMG_SIZE):
@@ -24,7 +24,7 @@ def info(ckpt: Path = CKPT, num_heads: Optional[int] = NUM_HEADS, decoder_num_he
         _echo(f"{key:>14}: {value}")
 
 
-@app.command("render-attn")
+@app.command("render-attn", short_help="Render one image's attention maps as PNG and PDF.")
 @_friendly
 def render_attn(
     ckpt: Path = CKPT,
@@ -57,7 +57,7 @@ def render_attn(
     _echo("wrote " + ", ".join(str(p) for p in paths))
 
 
-@app.command("figures")
+@app.command("figures", short_help="Redraw the paper's figures from stored result tables.")
 @_friendly
 def figures_cmd(
     results: list[Path] = typer.Argument(..., help="Result tables (.csv/.json/.parquet) written by maeprobe."),

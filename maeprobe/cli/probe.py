@@ -87,7 +87,10 @@ def option_values(spec_fields, values: dict) -> dict:
 def _common(spec) -> list[inspect.Parameter]:
     """ckpt, images, out, and the probe settings every metric command takes."""
     params = [P("ckpt", P.POSITIONAL_OR_KEYWORD, default=CKPT, annotation=Path)]
-    if spec.needs_reference:
+    if spec.needs_reference and spec.reference_optional:  # left out: the model is compared with itself
+        params.append(P("ref", P.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+            None, "--ref", help="Reference checkpoint, or 'dino' (default: the model itself, in one pass).")))
+    elif spec.needs_reference:
         params.append(P("ref", P.KEYWORD_ONLY, annotation=str, default=typer.Option(
             ..., "--ref", help="Reference checkpoint, or 'dino' (local copy; see MAEPROBE_DINO).")))
     params += [P("images", P.KEYWORD_ONLY, default=IMAGES, annotation=Optional[Path]),
@@ -216,7 +219,10 @@ def run_command():
                     img_size=values["img_size"], block_queries=values["block_queries"],
                     **option_values(_run_fields(), values))
         shown = table[table["metric"] != "feature_spectrum"]
-        summary = shown.groupby(["checkpoint", "metric", "module", "mask_ratio", "layer"],
+        per_feature = []  # effective rank: one line per feature (cls, patch_mean), never their mean
+        if "feature" in shown and shown["feature"].notna().any():
+            shown, per_feature = shown.assign(feature=shown["feature"].fillna("")), ["feature"]
+        summary = shown.groupby(["checkpoint", "metric", "module", *per_feature, "mask_ratio", "layer"],
                                 dropna=False)["value"].mean().unstack("layer")
         _echo(summary.to_string(float_format="%.3f"), block=True)
         _write(table, values["out"])
@@ -229,4 +235,4 @@ def run_command():
 def register_commands(app: typer.Typer) -> None:
     for spec in registry.metrics().values():
         app.command(spec.name, help=spec.summary, short_help=spec.summary)(metric_command(spec))
-    app.command("run")(run_command())
+    app.command("run", short_help="Several metrics for several checkpoints in one table.")(run_command())

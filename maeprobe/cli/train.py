@@ -11,7 +11,7 @@ from .common import _echo, _friendly, _one_line
 app = typer.Typer()
 
 
-@app.command("pretrain")
+@app.command("pretrain", short_help="Pretrain a small MAE in one process.")
 @_friendly
 def pretrain_cmd(
     out: Path = typer.Option(Path("outputs/pretrain/checkpoint.pth"), "--out", help="Checkpoint path (.pth)."),
@@ -33,9 +33,10 @@ def pretrain_cmd(
     """Minimal single-process MAE pretraining; saves an official-format checkpoint."""
     from .. import validate
     from ..io import check_output_file
+    from ..results import output_path
     from ..train import PretrainConfig, pretrain
 
-    check_output_file(out, (".pth",))
+    check_output_file(output_path(out, "--out"), (".pth",))  # /dev, /proc, /sys refused before anything runs
     validate.mask_ratio(mask_ratio, None, "--mask-ratio")
     validate.device(device)
 
@@ -65,7 +66,7 @@ def _recipe_path(recipe: Path) -> Path:
     return bundled if bundled.is_file() and not bundled.name.startswith("_") else recipe
 
 
-@recipe_app.command("ls")
+@recipe_app.command("ls", short_help="List the recipes with their task, method and launch command.")
 @_friendly
 def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder (default: the bundled recipes/).")):
     """List recipes with their task, method and launch command."""
@@ -85,7 +86,7 @@ def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder 
         _echo(f"{path.stem:<28} {what:<16} {launch_command(path)}")
 
 
-@recipe_app.command("show")
+@recipe_app.command("show", short_help="Print a resolved recipe as YAML without running it.")
 @_friendly
 def recipe_show(
     recipe: Path = typer.Argument(..., help="Recipe YAML, or a bundled recipe's name as `recipe ls` prints it."),
@@ -101,15 +102,34 @@ def recipe_show(
     from ..errors import MaeprobeError
     from ..train.config import load_recipe, show_recipe
 
-    config = load_recipe(_recipe_path(recipe), overrides or [])
+    path = _recipe_path(recipe)
+    config = load_recipe(path, overrides or [])
     world = os.environ.get("WORLD_SIZE", "1")
     if nproc is None and (not world.strip().isdigit() or int(world) < 1):
         raise MaeprobeError(f"environment variable WORLD_SIZE={_one_line(world)[:40]!r}: expected a whole number "
                             ">= 1 (or pass --nproc N)")
-    _echo(show_recipe(config, nproc or int(world)), nl=False, block=True)
+    shown = show_recipe(config, nproc or int(world))  # a batch that cannot be split is refused before any output
+    header = _header(path)  # the launch command and the paper reference the file starts with
+    if header:
+        _echo(header, block=True)
+    _echo(shown, nl=False, block=True)
 
 
-@recipe_app.command("run")
+def _header(path: Path) -> str:
+    """The comment lines at the top of a recipe file, as they are written (read within the recipe size limit)."""
+    from ..train.config import MAX_RECIPE_BYTES
+
+    with open(path, encoding="utf-8", errors="replace") as file:
+        text = file.read(MAX_RECIPE_BYTES)
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+@recipe_app.command("run", short_help="Run a recipe, alone or under torchrun with DDP.")
 @_friendly
 def recipe_run(
     recipe: Path = typer.Argument(..., help="Recipe YAML, or a bundled recipe's name as `recipe ls` prints it."),

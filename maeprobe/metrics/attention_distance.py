@@ -141,9 +141,11 @@ class AttentionDistanceOptions:
 
 
 def _report(table) -> list[str]:
+    uniform = (f"; uniform attention: {table['uniform_level'].iloc[0]:.3f}"
+               if "uniform_level" in table and table["uniform_level"].notna().any() else "")
     return heads_by_layer(table, f"{checkpoint_name(table)}: mean attention distance ({table['units'].iloc[0]}) of the "
                                  f"{table['module'].iloc[0]}, {images_text(table)}, mask ratio "
-                                 f"{table['mask_ratio'].iloc[0]:g}", 2, True)
+                                 f"{table['mask_ratio'].iloc[0]:g}{uniform}", 2, True)
 
 
 SPEC = register(MetricSpec(

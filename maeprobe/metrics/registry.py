@@ -50,8 +50,9 @@ class FigureSpec:
     Attributes:
         name: the figure's name (``--figure NAME``, the file stem).
         title: its title.
-        kind: ``'layers'`` (one line per checkpoint over layers), ``'heads'`` (heads as dots, their mean per layer)
-            or ``'spectrum'``.
+        kind: ``'layers'`` (one line per checkpoint over layers), ``'heads'`` (heads as dots, their mean per layer),
+            ``'spectrum'`` or ``'heatmap'`` (one panel per (checkpoint, reference) pair: ``layer`` rows against
+            ``ref_layer`` columns, e.g. CKA).
         ylabel: the y axis label (``'heads'``: built from ``quantity`` and the units).
         quantity, units: ``'heads'`` figures: what is plotted and in which units (None: the rows' ``units`` column).
         module: only rows of this module (None: all).
@@ -59,6 +60,8 @@ class FigureSpec:
             implies (rows of different units or conventions are refused).
         default: drawn when no figure is named.
         uniform: ``'layers'`` figures: the y value of uniform attention, drawn as a dotted line (None: none).
+        level_column: ``'layers'`` figures: a column of the rows whose values are drawn as dashed lines, one per
+            distinct value, labelled with the column's name (e.g. k-NN's ``chance_level``; None: none).
         variant: ``'heads'`` figures: (flag column, label of rows where it is true, where false, text added to the
             quantity when every row has it): lines of both kinds on one plot say which they are.
         label_by: the column that names the lines when the user keeps the default (``checkpoint``).
@@ -76,6 +79,7 @@ class FigureSpec:
     settings: dict = field(default_factory=dict)
     default: bool = False
     uniform: float | None = None
+    level_column: str | None = None
     variant: tuple[str, str, str, str] | None = None
     label_by: str | None = None
     note: str = ""
@@ -100,6 +104,8 @@ class MetricSpec:
             one shared mask).
         needs_decoder: the metric reads the decoder (``run`` refuses encoder-only checkpoints at once).
         needs_reference: the metric compares with a reference model (``--ref``).
+        reference_optional: with ``needs_reference``, the reference may be left out (``reference=None``, no
+            ``--ref``): the reducer then gets ``None`` and compares the model with itself (e.g. CKA, A = B).
         block_queries: the metric reads attention in query blocks (``--block-queries`` applies).
         layers_help: the ``--layers`` help of its command.
         report: ``report(table) -> list[str]``: the console summary (a header line, a table), also for notebooks
@@ -119,6 +125,7 @@ class MetricSpec:
     per_image_mask: bool = True
     needs_decoder: bool = False
     needs_reference: bool = False
+    reference_optional: bool = False
     block_queries: bool = True
     layers_help: str = "0-based layers, e.g. 0,5,11 or 0-3 (default all)."
     report: Callable | None = None

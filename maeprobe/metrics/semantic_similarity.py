@@ -113,9 +113,9 @@ class DecoderSemanticSimilarity(ImageMean):
                  center: bool = False, tau_quantile: float | None = None,
                  bootstrap: int = 0, bootstrap_seed: int = 0, reference_name: str = "ref") -> None:
         if tau_quantile is not None and not 0.0 < float(tau_quantile) < 1.0:
-            raise MaeprobeError(f"--tau-quantile must lie in (0, 1), got {tau_quantile!r}")
+            raise MaeprobeError(f"tau_quantile must lie in (0, 1), got {tau_quantile!r}")
         if not 0.0 <= float(eps) < 1.0:
-            raise MaeprobeError(f"--eps must lie in [0, 1) (the value below tau; 1 would make W all ones), got {eps!r}")
+            raise MaeprobeError(f"eps must lie in [0, 1) (the value below tau; 1 would make W all ones), got {eps!r}")
         self.center, self.tau_quantile = bool(center), tau_quantile
         decoder_features = ref_features if decoder_features is None else decoder_features
         for name, value in (("ref_features", ref_features), ("decoder_features", decoder_features)):
@@ -282,7 +282,7 @@ def saturation_warning(table) -> str | None:
         if layers:
             sides.append(f"W is {state} in decoder layer(s) {', '.join(layers)}")
     return (f"{'; '.join(sides)} (density outside [{EMPTY_BELOW:g}, {SATURATED_ABOVE:g}]): S then measures only a "
-            "density; try --center-keys or --tau-quantile (README, Eq. 8)")
+            "density; try center_keys=True or tau_quantile (--center-keys, --tau-quantile; README, Eq. 8)")
 
 
 SPEC = register(MetricSpec(

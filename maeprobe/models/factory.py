@@ -111,6 +111,21 @@ def resized(cfg: ArchConfig, state: dict, img_size: int, rule: str, rel_rule: st
     return ArchConfig(**{**cfg.to_dict(), "img_size": img_size}), state
 
 
+def decoder_left_out(model) -> str | None:
+    """Why ``model`` has no decoder when ``load(img_size=...)`` left its MAE decoder out (``resized``; the loader
+    records the checkpoint's own size as ``model.checkpoint.decoder_img_size``), naming ``img_size``; else None.
+
+    The decoder is left out rather than resampled: the official MAE's ``decoder_pos_embed`` is a fixed 2-D sin-cos
+    table of the trained grid (facebookresearch/mae, models_mae.py, ``initialize_weights``), which a bicubic
+    resampling does not reproduce, and the conv / Gaussian / AE(k) decoders are laid out on that grid."""
+    own = getattr(getattr(model, "checkpoint", None), "decoder_img_size", None)
+    if own is None:
+        return None
+    grid = own // model.config.patch_size
+    return (f"img_size={model.config.img_size} left out the MAE decoder (it keeps the fixed {grid}x{grid} patch grid "
+            f"it was trained on); decoder analyses need the checkpoint at its own input size (img_size={own})")
+
+
 def builder_of(model) -> str:
     """Which builder made ``model``: 'beit', 'eva' (timm ``Eva`` or a timm EVA definition) or 'vit'."""
     if isinstance(model, BeitEncoder):

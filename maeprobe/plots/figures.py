@@ -336,7 +336,13 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
     if _figure(name).uniform is not None:
         level = _figure(name).uniform
         ax.axhline(level, color="0.3", lw=0.8, ls=":", label=f"uniform attention (= {level:g})")
-    ax.set_xlabel("decoder layer (1 = first; tables count from 0)")
+    column = _figure(name).level_column  # a level the rows carry (e.g. k-NN's chance level): one line per value
+    if column and column in rows:
+        for level in sorted(set(np.round(pd.to_numeric(rows[column], errors="coerce").dropna().astype(float), 6))):
+            ax.axhline(level, color="0.3", lw=0.8, ls="--", label=f"{column.replace('_', ' ')} (= {level:.3g})")
+    modules = list(dict.fromkeys(rows["module"].astype(str)))
+    ax.set_xlabel(f"{modules[0] if len(modules) == 1 else 'encoder or decoder'} layer (1 = first; tables count "
+                  "from 0)")
     ax.set_ylabel(f"{ylabel} (unitless)")
     parts, subtitle = [_caption(rows, name)], ""
     if referenced:
@@ -503,6 +509,79 @@ def _spectrum(frame, out_dir, name, label_by):
     return paths
 
 
+def _heatmap(frame, metric, title, out_dir, name, label_by):
+    """A metric of layer pairs (linear CKA: ``layer`` of the checkpoint against ``ref_layer`` of its reference) as
+    heat maps, one panel per (checkpoint, reference) pair: rows the checkpoint's layers, columns the reference's,
+    both numbered as the table (0-based), origin at the bottom left (vit_analysis's ``CKA.plot_results``), colour
+    scale fixed at 0-1 with the bar "linear CKA". The title names both checkpoints; the intervals stay in the
+    table and the caption gives their half-widths."""
+    import textwrap
+
+    from ..limits import check
+
+    rows = frame[frame["metric"] == metric]
+    if rows.empty or "ref_layer" not in rows:
+        return []
+    rows = rows[pd.to_numeric(rows["ref_layer"], errors="coerce").notna()].copy()
+    rows["ref_layer"] = pd.to_numeric(rows["ref_layer"]).astype(int)
+    rows["reference"] = _text(rows, "reference")
+    rows, dropped = _lines_of(rows, name, label_by, ["layer", "ref_layer", "reference"])
+    panels = list(dict.fromkeys(zip(rows["label"], rows["reference"])))
+    check("MAEPROBE_MAX_FIGURE_LINES", len(panels), f"{name}: panels (one per checkpoint and reference) of the figure")
+    if not panels:
+        return []
+    plt, sns = _style()
+    columns = min(len(panels), 3)
+    grid_rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(3.3 * columns, 3.2 * grid_rows), squeeze=False)
+    cmap = plt.get_cmap("magma").with_extremes(bad="0.85")  # a pair without a finite value (see the caption)
+    groups = dict(tuple(rows.groupby(["label", "reference"], sort=False)))
+    for ax, (label, reference) in zip(axes.flat, panels):
+        part = groups[(label, reference)]
+        table = part.pivot(index="layer", columns="ref_layer", values="value").sort_index().sort_index(axis=1)
+        ref_name = f"{label} (itself)" if reference in ("(itself)", "") else reference
+        image = ax.imshow(table.to_numpy(dtype=float), origin="lower", cmap=cmap, vmin=0.0, vmax=1.0,
+                          aspect="auto", interpolation="nearest")
+        for axis, layers in ((ax.xaxis, list(table.columns)), (ax.yaxis, list(table.index))):
+            step = max(1, -(-len(layers) // 16))  # at most 16 numbers per axis, each the table's own layer
+            axis.set_ticks(range(0, len(layers), step))
+            axis.set_ticklabels([str(int(layers[k])) for k in range(0, len(layers), step)], fontsize=5.5)
+        if table.size <= 64:  # few cells: the values themselves
+            for (i, j), v in np.ndenumerate(table.to_numpy(dtype=float)):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=5,
+                            color="black" if v > 0.6 else "white")
+        ax.set_ylabel("\n".join(textwrap.wrap(f"layer of {label} (0-based, as the table)", 40)), fontsize=6)
+        ax.set_xlabel("\n".join(textwrap.wrap(f"layer of {ref_name} (0-based, as the table)", 40)), fontsize=6)
+        heading = textwrap.wrap(f"{title}: {label} vs {ref_name}", 48)
+        ax.set_title("\n".join(heading[:3]) + ("..." if len(heading) > 3 else ""), fontsize=6.5)
+        bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        bar.set_label("linear CKA", fontsize=6)
+        bar.ax.tick_params(labelsize=5.5)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    first = rows.iloc[0]
+    features = {"cls": "CLS token", "mean": "mean of patch tokens", "tokens": "all tokens flattened"}.get(
+        str(first.get("features")), str(first.get("features")))
+    estimator = "exact (all images)" if str(first.get("estimator")) != "minibatch" else "minibatch unbiased HSIC"
+    size = _count(rows, "minibatch_size")
+    if str(first.get("estimator")) == "minibatch" and size:
+        estimator += f" over batches of {size}"
+    parts = [_caption(rows, name), f"features: block outputs, {features}; estimator: {estimator}",
+             "rows: the checkpoint's layers, columns: the reference's (0-based, as the table); colours 0-1"]
+    interval = _interval_text(rows, "intervals (in the table, not drawn)", "delete-a-group jackknife",
+                              labels=rows["label"])
+    if not interval.startswith("no interval"):
+        half = ((rows["ci_high"] - rows["ci_low"]) / 2).astype(float)
+        half = half[np.isfinite(half)]
+        interval += f": half-width median {half.median():.3f}, max {half.max():.3f}"
+    parts += [interval, dropped]
+    _finish(fig, "; ".join(part for part in parts if part))
+    paths = _save(fig, out_dir, name)
+    plt.close(fig)
+    return paths
+
+
 def _setting(rows: pd.DataFrame, column: str, default=None) -> pd.Series:
     """``column`` as comparable text: numbers as ``%g``, missing values as the default (``decoder_features``: as
     ``ref_features``; ``units``: px), booleans from files (True, 'True', 1) as True/False."""
@@ -634,6 +713,8 @@ def make_figures(frame: pd.DataFrame, out_dir: str | Path, *, figures=None, labe
             paths += _per_layer_lines(frame_used, metric, title, ylabel, out_dir, name, label_by)
         elif figure.kind == "spectrum":
             paths += _spectrum(frame_used, out_dir, name, label_by)
+        elif figure.kind == "heatmap":
+            paths += _heatmap(frame_used, metric, title, out_dir, name, label_by)
         else:
             by = figure.label_by if figure.label_by and label_by == "checkpoint" else label_by
             paths += _per_head_layers(frame_used, metric, title, out_dir, name, by, figure.module or "encoder")
