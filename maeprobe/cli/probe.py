@@ -218,13 +218,21 @@ def run_command():
                     decoder_num_heads=values["decoder_num_heads"], ref_num_heads=values["ref_num_heads"],
                     img_size=values["img_size"], block_queries=values["block_queries"],
                     **option_values(_run_fields(), values))
-        shown = table[table["metric"] != "feature_spectrum"]
+        specs = registry.metrics().values()
+        detail = {column for spec in specs for column in spec.detail_rows}  # rows with a further axis
+        shown = table[~table["metric"].isin(detail)]
         per_feature = []  # effective rank: one line per feature (cls, patch_mean), never their mean
         if "feature" in shown and shown["feature"].notna().any():
             shown, per_feature = shown.assign(feature=shown["feature"].fillna("")), ["feature"]
         summary = shown.groupby(["checkpoint", "metric", "module", *per_feature, "mask_ratio", "layer"],
                                 dropna=False)["value"].mean().unstack("layer")
-        _echo(summary.to_string(float_format="%.3f"), block=True)
+        if not shown.empty:
+            _echo(summary.to_string(float_format="%.3f"), block=True)
+        for spec in specs:  # a metric whose every row has a further axis (CKA, token spectra): its own summary
+            rows = table[table["metric"] == spec.column]
+            if spec.column in spec.detail_rows and not spec.summary_rows and not rows.empty and spec.report:
+                for _, part in rows.groupby("checkpoint", sort=False):
+                    _echo("\n".join(spec.report(part)), block=True)
         _write(table, values["out"])
 
     run_cmd.__signature__ = signature

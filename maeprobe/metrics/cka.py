@@ -588,7 +588,7 @@ def _report(table) -> list[str]:
         against = "itself" if reference == SELF else one_line(reference, 120)
         lines.append(f"{checkpoint_name(rows)}: linear CKA, its layers (rows) vs the layers of {against} (columns); "
                      f"features {first['features']}, {_estimator_text(first)}; {images_text(rows)}")
-        matrix = rows.pivot(index="layer", columns="ref_layer", values="value")
+        matrix = rows.astype({"layer": int, "ref_layer": int}).pivot(index="layer", columns="ref_layer", values="value")
         lines.append(matrix.to_string(float_format="%.3f"))
     return lines
 
@@ -616,6 +616,7 @@ SPEC = register(MetricSpec(
     unbiased HSIC over the probe's batches (Nguyen et al. 2021; depends on ``batch_size``, recorded), also for
     ``features='tokens'``. Intervals: delete-a-group jackknife over ``groups`` groups of independent units.""",
     mask_ratio=0.0, per_image_mask=False, needs_reference=True, reference_optional=True, block_queries=False,
-    layers_help="0-based encoder layers of the model (default all).", report=_report, warn=skipped_warning,
+    layers_help="0-based encoder layers of the model (default all).", detail_rows=("cka",), report=_report,
+    warn=skipped_warning,
     figures=(FigureSpec("cka", "Linear CKA", "heatmap", default=True,
                         settings={"features": "mean", "estimator": "exact", "minibatch_size": None}),)))

@@ -193,6 +193,6 @@ SPEC = register(MetricSpec(
     ``frequency`` column in units of pi); rows ``feature_fourier``: the highest frequency per layer. Needs
     mask_ratio 0.""",
     per_image_mask=False, block_queries=False, layers_help="0-based encoder layers (default all).",
-    report=_report,
+    detail_rows=(BY_FREQUENCY,), report=_report,
     figures=(FigureSpec("fourier", "Fourier: Δ log amplitude at the highest frequency vs DC", "layers",
                         ylabel="Δ log amplitude", settings={"channel_average": "log"}, default=True),)))

@@ -112,6 +112,12 @@ class MetricSpec:
             (``maeprobe.api.report``).
         warn: ``warn(table) -> str | None``: a warning the API raises after measuring (``warnings.warn``).
         figures: the figures drawn from its rows.
+        detail_rows: values of the table's ``metric`` column whose rows carry a further axis (frequency, component,
+            reference layer): ``run``'s per-layer summary leaves them out (a mean over that axis means nothing) and,
+            when they are all a metric has (its column among them, no ``summary_rows``), prints the metric's own
+            ``report`` for them.
+        summary_rows: values of the ``metric`` column, other than ``column``, of its per-layer rows (the spectrum's
+            ``effective_rank``), which ``run``'s summary shows.
     """
 
     name: str
@@ -131,6 +137,8 @@ class MetricSpec:
     report: Callable | None = None
     warn: Callable | None = None
     figures: tuple[FigureSpec, ...] = ()
+    detail_rows: tuple[str, ...] = ()
+    summary_rows: tuple[str, ...] = ()
 
     def fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.options)

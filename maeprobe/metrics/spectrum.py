@@ -183,5 +183,6 @@ SPEC = register(MetricSpec(
     effective rank (``effective_rank`` rows) of CLS and mean-pooled patch features of encoder layers (default:
     the last block).""",
     per_image_mask=False, block_queries=False, layers_help="0-based encoder layers (default: the last).",
+    detail_rows=("feature_spectrum",), summary_rows=("effective_rank",),
     report=_report,
     figures=(FigureSpec("spectrum", "Feature spectrum (U-MAE)", "spectrum", default=True),)))

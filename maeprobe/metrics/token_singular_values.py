@@ -158,7 +158,7 @@ def _report(table) -> list[str]:
     last = int(table["component"].max())
     picks = sorted({0, 1, last // 2, last} & set(range(last + 1)))
     shown = table[table["component"].isin(picks)].pivot_table(index="layer", columns="component", values="value")
-    shown.columns = [f"component {c}" for c in shown.columns]
+    shown.columns = [f"component {int(c)}" for c in shown.columns]
     return [title, shown.reset_index().to_string(index=False, float_format="%.3f")]
 
 
@@ -171,4 +171,4 @@ SPEC = register(MetricSpec(
     averaged over images. One row per (layer, component), components 0-based from the largest; min(N - 1, D) of
     them. Needs mask_ratio 0.""",
     per_image_mask=False, block_queries=False, layers_help="0-based encoder layers (default all).",
-    report=_report))
+    detail_rows=("token_singular_values",), report=_report))
