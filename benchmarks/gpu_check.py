@@ -5,9 +5,9 @@
     python benchmarks/gpu_check.py standins ROOT       # stand-in checkpoints in official formats in hub caches
 
 ``standins`` writes random-weight stand-ins for the files ``maeprobe reproduce --scale released`` reads (an MAE file
-with its decoder in the torch hub cache ROOT/torch, DINO's release file there, DeiT as a timm hub snapshot in
-ROOT/hf), at 32 px; with ``TORCH_HOME=ROOT/torch HF_HUB_CACHE=ROOT/hf HF_HUB_OFFLINE=1`` the command finds them
-instead of the released models. ``tests/test_findings_released.py`` uses the same function.
+with its decoder in the torch hub cache ROOT/torch, DINO's and MoCo v3's release files there, DeiT as a timm hub
+snapshot in ROOT/hf), at 32 px; with ``TORCH_HOME=ROOT/torch HF_HUB_CACHE=ROOT/hf HF_HUB_OFFLINE=1`` the command
+finds them instead of the released models. ``tests/test_findings_released.py`` uses the same function.
 """
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ def _vit(arch: str, seed: int):
                              num_classes=0)
 
 
-def place_stand_ins(root, *, deit: bool = True) -> None:
-    """Random-weight stand-ins of the released MAE, DINO and DeiT ViT-B/16 files under ``root``/torch (torch hub
-    cache) and ``root``/hf (HuggingFace hub cache); ``deit=False`` leaves DeiT out (a missing file)."""
+def place_stand_ins(root, *, deit: bool = True, mocov3: bool = True) -> None:
+    """Random-weight stand-ins of the released MAE, DINO, DeiT and MoCo v3 ViT-B/16 files under ``root``/torch
+    (torch hub cache) and ``root``/hf (HuggingFace hub cache); ``deit=False`` / ``mocov3=False`` leave that file out
+    (a missing file). MoCo v3's comes in main_moco.py's container (``{'state_dict': {'module.base_encoder.*',
+    'module.momentum_encoder.*', ...}}``)."""
     import torch
     from safetensors.torch import save_file
 
@@ -54,6 +56,12 @@ def place_stand_ins(root, *, deit: bool = True) -> None:
         save_file(_vit("deit_base_patch16_224", 3).state_dict(), str(snapshot / "model.safetensors"))
         (snapshot / "config.json").write_text(json.dumps({"architecture": "deit_base_patch16_224",
                                                           "model_args": {"num_heads": 3}}))
+    if mocov3:
+        encoder = _vit("vit_base_patch16_224", 4).state_dict()
+        momentum = _vit("vit_base_patch16_224", 5).state_dict()
+        state = {f"module.base_encoder.{k}": v for k, v in encoder.items()}
+        state.update({f"module.momentum_encoder.{k}": v for k, v in momentum.items()})
+        torch.save({"epoch": 300, "arch": "vit_base", "state_dict": state}, checkpoints / "vit-b-300ep.pth.tar")
 
 
 def make_images(folder, per_class: int = 16, size: int = 72) -> None:

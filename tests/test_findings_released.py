@@ -1,6 +1,6 @@
 """``maeprobe reproduce --scale released`` offline, on stand-in checkpoints in the official formats placed in
-temporary hub caches (an MAE file with its decoder in the torch hub cache, DINO's release file, DeiT as a timm
-hub snapshot), and on stand-ins in the release files' own containers and key names (``_place_official``):
+temporary hub caches (an MAE file with its decoder in the torch hub cache, DINO's and MoCo v3's release files,
+DeiT as a timm hub snapshot), and on stand-ins in the release files' own containers and key names (``_place_official``):
 random weights must give inconclusive verdicts; a missing file is one line naming, per role, where to place each
 file and its download URL."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from helpers import load_benchmark
 
 import maeprobe
 from maeprobe.findings import reproduce
-from maeprobe.findings.catalogue import RELEASED_FINDINGS
+from maeprobe.findings.catalogue import FINDINGS, RELEASED_FINDINGS
 
 timm = pytest.importorskip("timm")
 
@@ -26,17 +26,21 @@ def test_released_scale_on_random_stand_ins_is_inconclusive(caches):
     full = reproduce(None, scale="released", out=out, probe_images=8, device="cpu", echo=lines.append)
     table = full[full["verdict"] != "superseded"]  # version 3; version 2 on the same evidence follows each
     assert table["finding"].tolist() == list(RELEASED_FINDINGS)
-    assert full["finding"].tolist()[1::2] == [f"{f}-v2" for f in table["finding"]]
+    with_v2 = [f for f in RELEASED_FINDINGS if FINDINGS[f].rule_v2 is not None]  # version 2 follows its finding
+    assert full.loc[full["verdict"] == "superseded", "finding"].tolist() == [f"{f}-v2" for f in with_v2]
     assert set(table["verdict"]) == {"inconclusive"} and set(table["rule_version"]) == {3}
     assert all(str(d).startswith(("no power at this scale", "W carries no semantics")) for d in table["detail"])
     assert set(table["seeds"]) == {1}
     report = (out / "findings.md").read_text()
     # the report names the checkpoints it used and says the released models trained far longer than the paper's
     for name in ("mae_pretrain_vit_base_full.pth", "dino_vitbase16_pretrain.pth", "timm/deit_base_patch16_224.fb_in1k",
-                 "far longer"):
+                 "vit-b-300ep.pth.tar", "far longer"):
         assert name in report
     evidence = pd.read_csv(out / "findings" / "mae-local-attention" / "evidence.csv")
     assert set(evidence["model"]) == {"mae", "dino", "deit", "init"}
+    for finding in ("contrastive-homogeneous-attention", "mae-high-frequency"):  # cl-vs-mim: every block of each
+        evidence = pd.read_csv(out / "findings" / finding / "evidence.csv")
+        assert set(evidence["model"]) == {"mae", "dino", "mocov3", "init"} and set(evidence["layer"]) == {0, 1}
     semantic = pd.read_csv(out / "findings" / "decoder-semantic" / "evidence.csv")
     assert semantic["reference"].iloc[0] == "dino_vitbase16_pretrain.pth"  # the released DINO is the reference
     for name in (*RELEASED_FINDINGS, "fig4-render-0"):
@@ -54,6 +58,19 @@ def test_released_scale_names_every_missing_file_in_one_line(caches):
     message = str(info.value)
     assert "\n" not in message and "timm/deit_base_patch16_224.fb_in1k" in message and str(caches / "hf") in message
     assert "mae_pretrain" not in message  # found ones are not listed
+
+
+def test_a_finding_asks_only_for_the_releases_it_reads(caches):
+    """Without MoCo v3's file, the findings that do not read it still run; those that do name its file and URL."""
+    _place_stand_ins(caches, mocov3=False)
+    table = reproduce(["mae-local-attention"], scale="released", out=caches / "out", probe_images=4, device="cpu")
+    assert table["verdict"].tolist() == ["inconclusive", "superseded"]
+    with pytest.raises(maeprobe.MaeprobeError) as info:
+        reproduce(["contrastive-homogeneous-attention"], scale="released", out=caches / "out2", probe_images=4)
+    message = str(info.value)
+    assert "\n" not in message and "MoCo v3" in message and "DeiT" not in message
+    assert f"{caches / 'torch' / 'hub' / 'checkpoints' / 'vit-b-300ep.pth.tar'} (from " \
+           "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar)" in message
 
 
 def test_released_scale_refuses_findings_that_need_training(caches):
@@ -104,7 +121,10 @@ def _mae_full(g) -> dict:
 
 
 def _place_official(root, *, deit: bool = True) -> dict:
-    """The three release files in the torch hub cache, in their own containers, under their release names."""
+    """The four release files in the torch hub cache, in their own containers, under their release names. MoCo v3:
+    facebookresearch/moco-v3 main_moco.py saves {'epoch', 'arch', 'state_dict': DDP(MoCo_ViT).state_dict(),
+    'optimizer'}; the ViT sits in ``module.base_encoder.`` (its ``head`` the projection MLP), beside
+    ``module.momentum_encoder.`` and ``module.predictor.``."""
     g = torch.Generator().manual_seed(3)
     folder = root / "torch" / "hub" / "checkpoints"
     folder.mkdir(parents=True)
@@ -114,14 +134,37 @@ def _place_official(root, *, deit: bool = True) -> dict:
         files["deit"] = ("deit_base_patch16_224-b5f2ef4d.pth",
                          {"model": {**_encoder(g), "head.weight": 0.02 * torch.randn(1000, W, generator=g),
                                     "head.bias": torch.zeros(1000)}})
+    base, momentum = _encoder(g), _encoder(g)
+    state = {f"module.base_encoder.{k}": v for k, v in base.items()}
+    state.update({f"module.momentum_encoder.{k}": v for k, v in momentum.items()})
+    for enc in ("base_encoder", "momentum_encoder"):
+        state.update({f"module.{enc}.head.0.weight": torch.randn(64, W, generator=g),
+                      f"module.{enc}.head.1.weight": torch.ones(64), f"module.{enc}.head.1.bias": torch.zeros(64)})
+    state.update({"module.predictor.0.weight": torch.randn(64, 64, generator=g)})
+    files["mocov3"] = ("vit-b-300ep.pth.tar", {"epoch": 300, "arch": "vit_base", "state_dict": state,
+                                               "optimizer": {"state": {}, "param_groups": []}})
     for name, obj in files.values():
         torch.save(obj, folder / name)
     return files
 
 
+_CONTAINER = {"mae": "model", "deit": "model", "mocov3": "state_dict"}  # the key holding the weights (DINO: none)
+
+
+def _weights(role: str, raw: dict) -> dict:
+    """The encoder's tensors under timm's names, read from a release file's own container."""
+    if role == "dino":
+        return raw
+    if role == "mocov3":
+        prefix = "module.base_encoder."
+        return {k[len(prefix):]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
+    return raw[_CONTAINER[role]]
+
+
 def test_official_release_containers_are_found_and_load(caches):
     """DeiT's own file in the torch hub cache is found (it used to be reported missing: only timm's hub snapshot
-    was looked for), and the three official containers load with their own key names, nothing added."""
+    was looked for), and the four official containers load with their own key names, nothing added; MoCo v3's base
+    encoder is the one loaded."""
     from maeprobe.findings.runner import released_checkpoints
 
     files = _place_official(caches)
@@ -131,8 +174,8 @@ def test_official_release_containers_are_found_and_load(caches):
     for role, (path, label) in found.items():
         assert label.endswith(files[role][0])
         raw = torch.load(path, map_location="cpu", weights_only=True)
-        assert "maeprobe" not in raw and set(raw) == ({"model"} if role != "dino" else set(files["dino"][1]))
-        sd = raw["model"] if role != "dino" else raw
+        assert "maeprobe" not in raw and set(raw) == set(files[role][1])
+        sd = _weights(role, raw)
         model = maeprobe.load(path)
         cfg = model.config
         assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.img_size) == (W, DEPTH, 3, P, GRID * P)
@@ -162,7 +205,7 @@ def test_missing_line_says_where_to_place_each_file_and_its_url(caches):
     from maeprobe.findings.runner import released_checkpoints
 
     _place_official(caches, deit=False)
-    found, missing = released_checkpoints()
+    found, missing = released_checkpoints(("mae", "dino", "deit"))
     assert set(found) == {"mae", "dino"} and len(missing) == 1
     line = missing[0]
     assert "\n" not in line

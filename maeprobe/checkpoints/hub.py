@@ -23,13 +23,15 @@ from ..validate import first_line, one_line
 
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
-# Official releases outside the HuggingFace hub: file name -> URL (facebookresearch/mae, dino, dinov2 READMEs;
+# Official releases outside the HuggingFace hub: file name -> URL (facebookresearch/mae, dino, dinov2 READMEs,
+# moco-v3 CONFIG.md;
 # facebookresearch/deit README_deit.md and models.py: the file name carries the first 8 hex digits of its SHA-256,
 # which torch.hub checks).
 _MAE = "https://dl.fbaipublicfiles.com/mae/{kind}/{name}"
 _DINO = "https://dl.fbaipublicfiles.com/dino/{stem}/{name}"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/{stem}/{name}"
 _DEIT = "https://dl.fbaipublicfiles.com/deit/{name}"
+_MOCOV3 = "https://dl.fbaipublicfiles.com/moco-v3/{stem}/{name}"  # facebookresearch/moco-v3 CONFIG.md
 _HF = "https://huggingface.co/{repo}"
 
 # timm hub repositories that hold an official release file's weights (converted to timm's names): repository ->
@@ -46,7 +48,7 @@ SAME_WEIGHTS = {
 
 
 def release_url(name: str) -> str | None:
-    """Download address of an official MAE / DINO / DINOv2 / DeiT release file name, or None."""
+    """Download address of an official MAE / DINO / DINOv2 / DeiT / MoCo v3 release file name, or None."""
     if m := re.fullmatch(r"mae_(pretrain|visualize|finetuned)_vit_(base|large|huge)(?:_full)?\.pth", name):
         return _MAE.format(kind={"pretrain": "pretrain", "visualize": "visualize", "finetuned": "finetune"}[m.group(1)],
                            name=name)
@@ -56,6 +58,8 @@ def release_url(name: str) -> str | None:
         return _DINOV2.format(stem=m.group(1), name=name)
     if re.fullmatch(r"deit_(?:tiny|small|base)(?:_distilled)?_patch16_(?:224|384)-[0-9a-f]{8}\.pth", name):
         return _DEIT.format(name=name)
+    if m := re.fullmatch(r"(vit-[sb]-300ep)\.pth\.tar", name):
+        return _MOCOV3.format(stem=m.group(1), name=name)
     return None
 
 
@@ -86,9 +90,22 @@ def torch_cache() -> Path:
     return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
 
 
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MAEPROBE_OFFLINE")
+
+
+def offline_variables() -> list[str]:
+    """The environment variables that turn offline mode on here (set to 1, true, yes or on), in a fixed order."""
+    return [v for v in OFFLINE_VARIABLES if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
+
+
 def offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MAEPROBE_OFFLINE"))
+    return bool(offline_variables())
+
+
+def _offline_text() -> str:
+    """'offline mode is on (MAEPROBE_OFFLINE is set)', naming the variables that are actually set."""
+    names = offline_variables()
+    return f"offline mode is on ({' and '.join(names)} {'is' if len(names) == 1 else 'are'} set)"
 
 
 def is_name(source) -> bool:
@@ -175,8 +192,9 @@ def _hub_repo(repo: str, revision: str) -> Path:
     if snapshot is None:
         where = hf_cache() / ("models--" + repo.replace("/", "--"))
         if offline():
-            raise MaeprobeError(f"hf-hub:{repo}: not in the HuggingFace cache ({where}) and offline mode is on; "
-                                "download it where the network is reachable or unset HF_HUB_OFFLINE")
+            raise MaeprobeError(f"hf-hub:{repo}: not in the HuggingFace cache ({where}) and {_offline_text()}; "
+                                "download it where the network is reachable or unset "
+                                f"{' and '.join(offline_variables())}")
         try:
             from huggingface_hub import snapshot_download
 
@@ -194,7 +212,8 @@ def _release(name: str) -> Path:
     if target.is_file():
         return target
     if offline():
-        raise MaeprobeError(f"{name}: not in the torch hub cache ({target.parent}) and offline mode is on")
+        raise MaeprobeError(f"{name}: not in the torch hub cache ({target.parent}) and {_offline_text()}; "
+                            f"download it where the network is reachable or unset {' and '.join(offline_variables())}")
     import torch
 
     target.parent.mkdir(parents=True, exist_ok=True)

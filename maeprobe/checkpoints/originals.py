@@ -142,6 +142,8 @@ RELEASES: dict[str, tuple[dict, int, str | None]] = {  # name -> (architecture, 
     "mae_visualize_vit_base.pth": (_MAE_B16, 111_907_840, None),
     "mae_pretrain_vit_base.pth": (_VIT_B16, 85_798_656, None),
     "dino_vitbase16_pretrain.pth": (_VIT_B16, 85_798_656, None),
+    # moco-v3 vits.py vit_base: ViT-B/16, fixed 2-D sin-cos position embedding (stored), projection head dropped
+    "vit-b-300ep.pth.tar": (_VIT_B16, 85_798_656, None),
     "timm/vit_base_patch16_224.dino": (_VIT_B16, 85_798_656, None),
     "dino_deitsmall16_pretrain.pth": (dict(_VIT_B16, embed_dim=384), 21_665_664, None),
     "timm/vit_small_patch16_224.dino": (dict(_VIT_B16, embed_dim=384), 21_665_664, None),

@@ -45,8 +45,9 @@ def _caption(labels: dict, seeds: int, evidence: pd.DataFrame | None = None) -> 
 def _finish(fig, ax, finding_id: str, verdict: rules.Verdict, caption: str, folder: Path, name: str):
     finding = FINDINGS[finding_id]
     ax.set_title(f"{finding_id}: {verdict.verdict}  ({finding.paper})", fontsize=7)
-    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(caption, 110)), fontsize=5.2, va="bottom", ha="left", color="0.25")
-    fig.tight_layout(rect=(0, 0.11, 1, 1))
+    lines = textwrap.wrap(caption, 110)
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=5.2, va="bottom", ha="left", color="0.25")
+    fig.tight_layout(rect=(0, min(0.5, 0.04 + 0.026 * len(lines)), 1, 1))  # the axes end above the caption's lines
     paths = _save_kept(fig, folder, name)
     import matplotlib.pyplot as plt
 
@@ -127,6 +128,23 @@ def finding_figure(finding_id: str, measured, labels: dict, folder: Path) -> lis
         _uniform(ax, spec["uniform"])
         ax.set_xlabel("encoder layer (1 = first)")
         ax.set_ylabel("mean attention distance (px)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    elif kind == "late-layers":  # cl-vs-mim: MAE, DINO, MoCo v3 per layer; the rule reads the shaded late blocks
+        from .rules_cl_vs_mim import late_layers
+
+        names = {"mae": "MAE", "dino": "DINO", "mocov3": "MoCo v3",
+                 "init": "random initial weights (MAE's architecture)"}
+        late = late_layers(evidence["layer"])
+        ax.axvspan(late[0] + 0.5, late[-1] + 1.5, color="0.92", lw=0, label="blocks the rule reads (last third)")
+        for color, model in zip((colors[0], colors[1], colors[3], "0.5"), names):
+            part = evidence[evidence["model"] == model]
+            if not part.empty:
+                rows = _combined(part, "layer")
+                _band(ax, rows["layer"] + 1, rows, names[model], color, "--" if model == "init" else "-")
+        if spec.get("uniform") is not None:
+            ax.axhline(spec["uniform"], color="0.3", lw=0.8, ls=":", label=spec.get("uniform_label", "uniform"))
+        ax.set_xlabel("encoder layer (1 = first)")
+        ax.set_ylabel(FINDINGS[finding_id].axis)
         ax.xaxis.get_major_locator().set_params(integer=True)
     elif kind in ("accuracy", "rank"):
         if kind == "accuracy":

@@ -49,6 +49,8 @@ class Finding:
         needs_reference: measured against the Eq. 8 reference (``--ref``).
         needs_decoder: reads the MAE's transformer decoder.
         needs_labels: reads the labelled set (``--eval-data``) of the linear probes.
+        released_roles: the released checkpoints (``suite.RELEASED`` roles) its ``on_released`` reads: ``reproduce
+            --scale released`` loads, and asks for, only those of the findings it runs.
     """
 
     id: str
@@ -65,6 +67,7 @@ class Finding:
     needs_reference: bool = False
     needs_decoder: bool = False
     needs_labels: bool = False
+    released_roles: tuple[str, ...] = ("mae", "dino", "deit")
 
     @property
     def scales(self) -> tuple[str, ...]:

@@ -10,9 +10,10 @@ from .fingerprints import _file_digest, _folder_fingerprint
 from .suite import RELEASED
 
 
-def released_checkpoints() -> tuple[dict[str, tuple[Path, str]], list[str]]:
+def released_checkpoints(roles=None) -> tuple[dict[str, tuple[Path, str]], list[str]]:
     """The released checkpoints found locally (or downloaded when online): role -> (path, label), and one
     text per missing role naming, for each file that serves, where to place it by hand and its download URL.
+    ``roles``: only these roles (default: every role of ``suite.RELEASED``).
 
     A role's candidates (``suite.RELEASED``) are widened with the other names of the same weights
     (``hub.SAME_WEIGHTS``): DeiT's own ``deit_base_patch16_224-b5f2ef4d.pth`` in the torch hub cache serves as
@@ -21,6 +22,8 @@ def released_checkpoints() -> tuple[dict[str, tuple[Path, str]], list[str]]:
 
     found, missing = {}, []
     for role, label, listed in RELEASED:
+        if roles is not None and role not in roles:
+            continue
         candidates = tuple(dict.fromkeys(name for c in listed for name in equivalents(c)))
         name, path = next(((c, p) for c in candidates if (p := _cached(c)) is not None), (None, None))
         if path is None and not offline():
@@ -38,7 +41,7 @@ def released_checkpoints() -> tuple[dict[str, tuple[Path, str]], list[str]]:
 def _cached(name: str) -> Path | None:
     from ..checkpoints.hub import _from_snapshot, _snapshot, torch_cache
 
-    if name.endswith(".pth"):
+    if name.endswith((".pth", ".pth.tar")):  # a release file in the torch hub cache (MoCo v3's: .pth.tar)
         path = torch_cache() / name
         return path if path.is_file() else None
     snapshot = _snapshot(name, "main")
@@ -60,8 +63,9 @@ def load_released(found: dict) -> tuple[dict, dict]:
 
 
 def resize_to_mae(models: dict, size: int) -> None:
-    """DINO and DeiT at MAE's input size ``size`` (in place), resampled by the family's own rule."""
-    for role in ("dino", "deit"):  # compared with MAE at MAE's input size, resampled by the family's own rule
+    """The other released models (DINO, DeiT, MoCo v3) at MAE's input size ``size`` (in place), resampled by the
+    family's own rule."""
+    for role in [r for r in models if r != "mae"]:  # compared with MAE at MAE's input size
         model, label = models[role]
         if model.config.img_size != size:
             from ..models import resize_input

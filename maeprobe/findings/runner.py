@@ -68,7 +68,7 @@ from .runs import (  # noqa: F401
     train,
 )
 from .store import _record, _result_row, _stored, _valid_row  # noqa: F401
-from .suite import SCALES
+from .suite import ROLES, SCALES
 
 
 def list_findings() -> pd.DataFrame:
@@ -247,7 +247,8 @@ def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, dev
     from .toydata import probe_images as make_probe_images
     from .toydata import probe_units
 
-    found, missing = released_checkpoints()
+    roles = [role for role in ROLES if any(role in FINDINGS[i].released_roles for i in ids)]
+    found, missing = released_checkpoints(roles)
     if missing:
         raise MaeprobeError("--scale released needs the public checkpoints; missing: " + "; ".join(missing)
                             + " (fetch them where the network is reachable, e.g. run once online, or place the files "
@@ -276,7 +277,8 @@ def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, dev
     version = code_version()
     data_key = [str(data), _folder_fingerprint(data)]
     for n, finding_id in enumerate(ids, 1):
-        key = {"scale": "released", "checkpoints": checkpoints, "data": data_key,
+        used = FINDINGS[finding_id].released_roles  # a finding's stored result is keyed on the checkpoints it reads
+        key = {"scale": "released", "checkpoints": {r: checkpoints[r] for r in roles if r in used}, "data": data_key,
                "reference": [str(ref), _reference_fingerprint(ref)], "probe_images": n_probe,
                "rule_version": rules.RULE_VERSION, "code": version.split(" (git")[0]}
         stored = _stored(root, finding_id, key)
@@ -286,7 +288,7 @@ def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, dev
             continue
         tic = time.monotonic()
         measured = measure_released(finding_id, models, images, reference=reference, device=device, units=units)
-        labels = {"checkpoints": {r: label for r, (_, label) in models.items()}, "scale": "released",
+        labels = {"checkpoints": {r: label for r, (_, label) in models.items() if r in used}, "scale": "released",
                   "data": str(data or "built-in photographs"),
                   "reference": _reference_name(reference) if reference is not None else None}
         results += _record(root, finding_id, key, measured, labels, "released")

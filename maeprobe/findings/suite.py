@@ -62,7 +62,7 @@ SCALES = {
                    ("data.num_workers=8",)),
     # the paper: ViT-B/16 ImageNet recipes on 8 GPUs (printed, not run)
     "base": Scale("base", None, 16, 1024, 1.5e-4, 0, 0, 50000),
-    # no training: the publicly released ViT-B/16 checkpoints (MAE with its decoder, DINO, DeiT) at 224 px
+    # no training: the publicly released ViT-B/16 checkpoints (MAE with its decoder, DINO, DeiT, MoCo v3) at 224 px
     "released": Scale("released", None, 16, 0, 0.0, 0, 0, 1000, seeds=1),
 }
 
@@ -75,4 +75,9 @@ RELEASED = (
      ("dino_vitbase16_pretrain.pth", "timm/vit_base_patch16_224.dino")),
     ("deit", "DeiT-B/16, supervised (facebookresearch/deit)",
      ("timm/deit_base_patch16_224.fb_in1k", "deit_base_patch16_224-b5f2ef4d.pth")),
+    # facebookresearch/moco-v3 CONFIG.md, "ViT-Base, 300-epoch pre-training": main_moco.py's checkpoint
+    # {'epoch', 'arch', 'state_dict': {'module.base_encoder.*', 'module.momentum_encoder.*', 'module.predictor.*'},
+    # 'optimizer'}; maeprobe keeps the base encoder (checkpoints/originals.py)
+    ("mocov3", "MoCo v3 ViT-B/16 (facebookresearch/moco-v3, 300 epochs)", ("vit-b-300ep.pth.tar",)),
 )
+ROLES = tuple(role for role, _, _ in RELEASED)

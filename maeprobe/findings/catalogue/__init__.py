@@ -7,17 +7,20 @@ from ..finding import Finding
 from . import (
                ae_block_distance,
                ae_linear_probe,
+               contrastive_homogeneous_attention,
                decoder_positional,
                decoder_semantic,
                lcmae_collapse,
                local_decoders,
+               mae_high_frequency,
                mae_local_attention,
                mask_ratio_distance,
                umae_rank,
 )
 
 MODULES = (lcmae_collapse, decoder_positional, decoder_semantic, mask_ratio_distance, ae_block_distance,
-           ae_linear_probe, umae_rank, local_decoders, mae_local_attention)
+           ae_linear_probe, umae_rank, local_decoders, mae_local_attention, contrastive_homogeneous_attention,
+           mae_high_frequency)
 
 FINDINGS: dict[str, Finding] = {m.FINDING.id: m.FINDING for m in MODULES}
 
