@@ -28,7 +28,7 @@ Nq = Nk). Where H(K) = 0 (every query on one key) or Nq = 1 the ratio is 0/0: re
 Block path: no N x N map. Per layer the rows come in query blocks (``AttentionRows``); each block adds its row
 entropies to H(K|Q) and its column sums to p(k), both per (image, head); H(K) and the ratio follow after the last
 block. Working memory beyond the block: [B, heads, keys] float64 column sums and one block-sized float32 buffer
-(a ln a), kept across blocks and layers.
+(a ln a), kept across the blocks and layers of a batch.
 """
 from __future__ import annotations
 
@@ -88,7 +88,8 @@ class AttentionNMI(LayerHeadMean):
         return {"include_prefix": self.include_prefix}
 
     def check_memory(self, *, mask_ratio: float = 0.0, batch_size: int = 1) -> None:
-        """The per-layer sums: column sums [B, heads, keys] in float64, plus their float32 block partials."""
+        """The per-layer sums: column sums [B, heads, keys] in float64, plus their float32 block partials. (The
+        a ln a buffer is one block of rows, as large as the block the capture itself holds and bounded with it.)"""
         from ..limits import check
 
         need = int(batch_size) * self.num_heads * self.tokens * (8 + 4)
@@ -96,12 +97,16 @@ class AttentionNMI(LayerHeadMean):
                                                   f"{self.num_heads} heads x {self.tokens} keys)")
 
     def _scratch(self, shape: tuple[int, ...], device) -> torch.Tensor:
-        """A float32 buffer of ``shape`` kept across blocks and layers (a fresh block-sized tensor per block costs
-        page faults on CPU, as ``AttentionRows`` found for its own buffers)."""
+        """A float32 buffer of ``shape`` kept across the blocks and layers of a batch (a fresh block-sized tensor per
+        block costs page faults on CPU, as ``AttentionRows`` found for its own buffers); ``update`` frees it."""
         need = math.prod(shape)
         if getattr(self, "_buffer", None) is None or self._buffer.numel() < need or self._buffer.device != device:
             self._buffer = torch.empty(need, device=device)
         return self._buffer[:need].view(shape)
+
+    def update(self, cache) -> None:
+        super().update(cache)
+        self._buffer = None  # nothing block-sized outlives the batch
 
     def _layer_values(self, attn) -> torch.Tensor:
         """Attention (a [B, H, N, N] map or ``AttentionRows``) -> NMI per image and head [B, H] (float64).
@@ -152,7 +157,8 @@ class AttentionNMIOptions:
 
 
 def _report(table) -> list[str]:
-    tokens = "all tokens" if bool(table["include_prefix"].iloc[0]) else "patch tokens"
+    flag = str(table["include_prefix"].iloc[0]).strip().lower() in ("true", "1", "1.0")  # a table read from a file
+    tokens = "all tokens" if flag else "patch tokens"
     title = (f"{checkpoint_name(table)}: attention NMI (query vs key position, {tokens}) of the "
              f"{table['module'].iloc[0]}, {images_text(table)}, mask ratio {table['mask_ratio'].iloc[0]:g}; "
              "uniform attention: 0, one-hot rows on distinct keys: 1")
