@@ -88,7 +88,8 @@ def test_demo_check_refuses_user_files_and_accepts_its_own(tmp_path):
 
     d = tmp_path / "d"
     assert check_demo_outputs(d)  # nothing there yet
-    for name in ("results.csv", "mae_tiny_untrained.pth", "renders/decoder_attention.png", "figures/fig2.pdf"):
+    for name in ("results.csv", "mae_tiny_untrained.pth", "renders/decoder_attention_trained.png",
+                 "figures/fig2.pdf"):
         folder = tmp_path / name.replace("/", "-")
         _user_files(folder / name)
         with pytest.raises(MaeprobeError, match="not written by maeprobe"):
@@ -114,7 +115,7 @@ def test_demo_check_refuses_user_files_and_accepts_its_own(tmp_path):
 @pytest.mark.slow
 def test_demo_cli_refuses_before_training(tmp_path):
     d = tmp_path / "d"
-    names = [d / "results.csv", d / "mae_tiny_untrained.pth", d / "renders" / "decoder_attention.png"]
+    names = [d / "results.csv", d / "mae_tiny_untrained.pth", d / "renders" / "decoder_attention_trained.png"]
     _user_files(*names)
     (result,) = _cli(["demo", "--out", d], cwd=tmp_path)
     _refused(result, "not written by maeprobe")

@@ -129,7 +129,11 @@ def render_encoder_attention(image: np.ndarray, cache, *, layers, grid: int, out
         attn = cache.attention[("encoder", layer)][0].float()  # [H, N, N]
         axes[r, 0].imshow(image)
         axes[r, 0].set_axis_off()
-        axes[r, 0].set_title(f"layer {layer + 1}", fontsize=6)
+        if r == 0:
+            axes[0, 0].set_title("input", fontsize=6)
+        # the layer names the row (left of the photo, as the decoder render's query labels), never the photo
+        axes[r, 0].text(-0.06, 0.5, f"encoder layer {layer + 1}", rotation=90, transform=axes[r, 0].transAxes,
+                        ha="right", va="center", fontsize=6)
         P = attn.shape[-1] - grid * grid
         for h in range(heads):
             # CLS row (DINO style); a model without prefix tokens (SigLIP): the mean attention each patch receives
