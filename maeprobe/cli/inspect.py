@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..metrics import registry
 from .common import CKPT, DEC_HEADS, DEVICE, IMG_SIZE, NUM_HEADS, SEED, _echo, _friendly, _one_line, _parse_layers
 
 app = typer.Typer()
@@ -63,8 +64,8 @@ def figures_cmd(
     results: list[Path] = typer.Argument(..., help="Result tables (.csv/.json/.parquet) written by maeprobe."),
     out: Path = typer.Option(Path("figures/out"), "--out", help="Output folder."),
     figure: Optional[str] = typer.Option(None, "--figure",
-                                         help="Comma list of fig2, fig3, fig5, fig6, figA1, spectrum, entropy "
-                                              "(default: every figure the tables have data for)."),
+                                         help=f"Comma list of {', '.join(registry.figures())} (default: every "
+                                              "figure the tables have data for)."),
     label_by: str = typer.Option("checkpoint", "--label-by", help="Column that names the lines."),
     mix_mask_settings: bool = typer.Option(False, "--mix-mask-settings",
                                            help="Allow rows measured under different probe masks on one plot "
