@@ -14,7 +14,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "measure": "api", "report": "api", "describe": "api", "run": "api", "load_reference": "api",
+    "measure": "api", "report": "api", "run_summary": "api", "describe": "api", "run": "api", "load_reference": "api",
     "render_attention": "api",
     "make_figures": "plots",
     "reproduce": "findings", "list_findings": "findings",

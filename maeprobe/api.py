@@ -286,6 +286,28 @@ def report(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def run_summary(table: pd.DataFrame) -> str:
+    """The console summary of a ``run`` table (what ``maeprobe run`` prints): per checkpoint, metric and module the
+    per-layer means over heads (the effective rank per feature, never the mean of CLS and patch mean); rows with a
+    further axis (frequency, component, reference layer: ``MetricSpec.detail_rows``) are left out of that table, and a
+    metric whose every row has one (CKA, token spectra) prints its own summary."""
+    specs = registry.metrics().values()
+    detail = {column for spec in specs for column in spec.detail_rows}
+    shown = table[~table["metric"].isin(detail)]
+    per_feature = []
+    if "feature" in shown and shown["feature"].notna().any():
+        shown, per_feature = shown.assign(feature=shown["feature"].fillna("")), ["feature"]
+    lines = []
+    if not shown.empty:
+        lines.append(shown.groupby(["checkpoint", "metric", "module", *per_feature, "mask_ratio", "layer"],
+                                   dropna=False)["value"].mean().unstack("layer").to_string(float_format="%.3f"))
+    for spec in specs:
+        rows = table[table["metric"] == spec.column]
+        if spec.column in spec.detail_rows and not spec.summary_rows and not rows.empty and spec.report:
+            lines += ["\n".join(spec.report(part)) for _, part in rows.groupby("checkpoint", sort=False)]
+    return "\n".join(lines)
+
+
 def describe(model) -> list[tuple[str, str]]:
     """What ``maeprobe info`` prints about a loaded model: (what, value) pairs naming its file, family, format,
     encoder and decoder sizes, prefix tokens, head, parameter counts, mean/std and the loader's notes."""

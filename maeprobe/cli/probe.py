@@ -11,30 +11,8 @@ from typing import Optional
 import typer
 
 from ..metrics import registry
-from .common import (
-    BATCH,
-    BLOCK_QUERIES,
-    BOOTSTRAP,
-    CKPT,
-    DEC_HEADS,
-    DEVICE,
-    DTYPE,
-    IMAGES,
-    IMG_SIZE,
-    NUM_HEADS,
-    NUM_WORKERS,
-    OUT_TABLE,
-    RESAMPLE,
-    SEED,
-    DType,
-    ResampleBy,
-    _check_table_out,
-    _echo,
-    _friendly,
-    _parse_layers,
-    _parse_mask_ratios,
-    _write,
-)
+from . import common as c
+from .common import DType, ResampleBy, _echo, _friendly, _parse_layers, _write
 
 P = inspect.Parameter
 REF_NUM_HEADS = typer.Option(None, "--ref-num-heads", min=1, max=1024, help="Reference heads, if unknown.")
@@ -84,39 +62,40 @@ def option_values(spec_fields, values: dict) -> dict:
     return out
 
 
+def _settings() -> list[inspect.Parameter]:
+    """The probe settings every metric command and ``run`` take (bootstrap, batch, device, model sizes)."""
+    return [P(name, P.KEYWORD_ONLY, default=default, annotation=annotation) for name, default, annotation in (
+        ("bootstrap", c.BOOTSTRAP, int), ("resample_by", c.RESAMPLE, ResampleBy), ("batch_size", c.BATCH, int),
+        ("device", c.DEVICE, Optional[str]), ("dtype", c.DTYPE, DType), ("num_workers", c.NUM_WORKERS, Optional[int]),
+        ("num_heads", c.NUM_HEADS, Optional[int]), ("decoder_num_heads", c.DEC_HEADS, Optional[int]),
+        ("img_size", c.IMG_SIZE, Optional[int]))]
+
+
 def _common(spec) -> list[inspect.Parameter]:
     """ckpt, images, out, and the probe settings every metric command takes."""
-    params = [P("ckpt", P.POSITIONAL_OR_KEYWORD, default=CKPT, annotation=Path)]
+    params = [P("ckpt", P.POSITIONAL_OR_KEYWORD, default=c.CKPT, annotation=Path)]
     if spec.needs_reference and spec.reference_optional:  # left out: the model is compared with itself
         params.append(P("ref", P.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
             None, "--ref", help="Reference checkpoint, or 'dino' (default: the model itself, in one pass).")))
     elif spec.needs_reference:
         params.append(P("ref", P.KEYWORD_ONLY, annotation=str, default=typer.Option(
             ..., "--ref", help="Reference checkpoint, or 'dino' (local copy; see MAEPROBE_DINO).")))
-    params += [P("images", P.KEYWORD_ONLY, default=IMAGES, annotation=Optional[Path]),
-               P("out", P.KEYWORD_ONLY, default=OUT_TABLE, annotation=Optional[Path]),
+    params += [P("images", P.KEYWORD_ONLY, default=c.IMAGES, annotation=Optional[Path]),
+               P("out", P.KEYWORD_ONLY, default=c.OUT_TABLE, annotation=Optional[Path]),
                P("mask_ratio", P.KEYWORD_ONLY, annotation=float, default=typer.Option(
                    spec.mask_ratio, "--mask-ratio", help="Fraction of patches masked (visible ones keep their "
                                                          "positions)." if spec.per_image_mask else
                    "Shared mask ratio.")),
-               P("seed", P.KEYWORD_ONLY, default=SEED, annotation=int)]
+               P("seed", P.KEYWORD_ONLY, default=c.SEED, annotation=int)]
     if spec.per_image_mask:
         params.append(P("per_image_mask", P.KEYWORD_ONLY, annotation=bool, default=typer.Option(
             False, "--per-image-mask", help="A different seeded mask per image.")))
     params.append(P("layers", P.KEYWORD_ONLY, annotation=Optional[str],
                     default=typer.Option(None, "--layers", help=spec.layers_help)))
     params += option_parameters(spec.fields())
-    params += [P("bootstrap", P.KEYWORD_ONLY, default=BOOTSTRAP, annotation=int),
-               P("resample_by", P.KEYWORD_ONLY, default=RESAMPLE, annotation=ResampleBy),
-               P("batch_size", P.KEYWORD_ONLY, default=BATCH, annotation=int),
-               P("device", P.KEYWORD_ONLY, default=DEVICE, annotation=Optional[str]),
-               P("dtype", P.KEYWORD_ONLY, default=DTYPE, annotation=DType),
-               P("num_workers", P.KEYWORD_ONLY, default=NUM_WORKERS, annotation=Optional[int]),
-               P("num_heads", P.KEYWORD_ONLY, default=NUM_HEADS, annotation=Optional[int]),
-               P("decoder_num_heads", P.KEYWORD_ONLY, default=DEC_HEADS, annotation=Optional[int]),
-               P("img_size", P.KEYWORD_ONLY, default=IMG_SIZE, annotation=Optional[int])]
+    params += _settings()
     if spec.block_queries:
-        params.append(P("block_queries", P.KEYWORD_ONLY, default=BLOCK_QUERIES, annotation=Optional[int]))
+        params.append(P("block_queries", P.KEYWORD_ONLY, default=c.BLOCK_QUERIES, annotation=Optional[int]))
     if spec.needs_reference:
         params.append(P("ref_num_heads", P.KEYWORD_ONLY, default=REF_NUM_HEADS, annotation=Optional[int]))
     return params
@@ -127,7 +106,7 @@ def metric_command(spec):
     signature = inspect.Signature(_common(spec))
 
     def command(**values):
-        _check_table_out(values["out"])
+        c._check_table_out(values["out"])
         from ..api import measure, report
         from ..checkpoints import load
 
@@ -172,44 +151,36 @@ def run_command():
           default=typer.Option("attn-distance", "--metrics", help=f"Comma list of {names}.")),
         P("ref", P.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
             None, "--ref", help="Reference for the metrics that compare with one (checkpoint or 'dino').")),
-        P("images", P.KEYWORD_ONLY, default=IMAGES, annotation=Optional[Path]),
-        P("out", P.KEYWORD_ONLY, default=OUT_TABLE, annotation=Optional[Path]),
+        P("images", P.KEYWORD_ONLY, default=c.IMAGES, annotation=Optional[Path]),
+        P("out", P.KEYWORD_ONLY, default=c.OUT_TABLE, annotation=Optional[Path]),
         P("mask_ratio", P.KEYWORD_ONLY, annotation=Optional[float], default=typer.Option(
             None, "--mask-ratio", help="One shared mask ratio for every metric (default: each metric's own: " +
             ", ".join(f"{s.mask_ratio:g} for {n}" for n, s in registry.metrics().items()) + ").")),
         P("mask_ratios", P.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
             None, "--mask-ratios", help="Per-metric ratios, e.g. attn-distance=0.75,spectrum=0.")),
-        P("seed", P.KEYWORD_ONLY, default=SEED, annotation=int),
+        P("seed", P.KEYWORD_ONLY, default=c.SEED, annotation=int),
         P("layers", P.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
             None, "--layers", help="0-based encoder layers of the encoder metrics (default: each metric's).")),
         P("decoder_layers", P.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
             None, "--decoder-layers", help="0-based decoder layers of the decoder metrics (default all).")),
         *option_parameters(_run_fields()),
-        P("bootstrap", P.KEYWORD_ONLY, default=BOOTSTRAP, annotation=int),
-        P("resample_by", P.KEYWORD_ONLY, default=RESAMPLE, annotation=ResampleBy),
-        P("batch_size", P.KEYWORD_ONLY, default=BATCH, annotation=int),
-        P("device", P.KEYWORD_ONLY, default=DEVICE, annotation=Optional[str]),
-        P("dtype", P.KEYWORD_ONLY, default=DTYPE, annotation=DType),
-        P("num_workers", P.KEYWORD_ONLY, default=NUM_WORKERS, annotation=Optional[int]),
-        P("num_heads", P.KEYWORD_ONLY, default=NUM_HEADS, annotation=Optional[int]),
-        P("decoder_num_heads", P.KEYWORD_ONLY, default=DEC_HEADS, annotation=Optional[int]),
-        P("img_size", P.KEYWORD_ONLY, default=IMG_SIZE, annotation=Optional[int]),
+        *_settings(),
         P("ref_num_heads", P.KEYWORD_ONLY, default=REF_NUM_HEADS, annotation=Optional[int]),
-        P("block_queries", P.KEYWORD_ONLY, default=BLOCK_QUERIES, annotation=Optional[int]),
+        P("block_queries", P.KEYWORD_ONLY, default=c.BLOCK_QUERIES, annotation=Optional[int]),
     ]
     signature = inspect.Signature(params)
 
     def run_cmd(**values):
         """Several metrics for every checkpoint, one table; metrics under the same mask share one hooked pass."""
-        _check_table_out(values["out"])
-        from ..api import run
+        c._check_table_out(values["out"])
+        from ..api import run, run_summary
         from ..errors import MaeprobeError
 
         names = [m.strip() for m in values["metrics"].split(",") if m.strip()]
         if not names:
             raise MaeprobeError(f"--metrics: no metric named; choose from {', '.join(registry.metrics())}")
         table = run([str(c) for c in values["ckpts"]], values["images"], metrics=names, reference=values["ref"],
-                    mask_ratio=values["mask_ratio"], mask_ratios=_parse_mask_ratios(values["mask_ratios"]),
+                    mask_ratio=values["mask_ratio"], mask_ratios=c._parse_mask_ratios(values["mask_ratios"]),
                     seed=values["seed"], bootstrap=values["bootstrap"], resample_by=values["resample_by"].value,
                     layers=_parse_layers(values["layers"]),
                     decoder_layers=_parse_layers(values["decoder_layers"], "--decoder-layers"),
@@ -218,21 +189,7 @@ def run_command():
                     decoder_num_heads=values["decoder_num_heads"], ref_num_heads=values["ref_num_heads"],
                     img_size=values["img_size"], block_queries=values["block_queries"],
                     **option_values(_run_fields(), values))
-        specs = registry.metrics().values()
-        detail = {column for spec in specs for column in spec.detail_rows}  # rows with a further axis
-        shown = table[~table["metric"].isin(detail)]
-        per_feature = []  # effective rank: one line per feature (cls, patch_mean), never their mean
-        if "feature" in shown and shown["feature"].notna().any():
-            shown, per_feature = shown.assign(feature=shown["feature"].fillna("")), ["feature"]
-        summary = shown.groupby(["checkpoint", "metric", "module", *per_feature, "mask_ratio", "layer"],
-                                dropna=False)["value"].mean().unstack("layer")
-        if not shown.empty:
-            _echo(summary.to_string(float_format="%.3f"), block=True)
-        for spec in specs:  # a metric whose every row has a further axis (CKA, token spectra): its own summary
-            rows = table[table["metric"] == spec.column]
-            if spec.column in spec.detail_rows and not spec.summary_rows and not rows.empty and spec.report:
-                for _, part in rows.groupby("checkpoint", sort=False):
-                    _echo("\n".join(spec.report(part)), block=True)
+        _echo(run_summary(table), block=True)
         _write(table, values["out"])
 
     run_cmd.__signature__ = signature
