@@ -54,7 +54,7 @@ test-latest: | $(BIN)/python
 	$(BIN)/uv pip install --quiet --python $(LATEST)/bin/python --upgrade --refresh -e '.[test]'
 	$(BIN)/uv pip freeze --python $(LATEST)/bin/python --exclude-editable | \
 	  $(BIN)/python requirements/drift.py $(LOCK_TEST)
-	$(LATEST)/bin/python -m pytest -q -ra
+	$(LATEST)/bin/python -m pytest -q -ra $(XDIST)
 
 lock: | $(BIN)/python
 	$(BIN)/uv pip compile pyproject.toml --extra test --generate-hashes --universal --python-version 3.10 \
