@@ -7,7 +7,8 @@ renormalises each row over the patch keys first (the entropy of where a query lo
 Uniform attention gives ln N (ln K with ``patch_keys_only``), one-hot attention 0: each row reports the
 uniform level of its sequence, the upper bound. With a mask, N and K count the tokens the layer sees.
 
-The rows come in query blocks (``AttentionRows``), so no [B, H, N, N] map is needed.
+The rows come in query blocks (``AttentionRows``), so no [B, H, N, N] map is needed. On the block path each row's
+entropy comes from its logits z (``row_entropy``: lse(z) - sum_k p_k z_k, no logarithm per entry).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from .._lazy import lazy
 from ..errors import MaeprobeError
-from .base import LayerHeadMean
+from .base import BlockVisitor, LayerHeadMean
 from .registry import FigureSpec, MetricSpec, check_flag, checkpoint_name, heads_by_layer, images_text, option, register
 
 torch = lazy("torch")
@@ -45,21 +46,70 @@ class AttentionEntropy(LayerHeadMean):
     def settings(self) -> dict:
         return {"patch_keys_only": self.patch_keys_only}
 
-    def _layer_values(self, attn) -> torch.Tensor:
-        """Attention (a [B, H, N, N] map or ``AttentionRows``) -> mean row entropy per image and head [B, H]."""
-        rows = _capture.attention_rows(attn)
+    def _visitor(self, rows) -> BlockVisitor:
+        """Mean row entropy per image and head [B, H] of one layer, from its blocks of patch-query rows."""
         P = self.num_prefix
         B, H, N, _ = rows.shape
-        queries = torch.arange(P, N)
         total = torch.zeros(B, H, dtype=torch.float64, device=rows.device)
-        for _, _, probs in rows.blocks(queries):
+        first_key = P if self.patch_keys_only else 0
+
+        def visit(start, index, probs, logits) -> None:
+            if logits is not None:  # H = lse(z) - sum p z: no logarithm per entry (``row_entropy``)
+                entropy, mass = row_entropy(probs, logits, first_key, self._scratch)
+                if mass is not None:  # a row with no patch mass (by underflow): 0, as below
+                    entropy = torch.where(mass > 0, entropy, 0.0)
+                total.add_(entropy.sum(-1))  # on the device: no sync
+                return
             if self.patch_keys_only:
                 probs = probs[..., P:]
                 probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
-            total += (-torch.special.xlogy(probs, probs).sum(-1)).double().sum(-1)  # on the device: no sync
-        keys = N - P if self.patch_keys_only else N
-        self.uniform_level = math.log(keys)
-        return (total / (N - P)).cpu()
+            total.add_((-torch.special.xlogy(probs, probs).sum(-1)).double().sum(-1))
+
+        def result() -> torch.Tensor:
+            keys = N - P if self.patch_keys_only else N
+            self.uniform_level = math.log(keys)
+            return (total / (N - P)).cpu()
+
+        return BlockVisitor(torch.arange(P, N), visit, result)
+
+    def _scratch(self, shape: tuple[int, ...], device) -> torch.Tensor:
+        """A float32 buffer of ``shape`` kept across the blocks and layers of a batch; ``update`` frees it."""
+        need = math.prod(shape)
+        if getattr(self, "_buffer", None) is None or self._buffer.numel() < need or self._buffer.device != device:
+            self._buffer = torch.empty(need, device=device)
+        return self._buffer[:need].view(shape)
+
+    def update(self, cache) -> None:
+        super().update(cache)
+        self._buffer = None  # nothing block-sized outlives the batch
+
+
+def row_entropy(probs: torch.Tensor, logits: torch.Tensor, first_key: int = 0,
+                scratch=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shannon entropy (nats) of each row of ``probs`` = softmax(``logits``) ([..., n, Nk] float32), from the logits
+    instead of -sum p ln p (a logarithm per entry). With lse(z) = ln sum_k e^{z_k}, ln p_k = z_k - lse, and the
+    largest probability p_max = e^{z_max - lse} sits at the largest logit z_max, so lse = z_max - ln p_max and
+
+        H = lse - sum_k p_k z_k = -ln p_max + sum_k p_k (z_max - z_k),
+
+    two terms >= 0 (no cancellation, unlike lse - sum p z in float32 for peaked rows). Over the keys ``first_key:``
+    only, each row renormalised by its mass m = sum_{k >= first_key} p_k there (p'_k = p_k / m, a softmax of those
+    logits, its largest p'_max = p_max / m at their largest logit z_max, maxima over those keys):
+
+        H' = -sum_k p'_k ln p'_k = -ln(p_max / m) + (1/m) sum_k p_k (z_max - z_k).
+
+    Returns (entropies [..., n] float64, m [..., n] float32, or None without ``first_key``); where m = 0 (all the
+    mass on the left-out keys, by underflow) H' is not finite: the caller decides. ``scratch(shape, device)``: a
+    float32 buffer for p (z_max - z) (default: a new tensor)."""
+    p, z = (probs, logits) if not first_key else (probs[..., first_key:], logits[..., first_key:])
+    z_max, p_max = z.amax(-1, keepdim=True), p.amax(-1).double()  # [..., n, 1], [..., n]
+    out = scratch(p.shape, p.device) if scratch is not None else None
+    spread = torch.sub(z_max, z, out=out).mul_(p).sum(-1).double()  # [..., n] sum_k p_k (z_max - z_k) >= 0
+    if not first_key:
+        return spread - p_max.log(), None
+    mass = p.sum(-1)
+    m = mass.double()
+    return spread / m - (p_max / m).log(), mass
 
 
 @dataclass(frozen=True)
