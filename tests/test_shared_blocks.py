@@ -105,3 +105,20 @@ def test_a_consumer_without_a_visitor_iterates_the_rows_itself(images32):
     run_probe(model, alone, images32, batch_size=6, device="cpu", block_queries=4)
     for got, want in zip(reducers, alone):
         torch.testing.assert_close(got.summary()["value"], want.summary()["value"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("patch_keys_only", [False, True])
+def test_entropy_metric_equals_the_definition(patch_keys_only):
+    """The metric's ln max(a, tiny) * a path: -sum a ln a per patch-query row (0 ln 0 = 0), mean over queries."""
+    from maeprobe.capture import AttentionMap
+
+    model = tiny_mae(depth=1, decoder_depth=1)  # 17 tokens (CLS + 16 patches), 3 heads
+    logits = torch.randn(2, 3, 17, 17, generator=torch.Generator().manual_seed(3)) * 4
+    logits[0, 0, 1:, 0] += 200.0  # head 0 of image 0: every row on the CLS key, its patch keys 0 by underflow
+    logits[1, 1, :, 3] += 200.0  # one-hot rows: entropy 0
+    attn = torch.softmax(logits, -1)
+    got = AttentionEntropy(model, patch_keys_only=patch_keys_only)._layer_values(AttentionMap(attn))
+    truth = _brute(logits, 1 if patch_keys_only else 0)[:, :, 1:]
+    if patch_keys_only:  # rows with no patch mass count 0, as before
+        truth = torch.where(attn[..., 1:].sum(-1)[:, :, 1:] > 0, truth, 0.0)
+    torch.testing.assert_close(got, truth.mean(-1), rtol=1e-6, atol=1e-7)

@@ -7,8 +7,9 @@ renormalises each row over the patch keys first (the entropy of where a query lo
 Uniform attention gives ln N (ln K with ``patch_keys_only``), one-hot attention 0: each row reports the
 uniform level of its sequence, the upper bound. With a mask, N and K count the tokens the layer sees.
 
-The rows come in query blocks (``AttentionRows``), so no [B, H, N, N] map is needed. On the block path each row's
-entropy comes from its logits z (``row_entropy``: lse(z) - sum_k p_k z_k, no logarithm per entry).
+The rows come in query blocks (``AttentionRows``), so no [B, H, N, N] map is needed. ``row_entropy`` gives the
+same entropies from a block's logits (no logarithm per entry) but measured slower on CPU than ln a times a into a
+kept buffer, which the metric uses.
 """
 from __future__ import annotations
 
@@ -53,17 +54,18 @@ class AttentionEntropy(LayerHeadMean):
         total = torch.zeros(B, H, dtype=torch.float64, device=rows.device)
         first_key = P if self.patch_keys_only else 0
 
+        tiny = torch.finfo(torch.float32).tiny
+
         def visit(start, index, probs, logits) -> None:
-            if logits is not None:  # H = lse(z) - sum p z: no logarithm per entry (``row_entropy``)
-                entropy, mass = row_entropy(probs, logits, first_key, self._scratch)
-                if mass is not None:  # a row with no patch mass (by underflow): 0, as below
-                    entropy = torch.where(mass > 0, entropy, 0.0)
-                total.add_(entropy.sum(-1))  # on the device: no sync
-                return
-            if self.patch_keys_only:
-                probs = probs[..., P:]
-                probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
-            total.add_((-torch.special.xlogy(probs, probs).sum(-1)).double().sum(-1))
+            # sum_k a ln a as ln max(a, tiny) times a: 0 ln 0 = 0, a NaN stays NaN; into a buffer kept across blocks
+            # (six times faster than torch.special.xlogy on CPU, and faster than ``row_entropy`` from the logits)
+            probs = probs[..., first_key:]
+            alna = torch.clamp_min(probs, tiny, out=self._scratch(probs.shape, probs.device)).log_().mul_(probs)
+            entropy = -alna.sum(-1).double()  # [B, H, n]
+            if first_key:  # renormalised over the patch keys: H(a / m) = -sum a ln a / m + ln m; 0 where m = 0
+                mass = probs.sum(-1).double()
+                entropy = torch.where(mass > 0, entropy / mass + mass.log(), 0.0)
+            total.add_(entropy.sum(-1))  # on the device: no sync
 
         def result() -> torch.Tensor:
             keys = N - P if self.patch_keys_only else N
@@ -100,7 +102,9 @@ def row_entropy(probs: torch.Tensor, logits: torch.Tensor, first_key: int = 0,
 
     Returns (entropies [..., n] float64, m [..., n] float32, or None without ``first_key``); where m = 0 (all the
     mass on the left-out keys, by underflow) H' is not finite: the caller decides. ``scratch(shape, device)``: a
-    float32 buffer for p (z_max - z) (default: a new tensor)."""
+    float32 buffer for p (z_max - z) (default: a new tensor). Equal to -sum p ln p to float32 rounding
+    (tests/test_shared_blocks.py), but not used by the metrics: on CPU (ViT-S/14 block, 2 threads) it took 7-9 ms
+    against 4-5 ms for ln a times a (five passes over the block, none transcendental, against three)."""
     p, z = (probs, logits) if not first_key else (probs[..., first_key:], logits[..., first_key:])
     z_max, p_max = z.amax(-1, keepdim=True), p.amax(-1).double()  # [..., n, 1], [..., n]
     out = scratch(p.shape, p.device) if scratch is not None else None
