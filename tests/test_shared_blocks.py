@@ -122,3 +122,19 @@ def test_entropy_metric_equals_the_definition(patch_keys_only):
     if patch_keys_only:  # rows with no patch mass count 0, as before
         truth = torch.where(attn[..., 1:].sum(-1)[:, :, 1:] > 0, truth, 0.0)
     torch.testing.assert_close(got, truth.mean(-1), rtol=1e-6, atol=1e-7)
+
+
+def test_entropy_and_nmi_share_each_blocks_a_ln_a(monkeypatch, images32):
+    """In the shared pass the a ln a of a block is computed once for the entropy and the NMI (``alna_sums``)."""
+    model = tiny_mae(depth=2, decoder_depth=1)
+    logs = []
+    original = torch.Tensor.log_
+
+    def counted(self):
+        logs.append(self.shape)
+        return original(self)
+
+    monkeypatch.setattr(torch.Tensor, "log_", counted)
+    run_probe(model, [AttentionEntropy(model), AttentionNMI(model)], images32, batch_size=3, device="cpu",
+              block_queries=4)
+    assert len(logs) == 2 * 2 * 4  # batches x layers x blocks of the 16 patch queries

@@ -55,7 +55,9 @@ class AttentionRows:
 
     def logits_and_rows(self, index: torch.Tensor | slice) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(logits z, probabilities softmax(z)) of the query rows ``index``, both [B, H, n, Nk] float32 in buffers
-        that the next call overwrites; z is scaled q.k^T plus the bias (-inf where a boolean mask drops a key)."""
+        that the next call overwrites; z is scaled q.k^T plus the bias (-inf where a boolean mask drops a key).
+        Each call gets a new ``serial``: consumers of one block may share what they derive from it (keyed by it)."""
+        self.serial = getattr(self, "serial", 0) + 1
         q = self.q[:, :, index]
         logits, probs = self._buffers(q.shape[2])
         with torch.autocast(self.device.type, enabled=False):  # float32 logits under a bf16 forward too
@@ -133,6 +135,7 @@ class AttentionMap(AttentionRows):
         self.q, self.device = attn, attn.device  # (``blocks`` moves the queries to it)
 
     def logits_and_rows(self, index: torch.Tensor | slice) -> tuple[None, torch.Tensor]:
+        self.serial = getattr(self, "serial", 0) + 1
         return None, self.attn[:, :, index].float()
 
 
