@@ -13,6 +13,7 @@ from ..errors import MaeprobeError
 from .blocks import blocks_of, check_layers
 from .points import BLOCK_ORDER, point_for
 from .request import ActivationCache, CaptureRequest, Consumer
+from .rows import AttentionRows
 from .sdpa import BlockServer, intercept
 
 Handles = list[torch.utils.hooks.RemovableHandle]
@@ -45,12 +46,63 @@ class _Recorder:
     def __call__(self, kind: str, module: str, layer: int, tensor) -> None:
         listeners = self.consumers.get((kind, module, layer))
         if listeners:
+            if isinstance(tensor, AttentionRows):
+                listeners = shared_block_pass(listeners, kind, module, layer, tensor, self.cache)
             for fn in listeners:
                 fn(kind, module, layer, tensor.detach() if isinstance(tensor, torch.Tensor) else tensor, self.cache)
         else:
             self.cache[kind, module, layer] = tensor.detach()
         if self.stop_after == (kind, module, layer):
             raise StopForward
+
+
+def block_visitor(fn: Consumer, kind: str, module: str, layer: int, rows: AttentionRows, cache: ActivationCache):
+    """The block visitor of a consumer that reduces a layer's attention block by block, else None.
+
+    A consumer declares it by being a bound method of an object with ``attention_visitor(kind, module, layer, rows,
+    cache)``, which returns None (it iterates the rows itself) or a visitor: ``queries`` (the sorted query rows it
+    reads, [n] indices of the layer's rows), ``visit(start, index, probs, logits)`` per block (``start``: the
+    position of the block's first row in its ``queries``; ``logits``: None for a full map) and ``finish()`` after
+    the last block."""
+    make = getattr(getattr(fn, "__self__", None), "attention_visitor", None)
+    return None if make is None else make(kind, module, layer, rows, cache)
+
+
+def shared_block_pass(listeners: list[Consumer], kind: str, module: str, layer: int, rows: AttentionRows,
+                      cache: ActivationCache) -> list[Consumer]:
+    """One pass over a layer's query blocks for every consumer that declares a block visitor (``block_visitor``):
+    q.k^T, the softmax (and the output p @ v written from them) once per block, not once per consumer. Each
+    visitor sees its own queries' rows of each block (a view), in order. Returns the listeners left, which get
+    ``rows`` as before and iterate it themselves."""
+    visitors, rest = [], []
+    for fn in listeners:
+        visitor = block_visitor(fn, kind, module, layer, rows, cache)
+        (rest if visitor is None else visitors).append(fn if visitor is None else visitor)
+    if not visitors:
+        return rest
+    N = rows.shape[2]
+    wanted = []  # per visitor: which of the N rows it reads, and each row's position in its queries
+    for visitor in visitors:
+        want = torch.zeros(N, dtype=torch.bool)
+        want[torch.as_tensor(visitor.queries).cpu().long()] = True
+        wanted.append((want, want.cumsum(0) - 1))
+    union = torch.stack([want for want, _ in wanted]).any(0).nonzero().squeeze(1)
+    for start, index, probs, logits in rows.block_pass(union.to(rows.device)):
+        rows_here = union[start:start + len(index)]  # the block's rows, on the CPU (no device sync)
+        for visitor, (want, position) in zip(visitors, wanted):
+            picked = want[rows_here].nonzero().squeeze(1).tolist()
+            if not picked:
+                continue
+            first, last = picked[0], picked[-1] + 1
+            if last - first == len(picked):  # consecutive rows (always, for query sets that are ranges): views
+                part = slice(first, last)
+            else:
+                part = torch.tensor(picked, device=probs.device)
+            visitor.visit(int(position[rows_here[first]]), index[part], probs[:, :, part],
+                          None if logits is None else logits[:, :, part])
+    for visitor in visitors:
+        visitor.finish()
+    return rest
 
 
 def _check_arguments(model, request, block_output: str) -> None:
@@ -98,7 +150,9 @@ def capture(model: nn.Module, request: CaptureRequest,
         consumers: optional ``{(kind, module, layer): [fn, ...]}`` with kind ``'attention'`` or
             ``'features'``. Such tensors are handed to ``fn(kind, module, layer, tensor, cache)`` inside
             the hook and are *not* stored, so they are freed as soon as the model is done with them
-            (the streaming path that keeps peak memory at the level of a bare forward pass).
+            (the streaming path that keeps peak memory at the level of a bare forward pass). On the block path,
+            consumers that declare a block visitor (``block_visitor``) share one pass over each layer's query
+            blocks (``shared_block_pass``); the others get the ``AttentionRows`` and iterate them themselves.
         stop_after: ``(kind, module, layer)`` (see ``last_event``): once that tensor is recorded, raise
             ``StopForward`` so that the caller skips the rest of the forward pass, which nothing needs.
         block_queries: > 0: attention that goes to consumers is handed over as ``AttentionRows`` computed in

@@ -51,6 +51,13 @@ class AttentionRows:
     def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
         """Probabilities of the query rows ``index`` ([n] indices or a slice): [B, H, n, Nk] float32, in a buffer
         that the next call overwrites (reduce a block before asking for the next)."""
+        return self.logits_and_rows(index)[1]
+
+    def logits_and_rows(self, index: torch.Tensor | slice) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(logits z, probabilities softmax(z)) of the query rows ``index``, both [B, H, n, Nk] float32 in buffers
+        that the next call overwrites; z is scaled q.k^T plus the bias (-inf where a boolean mask drops a key).
+        Each call gets a new ``serial``: consumers of one block may share what they derive from it (keyed by it)."""
+        self.serial = getattr(self, "serial", 0) + 1
         q = self.q[:, :, index]
         logits, probs = self._buffers(q.shape[2])
         with torch.autocast(self.device.type, enabled=False):  # float32 logits under a bf16 forward too
@@ -61,23 +68,32 @@ class AttentionRows:
                 logits.masked_fill_(~bias, float("-inf"))
             else:
                 logits.add_(bias.float())
-        return torch.softmax(logits, -1, out=probs)
+        return logits, torch.softmax(logits, -1, out=probs)
 
     def blocks(self, queries: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(position of the block's first query in ``queries``, the query rows, their probabilities) for
         ``queries`` (default: all rows) in blocks of ``block`` rows. Each block's probabilities are overwritten
         by the next block's: reduce them (or copy what must be kept) before the loop goes on."""
+        for start, index, probs, _ in self.block_pass(queries):
+            yield start, index, probs
+
+    def block_pass(self, queries: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor | None]]:
+        """As ``blocks``, with each block's logits too (None for a full map, which has none): (start, query rows,
+        probabilities, logits), the logits overwritten by the next block as the probabilities are."""
         if queries is None:
             queries = torch.arange(self.shape[2], device=self.device)
         queries = queries.to(self.device)
         writing = self.value is not None  # output rows not written yet are written from these blocks
         if writing:
             self._allocate_output()
+        # logits with -inf (a boolean mask, or an additive one) are not handed out: p z is NaN where p = 0
+        finite = self.bias is None or (self.bias.dtype != torch.bool and bool(torch.isfinite(self.bias).all()))
         for start, index, which in self._chunks(queries):
-            probs = self.rows(which)
+            logits, probs = self.logits_and_rows(which)
             if writing and not bool(self._covered[which].all()):
                 self._write(which, probs)
-            yield start, index, probs
+            yield start, index, probs, logits if finite else None
 
     def _allocate_output(self) -> None:
         if self._out is None:
@@ -115,11 +131,12 @@ class AttentionMap(AttentionRows):
 
     def __init__(self, attn: torch.Tensor) -> None:
         self.attn, self.shape, self.block = attn, tuple(attn.shape), min(attn.shape[2], 256)
-        self.value = None
+        self.value = self.bias = None
         self.q, self.device = attn, attn.device  # (``blocks`` moves the queries to it)
 
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        return self.attn[:, :, index].float()
+    def logits_and_rows(self, index: torch.Tensor | slice) -> tuple[None, torch.Tensor]:
+        self.serial = getattr(self, "serial", 0) + 1
+        return None, self.attn[:, :, index].float()
 
 
 def attention_rows(tensor) -> AttentionRows:

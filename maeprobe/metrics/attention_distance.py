@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .._lazy import lazy
 from ..errors import MaeprobeError
-from .base import LayerHeadMean
+from .base import BlockVisitor, LayerHeadMean
 from .registry import FigureSpec, MetricSpec, check_flag, checkpoint_name, heads_by_layer, images_text, option, register
 
 np = lazy("numpy")
@@ -113,14 +113,14 @@ class AttentionDistance(LayerHeadMean):
             d.mul_(float(self.scale))
         return torch.nn.functional.pad(d, (self.num_prefix, 0))
 
-    def _layer_values(self, attn) -> torch.Tensor:
-        """Per-image mean distance of one layer: attention (a [B, H, N, N] map or ``AttentionRows``) -> [B, H]."""
-        rows: _capture.AttentionRows = _capture.attention_rows(attn)
+    def _visitor(self, rows) -> BlockVisitor:
+        """Per-image mean distance of one layer from its blocks of patch-query rows -> [B, H]."""
         P = self.num_prefix
         B, H, N, _ = rows.shape
         total = torch.zeros(B, H, device=self._centres.device)
-        queries = torch.arange(P, N, device=self._centres.device)  # patch queries only
-        for start, index, probs in rows.blocks(queries):  # probs [B, H, n, N]
+
+        def visit(start, index, probs, logits) -> None:  # probs [B, H, n, N]
+            nonlocal total
             d = self._distances(start, start + len(index))  # [n, N] shared, else [B, n, N]
             if self.renormalize and P:  # each row divided by its mass on patch keys
                 per_query = torch.linalg.vecdot(probs, d if self._shared else d.unsqueeze(1))
@@ -129,7 +129,9 @@ class AttentionDistance(LayerHeadMean):
                 total += (probs.reshape(B * H, -1) @ d.reshape(-1)).reshape(B, H)
             else:
                 total += (probs.reshape(B, H, -1) @ d.reshape(B, -1, 1)).reshape(B, H)
-        return total / (N - P)
+
+        queries = torch.arange(P, N, device=self._centres.device)  # patch queries only
+        return BlockVisitor(queries, visit, lambda: total / (N - P))
 
 
 @dataclass(frozen=True)

@@ -220,16 +220,41 @@ class LayerHeadMean(ImageMean):
     def _prepare(self, cache: _capture.ActivationCache, batch_size: int, device) -> None:
         """Per-batch set-up shared by the batch's layers (default: none)."""
 
-    def _layer_values(self, attention) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    def _visitor(self, rows):
+        """A block visitor of one layer's ``AttentionRows`` (``queries``, ``visit(start, index, probs, logits)``,
+        ``result() -> [B, H]``), for a subclass that reduces block by block; None: it implements ``_layer_values``
+        itself. A visitor lets the capture go over a layer's blocks once for all its consumers
+        (``capture.core.shared_block_pass``)."""
+        return None
 
-    def consume(self, kind, module, layer, tensor, cache) -> None:
-        batch = (cache.mask, tensor.shape[0])  # a new batch brings a new mask (or another size)
+    def _layer_values(self, attention) -> torch.Tensor:
+        """One layer's attention (a [B, H, N, N] map or ``AttentionRows``) -> [B, H], by its block visitor."""
+        rows = _capture.attention_rows(attention)
+        visitor = self._visitor(rows)
+        if visitor is None:  # pragma: no cover - interface
+            raise NotImplementedError
+        for block in rows.block_pass(visitor.queries):
+            visitor.visit(*block)
+        return visitor.result()
+
+    def _begin(self, cache, batch_size: int, device) -> None:
+        batch = (cache.mask, batch_size)  # a new batch brings a new mask (or another size)
         prepared = getattr(self, "_prepared_for", None)
         if not getattr(self, "_pending", None) or prepared is None or prepared[0] is not batch[0] \
                 or prepared[1] != batch[1]:  # the batch's first layer (``update`` ends each batch)
-            self._prepare(cache, tensor.shape[0], tensor.device)
+            self._prepare(cache, batch_size, device)
             self._prepared_for, self._pending = batch, {}
+
+    def attention_visitor(self, kind, module, layer, rows, cache):
+        """The capture's shared block pass (``capture.core.block_visitor``): this layer's visitor, whose result
+        goes where ``consume`` puts it; None when the subclass has no block visitor."""
+        if type(self)._visitor is LayerHeadMean._visitor:
+            return None
+        self._begin(cache, rows.shape[0], rows.device)
+        return _PendingVisitor(self._visitor(rows), self._pending, layer)
+
+    def consume(self, kind, module, layer, tensor, cache) -> None:
+        self._begin(cache, tensor.shape[0], tensor.device)
         self._pending[layer] = self._layer_values(tensor)  # the attention tensor itself is not kept
 
     def update(self, cache: _capture.ActivationCache) -> None:
@@ -256,6 +281,25 @@ class LayerHeadMean(ImageMean):
              "uniform_level": self.uniform_level}
             for i, layer in enumerate(self.layers) for head in range(self.num_heads)
         ]
+
+
+class BlockVisitor:
+    """A metric's reduction of one layer's attention, block by block: ``queries`` (the rows it reads), ``visit(start,
+    index, probs, logits)`` per block of them, ``result()`` after the last block."""
+
+    def __init__(self, queries, visit, result) -> None:
+        self.queries, self.visit, self.result = queries, visit, result
+
+
+class _PendingVisitor:
+    """A metric's block visitor whose ``finish`` files its result among the batch's pending layers."""
+
+    def __init__(self, visitor, pending: dict, layer: int) -> None:
+        self.visitor, self.pending, self.layer = visitor, pending, layer
+        self.queries, self.visit = visitor.queries, visitor.visit
+
+    def finish(self) -> None:
+        self.pending[self.layer] = self.visitor.result()
 
 
 def unit_groups(units: torch.Tensor, num_groups: int) -> torch.Tensor:
