@@ -24,7 +24,7 @@ def test_list_prints_the_catalogue():
     result = CliRunner().invoke(app, ["reproduce", "--list"])
     assert result.exit_code == 0, result.output
     listed = [line.split()[0] for line in result.output.strip().splitlines()]
-    assert listed == IDS and len(IDS) == 9
+    assert listed == IDS and len(IDS) == 11
 
 
 def test_each_finding_is_one_catalogue_module_named_by_its_id():

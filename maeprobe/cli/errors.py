@@ -12,9 +12,13 @@ import typer
 from .common import _one_line
 
 
-def _friendly(fn):
+def _friendly(fn=None, *, flags: bool = True):
     """Join the process group when launched by torchrun; print user errors (bad file, bad flag, no images)
-    as one line and exit 2, no traceback; leave the process group on the way out."""
+    as one line and exit 2, no traceback; leave the process group on the way out. ``flags``: the message's API
+    parameters are shown as the command's flags (``as_flags``); False for the training commands, whose messages
+    name recipe keys (``mask_ratio`` there is ``model.mask_ratio=``, not the probes' ``--mask-ratio``)."""
+    if fn is None:
+        return functools.partial(_friendly, flags=flags)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -33,7 +37,7 @@ def _friendly(fn):
             init_from_env()
             return fn(*args, **kwargs)
         except MaeprobeError as exc:  # every process hits the same refusal; the main one prints it
-            _refuse(as_flags(str(exc)))
+            _refuse(as_flags(str(exc)) if flags else str(exc))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None

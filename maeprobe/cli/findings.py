@@ -13,7 +13,7 @@ app = typer.Typer()
 
 
 @app.command("reproduce", short_help="Reproduce the papers' findings and judge each claim.")
-@_friendly
+@_friendly(flags=False)  # messages name recipe keys, not probe flags
 def reproduce_cmd(
     ids: Optional[list[str]] = typer.Argument(None, help="Finding ids (default: all of the scale; --list shows them)."),
     scale: str = typer.Option("tiny", "--scale", help="tiny (2 CPU cores, built-in photos), small (one GPU, "
@@ -63,7 +63,7 @@ def reproduce_cmd(
 
 
 @app.command(short_help="Pretrain a small MAE and run every metric on it.")
-@_friendly
+@_friendly(flags=False)  # messages name recipe keys, not probe flags
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), "--out", help="Output folder."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.0, max=1e7,

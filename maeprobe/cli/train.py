@@ -12,7 +12,7 @@ app = typer.Typer()
 
 
 @app.command("pretrain", short_help="Pretrain a small MAE in one process.")
-@_friendly
+@_friendly(flags=False)  # messages name recipe keys, not probe flags
 def pretrain_cmd(
     out: Path = typer.Option(Path("outputs/pretrain/checkpoint.pth"), "--out", help="Checkpoint path (.pth)."),
     preset: str = typer.Option("mae_vit_tiny_patch8_64", "--preset", help="Architecture preset."),
@@ -67,7 +67,7 @@ def _recipe_path(recipe: Path) -> Path:
 
 
 @recipe_app.command("ls", short_help="List the recipes with their task, method and launch command.")
-@_friendly
+@_friendly(flags=False)  # messages name recipe keys, not probe flags
 def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder (default: the bundled recipes/).")):
     """List recipes with their task, method and launch command."""
     from ..errors import MaeprobeError
@@ -87,7 +87,7 @@ def recipe_ls(folder: Optional[Path] = typer.Argument(None, help="Recipe folder 
 
 
 @recipe_app.command("show", short_help="Print a resolved recipe as YAML without running it.")
-@_friendly
+@_friendly(flags=False)  # messages name recipe keys, not probe flags
 def recipe_show(
     recipe: Path = typer.Argument(..., help="Recipe YAML, or a bundled recipe's name as `recipe ls` prints it."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=3"),
@@ -130,7 +130,7 @@ def _header(path: Path) -> str:
 
 
 @recipe_app.command("run", short_help="Run a recipe, alone or under torchrun with DDP.")
-@_friendly
+@_friendly(flags=False)  # messages name recipe keys, not probe flags
 def recipe_run(
     recipe: Path = typer.Argument(..., help="Recipe YAML, or a bundled recipe's name as `recipe ls` prints it."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=3"),
