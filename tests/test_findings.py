@@ -39,11 +39,11 @@ def test_each_finding_is_one_catalogue_module_named_by_its_id():
 
 @pytest.fixture(scope="module")
 def tiny_collapse(tmp_path_factory):
-    """The collapse finding at tiny scale, run once: three LC-MAE settings x 3 seeds of one 10-step epoch (the
-    pipeline, not the verdict, is under test here)."""
+    """The collapse finding at tiny scale, run once: three LC-MAE settings x 2 seeds of one 10-step epoch (the
+    pipeline, several seeds included, not the verdict, is under test here)."""
     out = tmp_path_factory.mktemp("reproduce")
     lines = []
-    table = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=3, seeds=3, probe_images=32,
+    table = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=3, seeds=2, probe_images=32,
                       echo=lines.append)
     return out, table, lines
 
@@ -60,7 +60,7 @@ def test_lcmae_collapse_at_tiny_scale_writes_the_report_and_is_reused(tiny_colla
     assert "superseded by version 3" in saved["detail"].iloc[1] and "superseded by version 2" in saved["detail"].iloc[2]
     assert (saved["rule_version"].tolist() == [3, 2, 1]
             and saved["amended_after_results"].tolist() == [True, True, False])
-    assert saved["seeds"].iloc[0] == 3 and saved["control"].iloc[0] == 1.0
+    assert saved["seeds"].iloc[0] == 2 and saved["control"].iloc[0] == 1.0
     # the report: a smoke test, its deviations from what ran (3 steps asked: one whole epoch of 10, not the scale's
     # 240), its code version,
     # the amendments, intervals over the 13 source photographs (12 units: the stereo pair is one photograph)
@@ -75,16 +75,16 @@ def test_lcmae_collapse_at_tiny_scale_writes_the_report_and_is_reused(tiny_colla
     report = (out / "findings.md").read_text()
     assert "`lcmae-collapse`" in report and "figures/lcmae-collapse.png" in report and "final L_cross" in report
     assert (out / "figures" / "lcmae-collapse.png").is_file()
-    assert sum("trained" in line for line in lines) == 9 and sum("[finding" in line for line in lines) == 1
+    assert sum("trained" in line for line in lines) == 6 and sum("[finding" in line for line in lines) == 1
     evidence = pd.read_csv(out / "findings" / "lcmae-collapse" / "evidence.csv")
-    assert set(evidence["feature"]) == {"patch", "cls"} and set(evidence["seed"]) == {0, 1, 2}
+    assert set(evidence["feature"]) == {"patch", "cls"} and set(evidence["seed"]) == {0, 1}
     assert (evidence["ci_low"] <= evidence["value"]).all() and (evidence["value"] <= evidence["ci_high"]).all()
     lines.clear()
     tic = time.monotonic()
-    again = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=3, seeds=3, probe_images=32,
+    again = reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=3, seeds=2, probe_images=32,
                       echo=lines.append)
     assert time.monotonic() - tic < 30
-    assert sum("reused" in line for line in lines) == 10  # nine runs and the finding
+    assert sum("reused" in line for line in lines) == 7  # six runs and the finding
     assert again["verdict"].tolist() == table["verdict"].tolist()
 
 
@@ -100,7 +100,7 @@ def test_a_replaced_checkpoint_is_measured_again(tiny_collapse):
     state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
     torch.save(state, folder / "checkpoint-last.pth")
     lines = []
-    reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=3, seeds=3, probe_images=32, echo=lines.append)
+    reproduce(["lcmae-collapse"], scale="tiny", out=out, steps=3, seeds=2, probe_images=32, echo=lines.append)
     finding = [line for line in lines if "[finding" in line]
     assert len(finding) == 1 and "(reused)" not in finding[0]
 
