@@ -223,3 +223,25 @@ def test_missing_line_says_where_to_place_each_file_and_its_url(caches):
     line = next(m for m in released_checkpoints()[1] if m.startswith("MAE"))
     assert "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base_full.pth" in line
     assert "https://dl.fbaipublicfiles.com/mae/visualize/mae_visualize_vit_base.pth" in line
+
+
+def test_dino_under_moco_v3s_name_is_not_the_release(caches):
+    """DINO's ViT-B/16 has MoCo v3's shapes and parameter count: under MoCo v3's release name its layout (no
+    ``module.base_encoder.``) says it is not that release; a link making two roles one file is refused."""
+    from maeprobe.checkpoints.originals import release_mismatch
+    from maeprobe.findings.released import load_released
+
+    timm_vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    path = caches / "vit-b-300ep.pth.tar"
+    torch.save(timm_vit.state_dict(), path)
+    why = release_mismatch("vit-b-300ep.pth.tar", maeprobe.load(path))
+    assert why is not None and "mocov3" in why
+    _place_stand_ins(caches)
+    checkpoints = caches / "torch" / "hub" / "checkpoints"
+    (checkpoints / "vit-b-300ep.pth.tar").unlink()
+    (checkpoints / "vit-b-300ep.pth.tar").symlink_to(checkpoints / "dino_vitbase16_pretrain.pth")
+    from maeprobe.findings.runner import released_checkpoints
+
+    found, _ = released_checkpoints(("mae", "dino", "mocov3"))
+    with pytest.raises(maeprobe.MaeprobeError, match="same contents as DINO"):
+        load_released(found)

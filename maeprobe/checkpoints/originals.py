@@ -178,4 +178,13 @@ def release_mismatch(name: str, model, sha256: str | None = None) -> str | None:
         return f"it holds {_shape_text(found, count)}; the release has {_shape_text(expected, params)}"
     if prefix is not None and (sha256 is None or not sha256.startswith(prefix)):
         return f"its SHA-256 starts with {(sha256 or '?')[:8]}, the release's with {prefix}"
+    family = RELEASE_FAMILIES.get(name)
+    found_family = getattr(getattr(model, "checkpoint", None), "family", None)
+    if family is not None and found_family != family:  # e.g. DINO's file (same shapes) under MoCo v3's name
+        return f"it is laid out as {found_family or 'an unknown family'}, the release as {family}"
     return None
+
+
+# Releases whose shapes another family shares (MoCo v3's ViT-B/16 has DINO's parameter count): the family the
+# file's own layout must show (MoCo v3: main_moco.py's ``module.base_encoder.*`` keys)
+RELEASE_FAMILIES = {"vit-b-300ep.pth.tar": "mocov3"}
