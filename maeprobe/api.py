@@ -151,7 +151,12 @@ def _options(spec, given: dict) -> tuple[dict, dict]:
     rest = {}
     for name, value in given.items():
         if name in fields:
-            check = fields[name].metadata.get("check")
+            meta = fields[name].metadata
+            if meta.get("choices") and (not isinstance(value, str) or value not in meta["choices"]):
+                from .validate import short  # a declared choice: text among them (an array is not, nor its truth)
+
+                raise MaeprobeError(f"{name}: expected one of {', '.join(meta['choices'])}, got {short(value, 40)}")
+            check = meta.get("check")
             options[name] = check(name, value) if check else value
         else:
             rest[name] = value

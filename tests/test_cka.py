@@ -334,3 +334,12 @@ def test_refusals_are_one_line_and_name_the_parameter(model, reference, images, 
         api.cka(model, images, reference=reference, bootstrap=10)
     assert "\n" not in str(refused.value) and "bootstrap=0" in str(refused.value)
     api.cka(model, images, reference=reference, bootstrap=0, estimator="minibatch", batch_size=4)  # fits
+
+
+def test_identical_images_have_no_variance_and_give_nan():
+    """Eight copies of one image: the centred sums are float32 rounding of batched features (CKA was 1.07); every
+    layer has no variance, so CKA is undefined (NaN), as the unbiased estimator says too."""
+    torch.manual_seed(0)
+    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3)
+    table = maeprobe.cka(model, torch.randn(1, 3, 32, 32).repeat(8, 1, 1, 1), bootstrap=0, device="cpu")
+    assert table["value"].isna().all()

@@ -217,3 +217,14 @@ def test_report_and_describe(tiny_ckpt, images32):
     encoder = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("decoder", "mask_token")))
     assert described["parameters"] == f"{total:,} ({encoder:,} encoder)"
     assert described["decoder"].startswith("width 16, depth 2, 2 heads")
+
+
+@pytest.mark.parametrize("metric, name", [("fourier", "channel_average"), ("attn-nmi", "module"),
+                                          ("token-svd", "svd_matrix"), ("attn-entropy", "module")])
+def test_a_declared_choice_takes_only_its_texts(metric, name):
+    """An array (whose truth value is ambiguous) or a non-choice is one MaeprobeError naming the option, before any
+    image is read; every declared choice is checked the same way (hostile review)."""
+    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3)
+    for value in (np.array(["encoder", "log"]), "nope", 3):
+        with pytest.raises(maeprobe.MaeprobeError, match=f"^{name}: expected one of"):
+            maeprobe.measure(model, metric, torch.randn(2, 3, 32, 32), **{name: value})

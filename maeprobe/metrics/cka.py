@@ -123,6 +123,16 @@ def jackknife_interval(estimate: np.ndarray, replicates: list) -> tuple[np.ndarr
     return estimate - half, estimate + half
 
 
+# A layer whose centred second moment is this small against its uncentred one has no variance over the images
+# (identical images: what is left is float32 rounding of batched features, which made CKA 1.07): CKA is undefined.
+NO_VARIANCE = 1e-10  # ||C||_F^2 <= 1e-10 ||S||_F^2, i.e. a relative spread below 1e-5
+
+
+def _no_variance(centred: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """``centred`` (||C||_F^2 per layer) with NaN where the layer has no variance (``NO_VARIANCE``)."""
+    return np.where(centred <= NO_VARIANCE * raw, np.nan, centred)
+
+
 class LinearCKA(Reducer):
     """Streaming linear CKA between ``num_a`` feature sets of width ``width_a`` (side A) and ``num_b`` of width
     ``width_b`` (side B; None: B is A itself), from features (``add_features``, [layers, n, width]) or, for the
@@ -353,18 +363,21 @@ class LinearCKA(Reducer):
             n = float(get("count"))
             mean_a = get("sum_a") / n  # [La, Da]
             if self.self_mode:
-                hxy = np.empty((La, La))
+                hxy, raw_x = np.empty((La, La)), np.empty(La)
                 for i in range(La):
-                    centred = get(f"prod{i}") - n * np.outer(mean_a[i], mean_a[i:].reshape(-1))  # [Da, (La-i) Da]
+                    product = get(f"prod{i}")  # [Da, (La-i) Da], uncentred
+                    raw_x[i] = (product.reshape(Da, La - i, Da)[:, 0] ** 2).sum()  # ||S_ii||_F^2
+                    centred = product - n * np.outer(mean_a[i], mean_a[i:].reshape(-1))  # [Da, (La-i) Da]
                     hxy[i, i:] = (centred.reshape(Da, La - i, Da) ** 2).sum((0, 2))  # ||C_ij||_F^2, j >= i
                     hxy[i:, i] = hxy[i, i:]
-                hx = hy = np.diag(hxy)
+                hx = hy = _no_variance(np.diag(hxy), raw_x)
             else:
                 mean_b = get("sum_b") / n  # [Lb, Db]
                 centred = get("xy") - n * np.outer(mean_a.reshape(-1), mean_b.reshape(-1))  # [La Da, Lb Db]
                 hxy = (centred.reshape(La, Da, Lb, Db) ** 2).sum((1, 3))  # [La, Lb]
                 hx = ((get("xx") - n * np.einsum("li,lj->lij", mean_a, mean_a)) ** 2).sum((1, 2))  # [La]
                 hy = ((get("yy") - n * np.einsum("li,lj->lij", mean_b, mean_b)) ** 2).sum((1, 2))  # [Lb]
+                hx, hy = _no_variance(hx, (get("xx") ** 2).sum((1, 2))), _no_variance(hy, (get("yy") ** 2).sum((1, 2)))
         with np.errstate(invalid="ignore", divide="ignore"):
             return hxy / np.sqrt(np.outer(hx, hy))
 
