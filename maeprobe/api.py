@@ -152,7 +152,8 @@ def _options(spec, given: dict) -> tuple[dict, dict]:
     for name, value in given.items():
         if name in fields:
             meta = fields[name].metadata
-            if meta.get("choices") and (not isinstance(value, str) or value not in meta["choices"]):
+            if meta.get("choices") and value is not fields[name].default and \
+                    (not isinstance(value, str) or value not in meta["choices"]):  # None where None is the default
                 from .validate import short  # a declared choice: text among them (an array is not, nor its truth)
 
                 raise MaeprobeError(f"{name}: expected one of {', '.join(meta['choices'])}, got {short(value, 40)}")
@@ -533,6 +534,13 @@ def _run_options(metrics: list[str], options, flat: dict) -> dict[str, dict]:
     for name in set(options or {}) - set(metrics):
         raise MaeprobeError(f"options given for {short(name, 60)}, which is not among the metrics "
                             f"({', '.join(metrics)})")
+    taken = {f.name for name in metrics for f in specs[name].fields()}
+    for option, value in flat.items():  # set to other than its default for none of the chosen metrics: a slip
+        defaults = [f.default for spec in specs.values() for f in spec.fields() if f.name == option]
+        if option not in taken and not any(type(value) is type(d) and value == d for d in defaults):
+            takers = [n for n, spec in specs.items() if option in {f.name for f in spec.fields()}]
+            raise MaeprobeError(f"{option}: an option of {', '.join(takers)}, none of the metrics chosen "
+                                f"({', '.join(metrics)})")
     return out
 
 

@@ -228,3 +228,15 @@ def test_a_declared_choice_takes_only_its_texts(metric, name):
     for value in (np.array(["encoder", "log"]), "nope", 3):
         with pytest.raises(maeprobe.MaeprobeError, match=f"^{name}: expected one of"):
             maeprobe.measure(model, metric, torch.randn(2, 3, 32, 32), **{name: value})
+
+
+def test_run_refuses_an_option_that_no_chosen_metric_takes(tmp_path):
+    """``run(metrics=['fourier'], k=5)``: k is knn's; set for none of the chosen metrics, it was silently dropped.
+    Its default (what the command line always passes) is not a slip."""
+    model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3)
+    path = maeprobe.save_checkpoint(model, tmp_path / "m.pth") or tmp_path / "m.pth"
+    images = torch.randn(3, 3, 32, 32)
+    with pytest.raises(maeprobe.MaeprobeError, match="^k: an option of knn, none of the metrics chosen"):
+        maeprobe.run([str(path)], images, metrics=["fourier"], k=5)
+    table = maeprobe.run([str(path)], images, metrics=["fourier"], k=20)  # knn's default
+    assert set(table["metric"]) >= {"feature_fourier"}
