@@ -102,6 +102,7 @@ if [ "$DRY" = 1 ]; then
   TRAIN_ARGS="--batch-size 4 --steps 2 --warmup 1 --device cpu --dtype bf16"
   COMPILE_ARGS="--no-baseline --compile --compile-backend aot_eager"  # dynamo + AOT autograd; inductor: test_compile
   PROBE_IMAGES=8
+  REPRODUCE_IDS="mae-local-attention contrastive-homogeneous-attention"  # one finding per set of releases it reads
   PYTEST_PATHS=$(grep -l "pytest.mark.cuda" tests/test_*.py | tr '\n' ' ')
   MODE="dry run: CPU, tiny sizes, gloo, torch.compile backend aot_eager"
 else
@@ -115,7 +116,7 @@ else
   PYTEST_PATHS=tests
   MODE="full"
 fi
-export DEVICE BF16 NPROC PROBE_ARGS TRAIN_ARGS COMPILE_ARGS PROBE_IMAGES PYTEST_PATHS
+export DEVICE BF16 NPROC PROBE_ARGS TRAIN_ARGS COMPILE_ARGS PROBE_IMAGES PYTEST_PATHS REPRODUCE_IDS
 
 stage_env() {
   "$PYTHON" benchmarks/gpu_check.py env | tee "$WORK/env.txt"
@@ -155,8 +156,9 @@ stage_torchrun() {
 
 stage_reproduce() {
   "$PYTHON" benchmarks/gpu_check.py standins "$WORK/caches" || return 1
-  TORCH_HOME="$WORK/caches/torch" HF_HUB_CACHE="$WORK/caches/hf" "$PYTHON" -m maeprobe reproduce --scale released \
-    --probe-images "$PROBE_IMAGES" --device "$DEVICE" --out "$WORK/reproduce" || return 1
+  # shellcheck disable=SC2086  # REPRODUCE_IDS: several ids, or none (every finding of the scale)
+  TORCH_HOME="$WORK/caches/torch" HF_HUB_CACHE="$WORK/caches/hf" "$PYTHON" -m maeprobe reproduce ${REPRODUCE_IDS:-} \
+    --scale released --probe-images "$PROBE_IMAGES" --device "$DEVICE" --out "$WORK/reproduce" || return 1
   "$PYTHON" -c "import pandas as pd, sys; t = pd.read_csv(sys.argv[1]); print('reproduce: ' + ', '.join(
     f'{f} {v}' for f, v in zip(t['finding'], t['verdict'])) + ' (stand-ins: random weights)')" \
     "$WORK/reproduce/findings.csv"

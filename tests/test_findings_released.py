@@ -229,7 +229,7 @@ def test_dino_under_moco_v3s_name_is_not_the_release(caches):
     """DINO's ViT-B/16 has MoCo v3's shapes and parameter count: under MoCo v3's release name its layout (no
     ``module.base_encoder.``) says it is not that release; a link making two roles one file is refused."""
     from maeprobe.checkpoints.originals import release_mismatch
-    from maeprobe.findings.released import load_released
+    from maeprobe.findings.released import check_distinct, load_released
 
     timm_vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
     path = caches / "vit-b-300ep.pth.tar"
@@ -243,5 +243,6 @@ def test_dino_under_moco_v3s_name_is_not_the_release(caches):
     from maeprobe.findings.runner import released_checkpoints
 
     found, _ = released_checkpoints(("mae", "dino", "mocov3"))
+    _, checkpoints = load_released(found)
     with pytest.raises(maeprobe.MaeprobeError, match="same contents as DINO"):
-        load_released(found)
+        check_distinct(found, checkpoints)

@@ -55,18 +55,23 @@ def load_released(found: dict) -> tuple[dict, dict]:
 
     checkpoints = {r: [str(p), _file_digest(p) if Path(p).is_file() else _folder_fingerprint(p)]
                    for r, (p, _) in found.items()}
-    seen = {}
-    for role, (_, label) in found.items():  # two roles of one content would compare a model with itself
-        digest = checkpoints[role][1]
-        if digest in seen:
-            raise MaeprobeError(f"{label} has the same contents as {seen[digest]}; each released checkpoint must be "
-                                "its own file (a copy or a link?)")
-        seen[digest] = label
     models = {}
     for role, (path, label) in found.items():
         model = load(path)
         models[role] = (model, _release_label(label, model, checkpoints[role][1]))
     return models, checkpoints
+
+
+def check_distinct(found: dict, checkpoints: dict) -> None:
+    """Refuse two roles of one content (``checkpoints[role] = [path, digest]``): a model compared with itself, e.g.
+    DINO's file linked under MoCo v3's name."""
+    seen = {}
+    for role, (_, label) in found.items():
+        digest = checkpoints[role][1]
+        if digest in seen:
+            raise MaeprobeError(f"{label} has the same contents as {seen[digest]}; each released checkpoint must be "
+                                "its own file (a copy or a link?)")
+        seen[digest] = label
 
 
 def resize_to_mae(models: dict, size: int) -> None:

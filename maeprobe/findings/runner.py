@@ -50,7 +50,15 @@ from .measures import (  # noqa: F401
     pixel_probe,
     random_like,
 )
-from .released import _cached, _release_label, _released_renders, load_released, released_checkpoints, resize_to_mae  # noqa: F401
+from .released import (  # noqa: F401
+    _cached,
+    _release_label,
+    _released_renders,
+    check_distinct,
+    load_released,
+    released_checkpoints,
+    resize_to_mae,
+)
 from .reporting import COLUMNS, STRENGTHS, _table_line, _write_report, deviations, report_markdown  # noqa: F401
 from .runs import (  # noqa: F401
     STEPS_PER_EPOCH,
@@ -259,6 +267,7 @@ def _reproduce_released(ids, root: Path, data, reference, ref, n_probe: int, dev
     if any(FINDINGS[i].needs_decoder for i in ids) and not models["mae"][0].config.decoder_depth:
         raise MaeprobeError(f"{models['mae'][1]}: {found['mae'][0]} holds no transformer decoder; the decoder findings "
                             "need MAE with its decoder (mae_pretrain_vit_base_full.pth or mae_visualize_vit_base.pth)")
+    check_distinct(found, checkpoints)  # after the decoder check: an encoder-only MAE file is named as such first
     resize_to_mae(models, size)
     semantic = any(FINDINGS[i].needs_reference for i in ids)
     if semantic and reference is None:
