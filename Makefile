@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-UV     := $(BIN)/uv pip install --python $(BIN)/python  # no --compile-bytecode: imports compile what they use
+UV     := $(BIN)/uv pip install --compile-bytecode --python $(BIN)/python
 
 .PHONY: demo test test-fast test-latest lock bench notebook notebook-run clean
 
