@@ -343,3 +343,19 @@ def test_identical_images_have_no_variance_and_give_nan():
     model = maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3)
     table = maeprobe.cka(model, torch.randn(1, 3, 32, 32).repeat(8, 1, 1, 1), bootstrap=0, device="cpu")
     assert table["value"].isna().all()
+
+
+def test_heat_map_of_a_hand_edited_table_is_one_line(tmp_path):
+    """NaN or infinite layer numbers, or thousands of distinct layers, are refused before any pivot (hostile review:
+    25,000 distinct layers asked a 5 GB table; NaN was a pandas cast error)."""
+    import pandas as pd
+
+    base = {"metric": "cka", "module": "encoder", "head": float("nan"), "value": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+            "n_images": 8, "checkpoint": "a.pth", "reference": "(itself)", "features": "mean",
+            "estimator": "exact", "minibatch_size": float("nan"), "mask_ratio": 0.0}
+    for layer, ref_layer, text in ((float("nan"), 0, "layer column"), (0, float("inf"), "ref_layer column"),
+                                   (None, None, "distinct layers")):
+        rows = [dict(base, layer=layer, ref_layer=ref_layer)] if layer is not None or ref_layer is not None else \
+            [dict(base, layer=i, ref_layer=i) for i in range(600)]
+        with pytest.raises(maeprobe.MaeprobeError, match=text):
+            maeprobe.make_figures(pd.DataFrame(rows), tmp_path / "f", figures=["cka"])

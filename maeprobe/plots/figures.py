@@ -509,6 +509,9 @@ def _spectrum(frame, out_dir, name, label_by):
     return paths
 
 
+MAX_HEATMAP_SIDE = 512  # layers on one axis of a heat map
+
+
 def _heatmap(frame, metric, title, out_dir, name, label_by):
     """A metric of layer pairs (linear CKA: ``layer`` of the checkpoint against ``ref_layer`` of its reference) as
     heat maps, one panel per (checkpoint, reference) pair: rows the checkpoint's layers, columns the reference's,
@@ -522,8 +525,16 @@ def _heatmap(frame, metric, title, out_dir, name, label_by):
     rows = frame[frame["metric"] == metric]
     if rows.empty or "ref_layer" not in rows:
         return []
-    rows = rows[pd.to_numeric(rows["ref_layer"], errors="coerce").notna()].copy()
-    rows["ref_layer"] = pd.to_numeric(rows["ref_layer"]).astype(int)
+    for column in ("layer", "ref_layer"):  # whole layer numbers, as the metric writes them (hand-edited: refused)
+        numbers = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        if not (np.isfinite(numbers) & (numbers >= 0) & (numbers == np.round(numbers))).all():
+            raise MaeprobeError(f"{name}: the {column} column must hold layer numbers 0, 1, ... (a hand-edited "
+                                "table?)")
+        rows = rows.assign(**{column: numbers.astype(int)})
+    side = max(rows["layer"].nunique(), rows["ref_layer"].nunique())
+    if side > MAX_HEATMAP_SIDE:  # before any pivot: 25,000 distinct layers asked a 5 GB table
+        raise MaeprobeError(f"{name}: {side} distinct layers on one axis; a heat map draws at most "
+                            f"{MAX_HEATMAP_SIDE} (the deepest ViTs have 48 blocks: a hand-edited table?)")
     rows["reference"] = _text(rows, "reference")
     rows, dropped = _lines_of(rows, name, label_by, ["layer", "ref_layer", "reference"])
     panels = list(dict.fromkeys(zip(rows["label"], rows["reference"])))
