@@ -68,6 +68,31 @@ def _minus(a: Estimate, b: Estimate) -> Estimate:
     return Estimate(a.value - b.value, a.low - b.high, a.high - b.low, min(a.seeds, b.seeds))
 
 
+def _mae_above_contrastive(evidence: pd.DataFrame, unit: str, what: str, powered, no_power: str, levels: str,
+                           min_seeds: int) -> Verdict:
+    """The shared rule: headline MAE - max(DINO, MoCo v3) over the late blocks, control the same with the random
+    weights in MAE's place; holds when MAE's interval lies above both contrastive models', fails when below either's,
+    both only with power (``powered(mae, init)``)."""
+    est = _late_estimates(evidence, ("mae", *CONTRASTIVE, "init"))
+    if isinstance(est, str):
+        return _missing(est, unit)
+    mae, dino, moco, init = (est[m] for m in ("mae", *CONTRASTIVE, "init"))
+    highest = max(dino, moco, key=lambda e: e.value)
+    power = powered(mae, init)
+    detail = (f"{what}: MAE {mae.text(3)}, DINO {dino.text(3)}, MoCo v3 {moco.text(3)}; random weights "
+              f"{init.text(3)}{levels}")
+    if power and mae.low > dino.high and mae.low > moco.high:
+        verdict = HOLDS
+    elif power and (mae.high < dino.low or mae.high < moco.low):
+        verdict = FAILS
+    else:
+        verdict = INCONCLUSIVE
+        if not power:
+            detail = f"{NO_POWER}: {no_power}; {detail}"
+    return _result(_minus(mae, highest), verdict, detail, control=_minus(init, highest), unit=unit,
+                   amended=False, min_seeds=min_seeds, used=(dino, moco, init))
+
+
 def homogeneous_attention_rule(nmi: pd.DataFrame, min_seeds: int = 1) -> Verdict:
     """cl-vs-mim Section 2 (Fig. 3, NMI): contrastive models attend more homogeneously than MAE in later layers,
     i.e. the attention NMI of MoCo v3 and DINO ViT-B/16 lies below MAE ViT-B/16's in the last third of the blocks.
@@ -82,25 +107,10 @@ def homogeneous_attention_rule(nmi: pd.DataFrame, min_seeds: int = 1) -> Verdict
     inconclusive: otherwise.
     """
     unit = "attention NMI, NMI(MAE) - max(NMI(DINO), NMI(MoCo v3)), last third of the blocks"
-    est = _late_estimates(nmi, ("mae", *CONTRASTIVE, "init"))
-    if isinstance(est, str):
-        return _missing(est, unit)
-    mae, dino, moco, init = (est[m] for m in ("mae", *CONTRASTIVE, "init"))
-    highest = max(dino, moco, key=lambda e: e.value)
-    power = mae.low > init.high + NMI_MARGIN
-    detail = (f"late-block NMI: MAE {mae.text(3)}, DINO {dino.text(3)}, MoCo v3 {moco.text(3)}; random weights "
-              f"{init.text(3)}, uniform attention 0")
-    if power and mae.low > dino.high and mae.low > moco.high:
-        verdict = HOLDS
-    elif power and (mae.high < dino.low or mae.high < moco.low):
-        verdict = FAILS
-    else:
-        verdict = INCONCLUSIVE
-        if not power:
-            detail = (f"{NO_POWER}: MAE's NMI is not {NMI_MARGIN} above the random weights' (the attention of "
-                      f"random weights is near uniform, NMI near 0); {detail}")
-    return _result(_minus(mae, highest), verdict, detail, control=_minus(init, highest), unit=unit,
-                   amended=False, min_seeds=min_seeds, used=(dino, moco, init))
+    return _mae_above_contrastive(
+        nmi, unit, "late-block NMI", lambda mae, init: mae.low > init.high + NMI_MARGIN,
+        f"MAE's NMI is not {NMI_MARGIN} above the random weights' (the attention of random weights is near uniform, "
+        "NMI near 0)", ", uniform attention 0", min_seeds)
 
 
 def high_frequency_rule(fourier: pd.DataFrame, min_seeds: int = 1) -> Verdict:
@@ -118,21 +128,7 @@ def high_frequency_rule(fourier: pd.DataFrame, min_seeds: int = 1) -> Verdict:
     inconclusive: otherwise.
     """
     unit = "Δ log amplitude at the highest frequency, ΔA(MAE) - max(ΔA(DINO), ΔA(MoCo v3)), last third of the blocks"
-    est = _late_estimates(fourier, ("mae", *CONTRASTIVE, "init"))
-    if isinstance(est, str):
-        return _missing(est, unit)
-    mae, dino, moco, init = (est[m] for m in ("mae", *CONTRASTIVE, "init"))
-    highest = max(dino, moco, key=lambda e: e.value)
-    power = mae.low > init.high + FOURIER_MARGIN or mae.high < init.low - FOURIER_MARGIN
-    detail = (f"late-block high-frequency Δ log amplitude: MAE {mae.text(3)}, DINO {dino.text(3)}, MoCo v3 "
-              f"{moco.text(3)}; random weights {init.text(3)}")
-    if power and mae.low > dino.high and mae.low > moco.high:
-        verdict = HOLDS
-    elif power and (mae.high < dino.low or mae.high < moco.low):
-        verdict = FAILS
-    else:
-        verdict = INCONCLUSIVE
-        if not power:
-            detail = f"{NO_POWER}: MAE is not {FOURIER_MARGIN} away from the random weights; {detail}"
-    return _result(_minus(mae, highest), verdict, detail, control=_minus(init, highest), unit=unit,
-                   amended=False, min_seeds=min_seeds, used=(dino, moco, init))
+    return _mae_above_contrastive(
+        fourier, unit, "late-block high-frequency Δ log amplitude",
+        lambda mae, init: mae.low > init.high + FOURIER_MARGIN or mae.high < init.low - FOURIER_MARGIN,
+        f"MAE is not {FOURIER_MARGIN} away from the random weights", "", min_seeds)
