@@ -8,8 +8,8 @@ then forks one child per case. Each child:
 * has its address space limited to what the parent already mapped plus ``budget_mb`` (``RLIMIT_AS``), so an
   input that makes maeprobe allocate gigabytes fails instead of exhausting the machine; its peak resident
   memory above the parent's is reported (``extra_mb``);
-* has every network call (``socket.connect``, ``getaddrinfo``, ``create_connection``) replaced by one that
-  records the attempt and fails;
+* has every network call (``socket.connect`` off the machine, ``getaddrinfo``, ``create_connection``) replaced
+  by one that records the attempt and fails (local AF_UNIX sockets stay open: DataLoader workers use them);
 * is killed after ``timeout`` seconds (a hang is reported as ``hung``).
 
 The helpers below then check what a refusal must look like: exit status 2, one line ``error: ...`` on stderr,

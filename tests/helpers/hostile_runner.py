@@ -14,13 +14,27 @@ import tempfile
 
 
 def _block_network(log_path: str) -> None:
+    """Refuse every connection that leaves the machine. Local (AF_UNIX) sockets stay open: a DataLoader worker hands
+    its batches' shared memory to the parent through multiprocessing's resource sharer, which connects over one."""
     def refuse(*args, **kwargs):
         with open(log_path, "a") as f:
             f.write(f"{os.getpid()} {args[:2]!r}\n")
         raise OSError("network access attempted in a hostile-input test")
 
-    socket.socket.connect = refuse
-    socket.socket.connect_ex = refuse
+    local_connect, local_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def connect(self, *args, **kwargs):
+        if self.family == socket.AF_UNIX:
+            return local_connect(self, *args, **kwargs)
+        return refuse(self, *args)
+
+    def connect_ex(self, *args, **kwargs):
+        if self.family == socket.AF_UNIX:
+            return local_connect_ex(self, *args, **kwargs)
+        return refuse(self, *args)
+
+    socket.socket.connect = connect
+    socket.socket.connect_ex = connect_ex
     socket.create_connection = refuse
     socket.getaddrinfo = refuse
 
