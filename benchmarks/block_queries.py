@@ -139,7 +139,7 @@ def main() -> None:
           f"({tokens} tokens), {args.images} images, batch {args.batch_size}, {args.dtype} | attention distance over "
           f"all layers | {args.processes} process(es) per contestant x median of {args.rounds} runs")
     base = {k: statistics.median(r[k] for r in results[-1]) for k in ("median", "extra_rss_mb", "extra_gpu_mb")}
-    print(f"| contestant | median s | time ratio | extra peak RSS MB | memory ratio | extra GPU MB |")
+    print("| contestant | median s | time ratio | extra peak RSS MB | memory ratio | extra GPU MB |")
     print("|---|---|---|---|---|---|")
     for block, runs in results.items():
         name = "bare forward (fused attention)" if block < 0 else \

@@ -8,7 +8,7 @@ import pandas as pd
 
 from .errors import MaeprobeError
 from .metrics import registry
-from .probe import resolve_model, run_probe
+from .probe import run_probe
 from .results import to_frame
 
 # Bootstrap replicates for ci_low/ci_high by default, as the CLI (0 turns intervals off).

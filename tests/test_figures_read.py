@@ -9,7 +9,6 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
 from helpers.figures import inside  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 

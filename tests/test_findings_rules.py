@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 from helpers.evidence import (
     AE_MODELS,
     FLAT,
     POSITIONAL,
-    SEEDS,
     UNIFORM,
     accuracies,
     ae,

@@ -4,11 +4,8 @@ Heavy imports happen inside the functions, so that ``maeprobe --help`` stays fas
 """
 from __future__ import annotations
 
-import functools
 import sys
-import warnings
 from enum import Enum
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -158,4 +155,4 @@ def _write(table, out) -> None:
     else:
         _echo(NOT_SAVED)
 
-from .errors import _friendly  # noqa: E402  (the commands' decorator, re-exported for them)
+from .errors import _friendly  # noqa: E402, F401  (the commands' decorator, re-exported for them)

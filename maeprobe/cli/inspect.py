@@ -72,7 +72,6 @@ def figures_cmd(
                                                 "(each line is then labelled with its mask)."),
 ):
     """Regenerate the paper's figures from stored result tables only (no model is run)."""
-    import pandas as pd
 
     from ..errors import MaeprobeError
     from ..io import check_output_folder

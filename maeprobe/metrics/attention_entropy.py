@@ -52,7 +52,6 @@ class AttentionEntropy(LayerHeadMean):
         P = self.num_prefix
         B, H, N, _ = rows.shape
         total = torch.zeros(B, H, dtype=torch.float64, device=rows.device)
-        first_key = P if self.patch_keys_only else 0
 
         def visit(start, index, probs, logits) -> None:
             prefix, patch = alna_sums(rows, probs, P, self._scratch)  # [B, H, n] sums of a ln a

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from .accel import adamw, autocast, bf16_enabled, make_loader
 from .config import batch_plan, check_recipe
 from .loop import NonFiniteWatch, optimizer_step
 from .losses import cross_view_loss, gather_rows, in_view_loss, uniformity, uniformity_loss
+
+if TYPE_CHECKING:
+    from ..models.mae import ArchConfig
 
 METHODS = ("mae", "lcmae", "ae", "umae")
 
@@ -212,7 +216,7 @@ def check_model_settings(config: dict) -> None:
                             "patch)")
 
 
-def check_sizes(config: dict, plan) -> "ArchConfig":
+def check_sizes(config: dict, plan) -> ArchConfig:
     """Bound, before anything is built, what a pretraining recipe's stated sizes cost (``maeprobe.limits``; a
     refusal names the limit's variable): the parameters of the model and the method's extra parts, built on
     PyTorch's meta device (shapes only, no memory) x 4 bytes (``MAEPROBE_MAX_MODEL_BYTES``; training holds about
