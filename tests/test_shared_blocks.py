@@ -1,4 +1,4 @@
-"""One block pass per layer for every attention consumer (issue 29), and the entropy from the logits."""
+"""One block pass per layer for every attention consumer (issue 29), and the entropy from its log-probabilities."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ from helpers import tiny_mae
 
 from maeprobe.capture import rows as rows_module
 from maeprobe.metrics.attention_distance import AttentionDistance
-from maeprobe.metrics.attention_entropy import AttentionEntropy, row_entropy
+from maeprobe.metrics.attention_entropy import AttentionEntropy
 from maeprobe.metrics.attention_nmi import AttentionNMI
 from maeprobe.probe import run_probe
 
@@ -22,27 +22,44 @@ def _brute(logits: torch.Tensor, first_key: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("scale", [0.1, 1.0, 5.0, 30.0])  # from near-uniform rows to near one-hot ones
-@pytest.mark.parametrize("first_key", [0, 1, 5])
-def test_row_entropy_from_logits_equals_the_definition(scale, first_key):
-    g = torch.Generator().manual_seed(int(scale * 10) + first_key)
-    logits = torch.randn(2, 3, 17, 200, generator=g) * scale
-    logits[0, 0, 0, 0] += 50.0  # a row with (almost) all its mass on key 0 (a prefix key when first_key > 0)
-    probs = torch.softmax(logits, -1)
-    got, mass = row_entropy(probs, logits, first_key)
-    truth = _brute(logits, first_key)
-    assert got.dtype == torch.float64 and (mass is None) == (first_key == 0)
-    # ~1e-6 relative on the per-head means the metrics report, and row by row to float32 rounding
-    torch.testing.assert_close(got.mean(-1), truth.mean(-1), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(got, truth, rtol=2e-5, atol=2e-6)
-    if first_key:
-        torch.testing.assert_close(mass.double(), torch.softmax(logits.double(), -1)[..., first_key:].sum(-1),
-                                   rtol=1e-5, atol=1e-30)
+@pytest.mark.parametrize("bias", ["none", "additive", "boolean"])
+def test_a_ln_a_from_the_blocks_log_probabilities_equals_the_definition(scale, bias):
+    """``alna_sums`` of each block (a product with ln p from log_softmax; with a boolean mask, whose -inf logits
+    give no log-probabilities, ln(a + tiny) a) against -sum p ln p in float64 from the same logits, split at a
+    prefix key; the probabilities against a float64 softmax."""
+    from maeprobe.metrics.attention_entropy import alna_sums
+
+    g = torch.Generator().manual_seed(int(scale * 10))
+    q, k = torch.randn(2, 3, 40, 8, generator=g) * scale, torch.randn(2, 3, 40, 8, generator=g)
+    q[0, 0, 5] = k[0, 0, 0] * 40  # a row with (almost) all its mass on key 0 (the prefix key)
+    mask = {"none": None, "additive": torch.randn(1, 3, 40, 40, generator=g),
+            "boolean": torch.rand(1, 1, 40, 40, generator=g) > 0.3}[bias]
+    if mask is not None and mask.dtype == torch.bool:
+        mask[..., 0] = True  # every row keeps a key
+    logits = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(8)
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.double()
+    truth_p = torch.softmax(logits, -1)
+    truth = torch.special.xlogy(truth_p, truth_p)
+    rows = rows_module.AttentionRows(q, k, mask, block=16)
+    seen = 0
+    for start, index, probs, log_probs in rows.block_pass(log=True):
+        assert (log_probs is None) == (bias == "boolean")
+        torch.testing.assert_close(probs.double(), truth_p[:, :, index], rtol=1e-4, atol=1e-6)  # float32 logits
+        prefix, patch = alna_sums(rows, probs, log_probs, 1, lambda shape, device: torch.empty(shape))
+        torch.testing.assert_close(prefix.double(), truth[:, :, index, :1].sum(-1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(patch.double(), truth[:, :, index, 1:].sum(-1), rtol=1e-5, atol=1e-6)
+        seen += len(index)
+    assert seen == 40
 
 
-def test_row_entropy_of_uniform_and_one_hot_rows():
-    logits = torch.stack([torch.zeros(6), torch.tensor([0.0, 200.0, 0, 0, 0, 0])])
-    got, _ = row_entropy(torch.softmax(logits, -1), logits)
-    torch.testing.assert_close(got, torch.tensor([math.log(6), 0.0], dtype=torch.float64))
+def test_a_ln_a_of_uniform_and_one_hot_rows():
+    from maeprobe.capture import AttentionMap
+    from maeprobe.metrics.attention_entropy import alna_sums
+
+    probs = torch.softmax(torch.stack([torch.zeros(6), torch.tensor([0.0, 200.0, 0, 0, 0, 0])]), -1)[None, None]
+    prefix, patch = alna_sums(AttentionMap(probs), probs, None, 1, lambda shape, device: torch.empty(shape))
+    torch.testing.assert_close((prefix + patch).double()[0, 0], torch.tensor([-math.log(6), 0.0], dtype=torch.float64))
 
 
 def _reducers(model, include_prefix: bool = False):
@@ -55,13 +72,13 @@ def test_one_block_pass_per_layer_for_three_consumers(monkeypatch, images32, inc
     alone does, and give what each gives alone."""
     model = tiny_mae(depth=2, decoder_depth=1)
     calls = []
-    original = rows_module.AttentionRows.logits_and_rows
+    original = rows_module.AttentionRows.probs_of
 
-    def counted(self, index):
+    def counted(self, index, log=False):
         calls.append(index)
-        return original(self, index)
+        return original(self, index, log)
 
-    monkeypatch.setattr(rows_module.AttentionRows, "logits_and_rows", counted)
+    monkeypatch.setattr(rows_module.AttentionRows, "probs_of", counted)
     block = 4  # 17 tokens: 16 patch queries in 4 blocks (5 blocks of all 17 rows), per layer
     together = _reducers(model, include_prefix)
     run_probe(model, together, images32, batch_size=3, device="cpu", block_queries=block)
@@ -109,7 +126,8 @@ def test_a_consumer_without_a_visitor_iterates_the_rows_itself(images32):
 
 @pytest.mark.parametrize("patch_keys_only", [False, True])
 def test_entropy_metric_equals_the_definition(patch_keys_only):
-    """The metric's ln max(a, tiny) * a path: -sum a ln a per patch-query row (0 ln 0 = 0), mean over queries."""
+    """A full map (no log-probabilities: the ln(a + tiny) a path): -sum a ln a per patch-query row (0 ln 0 = 0),
+    mean over queries."""
     from maeprobe.capture import AttentionMap
 
     model = tiny_mae(depth=1, decoder_depth=1)  # 17 tokens (CLS + 16 patches), 3 heads
@@ -125,16 +143,19 @@ def test_entropy_metric_equals_the_definition(patch_keys_only):
 
 
 def test_entropy_and_nmi_share_each_blocks_a_ln_a(monkeypatch, images32):
-    """In the shared pass the a ln a of a block is computed once for the entropy and the NMI (``alna_sums``)."""
+    """In the shared pass the a ln a of a block is computed once for the entropy and the NMI (``alna_sums``), as
+    the product of the block's probabilities and log-probabilities."""
+    from maeprobe.metrics import attention_entropy
+
     model = tiny_mae(depth=2, decoder_depth=1)
-    logs = []
-    original = torch.Tensor.log_
+    products = []
+    original = torch.mul
 
-    def counted(self):
-        logs.append(self.shape)
-        return original(self)
+    def counted(*args, **kwargs):
+        products.append(args[0].shape)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(torch.Tensor, "log_", counted)
+    monkeypatch.setattr(attention_entropy.torch, "mul", counted)  # the module's (lazy) torch: alna_sums' product
     run_probe(model, [AttentionEntropy(model), AttentionNMI(model)], images32, batch_size=3, device="cpu",
               block_queries=4)
-    assert len(logs) == 2 * 2 * 4  # batches x layers x blocks of the 16 patch queries
+    assert len(products) == 2 * 2 * 4  # batches x layers x blocks of the 16 patch queries

@@ -61,9 +61,9 @@ def block_visitor(fn: Consumer, kind: str, module: str, layer: int, rows: Attent
 
     A consumer declares it by being a bound method of an object with ``attention_visitor(kind, module, layer, rows,
     cache)``, which returns None (it iterates the rows itself) or a visitor: ``queries`` (the sorted query rows it
-    reads, [n] indices of the layer's rows), ``visit(start, index, probs, logits)`` per block (``start``: the
-    position of the block's first row in its ``queries``; ``logits``: None for a full map) and ``finish()`` after
-    the last block."""
+    reads, [n] indices of the layer's rows), ``visit(start, index, probs, log_probs)`` per block (``start``: the
+    position of the block's first row in its ``queries``; ``log_probs``: ln probs when a visitor of the pass
+    declares ``log_probs = True`` and the logits are finite, else None), and ``finish()`` after the last block."""
     make = getattr(getattr(fn, "__self__", None), "attention_visitor", None)
     return None if make is None else make(kind, module, layer, rows, cache)
 
@@ -87,7 +87,8 @@ def shared_block_pass(listeners: list[Consumer], kind: str, module: str, layer: 
         want[torch.as_tensor(visitor.queries).cpu().long()] = True
         wanted.append((want, want.cumsum(0) - 1))
     union = torch.stack([want for want, _ in wanted]).any(0).nonzero().squeeze(1)
-    for start, index, probs, logits in rows.block_pass(union.to(rows.device)):
+    log = any(getattr(visitor, "log_probs", False) for visitor in visitors)
+    for start, index, probs, log_probs in rows.block_pass(union.to(rows.device), log):
         rows_here = union[start:start + len(index)]  # the block's rows, on the CPU (no device sync)
         for visitor, (want, position) in zip(visitors, wanted):
             picked = want[rows_here].nonzero().squeeze(1).tolist()
@@ -99,7 +100,7 @@ def shared_block_pass(listeners: list[Consumer], kind: str, module: str, layer: 
             else:
                 part = torch.tensor(picked, device=probs.device)
             visitor.visit(int(position[rows_here[first]]), index[part], probs[:, :, part],
-                          None if logits is None else logits[:, :, part])
+                          None if log_probs is None else log_probs[:, :, part])
     for visitor in visitors:
         visitor.finish()
     return rest

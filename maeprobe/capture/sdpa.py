@@ -15,7 +15,7 @@ of the probed model, which one capture runs one forward at a time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import MaeprobeError
-from .rows import AttentionMap, AttentionRows
+from .rows import AttentionMap, AttentionRows, BufferPool
 
 # the kernel itself (``torch.nn.functional.scaled_dot_product_attention`` is this builtin), which is what a
 # TorchFunctionMode sees called whatever name the model used for it
@@ -56,6 +56,7 @@ class BlockServer:
     record: Record
     block_queries: int
     block_output: str
+    pool: BufferPool = field(default_factory=BufferPool, compare=False)  # one capture's buffers, layer to layer
 
     def __call__(self, probed: tuple[str, int], query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                  scale=None, **kwargs) -> torch.Tensor:
@@ -66,18 +67,22 @@ class BlockServer:
             t is not None and t.requires_grad for t in (query, key, value, attn_mask)))
         source = output_source(trains, query.shape[2], self.block_queries, self.block_output, query.device.type)
         rows = AttentionRows(query.detach(), key.detach(), None if attn_mask is None else attn_mask.detach(), scale,
-                             self.block_queries, value=value.detach() if source == "blocks" else None)
-        if source == "kernel":
+                             self.block_queries, value=value.detach() if source == "blocks" else None,
+                             pool=self.pool)
+        try:
+            if source == "kernel":
+                self.record("attention", *probed, rows)
+                return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                             scale=scale, **kwargs)
+            if source == "single":  # memory within the block bound: block x tokens per head and image
+                probs = rows.rows(slice(None))  # [B, H, N, N] with N <= block
+                self.record("attention", *probed, AttentionMap(probs))
+                with torch.autocast(query.device.type, enabled=False):  # float32, as the multi-block output
+                    return (probs @ value.float()).to(value.dtype)  # [B, H, N, dv]
             self.record("attention", *probed, rows)
-            return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                         scale=scale, **kwargs)
-        if source == "single":  # memory within the block bound: block x tokens per head and image
-            probs = rows.rows(slice(None))  # [B, H, N, N] with N <= block
-            self.record("attention", *probed, AttentionMap(probs))
-            with torch.autocast(query.device.type, enabled=False):  # float32, as the multi-block output
-                return (probs @ value.float()).to(value.dtype)  # [B, H, N, dv]
-        self.record("attention", *probed, rows)
-        return rows.output().to(value.dtype)  # [B, H, N, dv]
+            return rows.output().to(value.dtype)  # [B, H, N, dv]
+        finally:
+            rows.release()  # the next layer reuses q, k, v's copies and the block buffers
 
 
 class _ProbedCall(TorchFunctionMode):

@@ -119,7 +119,7 @@ class AttentionDistance(LayerHeadMean):
         B, H, N, _ = rows.shape
         total = torch.zeros(B, H, device=self._centres.device)
 
-        def visit(start, index, probs, logits) -> None:  # probs [B, H, n, N]
+        def visit(start, index, probs, log_probs) -> None:  # probs [B, H, n, N]
             nonlocal total
             d = self._distances(start, start + len(index))  # [n, N] shared, else [B, n, N]
             if self.renormalize and P:  # each row divided by its mass on patch keys

@@ -7,9 +7,8 @@ renormalises each row over the patch keys first (the entropy of where a query lo
 Uniform attention gives ln N (ln K with ``patch_keys_only``), one-hot attention 0: each row reports the
 uniform level of its sequence, the upper bound. With a mask, N and K count the tokens the layer sees.
 
-The rows come in query blocks (``AttentionRows``), so no [B, H, N, N] map is needed. ``row_entropy`` gives the
-same entropies from a block's logits (no logarithm per entry) but measured slower on CPU than ln a times a into a
-kept buffer, which the metric uses.
+The rows come in query blocks (``AttentionRows``), so no [B, H, N, N] map is needed; with each block come its
+log-probabilities (log_softmax of the logits), so that -sum a ln a needs no logarithm per entry (``alna_sums``).
 """
 from __future__ import annotations
 
@@ -53,8 +52,8 @@ class AttentionEntropy(LayerHeadMean):
         B, H, N, _ = rows.shape
         total = torch.zeros(B, H, dtype=torch.float64, device=rows.device)
 
-        def visit(start, index, probs, logits) -> None:
-            prefix, patch = alna_sums(rows, probs, P, self._scratch)  # [B, H, n] sums of a ln a
+        def visit(start, index, probs, log_probs) -> None:
+            prefix, patch = alna_sums(rows, probs, log_probs, P, self._scratch)  # [B, H, n] sums of a ln a
             if self.patch_keys_only:  # renormalised over the patch keys: H(a / m) = -sum a ln a / m + ln m; 0 if m = 0
                 mass = block_memo(rows, probs, ("mass", P), lambda: probs[..., P:].sum(-1)).double()
                 entropy = torch.where(mass > 0, -patch.double() / mass + mass.log(), 0.0)
@@ -67,7 +66,7 @@ class AttentionEntropy(LayerHeadMean):
             self.uniform_level = math.log(keys)
             return (total / (N - P)).cpu()
 
-        return BlockVisitor(torch.arange(P, N), visit, result)
+        return BlockVisitor(torch.arange(P, N), visit, result, log_probs=True)
 
     def _scratch(self, shape: tuple[int, ...], device) -> torch.Tensor:
         """A float32 buffer of ``shape`` kept across the blocks and layers of a batch; ``update`` frees it."""
@@ -98,46 +97,22 @@ def block_memo(rows, probs: torch.Tensor, name, compute):
     return memo[1][name]
 
 
-def alna_sums(rows, probs: torch.Tensor, split: int, scratch) -> tuple[torch.Tensor, torch.Tensor]:
+def alna_sums(rows, probs: torch.Tensor, log_probs: torch.Tensor | None, split: int,
+              scratch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``probs`` [B, H, n, N]: (sum_k a ln a over the keys ``:split``, over the keys ``split:``), float32
-    [B, H, n], with 0 ln 0 = 0 (ln max(a, tiny) times a; a NaN stays NaN), the logarithms into ``scratch(shape,
-    device)``; computed once per block for all the metrics of the shared pass (``block_memo``)."""
+    [B, H, n], into ``scratch(shape, device)``; computed once per block for all the metrics of the shared pass
+    (``block_memo``). From ``log_probs`` (ln a from log_softmax, finite: a product, no logarithm per entry) when
+    given; else ln(a + tiny) times a, with 0 ln 0 = 0 (a + tiny is a for every a >= 2^-100, and 0 + tiny keeps the
+    logarithm finite; a NaN stays NaN)."""
     def compute():
-        tiny = torch.finfo(torch.float32).tiny
-        alna = torch.clamp_min(probs, tiny, out=scratch(probs.shape, probs.device)).log_().mul_(probs)
+        out = scratch(probs.shape, probs.device)
+        if log_probs is not None:
+            alna = torch.mul(probs, log_probs, out=out)
+        else:
+            alna = torch.add(probs, torch.finfo(torch.float32).tiny, out=out).log_().mul_(probs)
         return alna[..., :split].sum(-1), alna[..., split:].sum(-1)
 
     return block_memo(rows, probs, ("alna", split), compute)
-
-
-def row_entropy(probs: torch.Tensor, logits: torch.Tensor, first_key: int = 0,
-                scratch=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Shannon entropy (nats) of each row of ``probs`` = softmax(``logits``) ([..., n, Nk] float32), from the logits
-    instead of -sum p ln p (a logarithm per entry). With lse(z) = ln sum_k e^{z_k}, ln p_k = z_k - lse, and the
-    largest probability p_max = e^{z_max - lse} sits at the largest logit z_max, so lse = z_max - ln p_max and
-
-        H = lse - sum_k p_k z_k = -ln p_max + sum_k p_k (z_max - z_k),
-
-    two terms >= 0 (no cancellation, unlike lse - sum p z in float32 for peaked rows). Over the keys ``first_key:``
-    only, each row renormalised by its mass m = sum_{k >= first_key} p_k there (p'_k = p_k / m, a softmax of those
-    logits, its largest p'_max = p_max / m at their largest logit z_max, maxima over those keys):
-
-        H' = -sum_k p'_k ln p'_k = -ln(p_max / m) + (1/m) sum_k p_k (z_max - z_k).
-
-    Returns (entropies [..., n] float64, m [..., n] float32, or None without ``first_key``); where m = 0 (all the
-    mass on the left-out keys, by underflow) H' is not finite: the caller decides. ``scratch(shape, device)``: a
-    float32 buffer for p (z_max - z) (default: a new tensor). Equal to -sum p ln p to float32 rounding
-    (tests/test_shared_blocks.py), but not used by the metrics: on CPU (ViT-S/14 block, 2 threads) it took 7-9 ms
-    against 4-5 ms for ln a times a (five passes over the block, none transcendental, against three)."""
-    p, z = (probs, logits) if not first_key else (probs[..., first_key:], logits[..., first_key:])
-    z_max, p_max = z.amax(-1, keepdim=True), p.amax(-1).double()  # [..., n, 1], [..., n]
-    out = scratch(p.shape, p.device) if scratch is not None else None
-    spread = torch.sub(z_max, z, out=out).mul_(p).sum(-1).double()  # [..., n] sum_k p_k (z_max - z_k) >= 0
-    if not first_key:
-        return spread - p_max.log(), None
-    mass = p.sum(-1)
-    m = mass.double()
-    return spread / m - (p_max / m).log(), mass
 
 
 @dataclass(frozen=True)

@@ -127,11 +127,11 @@ class AttentionNMI(LayerHeadMean):
         empty_rows = torch.zeros(B, H, **f64)  # rows with no patch mass (by underflow only)
         tiny = torch.finfo(torch.float32).tiny
 
-        def visit(start, index, probs, logits) -> None:  # probs [B, H, n, N]: the next block overwrites it
+        def visit(start, index, probs, log_probs) -> None:  # probs [B, H, n, N]: the next block overwrites it
             patch = probs[..., P:]  # [B, H, n, K] (a view)
             # sum_k -a ln a per row, split at the prefix keys: computed once per block with the entropy metric
-            # (``alna_sums``; less time than torch.special.entr, and than ``row_entropy`` from the logits)
-            prefix_alna, patch_alna = alna_sums(rows, probs, self.num_prefix, self._scratch)
+            # (``alna_sums``, from the block's log-probabilities)
+            prefix_alna, patch_alna = alna_sums(rows, probs, log_probs, self.num_prefix, self._scratch)
             entropy = -(patch_alna.double() + (0.0 if P else prefix_alna.double()))  # [B, H, n]
             if P:
                 mass = block_memo(rows, probs, ("mass", P), lambda: patch.sum(-1))  # [B, H, n]
@@ -150,7 +150,7 @@ class AttentionNMI(LayerHeadMean):
                 column_mass.add_((empty_rows / keys).unsqueeze(-1))
             return nmi_from_sums(row_entropy_sum, column_mass, len(queries))  # [B, H]
 
-        return BlockVisitor(queries, visit, result)
+        return BlockVisitor(queries, visit, result, log_probs=True)
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,7 @@ class LayerHeadMean(ImageMean):
         """Per-batch set-up shared by the batch's layers (default: none)."""
 
     def _visitor(self, rows):
-        """A block visitor of one layer's ``AttentionRows`` (``queries``, ``visit(start, index, probs, logits)``,
+        """A block visitor of one layer's ``AttentionRows`` (``queries``, ``visit(start, index, probs, log_probs)``,
         ``result() -> [B, H]``), for a subclass that reduces block by block; None: it implements ``_layer_values``
         itself. A visitor lets the capture go over a layer's blocks once for all its consumers
         (``capture.core.shared_block_pass``)."""
@@ -233,7 +233,7 @@ class LayerHeadMean(ImageMean):
         visitor = self._visitor(rows)
         if visitor is None:  # pragma: no cover - interface
             raise NotImplementedError
-        for block in rows.block_pass(visitor.queries):
+        for block in rows.block_pass(visitor.queries, visitor.log_probs):
             visitor.visit(*block)
         return visitor.result()
 
@@ -285,10 +285,11 @@ class LayerHeadMean(ImageMean):
 
 class BlockVisitor:
     """A metric's reduction of one layer's attention, block by block: ``queries`` (the rows it reads), ``visit(start,
-    index, probs, logits)`` per block of them, ``result()`` after the last block."""
+    index, probs, log_probs)`` per block of them, ``result()`` after the last block. ``log_probs``: the visitor
+    reads ln probs (``AttentionRows.probs_of``; still None where a logit is -inf or for a full map)."""
 
-    def __init__(self, queries, visit, result) -> None:
-        self.queries, self.visit, self.result = queries, visit, result
+    def __init__(self, queries, visit, result, log_probs: bool = False) -> None:
+        self.queries, self.visit, self.result, self.log_probs = queries, visit, result, log_probs
 
 
 class _PendingVisitor:
@@ -296,7 +297,7 @@ class _PendingVisitor:
 
     def __init__(self, visitor, pending: dict, layer: int) -> None:
         self.visitor, self.pending, self.layer = visitor, pending, layer
-        self.queries, self.visit = visitor.queries, visitor.visit
+        self.queries, self.visit, self.log_probs = visitor.queries, visitor.visit, visitor.log_probs
 
     def finish(self) -> None:
         self.pending[self.layer] = self.visitor.result()
