@@ -1,10 +1,11 @@
 """Running maeprobe's command line on hostile inputs, the way an attacker's file would reach it.
 
-``run_cases`` starts one fresh Python process (``hostile_runner.py``, next to this file) that imports maeprobe once,
-then forks one child per case. Each child:
+``run_cases`` sends its cases to a Python process (``hostile_runner.py``, next to this file) that imported maeprobe
+once and forks one child per case; the process is started at the first call and serves every later call of the
+same test process (its imports cost about 6 s, once). Each child:
 
 * runs ``maeprobe <argv>`` in its own working folder with ``HOME`` and the hub caches inside the test's
-  temporary folder, offline mode on;
+  temporary folder, offline mode on (its environment is the call's, set in the child);
 * has its address space limited to what the parent already mapped plus ``budget_mb`` (``RLIMIT_AS``), so an
   input that makes maeprobe allocate gigabytes fails instead of exhausting the machine; its peak resident
   memory above the parent's is reported (``extra_mb``);
@@ -17,11 +18,15 @@ no traceback, no terminal escape characters, no payload marker, nothing written 
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import select
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,25 +50,66 @@ class Result:
                 f"stderr: {self.stderr[-1500:]}")
 
 
-def run_cases(cases: list[dict], root: Path, *, budget_mb: int = 1500, timeout: float = 60.0) -> list[Result]:
-    """Run each case (``{"argv": [...], "cwd": path, "env": {...}}``) in a forked, limited child.
+_RUNNER: dict = {}  # the runner process of this test process, started by the first ``run_cases``
 
-    ``root`` holds the runner's home and caches (``root/home``)."""
-    home = root / "home"
-    home.mkdir(parents=True, exist_ok=True)
+
+def _base_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAEPROBE_", "HF_", "TORCH_HOME", "RANK",
                                                                       "WORLD_SIZE", "LOCAL_RANK"))}
     env.update({"HOME": str(home), "HF_HOME": str(home / "hf"), "TORCH_HOME": str(home / "torch"),
                 "HF_HUB_OFFLINE": "1", "MAEPROBE_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1",
                 "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "COLUMNS": "200"})
+    return env
+
+
+def _runner() -> subprocess.Popen:
+    """The runner process, started on first use (its own home and caches in a temporary folder of its own, where
+    its imports may write; removed when the test process ends)."""
+    proc = _RUNNER.get("proc")
+    if proc is None or proc.poll() is not None:
+        folder = Path(tempfile.mkdtemp(prefix="hostile_runner_"))
+        (folder / "home").mkdir()
+        stderr = open(folder / "stderr.txt", "w+")
+        proc = subprocess.Popen([sys.executable, str(RUNNER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True, env=_base_env(folder / "home"), cwd=folder)
+        _RUNNER.update(proc=proc, folder=folder, stderr=stderr)
+        atexit.register(_stop_runner)
+    return proc
+
+
+def _stop_runner() -> None:
+    proc = _RUNNER.pop("proc", None)
+    if proc is not None:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        _RUNNER["stderr"].close()
+        shutil.rmtree(_RUNNER["folder"], ignore_errors=True)
+
+
+def run_cases(cases: list[dict], root: Path, *, budget_mb: int = 1500, timeout: float = 60.0) -> list[Result]:
+    """Run each case (``{"argv": [...], "cwd": path, "env": {...}}``) in a forked, limited child.
+
+    ``root`` holds the children's home and caches (``root/home``)."""
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
     payload = {"cases": [{"argv": [str(a) for a in c["argv"]], "cwd": str(c.get("cwd", root)),
                           "env": c.get("env", {}), "timeout": c.get("timeout", timeout)} for c in cases],
-               "budget_mb": budget_mb, "network_log": str(root / "network.log")}
-    proc = subprocess.run([sys.executable, str(RUNNER)], input=json.dumps(payload), capture_output=True, text=True,
-                          env=env, timeout=120 + sum(p["timeout"] + 5 for p in payload["cases"]))
-    if proc.returncode != 0:
-        raise RuntimeError(f"hostile runner failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+               "budget_mb": budget_mb, "network_log": str(root / "network.log"), "env": _base_env(home)}
+    proc = _runner()
+    proc.stdin.write(json.dumps(payload) + "\n")
+    proc.stdin.flush()
+    wait = 120 + sum(p["timeout"] + 5 for p in payload["cases"])
+    ready, _, _ = select.select([proc.stdout], [], [], wait)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        _RUNNER.pop("proc", None)
+        _RUNNER["stderr"].seek(0)
+        raise RuntimeError(f"hostile runner failed or took over {wait} s: {_RUNNER['stderr'].read()[-3000:]}")
+    rows = json.loads(line)
     return [Result(c["argv"], r["code"], r["stdout"], r["stderr"], r["extra_mb"], r["network"], r["hung"])
             for c, r in zip(cases, rows)]
 

@@ -1,7 +1,9 @@
 """Child side of ``helpers/hostile.py``: import maeprobe once, then fork one limited child per case.
 
-Reads ``{"cases": [...], "budget_mb": N, "network_log": path}`` as JSON on stdin and prints one JSON list of
-results on the last line of stdout. Run as a script (``python hostile_runner.py``), never imported by the tests."""
+Serves requests until stdin closes: each is one line of JSON on stdin, ``{"cases": [...], "budget_mb": N,
+"network_log": path, "env": {...}}``, answered by one line of JSON on stdout (the list of results). Each child
+starts from ``env`` (the request's environment: its home, caches and offline settings) plus its case's ``env``.
+Run as a script (``python hostile_runner.py``) by one test process, never imported by the tests."""
 from __future__ import annotations
 
 import json
@@ -12,12 +14,14 @@ import socket
 import sys
 import tempfile
 
+NETWORK_LOG = {"path": os.devnull}  # the current request's log (a child inherits it when forked)
 
-def _block_network(log_path: str) -> None:
+
+def _block_network() -> None:
     """Refuse every connection that leaves the machine. Local (AF_UNIX) sockets stay open: a DataLoader worker hands
     its batches' shared memory to the parent through multiprocessing's resource sharer, which connects over one."""
     def refuse(*args, **kwargs):
-        with open(log_path, "a") as f:
+        with open(NETWORK_LOG["path"], "a") as f:
             f.write(f"{os.getpid()} {args[:2]!r}\n")
         raise OSError("network access attempted in a hostile-input test")
 
@@ -47,7 +51,7 @@ def _vm_kb(field: str) -> int:
     return 0
 
 
-def _child(case: dict, budget_mb: int, out_path: str, err_path: str) -> None:
+def _child(case: dict, env: dict, budget_mb: int, out_path: str, err_path: str) -> None:
     out = os.open(out_path, os.O_WRONLY)
     err = os.open(err_path, os.O_WRONLY)
     os.dup2(out, 1)
@@ -55,6 +59,8 @@ def _child(case: dict, budget_mb: int, out_path: str, err_path: str) -> None:
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
     os.chdir(case["cwd"])
+    os.environ.clear()
+    os.environ.update(env)
     os.environ.update(case["env"])
     limit = (_vm_kb("VmSize") + budget_mb * 1024) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -78,20 +84,8 @@ def _child(case: dict, budget_mb: int, out_path: str, err_path: str) -> None:
     os._exit(code)
 
 
-def main() -> None:
-    request = json.loads(sys.stdin.read())
-    _block_network(request["network_log"])
-    import importlib
-
-    # warm imports: every child starts from here, so a case costs its own work, not maeprobe's import time
-    for module in ("torch", "maeprobe.cli", "maeprobe.checkpoints", "maeprobe.api", "maeprobe.probe", "maeprobe.plots",
-                   "maeprobe.train.config", "maeprobe.train.engine", "maeprobe.findings", "pandas", "timm",
-                   "safetensors.torch", "matplotlib.pyplot", "torchvision.transforms.v2"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
-
+def _serve(request: dict) -> list[dict]:
+    NETWORK_LOG["path"] = request["network_log"]
     results = []
     for case in request["cases"]:
         with tempfile.NamedTemporaryFile(delete=False) as o, tempfile.NamedTemporaryFile(delete=False) as e:
@@ -100,7 +94,7 @@ def main() -> None:
         baseline_kb = _vm_kb("VmRSS")
         pid = os.fork()
         if pid == 0:
-            _child(case, request["budget_mb"], out_path, err_path)
+            _child(case, request["env"], request["budget_mb"], out_path, err_path)
         _, status, usage = os.wait4(pid, 0)
         hung = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
@@ -111,10 +105,28 @@ def main() -> None:
         os.unlink(out_path)
         os.unlink(err_path)
         network_after = os.path.getsize(request["network_log"]) if os.path.exists(request["network_log"]) else 0
+        # ru_maxrss of wait4 is the child's own peak, which starts from the runner's resident memory (fork)
         results.append({"code": code, "stdout": stdout, "stderr": stderr, "hung": hung,
                         "network": network_after > network_before,
                         "extra_mb": max(0.0, (usage.ru_maxrss - baseline_kb) / 1024)})
-    print(json.dumps(results))
+    return results
+
+
+def main() -> None:
+    _block_network()
+    import importlib
+
+    # warm imports: every child starts from here, so a case costs its own work, not maeprobe's import time
+    for module in ("torch", "maeprobe.cli", "maeprobe.checkpoints", "maeprobe.api", "maeprobe.probe", "maeprobe.plots",
+                   "maeprobe.train.config", "maeprobe.train.engine", "maeprobe.findings", "pandas", "timm",
+                   "safetensors.torch", "matplotlib.pyplot", "torchvision.transforms.v2"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    for line in sys.stdin:
+        if line.strip():
+            print(json.dumps(_serve(json.loads(line))), flush=True)
 
 
 if __name__ == "__main__":
