@@ -76,8 +76,8 @@ class AttentionRows:
 
     def release(self) -> None:
         """Give this layer's buffers (q, k, v copies and the block buffers) back to the pool: the next layer
-        reuses them instead of allocating (and on CPU page-faulting) its own. Call it once no consumer will ask
-        for rows again; a later call of ``rows`` takes new buffers."""
+        reuses them instead of allocating (and on CPU page-faulting) its own. The capture calls it when the layer's
+        attention call returns; the rows cannot be read after that."""
         for flat in self._held:
             self.pool.give(flat)
         self._held, self._flat, self.q, self.k_t, self.value = [], None, None, None, None
@@ -105,6 +105,8 @@ class AttentionRows:
         against 5.3 ms per 64-row block; ``attention_entropy.alna_sums``); None when a logit is -inf (ln p too).
         Each call gets a new ``serial``: consumers of one block may share what they derive from it (keyed by it)."""
         self.serial = getattr(self, "serial", 0) + 1
+        if self.q is None:
+            raise RuntimeError("AttentionRows read after its layer's forward returned; reduce the rows in the consumer")
         q = self.q[:, :, index].float()
         logits, probs = self._buffers(q.shape[2])
         with torch.autocast(self.device.type, enabled=False):  # float32 logits under a bf16 forward too
