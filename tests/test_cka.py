@@ -353,7 +353,7 @@ def test_heat_map_of_a_hand_edited_table_is_one_line(tmp_path):
     base = {"metric": "cka", "module": "encoder", "head": float("nan"), "value": 0.5, "ci_low": 0.4, "ci_high": 0.6,
             "n_images": 8, "checkpoint": "a.pth", "reference": "(itself)", "features": "mean",
             "estimator": "exact", "minibatch_size": float("nan"), "mask_ratio": 0.0}
-    for layer, ref_layer, text in ((float("nan"), 0, "layer column"), (0, float("inf"), "ref_layer column"),
+    for layer, ref_layer, text in ((float("nan"), 0, "without a layer number"), (0, float("inf"), "ref_layer column"),
                                    (None, None, "distinct layers")):
         rows = [dict(base, layer=layer, ref_layer=ref_layer)] if layer is not None or ref_layer is not None else \
             [dict(base, layer=i, ref_layer=i) for i in range(600)]

@@ -253,6 +253,27 @@ def test_one_input_measured_twice_under_one_label_is_refused(tmp_path):
         make_figures(table, tmp_path, figures=["fig5"])
 
 
+@pytest.mark.parametrize("metric", ["attention_nmi", "knn_accuracy", "attention_distance", "attention_entropy"])
+@pytest.mark.parametrize("lost", ["layer", "head"])
+def test_a_hand_edited_table_with_a_row_missing_its_layer_or_head_is_one_line(tmp_path, metric, lost):
+    """A per-head row whose head was deleted looks like a second per-layer row of that layer; a row without its
+    layer has no place on any axis: both a MaeprobeError of one line, not pandas' own error (pandas 3 keeps NaN
+    through ``astype(str)``)."""
+    from maeprobe import MaeprobeError
+    from maeprobe.plots import make_figures
+
+    rows = [{"metric": metric, "module": "encoder", "layer": layer, "head": head, "value": 0.1 + layer / 10 + head / 50,
+             "checkpoint": "a.pth", "mask_ratio": 0.0, "images": 8, "chance_level": 0.5, "include_prefix": False}
+            for layer in range(3) for head in (0, 1)]
+    rows += [{**row, "head": np.nan} for row in rows if row["head"] == 0]  # the per-layer rows
+    table = pd.DataFrame(rows)
+    table.loc[0 if lost == "head" else len(table) - 1, lost] = np.nan
+    with pytest.raises(MaeprobeError) as refused:
+        make_figures(table, tmp_path / "figs")
+    message = str(refused.value)
+    assert "\n" not in message and ("without a layer" in message if lost == "layer" else "layer 0" in message)
+
+
 # ----------------------------------------------------------------------- 2. one unit and one setting per axis
 @pytest.mark.slow
 def test_units_are_not_mixed_on_one_axis(attack):

@@ -131,7 +131,7 @@ def _one_point_each(rows: pd.DataFrame, name: str, keys: list[str]) -> None:
     if not repeated.any():
         return
     subset = rows[repeated]
-    point = subset[["label", *keys]].astype(str).agg("\0".join, axis=1)  # missing values compare as text
+    point = subset[["label", *keys]].map(str).agg("\0".join, axis=1)  # missing values compare as text ("nan")
     same = subset[point == point.iloc[0]]
     first = same.iloc[0]
     differ = [str(c) for c in same.columns if c not in ("value", "std", "ci_low", "ci_high", "label", "_mask_suffix")
@@ -659,6 +659,11 @@ def _table(frame, label_by) -> pd.DataFrame:
     except (ValueError, TypeError, OverflowError) as exc:
         raise MaeprobeError(f"the table's value, ci_low, ci_high, layer and head columns must hold numbers "
                             f"({one_line(exc, 120)})") from None
+    missing = frame.index[frame["layer"].isna()]
+    if len(missing):
+        raise MaeprobeError(f"the table has {len(missing)} row(s) without a layer number (first: row {missing[0]}, "
+                            f"metric {one_line(frame.loc[missing[0], 'metric'], 40)!r}); every row of a results "
+                            "table names its layer")
     return frame
 
 
