@@ -274,6 +274,22 @@ def test_a_hand_edited_table_with_a_row_missing_its_layer_or_head_is_one_line(tm
     assert "\n" not in message and ("without a layer" in message if lost == "layer" else "layer 0" in message)
 
 
+def test_knn_chance_levels_are_one_per_line(tmp_path):
+    """The k-NN figure draws each line's chance level: a hand-edited table whose chance level changes along a line
+    is refused in one line (so the levels drawn are at most the lines, which MAEPROBE_MAX_FIGURE_LINES bounds)."""
+    from maeprobe import MaeprobeError
+    from maeprobe.plots import make_figures
+
+    rows = [{"metric": "knn_accuracy", "module": "encoder", "layer": layer, "head": np.nan, "value": 0.5 + layer / 10,
+             "checkpoint": name, "mask_ratio": 0.0, "images": 8, "chance_level": level}
+            for name, level in (("a.pth", 0.25), ("b.pth", 0.5)) for layer in range(3)]
+    assert make_figures(pd.DataFrame(rows), tmp_path / "ok", figures=["knn"])  # two lines, two levels
+    rows[1]["chance_level"] = 0.3
+    with pytest.raises(MaeprobeError, match="a.pth.* different chance_level") as refused:
+        make_figures(pd.DataFrame(rows), tmp_path / "bad", figures=["knn"])
+    assert "\n" not in str(refused.value)
+
+
 # ----------------------------------------------------------------------- 2. one unit and one setting per axis
 @pytest.mark.slow
 def test_units_are_not_mixed_on_one_axis(attack):

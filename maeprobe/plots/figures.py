@@ -338,7 +338,15 @@ def _per_layer_lines(frame, metric, title, ylabel, out_dir, name, label_by):
         ax.axhline(level, color="0.3", lw=0.8, ls=":", label=f"uniform attention (= {level:g})")
     column = _figure(name).level_column  # a level the rows carry (e.g. k-NN's chance level): one line per value
     if column and column in rows:
-        for level in sorted(set(np.round(pd.to_numeric(rows[column], errors="coerce").dropna().astype(float), 6))):
+        levels = pd.to_numeric(rows[column], errors="coerce").astype(float).round(6)
+        varying = levels.groupby(rows["label"], sort=False).nunique()
+        if (varying > 1).any():  # one level per line: so at most as many levels as lines (MAEPROBE_MAX_FIGURE_LINES)
+            from ..validate import one_line
+
+            raise MaeprobeError(f"{name}: {one_line(varying.index[varying > 1][0], 80)!r} has "
+                                f"{int(varying.max())} different {column} values across its layers; a line is one "
+                                f"input measured on one image set, with one {column}")
+        for level in sorted(set(levels.dropna())):
             ax.axhline(level, color="0.3", lw=0.8, ls="--", label=f"{column.replace('_', ' ')} (= {level:.3g})")
     modules = list(dict.fromkeys(rows["module"].astype(str)))
     ax.set_xlabel(f"{modules[0] if len(modules) == 1 else 'encoder or decoder'} layer (1 = first; tables count "
