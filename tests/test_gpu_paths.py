@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import RECIPES, tiny_mae
+from helpers import RECIPES, start, tiny_mae
 
 import maeprobe
 from maeprobe.checkpoints import read_pickle
@@ -276,7 +276,7 @@ def test_evaluation_recipes_run_one_step_under_two_gloo_processes(tmp_path, imag
     torch.manual_seed(0)
     checkpoint = maeprobe.save_checkpoint(maeprobe.build_mae(img_size=32, patch_size=8, embed_dim=48, depth=2,
                                                              num_heads=3, decoder_depth=0), tmp_path / "encoder.pth")
-    torch.multiprocessing.spawn(_eval_worker, nprocs=2, args=(2, _free_port(), checkpoint, image_folder, tmp_path))
+    start(_eval_worker, 2, (2, _free_port(), checkpoint, image_folder, tmp_path))
     for task in EVAL_SETTINGS:
         ranks = [json.loads((tmp_path / f"{task}-rank{r}.json").read_text()) for r in (0, 1)]
         for result in ranks:  # the training loss is each process's own; top-1 is all-reduced

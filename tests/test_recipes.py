@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import RECIPES
+from helpers import RECIPES, start
 from typer.testing import CliRunner
 
 import maeprobe
@@ -249,8 +249,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(name, split,
     single = pretrain_recipe(load_recipe(RECIPES / f"{name}.yaml", common + [f"run.output_dir={tmp_path / 'one'}"]),
                              progress=False)
     # the same recipe (global batch 16) on two processes: 8 images each per step, derived, not configured
-    torch.multiprocessing.spawn(_ddp_worker, nprocs=2, args=(2, _free_port(), RECIPES / f"{name}.yaml",
-                                                             common + split + [f"run.output_dir={tmp_path / 'two'}"]))
+    start(_ddp_worker, 2, (2, _free_port(), RECIPES / f"{name}.yaml",
+                           common + split + [f"run.output_dir={tmp_path / 'two'}"]))
     a, b = _weights(single), _weights(tmp_path / "two" / "checkpoint-last.pth")
     assert _state(tmp_path / "two" / "checkpoint-last.pth")["step"] == 4
     for key in a:
