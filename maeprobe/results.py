@@ -194,6 +194,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     name = printable(path, keep_newlines=False)
     kind = FORMATS.get(path.suffix.lower())
+    if kind is not None and not path.exists():
+        raise MaeprobeError(f"{name}: no such file")
     if kind is None or not path.is_file():  # is_file: never a FIFO or device
         raise MaeprobeError(f"{name}: not a results table (.csv, .json or .parquet)")
     if kind == "parquet":

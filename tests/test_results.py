@@ -90,3 +90,14 @@ def test_unknown_extension_is_an_error(model, images, tmp_path):
     table = maeprobe.attention_distance(model, images[:2], device="cpu")
     with pytest.raises(maeprobe.MaeprobeError, match="unknown table format"):
         write_table(table, tmp_path / "table.xlsx")
+
+
+def test_a_missing_table_and_a_file_that_is_not_one_say_which(tmp_path):
+    from maeprobe import MaeprobeError
+
+    with pytest.raises(MaeprobeError, match=r"missing\.csv: no such file$"):
+        read_table(tmp_path / "missing.csv")
+    (tmp_path / "notes.txt").write_text("x")
+    for path in (tmp_path / "notes.txt", tmp_path):  # a text file; a folder
+        with pytest.raises(MaeprobeError, match="not a results table"):
+            read_table(path)
