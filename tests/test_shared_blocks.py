@@ -46,7 +46,7 @@ def test_a_ln_a_from_the_blocks_log_probabilities_equals_the_definition(scale, b
     for start, index, probs, log_probs in rows.block_pass(log=True):
         assert (log_probs is None) == (bias == "boolean")
         torch.testing.assert_close(probs.double(), truth_p[:, :, index], rtol=1e-4, atol=1e-6)  # float32 logits
-        prefix, patch = alna_sums(rows, probs, log_probs, 1, lambda shape, device: torch.empty(shape))
+        prefix, patch = alna_sums(rows, probs, log_probs, 1)
         torch.testing.assert_close(prefix.double(), truth[:, :, index, :1].sum(-1), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(patch.double(), truth[:, :, index, 1:].sum(-1), rtol=1e-5, atol=1e-6)
         seen += len(index)
@@ -58,7 +58,7 @@ def test_a_ln_a_of_uniform_and_one_hot_rows():
     from maeprobe.metrics.attention_entropy import alna_sums
 
     probs = torch.softmax(torch.stack([torch.zeros(6), torch.tensor([0.0, 200.0, 0, 0, 0, 0])]), -1)[None, None]
-    prefix, patch = alna_sums(AttentionMap(probs), probs, None, 1, lambda shape, device: torch.empty(shape))
+    prefix, patch = alna_sums(AttentionMap(probs), probs, None, 1)
     torch.testing.assert_close((prefix + patch).double()[0, 0], torch.tensor([-math.log(6), 0.0], dtype=torch.float64))
 
 

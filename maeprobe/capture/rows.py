@@ -80,7 +80,15 @@ class AttentionRows:
         attention call returns; the rows cannot be read after that."""
         for flat in self._held:
             self.pool.give(flat)
-        self._held, self._flat, self.q, self.k_t, self.value = [], None, None, None, None
+        self._held, self._flat, self._work, self.q, self.k_t, self.value = [], None, None, None, None, None
+
+    def scratch(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float32 [shape] work buffer for a consumer's per-block temporaries (e.g. a ln a of a block), from the
+        same pool as the block buffers and given back with them: the next call overwrites it."""
+        need = math.prod(shape)
+        if getattr(self, "_work", None) is None or self._work.numel() < need:
+            self._work = self._take((need,), self.device)
+        return self._work[:need].view(shape)
 
     def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Two [B, H, rows, Nk] float32 views (logits, probabilities) of buffers kept across blocks: a fresh
@@ -190,6 +198,7 @@ class AttentionMap(AttentionRows):
     def __init__(self, attn: torch.Tensor) -> None:
         self.attn, self.shape, self.block = attn, tuple(attn.shape), min(attn.shape[2], 256)
         self.value = self.bias = None
+        self.pool, self._held = BufferPool(), []  # (``scratch``: a buffer of this map's own)
         self.q, self.device = attn, attn.device  # (``blocks`` moves the queries to it)
 
     def probs_of(self, index: torch.Tensor | slice, log: bool = False) -> tuple[torch.Tensor, None]:

@@ -53,7 +53,7 @@ class AttentionEntropy(LayerHeadMean):
         total = torch.zeros(B, H, dtype=torch.float64, device=rows.device)
 
         def visit(start, index, probs, log_probs) -> None:
-            prefix, patch = alna_sums(rows, probs, log_probs, P, self._scratch)  # [B, H, n] sums of a ln a
+            prefix, patch = alna_sums(rows, probs, log_probs, P)  # [B, H, n] sums of a ln a
             if self.patch_keys_only:  # renormalised over the patch keys: H(a / m) = -sum a ln a / m + ln m; 0 if m = 0
                 mass = block_memo(rows, probs, ("mass", P), lambda: probs[..., P:].sum(-1)).double()
                 entropy = torch.where(mass > 0, -patch.double() / mass + mass.log(), 0.0)
@@ -67,17 +67,6 @@ class AttentionEntropy(LayerHeadMean):
             return (total / (N - P)).cpu()
 
         return BlockVisitor(torch.arange(P, N), visit, result, log_probs=True)
-
-    def _scratch(self, shape: tuple[int, ...], device) -> torch.Tensor:
-        """A float32 buffer of ``shape`` kept across the blocks and layers of a batch; ``update`` frees it."""
-        need = math.prod(shape)
-        if getattr(self, "_buffer", None) is None or self._buffer.numel() < need or self._buffer.device != device:
-            self._buffer = torch.empty(need, device=device)
-        return self._buffer[:need].view(shape)
-
-    def update(self, cache) -> None:
-        super().update(cache)
-        self._buffer = None  # nothing block-sized outlives the batch
 
 
 def block_memo(rows, probs: torch.Tensor, name, compute):
@@ -97,15 +86,15 @@ def block_memo(rows, probs: torch.Tensor, name, compute):
     return memo[1][name]
 
 
-def alna_sums(rows, probs: torch.Tensor, log_probs: torch.Tensor | None, split: int,
-              scratch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``probs`` [B, H, n, N]: (sum_k a ln a over the keys ``:split``, over the keys ``split:``), float32
-    [B, H, n], into ``scratch(shape, device)``; computed once per block for all the metrics of the shared pass
-    (``block_memo``). From ``log_probs`` (ln a from log_softmax, finite: a product, no logarithm per entry) when
-    given; else ln(a + tiny) times a, with 0 ln 0 = 0 (a + tiny is a for every a >= 2^-100, and 0 + tiny keeps the
-    logarithm finite; a NaN stays NaN)."""
+def alna_sums(rows, probs: torch.Tensor, log_probs: torch.Tensor | None,
+              split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``probs`` [B, H, n, N], a block of ``rows``: (sum_k a ln a over the keys ``:split``, over the keys
+    ``split:``), float32 [B, H, n], through the rows' work buffer (``AttentionRows.scratch``); computed once per
+    block for all the metrics of the shared pass (``block_memo``). From ``log_probs`` (ln a from log_softmax,
+    finite: a product, no logarithm per entry) when given; else ln(a + tiny) times a, with 0 ln 0 = 0 (a + tiny is
+    a for every a >= 2^-100, and 0 + tiny keeps the logarithm finite; a NaN stays NaN)."""
     def compute():
-        out = scratch(probs.shape, probs.device)
+        out = rows.scratch(probs.shape)
         if log_probs is not None:
             alna = torch.mul(probs, log_probs, out=out)
         else:

@@ -97,18 +97,6 @@ class AttentionNMI(LayerHeadMean):
         check("MAEPROBE_MAX_METRIC_MEMORY", need, f"attention NMI's column sums ({batch_size} images x "
                                                   f"{self.num_heads} heads x {self.tokens} keys)")
 
-    def _scratch(self, shape: tuple[int, ...], device) -> torch.Tensor:
-        """A float32 buffer of ``shape`` kept across the blocks and layers of a batch (a fresh block-sized tensor per
-        block costs page faults on CPU, as ``AttentionRows`` found for its own buffers); ``update`` frees it."""
-        need = math.prod(shape)
-        if getattr(self, "_buffer", None) is None or self._buffer.numel() < need or self._buffer.device != device:
-            self._buffer = torch.empty(need, device=device)
-        return self._buffer[:need].view(shape)
-
-    def update(self, cache) -> None:
-        super().update(cache)
-        self._buffer = None  # nothing block-sized outlives the batch
-
     def _visitor(self, rows) -> BlockVisitor:
         """NMI per image and head [B, H] (float64) of one layer, from its blocks of query rows.
 
@@ -131,7 +119,7 @@ class AttentionNMI(LayerHeadMean):
             patch = probs[..., P:]  # [B, H, n, K] (a view)
             # sum_k -a ln a per row, split at the prefix keys: computed once per block with the entropy metric
             # (``alna_sums``, from the block's log-probabilities)
-            prefix_alna, patch_alna = alna_sums(rows, probs, log_probs, self.num_prefix, self._scratch)
+            prefix_alna, patch_alna = alna_sums(rows, probs, log_probs, self.num_prefix)
             entropy = -(patch_alna.double() + (0.0 if P else prefix_alna.double()))  # [B, H, n]
             if P:
                 mass = block_memo(rows, probs, ("mass", P), lambda: patch.sum(-1))  # [B, H, n]
