@@ -27,35 +27,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from block_queries import PeakRSS, rss_mb  # the same peak-RSS sampler (benchmarks/ is the script's folder)
+
 METRICS = "attn-nmi,attn-distance,attn-entropy"
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class PeakRSS:
-    """Peak resident memory while the block runs (a sampling thread)."""
-
-    def __enter__(self):
-        self.peak, self.running = rss_mb(), True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, rss_mb())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
 
 
 def save_model(args, folder: Path) -> Path:
