@@ -75,9 +75,9 @@ class AttentionRows:
         return flat[:math.prod(shape)].view(shape)
 
     def release(self) -> None:
-        """Give this layer's buffers (q, k, v copies and the block buffers) back to the pool: the next layer
-        reuses them instead of allocating (and on CPU page-faulting) its own. The capture calls it when the layer's
-        attention call returns; the rows cannot be read after that."""
+        """Give this layer's buffers (the k and v copies, the block buffers, the work buffer) back to the pool: the
+        next layer reuses them instead of allocating (and on CPU page-faulting) its own. The capture calls it when
+        the layer's attention call returns; the rows cannot be read after that."""
         for flat in self._held:
             self.pool.give(flat)
         self._held, self._flat, self._work, self.q, self.k_t, self.value = [], None, None, None, None, None
